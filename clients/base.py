@@ -1,0 +1,115 @@
+"""The shared client trainer: plain epochs of minibatch SGD with a loss and a gradient hook.
+
+:class:`Client` is FedAvg's client update (McMahan et al., 2017); other algorithms subclass it and
+override :meth:`Client.loss` (e.g. FedProx's proximal term), :meth:`Client.before_step` (e.g.
+SCAFFOLD's control-variate correction) or :meth:`Client.train` (extra records).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from torch import nn
+from torch.nn import functional as F
+
+from fedsim.client_state import ClientStateStore
+from fedsim.records import load_record, model_to_record
+from fedsim.seeding import seed_torch, torch_generator
+
+
+@dataclass
+class LocalData:
+    """One client's training samples: uint8 images, labels and the dataset's normaliser."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    normalize: Callable[[torch.Tensor], torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batches(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None):
+        """Yield normalised (x, y) batches; shuffled when a generator is given."""
+        order = torch.randperm(len(self.y), generator=generator) if generator is not None else torch.arange(len(self.y))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            yield self.normalize(self.x[idx]).to(device, non_blocking=True), self.y[idx].to(device, non_blocking=True)
+
+
+@dataclass
+class ClientEnv:
+    """Everything a client update can use; built once per client per process."""
+
+    client_id: int
+    cfg: Any  # the resolved run config (DictConfig)
+    data: LocalData
+    model: nn.Module  # one instance per process, overwritten by the received weights each round
+    device: torch.device
+    state: ClientStateStore
+
+
+@dataclass
+class TrainStats:
+    loss: float
+    steps: int
+    examples: int
+
+
+def make_optimizer(model: nn.Module, cfg: Any, lr: float) -> torch.optim.Optimizer:
+    """The local optimizer named in ``cfg.optimizer`` (sgd or adam), at learning rate ``lr``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer '{cfg.name}'")
+
+
+class Client:
+    """FedAvg client: load the global model, train E local epochs, send the weights back."""
+
+    def __init__(self, env: ClientEnv) -> None:
+        self.env = env
+
+    # -- hooks for subclasses -------------------------------------------------------------
+    def loss(self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y)
+
+    def before_step(self, model: nn.Module) -> None:
+        """Called after backward, before the optimizer step."""
+
+    # -- the update -------------------------------------------------------------------------
+    def train(self, content: RecordDict, server_round: int) -> RecordDict:
+        config: ConfigRecord = content["config"]
+        model = self.env.model
+        load_record(model, content["arrays"])
+        stats = self.fit(model, config, server_round)
+        return RecordDict({"arrays": model_to_record(model), "metrics": self.metrics(stats)})
+
+    def metrics(self, stats: TrainStats) -> MetricRecord:
+        return MetricRecord({"num-examples": stats.examples, "train-loss": stats.loss, "num-steps": stats.steps})
+
+    def fit(self, model: nn.Module, config: ConfigRecord, server_round: int) -> TrainStats:
+        """Run the configured local epochs on this client's data (seeded by run, round and client)."""
+        cfg, env = self.env.cfg, self.env
+        seed_torch(cfg.seed, "train", server_round, env.client_id)
+        generator = torch_generator(cfg.seed, "shuffle", server_round, env.client_id)
+        optimizer = make_optimizer(model, cfg.optimizer, float(config["lr"]))
+        model.train()
+        total, steps = 0.0, 0
+        for _ in range(int(config["local-epochs"])):
+            for x, y in env.data.batches(int(config["batch-size"]), env.device, generator):
+                optimizer.zero_grad(set_to_none=True)
+                loss = self.loss(model, model(x), y)
+                loss.backward()
+                self.before_step(model)
+                optimizer.step()
+                total += loss.item()
+                steps += 1
+        return TrainStats(loss=total / max(steps, 1), steps=steps, examples=len(env.data))
+
+
+CLIENT = Client

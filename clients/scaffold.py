@@ -1,0 +1,53 @@
+"""SCAFFOLD client update (Karimireddy et al., ICML 2020, arXiv:1910.06378), option II.
+
+Every local step corrects the gradient by (c - c_i): c is the server control variate received in
+the ``control`` ArrayRecord, c_i this client's own, kept in its persistent state. After K local
+steps at learning rate eta:  c_i+ = c_i - c + (x - y_i) / (K * eta).  The reply carries the new
+weights y_i and ``control-delta`` = c_i+ - c_i.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from torch import nn
+
+from clients.base import Client
+from fedsim.records import load_record, model_to_record
+
+
+class ScaffoldClient(Client):
+    def train(self, content: RecordDict, server_round: int) -> RecordDict:
+        config: ConfigRecord = content["config"]
+        model = self.env.model
+        load_record(model, content["arrays"])
+        names = [n for n, _ in model.named_parameters()]
+        server_c = content["control"].to_torch_state_dict()
+        saved = self.env.state.load(before_round=server_round)
+        own_c = saved if saved is not None else {n: torch.zeros_like(server_c[n]) for n in names}
+        self.correction = [(server_c[n] - own_c[n]).to(self.env.device) for n in names]
+        start = [p.detach().clone() for p in model.parameters()]
+
+        stats = self.fit(model, config, server_round)
+
+        scale = 1.0 / (max(stats.steps, 1) * float(config["lr"]))
+        new_c, delta_c = {}, {}
+        for name, p, x in zip(names, model.parameters(), start):
+            new_c[name] = own_c[name] - server_c[name] + (x - p.detach()).cpu() * scale
+            delta_c[name] = new_c[name] - own_c[name]
+        self.env.state.save(server_round, new_c, last_checkpoint=int(config["last-checkpoint"]))
+        return RecordDict(
+            {
+                "arrays": model_to_record(model),
+                "control-delta": ArrayRecord(delta_c),
+                "metrics": self.metrics(stats),
+            }
+        )
+
+    def before_step(self, model: nn.Module) -> None:
+        for p, corr in zip(model.parameters(), self.correction):
+            if p.grad is not None:
+                p.grad.add_(corr)
+
+
+CLIENT = ScaffoldClient

@@ -1,0 +1,122 @@
+"""Where the ServerApp's loop and the ClientApps run.
+
+- ``simulation``: Flower's simulation engine with its Ray backend. Flower 1.41 marks the public
+  ``flwr.simulation.run_simulation`` wrapper deprecated in favour of ``flwr run``; Flower's own
+  simulation runtime (``flwr-simulation``) launches the engine through
+  ``flwr.simulation.run_simulation._run_simulation``, and so does fedsim, which keeps runs
+  in-process (no SuperLink daemon) and free of deprecation warnings.
+- ``inprocess``: an in-process :class:`~flwr.serverapp.Grid` that calls the ClientApp directly,
+  one message after another: no Ray, fast start-up, for tests and debugging.
+
+Both hand the server's main function a Grid, as a deployed SuperLink does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from itertools import count
+from typing import Any, Callable, Iterable
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+ServerMain = Callable[[Grid], None]
+
+
+class InProcessGrid(Grid):
+    """A Grid whose nodes are ClientApp calls in this process (node id = client id + 1)."""
+
+    def __init__(self, client_app: ClientApp, num_nodes: int) -> None:
+        self.client_app = client_app
+        self.contexts = {
+            cid + 1: Context(
+                run_id=0,
+                node_id=cid + 1,
+                node_config={"partition-id": cid, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for cid in range(num_nodes)
+        }
+        self._ids = count()
+        self._pending: dict[str, Message] = {}
+
+    def set_run(self, run: Run) -> None:  # the in-process grid serves exactly one run
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            key = str(next(self._ids))
+            self._pending[key] = msg
+            ids.append(key)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._deliver(self._pending.pop(key)) for key in message_ids if key in self._pending]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+    def _deliver(self, msg: Message) -> Message:
+        context = self.contexts[msg.metadata.dst_node_id]
+        try:
+            return self.client_app(msg, context)
+        except Exception as err:  # a failing client becomes an error reply, as in Flower's runtimes
+            return Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+
+
+def run_inprocess(main: ServerMain, client_app: ClientApp, num_clients: int) -> None:
+    # Messages take their run and source ids from the process's task identity, which Flower's
+    # runtimes set for the ServerApp; here this process is that runtime.
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 0, SUPERLINK_NODE_ID
+    main(InProcessGrid(client_app, num_clients))
+
+
+def run_ray(main: ServerMain, client_app: ClientApp, num_clients: int, backend: Any, verbose: bool) -> None:
+    """Run on Flower's simulation engine (Ray), ``backend.num_cpus``/``num_gpus`` per client."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from flwr.supercore.telemetry import EventType
+    from flwr.simulation.run_simulation import _run_simulation
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        main(grid)
+
+    init_args: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+        "log_to_driver": verbose,
+    }
+    init_args.update(dict(backend.ray_init_args or {}))
+    _run_simulation(
+        num_supernodes=num_clients,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        client_app=client_app,
+        server_app=server_app,
+        backend_name="ray",
+        backend_config={
+            "client_resources": {"num_cpus": float(backend.num_cpus), "num_gpus": float(backend.num_gpus)},
+            "init_args": init_args,
+        },
+        verbose_logging=verbose,
+    )

@@ -1,0 +1,81 @@
+"""``python -m fedsim <command> [hydra overrides]``.
+
+User errors (bad override, unknown strategy, missing data) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from omegaconf import OmegaConf
+
+from fedsim.errors import FedsimError
+
+USAGE = """usage: python -m fedsim <command> [key=value ...]
+
+commands:
+  run     run a federated training job (simulation by default)
+
+`python -m fedsim run --help` lists the config groups, their options and the composed config.
+Examples:
+  python -m fedsim run strategy=fedprox num_rounds=10 partition.alpha=0.1
+  python -m fedsim run backend=inprocess num_clients=20 clients_per_round=5
+  python -m fedsim run resume=runs/20261122-180000-fedavg
+"""
+
+
+def _run_help() -> str:
+    from fedsim.config import GROUPS, compose, group_options
+
+    lines = ["usage: python -m fedsim run [key=value ...] [--cfg job]", "", "config groups (pick with group=option):"]
+    lines += [f"  {g:<10} {', '.join(group_options(g))}" for g in GROUPS]
+    lines += ["", "composed default config:", OmegaConf.to_yaml(compose([]))]
+    return "\n".join(lines)
+
+
+def cmd_run(args: list[str]) -> int:
+    from fedsim.config import compose
+
+    if "--help" in args or "-h" in args:
+        print(_run_help())
+        return 0
+    show_cfg = "--cfg" in args
+    if show_cfg:
+        i = args.index("--cfg")
+        args = args[:i] + args[i + 2 :]
+    for arg in args:
+        if arg.startswith("-"):
+            raise FedsimError(f"unknown option '{arg}': `python -m fedsim run` takes key=value overrides, --cfg job or --help")
+    cfg = compose(args)
+    if show_cfg:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    from fedsim.engine import resume_config, run
+
+    if cfg.resume:
+        cfg = resume_config(cfg.resume, cfg)
+    run(cfg)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"run": cmd_run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"fedsim: error: unknown command '{command}': choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[command](rest)
+    except FedsimError as err:
+        print(f"fedsim: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedsim: interrupted; continue with resume=<run dir> (from its last checkpoint)", file=sys.stderr)
+        return 130

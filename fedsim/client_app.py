@@ -1,0 +1,102 @@
+"""The Flower ClientApp of every fedsim run: routes Message-API calls to the strategy's client module.
+
+What a process shares among the clients it hosts (dataset, partition, one model instance) is built
+once, on first use, by :class:`ClientRuntime`; a client's own persistent state lives in its
+:class:`~fedsim.client_state.ClientStateStore`.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from omegaconf import OmegaConf
+
+from clients import load_client_class
+from clients.base import Client, ClientEnv, LocalData
+from fedsim.client_state import ClientStateStore
+from fedsim.data import load_dataset, make_partition
+from fedsim.models import build_model
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class ClientRuntime:
+    """Per-process cache of what the clients of one run share."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self._cfg_dict = cfg
+
+    @cached_property
+    def cfg(self):
+        return OmegaConf.create(self._cfg_dict)
+
+    @cached_property
+    def dataset(self):
+        d = self.cfg.dataset
+        return load_dataset(d.name, str(self.cfg.data_root), bool(d.download))
+
+    @cached_property
+    def splits(self):
+        return make_partition(self.dataset.y_train.numpy(), self.cfg.num_clients, self.cfg.partition, self.cfg.seed)
+
+    @cached_property
+    def device(self) -> torch.device:
+        return resolve_device(self.cfg.device)
+
+    @cached_property
+    def model(self) -> torch.nn.Module:
+        m = self.cfg.model
+        kwargs = {k: v for k, v in m.items() if k != "name"}
+        return build_model(m.name, self.dataset.input_shape, self.dataset.num_classes, **kwargs).to(self.device)
+
+    @cached_property
+    def client_class(self) -> type[Client]:
+        return load_client_class(self.cfg.strategy.client)
+
+    def local_data(self, client_id: int) -> LocalData:
+        idx = torch.from_numpy(self.splits[client_id].labeled)
+        return LocalData(self.dataset.x_train[idx], self.dataset.y_train[idx], self.dataset.normalize)
+
+    def client(self, client_id: int) -> Client:
+        env = ClientEnv(
+            client_id=client_id,
+            cfg=self.cfg,
+            data=self.local_data(client_id),
+            model=self.model,
+            device=self.device,
+            state=ClientStateStore(Path(self.cfg.run_dir) / "client_state", client_id),
+        )
+        return self.client_class(env)
+
+
+def client_id_of(context: Context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+def make_client_app(cfg: dict[str, Any]) -> ClientApp:
+    """Build the ClientApp for a resolved run config (a plain dict, so it ships to Ray actors)."""
+    runtime = ClientRuntime(cfg)
+    app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        cid = client_id_of(context)
+        info = MetricRecord({"client-id": cid, "num-examples": len(runtime.splits[cid].labeled)})
+        return Message(RecordDict({"info": info}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        server_round = int(msg.content["config"]["server-round"])
+        content = runtime.client(client_id_of(context)).train(msg.content, server_round)
+        return Message(content, reply_to=msg)
+
+    return app

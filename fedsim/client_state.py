@@ -1,0 +1,53 @@
+"""Persistent client state (control variates, personal models, masks), owned by the client.
+
+Each client keeps one versioned file per round it trained in, under ``<root>/<client id>/``.
+A client loads the newest version older than the current round, so a run resumed from the
+checkpoint of round R sees exactly the state it had after round R; versions that no checkpoint
+can need any more are pruned. Idle clients cost disk only, no memory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+
+class ClientStateStore:
+    def __init__(self, root: str | Path, client_id: int) -> None:
+        self.folder = Path(root) / f"{client_id:06d}"
+
+    def _versions(self) -> list[int]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(int(p.stem) for p in self.folder.glob("*.pt"))
+
+    def load(self, before_round: int) -> dict[str, torch.Tensor] | None:
+        """The newest saved state from a round earlier than ``before_round``, or None."""
+        older = [v for v in self._versions() if v < before_round]
+        if not older:
+            return None
+        return torch.load(self.folder / f"{older[-1]:06d}.pt", weights_only=True)
+
+    def save(self, server_round: int, state: dict[str, torch.Tensor], last_checkpoint: int) -> None:
+        """Store the state after ``server_round``; keep what a resume from ``last_checkpoint`` needs."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{server_round:06d}.tmp"
+        torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
+        os.replace(tmp, self.folder / f"{server_round:06d}.pt")
+        versions = self._versions()
+        needed = [v for v in versions if v <= last_checkpoint]
+        keep_from = needed[-1] if needed else versions[0]
+        for v in versions:
+            if v < keep_from:
+                (self.folder / f"{v:06d}.pt").unlink(missing_ok=True)
+
+
+def discard_after(root: str | Path, server_round: int) -> None:
+    """Delete every client's versions newer than ``server_round`` (before resuming from it)."""
+    root = Path(root)
+    if root.is_dir():
+        for path in root.glob("*/*.pt"):
+            if int(path.stem) > server_round:
+                path.unlink()

@@ -1,0 +1,106 @@
+"""Compose the run config with Hydra and validate it; every problem becomes one ConfigError line."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from fedsim.errors import ConfigError
+
+CONFIG_DIR = Path(os.environ.get("FEDSIM_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
+GROUPS = ("strategy", "dataset", "model", "partition", "backend")
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def _explain(err: Exception) -> str:
+    """Turn a Hydra/OmegaConf exception into one line naming the bad override and the fix."""
+    text = str(err)
+    missing = re.search(r"Could not find '(\w+)/([^']+)'", text)
+    if missing and missing.group(1) in GROUPS:
+        group, option = missing.groups()
+        return f"unknown {group} '{option}': choose one of {', '.join(group_options(group))}"
+    key = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
+    if key:
+        return f"unknown config key '{key.group(1)}': see `python -m fedsim run --cfg job` for the valid keys"
+    parse = re.search(r"Error parsing override '([^']+)'", text)
+    if parse:
+        return f"cannot parse override '{parse.group(1)}': write overrides as key=value (e.g. num_rounds=10)"
+    return text.strip().splitlines()[0]
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """The resolved config for ``overrides`` (Hydra override syntax)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"cannot parse override '{item}': write overrides as key=value (e.g. strategy=fedprox)")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = hydra_compose("config", overrides=list(overrides))
+    except Exception as err:  # Hydra raises several unrelated exception types for bad input
+        raise ConfigError(_explain(err)) from None
+    validate(cfg)
+    return cfg
+
+
+_INT_AT_LEAST = {
+    "num_rounds": 1,
+    "num_clients": 1,
+    "clients_per_round": 1,
+    "min_clients": 1,
+    "local_epochs": 1,
+    "batch_size": 1,
+    "eval_every": 1,
+    "eval_batch_size": 1,
+    "checkpoint_every": 0,
+    "seed": 0,
+}
+_POSITIVE = {"optimizer.lr": 0.0, "optimizer.lr_decay": 0.0, "round_timeout": 0.0, "connect_timeout": 0.0}
+_NON_NEGATIVE = {"optimizer.momentum", "optimizer.weight_decay", "backend.num_cpus", "backend.num_gpus"}
+
+
+def _get(cfg: DictConfig, dotted: str) -> Any:
+    return OmegaConf.select(cfg, dotted, default=None)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check types and ranges of the keys the engine relies on."""
+    for key, low in _INT_AT_LEAST.items():
+        value = _get(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{key}={value!r} is invalid: expected an integer >= {low}")
+    for key in list(_POSITIVE) + sorted(_NON_NEGATIVE):
+        value = _get(cfg, key)
+        if value is None and key.startswith("backend."):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} is invalid: expected a number")
+        if (key in _POSITIVE and value <= 0) or value < 0:
+            raise ConfigError(f"{key}={value!r} is invalid: expected a number {'> 0' if key in _POSITIVE else '>= 0'}")
+    if cfg.clients_per_round > cfg.num_clients:
+        raise ConfigError(
+            f"clients_per_round={cfg.clients_per_round} exceeds num_clients={cfg.num_clients}: lower it or add clients"
+        )
+    if cfg.min_clients > cfg.clients_per_round:
+        raise ConfigError(
+            f"min_clients={cfg.min_clients} exceeds clients_per_round={cfg.clients_per_round}: a round could never succeed"
+        )
+    if cfg.optimizer.name not in ("sgd", "adam"):
+        raise ConfigError(f"optimizer.name={cfg.optimizer.name!r} is invalid: choose sgd or adam")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device)):
+        raise ConfigError(f"device={cfg.device!r} is invalid: choose auto, cpu, cuda or cuda:N")
+    for group in GROUPS:
+        name = _get(cfg, f"{group}.name")
+        if name not in group_options(group):
+            raise ConfigError(f"{group}.name={name!r} is invalid: choose one of {', '.join(group_options(group))}")

@@ -1,0 +1,141 @@
+"""Turn a resolved config into a Flower ServerApp loop + ClientApp and run them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.serverapp import Grid
+from omegaconf import DictConfig, OmegaConf
+
+from clients.base import LocalData
+from fedsim.backends import run_inprocess, run_ray
+from fedsim.checkpoint import latest_checkpoint
+from fedsim.client_app import make_client_app, resolve_device
+from fedsim.data import load_dataset, make_partition
+from fedsim.data.partition import label_histograms
+from fedsim.errors import ConfigError
+from fedsim.evaluation import ServerEvaluator
+from fedsim.models import build_model
+from fedsim.progress import show
+from fedsim.records import model_to_record
+from fedsim.results import RunDirectory, new_run_dir
+from fedsim.seeding import seed_torch
+from fedsim.server_loop import RoundLoop
+from strategies import load_strategy_class
+
+log = logging.getLogger("fedsim")
+
+
+def quiet_logs(verbose: bool) -> None:
+    """Keep Flower's and Ray's logging at warning level unless ``verbose``."""
+    level = logging.DEBUG if verbose else logging.WARNING
+    for name in ("flwr", "ray"):
+        logging.getLogger(name).setLevel(level)
+    if not logging.getLogger("fedsim").handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("fedsim %(levelname)s: %(message)s"))
+        logging.getLogger("fedsim").addHandler(handler)
+        logging.getLogger("fedsim").propagate = False
+
+
+def prepare_run_dir(cfg: DictConfig) -> RunDirectory:
+    """Create (or, with ``resume``, reopen) the run directory and store ``run_dir`` in ``cfg``."""
+    if cfg.resume:
+        path = Path(cfg.resume)
+    elif cfg.run_dir:
+        path = Path(cfg.run_dir)
+    else:
+        path = new_run_dir(cfg.runs_root, cfg.strategy.name)
+    cfg.run_dir = str(path.resolve())
+    return RunDirectory(path)
+
+
+def resume_config(run_dir: str | Path, overrides: DictConfig | None = None) -> DictConfig:
+    """The saved config of ``run_dir``; only ``num_rounds`` may be raised when resuming."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"resume={run_dir}: no config.yaml there; pass the directory of an earlier fedsim run")
+    cfg = OmegaConf.load(path)
+    if overrides is not None:
+        cfg.num_rounds = max(int(cfg.num_rounds), int(overrides.num_rounds))
+        cfg.verbose = overrides.verbose
+    cfg.resume = str(run_dir)
+    return cfg
+
+
+def partition_summary(cfg: DictConfig, labels: np.ndarray, num_classes: int, splits) -> dict:
+    hist = label_histograms(labels, splits, num_classes)
+    return {
+        "partition": OmegaConf.to_container(cfg.partition),
+        "num_clients": cfg.num_clients,
+        "seed": cfg.seed,
+        "clients": [
+            {"client": cid, "num_labeled": len(s.labeled), "num_unlabeled": len(s.unlabeled), "label_histogram": h}
+            for cid, (s, h) in enumerate(zip(splits, hist))
+        ],
+    }
+
+
+def run(cfg: DictConfig) -> Path:
+    """Run the federation ``cfg`` describes; returns the run directory."""
+    quiet_logs(cfg.verbose)
+    run_dir = prepare_run_dir(cfg)
+    run_dir.write_config(cfg)
+
+    dataset = load_dataset(cfg.dataset.name, str(cfg.data_root), bool(cfg.dataset.download))
+    splits = make_partition(dataset.y_train.numpy(), cfg.num_clients, cfg.partition, cfg.seed)
+    run_dir.write_json("partition.json", partition_summary(cfg, dataset.y_train.numpy(), dataset.num_classes, splits))
+
+    device = resolve_device(cfg.device)
+    seed_torch(cfg.seed, "init")
+    model_kwargs = {k: v for k, v in cfg.model.items() if k != "name"}
+    model = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, **model_kwargs).to(device)
+    strategy = load_strategy_class(cfg.strategy.name)(cfg, [n for n, _ in model.named_parameters()])
+
+    arrays, start_round = model_to_record(model), 0
+    if cfg.resume:
+        ckpt = latest_checkpoint(run_dir.checkpoints)
+        if ckpt is not None:
+            arrays, start_round = ckpt.arrays, ckpt.server_round
+            strategy.load_state_dict(ckpt.strategy_state)
+            show(f"resuming {run_dir.path} after round {start_round}")
+
+    test = LocalData(dataset.x_test, dataset.y_test, dataset.normalize)
+    evaluator = ServerEvaluator(model, test, cfg.eval_batch_size, device)
+    t0 = time.time()
+
+    def server_main(grid: Grid) -> None:
+        RoundLoop(grid, strategy, cfg, run_dir, evaluator).run_rounds(arrays, start_round)
+
+    show(
+        f"fedsim: {cfg.strategy.name} on {cfg.dataset.name} ({cfg.model.name}), {cfg.num_clients} clients, "
+        f"{cfg.clients_per_round}/round, {cfg.num_rounds} rounds, backend={cfg.backend.name} -> {run_dir.path}"
+    )
+    client_app = make_client_app(OmegaConf.to_container(cfg, resolve=True))
+    if cfg.backend.name == "inprocess":
+        run_inprocess(server_main, client_app, cfg.num_clients)
+    else:
+        torch.set_num_threads(max(1, int(cfg.backend.num_cpus)))
+        run_ray(server_main, client_app, cfg.num_clients, cfg.backend, bool(cfg.verbose))
+
+    history = run_dir.read_metrics()
+    evaluated = [r for r in history if "test_accuracy" in r]
+    summary = {
+        "strategy": cfg.strategy.name,
+        "rounds": cfg.num_rounds,
+        "final_test_accuracy": evaluated[-1]["test_accuracy"] if evaluated else None,
+        "best_test_accuracy": max((r["test_accuracy"] for r in evaluated), default=None),
+        "failed_rounds": [r["round"] for r in history if r.get("failed")],
+        "bytes_up": sum(r["bytes_up"] for r in history),
+        "bytes_down": sum(r["bytes_down"] for r in history),
+        "wall_time_s_this_session": time.time() - t0,
+    }
+    run_dir.write_json("summary.json", summary)
+    run_dir.write_csv()
+    run_dir.plot()
+    show(f"done: final test accuracy {summary['final_test_accuracy']}; results in {run_dir.path}")
+    return run_dir.path

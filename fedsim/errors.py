@@ -1,0 +1,20 @@
+"""User-facing errors: each prints as one line naming what was wrong and how to fix it."""
+
+
+class FedsimError(Exception):
+    """An error caused by the user's input or environment (config, data, files).
+
+    The CLI prints its message as a single line and exits with code 2, without a traceback.
+    """
+
+
+class ConfigError(FedsimError):
+    """A bad override, an unknown group option or an invalid value."""
+
+
+class DataError(FedsimError):
+    """Dataset files missing or unreadable."""
+
+
+class RoundFailedError(FedsimError):
+    """Too few clients replied with a usable update for a round to be aggregated."""

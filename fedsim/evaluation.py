@@ -1,0 +1,35 @@
+"""Centralised evaluation of a model on a held-out set."""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord
+from torch import nn
+from torch.nn import functional as F
+
+from clients.base import LocalData
+from fedsim.records import load_record
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: LocalData, batch_size: int, device: torch.device) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``data``."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for x, y in data.batches(batch_size, device):
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    n = max(len(data), 1)
+    return {"accuracy": correct / n, "loss": loss_sum / n}
+
+
+class ServerEvaluator:
+    """Evaluates global ArrayRecords on the test set with one model instance."""
+
+    def __init__(self, model: nn.Module, data: LocalData, batch_size: int, device: torch.device) -> None:
+        self.model, self.data, self.batch_size, self.device = model, data, batch_size, device
+
+    def __call__(self, arrays: ArrayRecord) -> dict[str, float]:
+        load_record(self.model, arrays)
+        return evaluate(self.model, self.data, self.batch_size, self.device)

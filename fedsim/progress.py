@@ -1,0 +1,28 @@
+"""One line per round on stdout: accuracy, losses, clients, traffic and time."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:.1f}MB"
+
+
+def round_line(record: dict[str, Any], num_rounds: int) -> str:
+    parts = [f"[round {record['round']:>{len(str(num_rounds))}}/{num_rounds}]"]
+    if record.get("failed"):
+        parts.append(f"FAILED ({record['failed']})")
+    if "train_loss" in record:
+        parts.append(f"train_loss {record['train_loss']:.4f}")
+    if "test_accuracy" in record:
+        parts.append(f"test_acc {record['test_accuracy']:.4f} test_loss {record['test_loss']:.4f}")
+    parts.append(f"clients {record['clients_ok']}/{record['clients_sampled']}")
+    parts.append(f"up {_mb(record['bytes_up'])} down {_mb(record['bytes_down'])}")
+    parts.append(f"{record['round_time_s']:.1f}s")
+    return " | ".join(parts)
+
+
+def show(line: str) -> None:
+    print(line, file=sys.stdout, flush=True)

@@ -1,0 +1,106 @@
+"""The run directory: resolved config, partition summary, metrics (JSONL + CSV), plots, summary.
+
+runs/<timestamp>-<strategy>/
+    config.yaml        the resolved config (what ``resume=`` reads back)
+    partition.json     per-client sample counts and label histograms
+    metrics.jsonl      one JSON object per round
+    metrics.csv        the same table, rewritten at the end of the run
+    summary.json       final figures
+    accuracy.png       test accuracy and loss per round
+    checkpoints/       round_XXXXXX.pt every ``checkpoint_every`` rounds
+    client_state/      clients' persistent state, versioned by round
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def new_run_dir(root: str | Path, strategy: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(root) / f"{stamp}-{strategy}"
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = Path(root) / f"{stamp}-{strategy}-{suffix}"
+    path.mkdir(parents=True)
+    return path
+
+
+class RunDirectory:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def client_state(self) -> Path:
+        return self.path / "client_state"
+
+    def write_config(self, cfg: DictConfig) -> None:
+        (self.path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    def write_json(self, name: str, data: Any) -> None:
+        (self.path / name).write_text(json.dumps(data, indent=1) + "\n")
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with self.metrics_file.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_file.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, last_round: int) -> None:
+        """Drop records of rounds after ``last_round`` (what a killed run wrote past its checkpoint)."""
+        kept = [r for r in self.read_metrics() if r["round"] <= last_round]
+        self.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def write_csv(self) -> None:
+        rows = self.read_metrics()
+        columns: list[str] = []
+        for row in rows:
+            columns += [k for k in row if k not in columns and not isinstance(row[k], (list, dict))]
+        with (self.path / "metrics.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def plot(self) -> Path:
+        """accuracy.png: test accuracy and loss (and train loss) per round."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = self.read_metrics()
+        fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+        evaluated = [r for r in rows if "test_accuracy" in r]
+        ax_acc.plot([r["round"] for r in evaluated], [r["test_accuracy"] for r in evaluated], marker="o")
+        ax_acc.set(xlabel="round", ylabel="test accuracy", title="accuracy")
+        ax_loss.plot([r["round"] for r in evaluated], [r["test_loss"] for r in evaluated], marker="o", label="test")
+        trained = [r for r in rows if "train_loss" in r]
+        ax_loss.plot([r["round"] for r in trained], [r["train_loss"] for r in trained], marker=".", label="train")
+        ax_loss.set(xlabel="round", ylabel="loss", title="loss")
+        ax_loss.legend()
+        for ax in (ax_acc, ax_loss):
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        out = self.path / "accuracy.png"
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        return out

@@ -1,0 +1,116 @@
+"""The server's round loop, shared by simulation and deployment.
+
+Flower's ``Strategy.start`` runs a fixed number of rounds from scratch; fedsim drives the same
+strategy methods itself so that a run can checkpoint, resume at the round after its last
+checkpoint, account the bytes every message carries, survive failed rounds, and write one metrics
+record and one progress line per round.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedsim.checkpoint import Checkpoint, save_checkpoint
+from fedsim.client_state import discard_after
+from fedsim.errors import FedsimError, RoundFailedError
+from fedsim.progress import round_line, show
+from fedsim.records import payload_bytes
+from fedsim.results import RunDirectory
+from fedsim.strategy import FedsimStrategy
+
+log = logging.getLogger("fedsim")
+
+
+def discover_clients(grid: Grid, expected: int, timeout: float) -> dict[int, int]:
+    """Ask every connected node which client (data partition) it hosts: client id -> node id."""
+    deadline = time.time() + timeout
+    nodes = sorted(grid.get_node_ids())
+    while len(nodes) < expected and time.time() < deadline:
+        time.sleep(0.5)
+        nodes = sorted(grid.get_node_ids())
+    if len(nodes) < expected:
+        raise FedsimError(
+            f"only {len(nodes)} of {expected} clients connected within {timeout:.0f}s: start more clients "
+            "or lower num_clients"
+        )
+    query = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+    node_of: dict[int, int] = {}
+    for reply in grid.send_and_receive(query, timeout=timeout):
+        if reply.has_error():
+            log.warning("node %d did not answer the handshake: %s", reply.metadata.src_node_id, reply.error.reason)
+            continue
+        cid = int(reply.content["info"]["client-id"])
+        if cid in node_of:
+            raise FedsimError(f"two nodes claim client id {cid}: give every client a distinct partition-id")
+        node_of[cid] = reply.metadata.src_node_id
+    if not node_of:
+        raise FedsimError("no client answered the handshake: check the client logs")
+    return node_of
+
+
+@dataclass
+class RoundLoop:
+    """Everything the loop needs; ``evaluate`` maps global arrays to {'accuracy', 'loss'}."""
+
+    grid: Grid
+    strategy: FedsimStrategy
+    cfg: Any
+    run: RunDirectory
+    evaluate: Callable[[ArrayRecord], dict[str, float]]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def train_config(self, server_round: int, last_checkpoint: int) -> ConfigRecord:
+        opt = self.cfg.optimizer
+        return ConfigRecord(
+            {
+                "lr": float(opt.lr) * float(opt.lr_decay) ** (server_round - 1),
+                "local-epochs": int(self.cfg.local_epochs),
+                "batch-size": int(self.cfg.batch_size),
+                "last-checkpoint": last_checkpoint,
+            }
+        )
+
+    def run_rounds(self, arrays: ArrayRecord, start_round: int) -> ArrayRecord:
+        """Run rounds ``start_round + 1 .. num_rounds`` from global ``arrays``; returns the final arrays."""
+        cfg = self.cfg
+        self.strategy.set_clients(discover_clients(self.grid, cfg.num_clients, cfg.connect_timeout))
+        if start_round > 0:
+            discard_after(self.run.client_state, start_round)
+            self.run.truncate_metrics(start_round)
+        last_checkpoint = start_round
+        for server_round in range(start_round + 1, cfg.num_rounds + 1):
+            t0 = time.time()
+            record: dict[str, Any] = {"round": server_round}
+            messages = list(self.strategy.configure_train(server_round, arrays, self.train_config(server_round, last_checkpoint), self.grid))
+            replies = list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout))
+            record["clients_sampled"] = len(messages)
+            record["bytes_down"] = sum(payload_bytes(m.content) for m in messages)
+            record["bytes_up"] = sum(payload_bytes(r.content) for r in replies if not r.has_error())
+            try:
+                new_arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+                arrays = new_arrays
+                record["train_loss"] = float(metrics["train-loss"])
+                record.update({k.replace("-", "_"): v for k, v in metrics.items() if k not in ("train-loss",)})
+            except RoundFailedError as err:
+                record["failed"] = str(err)
+                log.warning("%s; the global model is kept as it was", err)
+            record["clients_ok"] = record["clients_sampled"] - len(self.strategy.dropped)
+            if self.strategy.dropped:
+                record["dropped"] = self.strategy.dropped
+            if server_round % cfg.eval_every == 0 or server_round == cfg.num_rounds:
+                result = self.evaluate(arrays)
+                record["test_accuracy"], record["test_loss"] = result["accuracy"], result["loss"]
+            record["round_time_s"] = time.time() - t0
+            self.run.append_metrics(record)
+            self.history.append(record)
+            show(round_line(record, cfg.num_rounds))
+            if cfg.checkpoint_every and (server_round % cfg.checkpoint_every == 0 or server_round == cfg.num_rounds):
+                save_checkpoint(self.run.checkpoints, Checkpoint(server_round, arrays, self.strategy.state_dict()))
+                last_checkpoint = server_round
+        return arrays

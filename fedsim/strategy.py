@@ -1,0 +1,157 @@
+"""Base class of fedsim's server strategies.
+
+It is Flower's Message-API :class:`flwr.serverapp.strategy.FedAvg` with what a research framework
+needs on top:
+
+- clients are addressed by their client id (the data partition they hold), learnt once through a
+  query to every node, and sampled with a generator seeded by (seed, round), so runs repeat;
+- each sampled client gets its own message (:meth:`FedsimStrategy.train_content`), which is what
+  per-client and peer-to-peer strategies build on;
+- replies are checked before aggregation: a client that raised, sent arrays of the wrong keys or
+  shapes, or NaN/Inf values is dropped with a warning naming it, and a round with fewer than
+  ``min_clients`` usable replies fails loudly instead of averaging what is left;
+- server-side state (e.g. SCAFFOLD's control variate) goes through ``state_dict`` into checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+from fedsim.errors import RoundFailedError
+from fedsim.records import non_finite, shape_mismatch, weighted_average
+from fedsim.seeding import rng
+
+log = logging.getLogger("fedsim")
+
+
+@dataclass(frozen=True)
+class ClientReply:
+    """A checked reply from one client."""
+
+    client_id: int
+    content: RecordDict
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.content["metrics"]["num-examples"])
+
+
+class FedsimStrategy(FlowerFedAvg):
+    """FedAvg with seeded per-client sampling, reply checks and checkpointable state."""
+
+    def __init__(self, cfg: Any, param_keys: list[str]) -> None:
+        super().__init__(
+            fraction_train=cfg.clients_per_round / cfg.num_clients,
+            # fedsim evaluates the global model centrally (server_loop); Flower's federated
+            # evaluation API stays available to strategies that call configure_evaluate.
+            fraction_evaluate=1.0,
+            min_train_nodes=cfg.min_clients,
+            min_evaluate_nodes=cfg.min_clients,
+            min_available_nodes=cfg.num_clients,
+        )
+        self.cfg = cfg
+        self.param_keys = param_keys  # trainable parameters (the rest of the state are buffers)
+        self.node_of: dict[int, int] = {}
+        self.dropped: list[dict[str, Any]] = []
+        self.global_arrays: ArrayRecord | None = None
+
+    # -- clients --------------------------------------------------------------------------------
+    def set_clients(self, node_of: dict[int, int]) -> None:
+        """Map client ids to the node ids that host them (learnt by the server's handshake)."""
+        self.node_of = dict(node_of)
+
+    def sample_clients(self, server_round: int) -> list[int]:
+        ids = sorted(self.node_of)
+        k = min(int(self.cfg.clients_per_round), len(ids))
+        return sorted(int(c) for c in rng(self.cfg.seed, "sample", server_round).choice(ids, k, replace=False))
+
+    # -- train ------------------------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.global_arrays = arrays
+        config["server-round"] = server_round
+        return [
+            Message(
+                self.train_content(cid, arrays, config),
+                dst_node_id=self.node_of[cid],
+                message_type=MessageType.TRAIN,
+                group_id=str(server_round),
+            )
+            for cid in self.sample_clients(server_round)
+        ]
+
+    def train_content(self, client_id: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+        """What one sampled client receives this round."""
+        return RecordDict({"arrays": arrays, "config": config})
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        accepted = self.accept_replies(server_round, replies)
+        if len(accepted) < self.cfg.min_clients:
+            raise RoundFailedError(
+                f"round {server_round}: only {len(accepted)} usable replies, min_clients={self.cfg.min_clients}"
+            )
+        return self.aggregate(server_round, accepted)
+
+    def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
+        """FedAvg: mean of the returned weights, weighted by local sample counts."""
+        weights = [r.num_examples for r in replies]
+        arrays = weighted_average([r.content["arrays"] for r in replies], weights)
+        return arrays, self.aggregate_metrics(replies)
+
+    def aggregate_metrics(self, replies: list[ClientReply]) -> MetricRecord:
+        metrics = aggregate_metricrecords(
+            [RecordDict({"metrics": r.content["metrics"]}) for r in replies], "num-examples"
+        )
+        metrics["num-examples"] = sum(r.num_examples for r in replies)
+        return metrics
+
+    # -- reply checks -----------------------------------------------------------------------------
+    def accept_replies(self, server_round: int, replies: Iterable[Message]) -> list[ClientReply]:
+        client_of = {node: cid for cid, node in self.node_of.items()}
+        accepted, self.dropped = [], []
+        for msg in replies:
+            cid = client_of.get(msg.metadata.src_node_id, -1)
+            problem = self.reply_problem(msg)
+            if problem is None:
+                accepted.append(ClientReply(cid, msg.content))
+                continue
+            self.dropped.append({"client": cid, "reason": problem})
+            log.warning("round %d: dropped client %d: %s", server_round, cid, problem)
+        return sorted(accepted, key=lambda r: r.client_id)
+
+    def reply_problem(self, msg: Message) -> str | None:
+        """Why a reply cannot be aggregated, or None. Subclasses add their own records' checks."""
+        if msg.has_error():
+            return f"client raised: {msg.error.reason.strip().splitlines()[-1] if msg.error.reason else msg.error.code}"
+        content = msg.content
+        if "arrays" not in content.array_records or "metrics" not in content.metric_records:
+            return "malformed reply: needs an 'arrays' ArrayRecord and a 'metrics' MetricRecord"
+        if int(content["metrics"].get("num-examples", 0)) <= 0:
+            return "malformed reply: 'num-examples' missing or not positive"
+        assert self.global_arrays is not None
+        mismatch = shape_mismatch(self.global_arrays, content["arrays"])
+        if mismatch:
+            return f"returned {mismatch}"
+        for name, record in content.array_records.items():
+            bad = non_finite(record)
+            if bad:
+                return f"returned NaN/Inf in '{name}/{bad}'"
+        return None
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Server-side state to checkpoint (none for FedAvg)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""

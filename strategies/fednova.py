@@ -1,0 +1,46 @@
+"""FedNova: "Tackling the Objective Inconsistency Problem in Heterogeneous Federated
+Optimization" (Wang et al., NeurIPS 2020, arXiv:2007.07481).
+
+Clients run different numbers of local steps (their data sizes differ); plain averaging then
+optimises a skewed objective. With p_i = n_i / n, the normalised update d_i = (x - y_i) / a_i, where
+a_i is the l1 norm of client i's accumulation vector (``tau-eff``, see ``clients/fednova.py``):
+    x <- x - tau_eff * sum_i p_i d_i,      tau_eff = sum_i p_i a_i
+Buffers (e.g. BatchNorm statistics) are averaged as in FedAvg.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord
+
+from fedsim.records import from_numpy, to_numpy, weighted_average
+from fedsim.strategy import ClientReply, FedsimStrategy
+
+
+class FedNova(FedsimStrategy):
+    def reply_problem(self, msg: Message) -> str | None:
+        problem = super().reply_problem(msg)
+        if problem is None and not float(msg.content["metrics"].get("tau-eff", 0.0)) > 0.0:
+            return "malformed reply: FedNova needs a positive 'tau-eff' metric"
+        return problem
+
+    def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
+        assert self.global_arrays is not None
+        x = to_numpy(self.global_arrays)
+        n = float(sum(r.num_examples for r in replies))
+        p = [r.num_examples / n for r in replies]
+        a = [float(r.content["metrics"]["tau-eff"]) for r in replies]
+        tau_eff = sum(pi * ai for pi, ai in zip(p, a))
+        buffers = to_numpy(weighted_average([r.content["arrays"] for r in replies], p))
+        new = {}
+        for key, value in x.items():
+            if key not in self.param_keys:
+                new[key] = buffers[key]
+                continue
+            x64 = value.astype(np.float64)
+            direction = sum(pi * (x64 - r.content["arrays"][key].numpy()) / ai for pi, ai, r in zip(p, a, replies))
+            new[key] = (x64 - tau_eff * direction).astype(value.dtype)
+        return from_numpy(new), self.aggregate_metrics(replies)
+
+
+STRATEGY = FedNova

@@ -1,0 +1,27 @@
+"""FedProx: "Federated Optimization in Heterogeneous Networks" (Li et al., MLSys 2020,
+arXiv:1812.06127).
+
+The server is FedAvg; it sends ``proximal-mu`` so that each client minimises
+CE + mu/2 * ||w - w_t||^2 around the received global weights w_t (see ``clients/fedprox.py``).
+Flower's own FedProx does the same on the server; this one adds fedsim's sampling and reply checks.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+
+from fedsim.strategy import FedsimStrategy
+
+
+class FedProx(FedsimStrategy):
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        config["proximal-mu"] = float(self.cfg.strategy.mu)
+        return super().configure_train(server_round, arrays, config, grid)
+
+
+STRATEGY = FedProx
