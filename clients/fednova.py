@@ -10,21 +10,13 @@ from __future__ import annotations
 
 from flwr.app import MetricRecord
 
-from clients.base import Client, TrainStats
-
-
-def accumulation_norm(tau: int, momentum: float) -> float:
-    """||a_i||_1 for tau local steps of SGD with the given momentum."""
-    if momentum == 0.0:
-        return float(tau)
-    return (tau - momentum * (1.0 - momentum**tau) / (1.0 - momentum)) / (1.0 - momentum)
+from clients.base import Client, TrainStats, accumulation_norm, optimizer_momentum
 
 
 class FedNovaClient(Client):
     def metrics(self, stats: TrainStats) -> MetricRecord:
         metrics = super().metrics(stats)
-        momentum = float(self.env.cfg.optimizer.momentum) if self.env.cfg.optimizer.name == "sgd" else 0.0
-        metrics["tau-eff"] = accumulation_norm(stats.steps, momentum)
+        metrics["tau-eff"] = accumulation_norm(stats.steps, optimizer_momentum(self.env.cfg.optimizer))
         return metrics
 
 

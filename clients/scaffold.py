@@ -4,6 +4,11 @@ Every local step corrects the gradient by (c - c_i): c is the server control var
 the ``control`` ArrayRecord, c_i this client's own, kept in its persistent state. After K local
 steps at learning rate eta:  c_i+ = c_i - c + (x - y_i) / (K * eta).  The reply carries the new
 weights y_i and ``control-delta`` = c_i+ - c_i.
+
+With heavy-ball momentum rho, K steps move the weights by eta * a * (mean gradient) with
+a = sum_k (1 - rho^(K-k)) / (1 - rho) (``accumulation_norm``), not eta * K; fedsim divides by
+eta * a, which is K for plain SGD as in the paper. Dividing by K alone would overestimate c_i by up
+to 1 / (1 - rho) (10x at rho = 0.9) and make training diverge.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
 
-from clients.base import Client
+from clients.base import Client, accumulation_norm, optimizer_momentum
 from fedsim.records import load_record, model_to_record
 
 
@@ -30,7 +35,8 @@ class ScaffoldClient(Client):
 
         stats = self.fit(model, config, server_round)
 
-        scale = 1.0 / (max(stats.steps, 1) * float(config["lr"]))
+        steps = accumulation_norm(max(stats.steps, 1), optimizer_momentum(self.env.cfg.optimizer))
+        scale = 1.0 / (steps * float(config["lr"]))
         new_c, delta_c = {}, {}
         for name, p, x in zip(names, model.parameters(), start):
             new_c[name] = own_c[name] - server_c[name] + (x - p.detach()).cpu() * scale

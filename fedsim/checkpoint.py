@@ -25,7 +25,7 @@ def _tensors(tree: Any) -> Any:
     if isinstance(tree, dict):
         return {k: _tensors(v) for k, v in tree.items()}
     if isinstance(tree, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(tree))
+        return torch.from_numpy(np.asarray(tree, order="C"))
     return tree
 
 

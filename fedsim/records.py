@@ -23,7 +23,7 @@ def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def from_numpy(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    return ArrayRecord({k: torch.from_numpy(np.asarray(v, order="C")) for k, v in arrays.items()})
 
 
 def payload_bytes(content: RecordDict) -> int:

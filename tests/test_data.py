@@ -1,0 +1,71 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from fedsim.data import load_dataset
+from fedsim.data.datasets import DEBIAN_FASHION_MNIST
+from fedsim.data.idx import read_idx
+from fedsim.errors import DataError
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_read_idx_roundtrip(tmp_path):
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "x.gz", images)
+    np.testing.assert_array_equal(read_idx(tmp_path / "x.gz"), images)
+
+
+def test_read_idx_rejects_truncated_file(tmp_path):
+    images = np.zeros((5, 2, 2), dtype=np.uint8)
+    header = bytes([0, 0, 0x08, 3]) + b"".join(struct.pack(">I", d) for d in images.shape)
+    (tmp_path / "bad").write_bytes(header + b"\x00" * 7)
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(tmp_path / "bad")
+
+
+def test_fashion_mnist_from_data_root(tmp_path):
+    folder = tmp_path / "FashionMNIST" / "raw"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("t10k", 5)):
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    ds = load_dataset.__wrapped__("fashion_mnist", str(tmp_path), False)
+    assert ds.x_train.shape == (12, 1, 28, 28) and ds.x_test.shape == (5, 1, 28, 28)
+    assert ds.x_train.dtype == torch.uint8 and ds.y_train.dtype == torch.int64
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="needs apt package dataset-fashion-mnist (.ci/run installs it)")
+def test_fashion_mnist_offline_default(tmp_path):
+    ds = load_dataset("fashion_mnist", str(tmp_path), False)
+    assert ds.x_train.shape == (60000, 1, 28, 28) and ds.x_test.shape == (10000, 1, 28, 28)
+    assert sorted(ds.y_train.unique().tolist()) == list(range(10))
+    x = ds.normalize(ds.x_train[:1000])
+    assert abs(x.mean().item()) < 0.1 and abs(x.std().item() - 1) < 0.1
+
+
+@pytest.mark.parametrize("name, expected", [("cifar10", "cifar-10-batches-py"), ("mnist", "MNIST/raw"), ("svhn", "train_32x32.mat")])
+def test_missing_files_give_one_clear_line(tmp_path, name, expected):
+    with pytest.raises(DataError) as err:
+        load_dataset.__wrapped__(name, str(tmp_path), False)
+    message = str(err.value)
+    assert "\n" not in message and expected in message and "dataset.download=true" in message
+
+
+def test_unknown_dataset():
+    with pytest.raises(DataError, match="choose one of"):
+        load_dataset.__wrapped__("imagenet", "./data", False)
+
+
+def test_digits_is_offline_and_split():
+    ds = load_dataset("digits")
+    assert ds.x_train.shape == (1500, 1, 8, 8) and ds.x_test.shape == (297, 1, 8, 8)
+    assert ds.num_classes == 10

@@ -1,0 +1,83 @@
+"""End-to-end runs on the in-process backend (and one through Flower's Ray simulation engine)."""
+
+import json
+import sys
+
+import pytest
+
+from fedsim.engine import resume_config, run
+from tests import faulty_client
+from tests.conftest import comparable, read_metrics
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "scaffold", "fednova"])
+def test_strategy_learns_above_chance(make_cfg, strategy):
+    path = run(make_cfg(f"strategy={strategy}", "num_rounds=4", "partition=dirichlet", "partition.alpha=0.5"))
+    records = read_metrics(path)
+    assert [r["round"] for r in records] == [1, 2, 3, 4]
+    assert records[-1]["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+
+
+def test_run_directory_contents(make_cfg):
+    path = run(make_cfg("num_rounds=2"))
+    for name in ("config.yaml", "partition.json", "metrics.jsonl", "metrics.csv", "summary.json", "accuracy.png"):
+        assert (path / name).is_file(), name
+    partition = json.loads((path / "partition.json").read_text())
+    assert len(partition["clients"]) == 4 and sum(partition["clients"][0]["label_histogram"]) > 0
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["final_test_accuracy"] == read_metrics(path)[-1]["test_accuracy"]
+    record = read_metrics(path)[0]
+    assert record["bytes_up"] > 0 and record["bytes_down"] > 0 and record["clients_sampled"] == 3
+    assert sorted(p.name for p in (path / "checkpoints").iterdir()) == ["round_000001.pt", "round_000002.pt"]
+
+
+def test_same_seed_same_metrics(make_cfg):
+    a = read_metrics(run(make_cfg("strategy=scaffold", name="a")))
+    b = read_metrics(run(make_cfg("strategy=scaffold", name="b")))
+    c = read_metrics(run(make_cfg("strategy=scaffold", "seed=1", name="c")))
+    assert comparable(a) == comparable(b)
+    assert comparable(a) != comparable(c)
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "scaffold"])
+def test_resume_after_kill_matches_uninterrupted_run(make_cfg, strategy):
+    full = read_metrics(run(make_cfg(f"strategy={strategy}", "num_rounds=5", "checkpoint_every=2", name="full")))
+    # A run killed during round 4: checkpoints after rounds 2 and 4 would exist only up to 2,
+    # while metrics and client state of round 3 were already written.
+    cut = make_cfg(f"strategy={strategy}", "num_rounds=3", "checkpoint_every=2", name="cut")
+    path = run(cut)
+    (path / "checkpoints" / "round_000003.pt").unlink()
+    resumed = run(resume_config(path, make_cfg("num_rounds=5")))
+    assert resumed == path
+    assert comparable(read_metrics(path)) == comparable(full)
+
+
+def test_faulty_clients_are_dropped_and_named(make_cfg, monkeypatch):
+    monkeypatch.setitem(sys.modules, "clients.faulty", faulty_client)
+    path = run(make_cfg("strategy.client=faulty", "clients_per_round=4", "min_clients=2", "num_rounds=2"))
+    records = read_metrics(path)
+    for record in records:
+        assert record["clients_ok"] == 2 and not record.get("failed")
+        reasons = {d["client"]: d["reason"] for d in record["dropped"]}
+        assert set(reasons) == {1, 2}
+        assert "NaN/Inf" in reasons[1] and "simulated crash on client 2" in reasons[2]
+    assert records[-1]["test_accuracy"] > 0.3  # the healthy clients still train the model
+
+
+def test_round_with_too_few_clients_is_reported(make_cfg, monkeypatch):
+    monkeypatch.setitem(sys.modules, "clients.faulty", faulty_client)
+    path = run(make_cfg("strategy.client=faulty", "clients_per_round=4", "min_clients=3", "num_rounds=2"))
+    records = read_metrics(path)
+    assert all("min_clients=3" in r["failed"] for r in records)
+    assert records[0]["test_accuracy"] == records[1]["test_accuracy"]  # the model was kept, not averaged
+    assert json.loads((path / "summary.json").read_text())["failed_rounds"] == [1, 2]
+
+
+def test_ray_simulation_backend(make_cfg):
+    """The real path: Flower's simulation engine with Ray actors (num_cpus per client)."""
+    path = run(make_cfg("backend=simulation", "num_rounds=2", "strategy=scaffold"))
+    records = read_metrics(path)
+    assert [r["round"] for r in records] == [1, 2]
+    assert all(r["clients_ok"] == 3 for r in records)
+    assert records[-1]["test_accuracy"] > 0.3

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from fedsim.data.partition import dirichlet, label_histograms, make_partition, shards
+from fedsim.errors import ConfigError
+
+LABELS = np.repeat(np.arange(10), 200)
+
+
+def covers_all_once(parts, n):
+    joined = np.concatenate(parts)
+    return len(joined) == n and len(np.unique(joined)) == n
+
+
+def test_iid_equal_disjoint_complete():
+    splits = make_partition(LABELS, 7, {"name": "iid"}, seed=1)
+    sizes = [len(s.all) for s in splits]
+    assert max(sizes) - min(sizes) <= 1
+    assert covers_all_once([s.all for s in splits], len(LABELS))
+
+
+def test_dirichlet_reproducible_and_seed_dependent():
+    cfg = {"name": "dirichlet", "alpha": 0.3, "min_size": 10}
+    a = make_partition(LABELS, 10, cfg, seed=3)
+    b = make_partition(LABELS, 10, cfg, seed=3)
+    c = make_partition(LABELS, 10, cfg, seed=4)
+    assert all(np.array_equal(x.all, y.all) for x, y in zip(a, b))
+    assert not all(np.array_equal(x.all, y.all) for x, y in zip(a, c))
+    assert covers_all_once([s.all for s in a], len(LABELS))
+    assert min(len(s.all) for s in a) >= 10
+
+
+def test_dirichlet_alpha_controls_skew():
+    def mean_classes(alpha):
+        parts = dirichlet(LABELS, 10, alpha, np.random.default_rng(0))
+        return np.mean([len(np.unique(LABELS[p])) for p in parts])
+
+    assert mean_classes(0.05) < mean_classes(1.0) < mean_classes(100.0) + 1e-9
+    assert mean_classes(100.0) == 10
+
+
+def test_shards_give_exactly_k_classes():
+    parts = shards(LABELS, 10, 2, np.random.default_rng(0))
+    assert all(len(np.unique(LABELS[p])) == 2 for p in parts)
+    assert covers_all_once(parts, len(LABELS))
+
+
+def test_shards_rejects_too_many_classes():
+    with pytest.raises(ConfigError, match="classes_per_client"):
+        shards(LABELS, 4, 11, np.random.default_rng(0))
+
+
+def test_labeled_ratio_per_client():
+    splits = make_partition(LABELS, 5, {"name": "iid", "labeled_ratio": 0.1}, seed=0)
+    for s in splits:
+        assert len(s.labeled) == round(0.1 * len(s.all))
+        assert len(np.intersect1d(s.labeled, s.unlabeled)) == 0
+
+
+def test_labeled_clients_split_whole_clients():
+    splits = make_partition(LABELS, 5, {"name": "iid", "labeled_clients": 2}, seed=0)
+    assert [len(s.unlabeled) == 0 for s in splits] == [True, True, False, False, False]
+    assert all(len(s.labeled) == 0 for s in splits[2:])
+
+
+def test_histograms_match_counts():
+    splits = make_partition(LABELS, 4, {"name": "dirichlet", "alpha": 0.5}, seed=0)
+    hist = label_histograms(LABELS, splits, 10)
+    assert [sum(h) for h in hist] == [len(s.all) for s in splits]
