@@ -83,11 +83,10 @@ def partition_summary(cfg: DictConfig, labels: np.ndarray, num_classes: int, spl
 def run(cfg: DictConfig) -> Path:
     """Run the federation ``cfg`` describes; returns the run directory."""
     quiet_logs(cfg.verbose)
-    run_dir = prepare_run_dir(cfg)
-    run_dir.write_config(cfg)
-
     dataset = load_dataset(cfg.dataset.name, str(cfg.data_root), bool(cfg.dataset.download))
     splits = make_partition(dataset.y_train.numpy(), cfg.num_clients, cfg.partition, cfg.seed)
+    run_dir = prepare_run_dir(cfg)
+    run_dir.write_config(cfg)
     run_dir.write_json("partition.json", partition_summary(cfg, dataset.y_train.numpy(), dataset.num_classes, splits))
 
     device = resolve_device(cfg.device)

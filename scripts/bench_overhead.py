@@ -1,0 +1,105 @@
+"""Framework overhead: `fedsim run` vs a plain PyTorch loop doing the same FedAvg work.
+
+Both run as fresh processes, timed from launch to exit (imports, data loading, start-up and
+shutdown included), on the same workload: FedAvg, small CNN, Fashion-MNIST, Dirichlet(0.5)
+partition, every client trained each round for one local epoch, weighted averaging, and a
+test-set evaluation per round. The plain loop trains the clients one after another in one process
+with all cores; fedsim runs them on Flower's Ray simulation engine (one CPU per client actor).
+
+    python scripts/bench_overhead.py                      # 10 clients x 5 rounds
+    python scripts/bench_overhead.py --clients 10 --rounds 2 --backend inprocess
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def plain_loop(clients: int, rounds: int, seed: int) -> float:
+    """The same FedAvg work in plain PyTorch; returns the final test accuracy."""
+    import torch
+    from torch.nn import functional as F
+
+    from fedsim.data import load_dataset, make_partition
+    from fedsim.models import build_model
+
+    ds = load_dataset("fashion_mnist")
+    splits = make_partition(ds.y_train.numpy(), clients, {"name": "dirichlet", "alpha": 0.5, "min_size": 10}, seed)
+    torch.manual_seed(seed)
+    model = build_model("cnn", ds.input_shape, ds.num_classes)
+    global_state = {k: v.clone() for k, v in model.state_dict().items()}
+    acc = 0.0
+    for _ in range(rounds):
+        states, sizes = [], []
+        for split in splits:
+            model.load_state_dict(global_state)
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+            x_all, y_all = ds.x_train[torch.from_numpy(split.labeled)], ds.y_train[torch.from_numpy(split.labeled)]
+            order = torch.randperm(len(y_all))
+            model.train()
+            for start in range(0, len(order), 32):
+                idx = order[start : start + 32]
+                opt.zero_grad()
+                F.cross_entropy(model(ds.normalize(x_all[idx])), y_all[idx]).backward()
+                opt.step()
+            states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            sizes.append(len(y_all))
+        total = sum(sizes)
+        global_state = {
+            k: sum(s[k].double() * (n / total) for s, n in zip(states, sizes)).to(states[0][k].dtype) for k in states[0]
+        }
+        model.load_state_dict(global_state)
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for start in range(0, len(ds.y_test), 1000):
+                x = ds.normalize(ds.x_test[start : start + 1000])
+                correct += (model(x).argmax(1) == ds.y_test[start : start + 1000]).sum().item()
+        acc = correct / len(ds.y_test)
+    return acc
+
+
+def timed(cmd: list[str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if out.returncode != 0:
+        sys.exit(f"command failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-2000:]}")
+    return elapsed, out.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", default="simulation", choices=["simulation", "inprocess"])
+    parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.plain:
+        print(f"accuracy {plain_loop(args.clients, args.rounds, args.seed):.4f}")
+        return
+
+    plain_s, plain_out = timed([sys.executable, __file__, "--plain", f"--clients={args.clients}", f"--rounds={args.rounds}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        fedsim_s, fedsim_out = timed(
+            [
+                sys.executable, "-m", "fedsim", "run", "strategy=fedavg", f"backend={args.backend}",
+                f"num_clients={args.clients}", f"clients_per_round={args.clients}", f"num_rounds={args.rounds}",
+                "partition=dirichlet", "partition.alpha=0.5", "local_epochs=1", "batch_size=32",
+                f"seed={args.seed}", f"runs_root={tmp}", "checkpoint_every=0",
+            ]
+        )
+    fedsim_acc = [line for line in fedsim_out.splitlines() if line.startswith("done:")]
+    print(f"workload: FedAvg, CNN, Fashion-MNIST, {args.clients} clients x {args.rounds} rounds x 1 epoch")
+    print(f"plain PyTorch loop : {plain_s:8.1f} s   ({plain_out.strip()})")
+    print(f"fedsim run ({args.backend}): {fedsim_s:8.1f} s   ({fedsim_acc[-1] if fedsim_acc else '?'})")
+    print(f"ratio fedsim / plain: {fedsim_s / plain_s:.3f}")
+
+
+if __name__ == "__main__":
+    main()
