@@ -8,7 +8,7 @@ SCAFFOLD's control-variate correction) or :meth:`Client.train` (extra records).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Iterator
 
 import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
@@ -16,17 +16,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedsim.client_state import ClientStateStore
+from fedsim.data import ImageDataset
 from fedsim.records import load_record, model_to_record
 from fedsim.seeding import seed_torch, torch_generator
 
 
 @dataclass
 class LocalData:
-    """One client's training samples: uint8 images, labels and the dataset's normaliser."""
+    """One client's samples: uint8 images, labels, and the dataset they come from (its statistics)."""
 
     x: torch.Tensor
     y: torch.Tensor
-    normalize: Callable[[torch.Tensor], torch.Tensor]
+    dataset: ImageDataset
 
     def __len__(self) -> int:
         return len(self.y)
@@ -36,7 +37,7 @@ class LocalData:
         order = torch.randperm(len(self.y), generator=generator) if generator is not None else torch.arange(len(self.y))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            yield self.normalize(self.x[idx]).to(device, non_blocking=True), self.y[idx].to(device, non_blocking=True)
+            yield self.dataset.normalize(self.x[idx]).to(device, non_blocking=True), self.y[idx].to(device, non_blocking=True)
 
 
 @dataclass
@@ -98,6 +99,10 @@ class Client:
     def before_step(self, model: nn.Module) -> None:
         """Called after backward, before the optimizer step."""
 
+    def batches(self, config: ConfigRecord, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The (x, y) minibatches of one local epoch."""
+        return self.env.data.batches(int(config["batch-size"]), self.env.device, generator)
+
     # -- the update -------------------------------------------------------------------------
     def train(self, content: RecordDict, server_round: int) -> RecordDict:
         config: ConfigRecord = content["config"]
@@ -118,7 +123,7 @@ class Client:
         model.train()
         total, steps = 0.0, 0
         for _ in range(int(config["local-epochs"])):
-            for x, y in env.data.batches(int(config["batch-size"]), env.device, generator):
+            for x, y in self.batches(config, generator):
                 optimizer.zero_grad(set_to_none=True)
                 loss = self.loss(model, model(x), y)
                 loss.backward()

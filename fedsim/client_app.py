@@ -64,7 +64,7 @@ class ClientRuntime:
 
     def local_data(self, client_id: int) -> LocalData:
         idx = torch.from_numpy(self.splits[client_id].labeled)
-        return LocalData(self.dataset.x_train[idx], self.dataset.y_train[idx], self.dataset.normalize)
+        return LocalData(self.dataset.x_train[idx], self.dataset.y_train[idx], self.dataset)
 
     def client(self, client_id: int) -> Client:
         env = ClientEnv(

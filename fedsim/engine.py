@@ -103,7 +103,7 @@ def run(cfg: DictConfig) -> Path:
             strategy.load_state_dict(ckpt.strategy_state)
             show(f"resuming {run_dir.path} after round {start_round}")
 
-    test = LocalData(dataset.x_test, dataset.y_test, dataset.normalize)
+    test = LocalData(dataset.x_test, dataset.y_test, dataset)
     evaluator = ServerEvaluator(model, test, cfg.eval_batch_size, device)
     t0 = time.time()
 

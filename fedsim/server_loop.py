@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -27,8 +27,8 @@ from fedsim.strategy import FedsimStrategy
 log = logging.getLogger("fedsim")
 
 
-def discover_clients(grid: Grid, expected: int, timeout: float) -> dict[int, int]:
-    """Ask every connected node which client (data partition) it hosts: client id -> node id."""
+def discover_clients(grid: Grid, expected: int, timeout: float) -> tuple[dict[int, int], dict[int, int]]:
+    """Ask every connected node which client it hosts: (client id -> node id, client id -> #examples)."""
     deadline = time.time() + timeout
     nodes = sorted(grid.get_node_ids())
     while len(nodes) < expected and time.time() < deadline:
@@ -41,6 +41,7 @@ def discover_clients(grid: Grid, expected: int, timeout: float) -> dict[int, int
         )
     query = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
     node_of: dict[int, int] = {}
+    sizes: dict[int, int] = {}
     for reply in grid.send_and_receive(query, timeout=timeout):
         if reply.has_error():
             log.warning("node %d did not answer the handshake: %s", reply.metadata.src_node_id, reply.error.reason)
@@ -49,9 +50,10 @@ def discover_clients(grid: Grid, expected: int, timeout: float) -> dict[int, int
         if cid in node_of:
             raise FedsimError(f"two nodes claim client id {cid}: give every client a distinct partition-id")
         node_of[cid] = reply.metadata.src_node_id
+        sizes[cid] = int(reply.content["info"]["num-examples"])
     if not node_of:
         raise FedsimError("no client answered the handshake: check the client logs")
-    return node_of
+    return node_of, sizes
 
 
 @dataclass
@@ -63,7 +65,6 @@ class RoundLoop:
     cfg: Any
     run: RunDirectory
     evaluate: Callable[[ArrayRecord], dict[str, float]]
-    history: list[dict[str, Any]] = field(default_factory=list)
 
     def train_config(self, server_round: int, last_checkpoint: int) -> ConfigRecord:
         opt = self.cfg.optimizer
@@ -79,7 +80,8 @@ class RoundLoop:
     def run_rounds(self, arrays: ArrayRecord, start_round: int) -> ArrayRecord:
         """Run rounds ``start_round + 1 .. num_rounds`` from global ``arrays``; returns the final arrays."""
         cfg = self.cfg
-        self.strategy.set_clients(discover_clients(self.grid, cfg.num_clients, cfg.connect_timeout))
+        self.strategy.set_clients(*discover_clients(self.grid, cfg.num_clients, cfg.connect_timeout))
+        self.strategy.setup(self.grid, self.run)
         if start_round > 0:
             discard_after(self.run.client_state, start_round)
             self.run.truncate_metrics(start_round)
@@ -108,7 +110,6 @@ class RoundLoop:
                 record["test_accuracy"], record["test_loss"] = result["accuracy"], result["loss"]
             record["round_time_s"] = time.time() - t0
             self.run.append_metrics(record)
-            self.history.append(record)
             show(round_line(record, cfg.num_rounds))
             if cfg.checkpoint_every and (server_round % cfg.checkpoint_every == 0 or server_round == cfg.num_rounds):
                 save_checkpoint(self.run.checkpoints, Checkpoint(server_round, arrays, self.strategy.state_dict()))

@@ -25,6 +25,7 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedsim.errors import RoundFailedError
+from fedsim.results import RunDirectory
 from fedsim.records import non_finite, shape_mismatch, weighted_average
 from fedsim.seeding import rng
 
@@ -59,13 +60,21 @@ class FedsimStrategy(FlowerFedAvg):
         self.cfg = cfg
         self.param_keys = param_keys  # trainable parameters (the rest of the state are buffers)
         self.node_of: dict[int, int] = {}
+        self.num_examples: dict[int, int] = {}
         self.dropped: list[dict[str, Any]] = []
         self.global_arrays: ArrayRecord | None = None
 
     # -- clients --------------------------------------------------------------------------------
-    def set_clients(self, node_of: dict[int, int]) -> None:
-        """Map client ids to the node ids that host them (learnt by the server's handshake)."""
-        self.node_of = dict(node_of)
+    def set_clients(self, node_of: dict[int, int], num_examples: dict[int, int]) -> None:
+        """Client id -> hosting node id, and client id -> local sample count (from the handshake)."""
+        self.node_of, self.num_examples = dict(node_of), dict(num_examples)
+
+    def setup(self, grid: Grid, run: RunDirectory) -> None:
+        """Work before the first FL round (e.g. FedFed's feature distillation); nothing for FedAvg.
+
+        Called on every start, resumed ones too: a strategy skips what its checkpointed state or
+        files in the run directory already hold.
+        """
 
     def sample_clients(self, server_round: int) -> list[int]:
         ids = sorted(self.node_of)
