@@ -32,11 +32,14 @@ class LocalData:
     def __len__(self) -> int:
         return len(self.y)
 
+    def index_batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """Index minibatches over the samples; shuffled when a generator is given."""
+        order = torch.randperm(len(self.y), generator=generator) if generator is not None else torch.arange(len(self.y))
+        return iter(order.split(batch_size))
+
     def batches(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None):
         """Yield normalised (x, y) batches; shuffled when a generator is given."""
-        order = torch.randperm(len(self.y), generator=generator) if generator is not None else torch.arange(len(self.y))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in self.index_batches(batch_size, generator):
             yield self.dataset.normalize(self.x[idx]).to(device, non_blocking=True), self.y[idx].to(device, non_blocking=True)
 
 

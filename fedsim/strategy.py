@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -125,12 +125,16 @@ class FedsimStrategy(FlowerFedAvg):
         return metrics
 
     # -- reply checks -----------------------------------------------------------------------------
-    def accept_replies(self, server_round: int, replies: Iterable[Message]) -> list[ClientReply]:
+    def accept_replies(
+        self, server_round: int, replies: Iterable[Message], check: Callable[[Message], str | None] | None = None
+    ) -> list[ClientReply]:
+        """Replies that pass ``check`` (default :meth:`reply_problem`), sorted by client id."""
         client_of = {node: cid for cid, node in self.node_of.items()}
+        check = check or self.reply_problem
         accepted, self.dropped = [], []
         for msg in replies:
             cid = client_of.get(msg.metadata.src_node_id, -1)
-            problem = self.reply_problem(msg)
+            problem = check(msg)
             if problem is None:
                 accepted.append(ClientReply(cid, msg.content))
                 continue
