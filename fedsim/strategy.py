@@ -76,10 +76,11 @@ class FedsimStrategy(FlowerFedAvg):
         files in the run directory already hold.
         """
 
-    def sample_clients(self, server_round: int) -> list[int]:
+    def sample_clients(self, server_round: int, purpose: str = "sample") -> list[int]:
+        """``clients_per_round`` client ids, drawn from (seed, purpose, round)."""
         ids = sorted(self.node_of)
         k = min(int(self.cfg.clients_per_round), len(ids))
-        return sorted(int(c) for c in rng(self.cfg.seed, "sample", server_round).choice(ids, k, replace=False))
+        return sorted(int(c) for c in rng(self.cfg.seed, purpose, server_round).choice(ids, k, replace=False))
 
     # -- train ------------------------------------------------------------------------------------
     def configure_train(

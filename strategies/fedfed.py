@@ -1,9 +1,9 @@
 """FedFed: "FedFed: Feature Distillation against Data Heterogeneity in Federated Learning"
 (Yang, Zhang et al., NeurIPS 2023, arXiv:2310.05077; official code github.com/visitworld123/FedFed).
 
-Before ordinary FL, all clients train a feature-distillation generator G with an embedded classifier
-under FedAvg for ``distill_rounds`` rounds (``clients/fedfed.py`` has the objective). Each client
-then shares, once, the performance-sensitive part x_s = x - G(x) of its samples with Gaussian noise
+Before ordinary FL, clients train a feature-distillation generator G with an embedded classifier
+under FedAvg for ``distill_rounds`` rounds, ``clients_per_round`` sampled clients a round as in FL
+(``clients/fedfed.py`` has the objective). Every client then shares, once, the performance-sensitive part x_s = x - G(x) of its samples with Gaussian noise
 of std ``share_noise_std`` added per sample, and the server pools them into the global shared set
 (kept in the run directory as ``shared_pool.pt``: exactly what the server received, which the
 privacy tools inspect). FL then runs the base algorithm ``strategy.base`` (FedAvg, FedProx,
@@ -64,10 +64,10 @@ class FedFedMixin:
         self.collect_shared(grid, arrays, log_file)
         torch.save({"x": torch.from_numpy(self.pool_x), "y": torch.from_numpy(self.pool_y)}, pool_file)
 
-    def _send_all(self, grid: Grid, arrays: ArrayRecord, config: ConfigRecord) -> tuple[list[Message], list[Message]]:
+    def _send(self, grid: Grid, clients: list[int], arrays: ArrayRecord, config: ConfigRecord) -> tuple[list[Message], list[Message]]:
         messages = [
-            Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=node, message_type=MessageType.TRAIN)
-            for _, node in sorted(self.node_of.items())
+            Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=self.node_of[cid], message_type=MessageType.TRAIN)
+            for cid in clients
         ]
         return messages, list(grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
 
@@ -89,7 +89,7 @@ class FedFedMixin:
                 {"fedfed-phase": DISTILL, "server-round": r, "lr": float(s.distill_lr),
                  "local-epochs": int(s.distill_epochs), "batch-size": int(self.cfg.batch_size)}
             )
-            messages, replies = self._send_all(grid, arrays, config)
+            messages, replies = self._send(grid, self.sample_clients(r, "fedfed-distill"), arrays, config)
             accepted = self.accept_replies(r, replies, check=lambda m: FedsimStrategy.reply_problem(self, m))
             self._require(f"distillation round {r}", accepted)
             arrays = weighted_average([a.content["arrays"] for a in accepted], [a.num_examples for a in accepted])
@@ -119,7 +119,8 @@ class FedFedMixin:
 
     def collect_shared(self, grid: Grid, arrays: ArrayRecord, log_file) -> None:
         t0 = time.time()
-        messages, replies = self._send_all(grid, arrays, ConfigRecord({"fedfed-phase": SHARE, "server-round": 0}))
+        config = ConfigRecord({"fedfed-phase": SHARE, "server-round": 0})
+        messages, replies = self._send(grid, sorted(self.node_of), arrays, config)
         accepted = self.accept_replies(0, replies, check=self._share_problem)
         self._require("sharing", accepted)
         self.pool_x = np.concatenate([a.content["shared"]["x"].numpy() for a in accepted])
