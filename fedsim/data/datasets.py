@@ -1,0 +1,189 @@
+"""Dataset registry.
+
+Every dataset is held as uint8 image tensors (N, C, H, W) plus int64 labels, loaded once per
+process (``load_dataset`` is cached) and normalised per batch, so simulated clients never
+re-read files and idle clients cost no copies.
+
+The offline default is Fashion-MNIST: the loader looks in ``data_root``, then in the folder of
+Debian's ``dataset-fashion-mnist`` package, and only then asks torchvision to download (when
+``download=true``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from fedsim.data.idx import read_idx
+from fedsim.errors import DataError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """A labelled image dataset held in memory as uint8 tensors."""
+
+    name: str
+    x_train: torch.Tensor  # uint8 (N, C, H, W)
+    y_train: torch.Tensor  # int64 (N,)
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> float32, scaled to [0, 1] then standardised per channel."""
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x.float().div_(255.0) - mean) / std
+
+    def scale_difference(self, d: torch.Tensor) -> torch.Tensor:
+        """The linear part of ``normalize`` for a difference of [0, 1] images (no mean shift)."""
+        return d / torch.tensor(self.std, device=d.device).view(1, -1, 1, 1)
+
+
+def _nchw(images: np.ndarray | torch.Tensor, channels_last: bool) -> torch.Tensor:
+    t = torch.from_numpy(np.array(images, dtype=np.uint8))
+    if t.ndim == 3:
+        return t.unsqueeze(1).contiguous()
+    return t.permute(0, 3, 1, 2).contiguous() if channels_last else t.contiguous()
+
+
+def _labels(labels) -> torch.Tensor:
+    return torch.from_numpy(np.array(labels, dtype=np.int64))
+
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _find_idx(folders: list[Path], stem: str) -> Path | None:
+    for folder in folders:
+        for name in (stem, stem + ".gz"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def _load_idx_dataset(folders: list[Path]) -> tuple[torch.Tensor, ...] | None:
+    """Load (x_train, y_train, x_test, y_test) from the original IDX files, if all are present."""
+    paths = {stem: _find_idx(folders, stem) for pair in _IDX_FILES.values() for stem in pair}
+    if any(p is None for p in paths.values()):
+        return None
+    out = []
+    for images, labels in _IDX_FILES.values():
+        out += [_nchw(read_idx(paths[images]), False), _labels(read_idx(paths[labels]))]
+    return tuple(out)
+
+
+def _torchvision_error(label: str, root: Path, expected: str, err: Exception) -> DataError:
+    return DataError(
+        f"{label} not found under {root} (expected {expected}): copy the files there or run with "
+        f"dataset.download=true on a machine with a network [{type(err).__name__}]"
+    )
+
+
+def _fashion_mnist(root: Path, download: bool):
+    folders = [root / "FashionMNIST" / "raw", root / "fashion-mnist", root, DEBIAN_FASHION_MNIST]
+    found = _load_idx_dataset(folders)
+    if found is not None:
+        return found
+    if not download:
+        raise DataError(
+            f"Fashion-MNIST files not found in {root}/FashionMNIST/raw or {DEBIAN_FASHION_MNIST}: "
+            "install them with `apt-get install dataset-fashion-mnist` or set dataset.download=true"
+        )
+    return _torchvision_mnist_like("FashionMNIST", "Fashion-MNIST", root, download)
+
+
+def _torchvision_mnist_like(cls_name: str, label: str, root: Path, download: bool):
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, cls_name)
+    try:
+        train, test = cls(root, train=True, download=download), cls(root, train=False, download=download)
+    except (RuntimeError, OSError) as err:
+        raise _torchvision_error(label, root, f"{root}/{cls_name}/raw/*-ubyte", err) from err
+    return (_nchw(train.data, False), _labels(train.targets), _nchw(test.data, False), _labels(test.targets))
+
+
+def _mnist(root: Path, download: bool):
+    found = _load_idx_dataset([root / "MNIST" / "raw", root / "mnist"])
+    return found if found is not None else _torchvision_mnist_like("MNIST", "MNIST", root, download)
+
+
+def _cifar(cls_name: str, folder: str):
+    def load(root: Path, download: bool):
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, cls_name)
+        try:
+            train, test = cls(root, train=True, download=download), cls(root, train=False, download=download)
+        except (RuntimeError, OSError) as err:
+            raise _torchvision_error(cls_name, root, f"{root}/{folder}/", err) from err
+        return (_nchw(train.data, True), _labels(train.targets), _nchw(test.data, True), _labels(test.targets))
+
+    return load
+
+
+def _svhn(root: Path, download: bool):
+    import torchvision.datasets as tvd
+
+    try:
+        train = tvd.SVHN(root, split="train", download=download)
+        test = tvd.SVHN(root, split="test", download=download)
+    except (RuntimeError, OSError) as err:
+        raise _torchvision_error("SVHN", root, f"{root}/train_32x32.mat and test_32x32.mat", err) from err
+    return (_nchw(train.data, False), _labels(train.labels), _nchw(test.data, False), _labels(test.labels))
+
+
+def _digits(root: Path, download: bool):
+    """scikit-learn's bundled 8x8 digits (1,797 images): the fastest offline data, for tests."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    order = np.random.default_rng(0).permutation(len(images))
+    train, test = order[:1500], order[1500:]
+    return (_nchw(images[train], False), _labels(bunch.target[train]), _nchw(images[test], False), _labels(bunch.target[test]))
+
+
+@dataclass(frozen=True)
+class _Spec:
+    load: Callable[[Path, bool], tuple]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+DATASETS: dict[str, _Spec] = {
+    "fashion_mnist": _Spec(_fashion_mnist, 10, (0.2860,), (0.3530,)),
+    "mnist": _Spec(_mnist, 10, (0.1307,), (0.3081,)),
+    "cifar10": _Spec(_cifar("CIFAR10", "cifar-10-batches-py"), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": _Spec(_cifar("CIFAR100", "cifar-100-python"), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": _Spec(_svhn, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "digits": _Spec(_digits, 10, (0.3,), (0.37,)),
+}
+
+
+@lru_cache(maxsize=4)
+def load_dataset(name: str, root: str = "./data", download: bool = False) -> ImageDataset:
+    """Load a dataset by registry name (cached: once per process)."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset '{name}': choose one of {', '.join(sorted(DATASETS))}")
+    spec = DATASETS[name]
+    x_tr, y_tr, x_te, y_te = spec.load(Path(root).expanduser(), download)
+    return ImageDataset(name, x_tr, y_tr, x_te, y_te, spec.num_classes, spec.mean, spec.std)
