@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -115,7 +116,9 @@ def run(cfg: DictConfig) -> Path:
         f"{cfg.clients_per_round}/round, {cfg.num_rounds} rounds, backend={cfg.backend.name} -> {run_dir.path}"
     )
     client_app = make_client_app(OmegaConf.to_container(cfg, resolve=True))
+    # Float results depend on the number of threads a reduction is split over: set it from config.
     if cfg.backend.name == "inprocess":
+        torch.set_num_threads(int(cfg.backend.num_threads) or os.cpu_count() or 1)
         run_inprocess(server_main, client_app, cfg.num_clients)
     else:
         torch.set_num_threads(max(1, int(cfg.backend.num_cpus)))

@@ -74,10 +74,36 @@ def test_round_with_too_few_clients_is_reported(make_cfg, monkeypatch):
     assert json.loads((path / "summary.json").read_text())["failed_rounds"] == [1, 2]
 
 
-def test_ray_simulation_backend(make_cfg):
-    """The real path: Flower's simulation engine with Ray actors (num_cpus per client)."""
-    path = run(make_cfg("backend=simulation", "num_rounds=2", "strategy=scaffold"))
-    records = read_metrics(path)
-    assert [r["round"] for r in records] == [1, 2]
-    assert all(r["clients_ok"] == 3 for r in records)
-    assert records[-1]["test_accuracy"] > 0.3
+def test_ray_simulation_backend_is_deterministic(make_cfg):
+    """The real path: Flower's simulation engine with Ray actors (num_cpus per client), run twice."""
+    a = read_metrics(run(make_cfg("backend=simulation", "num_rounds=2", "strategy=scaffold", name="a")))
+    b = read_metrics(run(make_cfg("backend=simulation", "num_rounds=2", "strategy=scaffold", name="b")))
+    assert [r["round"] for r in a] == [1, 2]
+    assert all(r["clients_ok"] == 3 for r in a)
+    assert a[-1]["test_accuracy"] > 0.3
+    assert comparable(a) == comparable(b)
+
+
+def test_killed_process_resumes_to_the_same_metrics(make_cfg, tmp_path):
+    """SIGKILL a real `fedsim run` after round 3 of 5, resume it from the CLI, compare with a clean run."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.conftest import FAST
+
+    args = [sys.executable, "-m", "fedsim", "run", *FAST, "strategy=scaffold", "num_rounds=5", "checkpoint_every=2"]
+    full = read_metrics(run(make_cfg("strategy=scaffold", "num_rounds=5", "checkpoint_every=2", name="full")))
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(args + [f"run_dir={killed}"], stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("[round 3/5]"):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(read_metrics(killed)) >= 3
+    resumed = subprocess.run([sys.executable, "-m", "fedsim", "run", f"resume={killed}"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    assert comparable(read_metrics(killed)) == comparable(full)
