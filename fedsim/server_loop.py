@@ -77,6 +77,19 @@ class RoundLoop:
             }
         )
 
+    def missing_clients(self, server_round: int, messages: list[Message], replies: list[Message]) -> list[dict[str, Any]]:
+        """Sampled clients that sent no reply within ``round_timeout`` (dead or too slow)."""
+        replied = {r.metadata.src_node_id for r in replies}
+        client_of = {node: cid for cid, node in self.strategy.node_of.items()}
+        lost = []
+        for msg in messages:
+            if msg.metadata.dst_node_id not in replied:
+                cid = client_of.get(msg.metadata.dst_node_id, -1)
+                reason = f"no reply within round_timeout={self.cfg.round_timeout}s"
+                log.warning("round %d: dropped client %d: %s", server_round, cid, reason)
+                lost.append({"client": cid, "reason": reason})
+        return lost
+
     def run_rounds(self, arrays: ArrayRecord, start_round: int) -> ArrayRecord:
         """Run rounds ``start_round + 1 .. num_rounds`` from global ``arrays``; returns the final arrays."""
         cfg = self.cfg
@@ -92,6 +105,7 @@ class RoundLoop:
             messages = list(self.strategy.configure_train(server_round, arrays, self.train_config(server_round, last_checkpoint), self.grid))
             replies = list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout))
             record["clients_sampled"] = len(messages)
+            lost = self.missing_clients(server_round, messages, replies)
             record["bytes_down"] = sum(payload_bytes(m.content) for m in messages)
             record["bytes_up"] = sum(payload_bytes(r.content) for r in replies if not r.has_error())
             try:
@@ -102,9 +116,9 @@ class RoundLoop:
             except RoundFailedError as err:
                 record["failed"] = str(err)
                 log.warning("%s; the global model is kept as it was", err)
-            record["clients_ok"] = record["clients_sampled"] - len(self.strategy.dropped)
-            if self.strategy.dropped:
-                record["dropped"] = self.strategy.dropped
+            record["clients_ok"] = len(replies) - len(self.strategy.dropped)
+            if self.strategy.dropped or lost:
+                record["dropped"] = self.strategy.dropped + lost
             if server_round % cfg.eval_every == 0 or server_round == cfg.num_rounds:
                 result = self.evaluate(arrays)
                 record["test_accuracy"], record["test_loss"] = result["accuracy"], result["loss"]
