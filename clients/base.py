@@ -99,6 +99,10 @@ class Client:
     def loss(self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y)
 
+    def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of one local step (a forward pass and :meth:`loss` by default)."""
+        return self.loss(model, model(x), y)
+
     def before_step(self, model: nn.Module) -> None:
         """Called after backward, before the optimizer step."""
 
@@ -128,7 +132,7 @@ class Client:
         for _ in range(int(config["local-epochs"])):
             for x, y in self.batches(config, generator):
                 optimizer.zero_grad(set_to_none=True)
-                loss = self.loss(model, model(x), y)
+                loss = self.batch_loss(model, x, y)
                 loss.backward()
                 self.before_step(model)
                 optimizer.step()

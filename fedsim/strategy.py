@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
@@ -42,6 +43,23 @@ class ClientReply:
     @property
     def num_examples(self) -> int:
         return int(self.content["metrics"]["num-examples"])
+
+
+def update_dissimilarity(global_arrays: ArrayRecord, replies: list[ClientReply], keys: list[str]) -> dict[str, float]:
+    """How much the clients' updates disagree (the client drift FedImpro measures).
+
+    With d_i = y_i - x over the trainable parameters and p_i the sample weights:
+    ``update-variance`` = sum_i p_i ||d_i - d||^2 and ``update-dissimilarity`` = that / ||d||^2, d = sum_i p_i d_i.
+    """
+    if "arrays" not in replies[0].content.array_records or not keys:
+        return {}
+    total = float(sum(r.num_examples for r in replies))
+    p = [r.num_examples / total for r in replies]
+    x = {k: global_arrays[k].numpy().astype(np.float64).ravel() for k in keys}
+    deltas = [np.concatenate([r.content["arrays"][k].numpy().ravel() - x[k] for k in keys]) for r in replies]
+    mean = sum(pi * d for pi, d in zip(p, deltas))
+    variance = float(sum(pi * np.sum((d - mean) ** 2) for pi, d in zip(p, deltas)))
+    return {"update-variance": variance, "update-dissimilarity": variance / max(float(np.sum(mean**2)), 1e-12)}
 
 
 class FedsimStrategy(FlowerFedAvg):
@@ -110,7 +128,9 @@ class FedsimStrategy(FlowerFedAvg):
             raise RoundFailedError(
                 f"round {server_round}: only {len(accepted)} usable replies, min_clients={self.cfg.min_clients}"
             )
-        return self.aggregate(server_round, accepted)
+        arrays, metrics = self.aggregate(server_round, accepted)
+        metrics.update(update_dissimilarity(self.global_arrays, accepted, self.param_keys))
+        return arrays, metrics
 
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
         """FedAvg: mean of the returned weights, weighted by local sample counts."""

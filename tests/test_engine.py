@@ -40,7 +40,7 @@ def test_same_seed_same_metrics(make_cfg):
     assert comparable(a) != comparable(c)
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "scaffold"])
+@pytest.mark.parametrize("strategy", ["fedavg", "scaffold", "fedimpro"])
 def test_resume_after_kill_matches_uninterrupted_run(make_cfg, strategy):
     full = read_metrics(run(make_cfg(f"strategy={strategy}", "num_rounds=5", "checkpoint_every=2", name="full")))
     # A run killed during round 4: checkpoints after rounds 2 and 4 would exist only up to 2,

@@ -18,6 +18,29 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def layer_list(model: nn.Module) -> list[nn.Module]:
+    """A zoo model as an ordered list of layers: its ``features`` children, then its ``classifier``."""
+    return [*model.features.children(), model.classifier]
+
+
+DEFAULT_SPLIT = {"FedAvgCNN": None, "MLP": None, "ResNet": 7}  # None: after the whole feature stack
+
+
+def split_model(model: nn.Module, at: int | None = None) -> tuple[nn.Sequential, nn.Sequential]:
+    """(low, high) with ``high(low(x)) == model(x)``, sharing the model's parameters.
+
+    ``at`` counts the feature layers that go to the low part; by default the whole feature stack
+    (CNN, MLP) or, for ResNet-18, the stem and the first two stages (FedImpro's split point).
+    """
+    features = list(model.features.children())
+    if at is None:
+        at = DEFAULT_SPLIT.get(type(model).__name__) or len(features)
+    if not 1 <= at <= len(features):
+        raise ConfigError(f"split point {at} is invalid for {type(model).__name__}: choose 1..{len(features)}")
+    layers = layer_list(model)
+    return nn.Sequential(*layers[:at]), nn.Sequential(*layers[at:])
+
+
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, **kwargs: Any) -> nn.Module:
     """Instantiate model ``name`` for images of ``input_shape`` (C, H, W) and ``num_classes``."""
     if name not in MODELS:
