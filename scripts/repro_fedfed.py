@@ -2,7 +2,7 @@
 
 Same heterogeneous partition (Dirichlet alpha=0.1, 10 clients), same seed, same number of FL rounds
 for every method; Fashion-MNIST (offline default) and, when its files are under data_root,
-CIFAR-10 with the small CNN. Prints final and best test accuracy per method.
+CIFAR-10 with the small CNN. Prints final and best test accuracy and traffic per method.
 
     python scripts/repro_fedfed.py                       # FedAvg, FedProx, each +/- FedFed
     python scripts/repro_fedfed.py --rounds 20 --bases fedavg fedprox scaffold fednova
@@ -11,31 +11,9 @@ CIFAR-10 with the small CNN. Prints final and best test accuracy per method.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import tempfile
-import time
-from pathlib import Path
 
-from fedsim.data import load_dataset
-from fedsim.errors import DataError
-
-
-def run(overrides: list[str], runs_root: str, name: str) -> dict:
-    run_dir = Path(runs_root) / name
-    t0 = time.time()
-    out = subprocess.run([sys.executable, "-m", "fedsim", "run", *overrides, f"run_dir={run_dir}"], capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    summary["wall_s"] = time.time() - t0
-    distill_log = run_dir / "distill_metrics.jsonl"  # FedFed's distillation and sharing traffic
-    if distill_log.exists():
-        for record in map(json.loads, distill_log.read_text().splitlines()):
-            summary["bytes_down"] += record.get("bytes_down", 0)
-            summary["bytes_up"] += record.get("bytes_up", sum(record.get("upload_bytes_per_client", {}).values()))
-    return summary
+from repro_common import datasets_available, run_fedsim
 
 
 def main() -> None:
@@ -49,25 +27,16 @@ def main() -> None:
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every run, e.g. backend=inprocess")
     args = parser.parse_args()
 
-    datasets = ["fashion_mnist"]
-    try:
-        load_dataset("cifar10", args.data_root, False)
-        datasets.append("cifar10")
-    except DataError:
-        print(f"CIFAR-10 not found under {args.data_root}: Fashion-MNIST only")
-
     runs_root = args.runs_root or tempfile.mkdtemp(prefix="repro_fedfed_")
     common = [f"num_rounds={args.rounds}", "num_clients=10", "partition=dirichlet", f"partition.alpha={args.alpha}",
               f"seed={args.seed}", f"data_root={args.data_root}", "model=cnn", *args.extra]
     rows = []
-    for dataset in datasets:
+    for dataset in datasets_available(args.data_root):
         for base in args.bases:
             for fedfed in (False, True):
                 strategy = ["strategy=fedfed", f"strategy.base={base}"] if fedfed else [f"strategy={base}"]
                 name = f"{dataset}-{base}{'-fedfed' if fedfed else ''}"
-                print(f"running {name} ...", flush=True)
-                s = run(common + [f"dataset={dataset}"] + strategy, runs_root, name)
-                rows.append((dataset, f"{base}{' + FedFed' if fedfed else ''}", s))
+                rows.append((dataset, f"{base}{' + FedFed' if fedfed else ''}", run_fedsim(common + [f"dataset={dataset}"] + strategy, runs_root, name)))
 
     print(f"\nDirichlet alpha={args.alpha}, 10 clients, {args.rounds} FL rounds, seed {args.seed}, CNN; runs in {runs_root}")
     print(f"{'dataset':<14} {'method':<20} {'final acc':>9} {'best acc':>9} {'MB up+down':>11} {'wall s':>7}")
