@@ -49,7 +49,8 @@ class ClientEnv:
 
     client_id: int
     cfg: Any  # the resolved run config (DictConfig)
-    data: LocalData
+    data: LocalData  # labeled samples
+    unlabeled: LocalData  # samples whose labels the client may not use (semi-supervised splits)
     model: nn.Module  # one instance per process, overwritten by the received weights each round
     device: torch.device
     state: ClientStateStore
@@ -95,9 +96,17 @@ class Client:
     def __init__(self, env: ClientEnv) -> None:
         self.env = env
 
+    def num_train_examples(self) -> int:
+        """Samples this client trains on (its weight in averaging): the labeled ones by default."""
+        return len(self.env.data)
+
     # -- hooks for subclasses -------------------------------------------------------------
     def loss(self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y)
+
+    def optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+        """The local optimizer over what this client trains (the model by default)."""
+        return make_optimizer(model, self.env.cfg.optimizer, lr)
 
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss of one local step (a forward pass and :meth:`loss` by default)."""
@@ -126,7 +135,7 @@ class Client:
         cfg, env = self.env.cfg, self.env
         seed_torch(cfg.seed, "train", server_round, env.client_id)
         generator = torch_generator(cfg.seed, "shuffle", server_round, env.client_id)
-        optimizer = make_optimizer(model, cfg.optimizer, float(config["lr"]))
+        optimizer = self.optimizer(model, float(config["lr"]))
         model.train()
         total, steps = 0.0, 0
         for _ in range(int(config["local-epochs"])):
@@ -138,7 +147,7 @@ class Client:
                 optimizer.step()
                 total += loss.item()
                 steps += 1
-        return TrainStats(loss=total / max(steps, 1), steps=steps, examples=len(env.data))
+        return TrainStats(loss=total / max(steps, 1), steps=steps, examples=self.num_train_examples())
 
 
 CLIENT = Client

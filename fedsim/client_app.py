@@ -62,15 +62,17 @@ class ClientRuntime:
     def client_class(self) -> type[Client]:
         return load_client_class(self.cfg.strategy.client)
 
-    def local_data(self, client_id: int) -> LocalData:
-        idx = torch.from_numpy(self.splits[client_id].labeled)
+    def local_data(self, indices) -> LocalData:
+        idx = torch.from_numpy(indices)
         return LocalData(self.dataset.x_train[idx], self.dataset.y_train[idx], self.dataset)
 
     def client(self, client_id: int) -> Client:
+        split = self.splits[client_id]
         env = ClientEnv(
             client_id=client_id,
             cfg=self.cfg,
-            data=self.local_data(client_id),
+            data=self.local_data(split.labeled),
+            unlabeled=self.local_data(split.unlabeled),
             model=self.model,
             device=self.device,
             state=ClientStateStore(Path(self.cfg.run_dir) / "client_state", client_id),
@@ -90,7 +92,7 @@ def make_client_app(cfg: dict[str, Any]) -> ClientApp:
     @app.query()
     def query(msg: Message, context: Context) -> Message:
         cid = client_id_of(context)
-        info = MetricRecord({"client-id": cid, "num-examples": len(runtime.splits[cid].labeled)})
+        info = MetricRecord({"client-id": cid, "num-examples": runtime.client(cid).num_train_examples()})
         return Message(RecordDict({"info": info}), reply_to=msg)
 
     @app.train()

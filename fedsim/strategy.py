@@ -95,8 +95,9 @@ class FedsimStrategy(FlowerFedAvg):
         """
 
     def sample_clients(self, server_round: int, purpose: str = "sample") -> list[int]:
-        """``clients_per_round`` client ids, drawn from (seed, purpose, round)."""
-        ids = sorted(self.node_of)
+        """``clients_per_round`` client ids drawn from (seed, purpose, round), among the clients that
+        have samples to train on (e.g. not the unlabeled clients of a supervised baseline)."""
+        ids = sorted(c for c in self.node_of if self.num_examples.get(c, 1) > 0)
         k = min(int(self.cfg.clients_per_round), len(ids))
         return sorted(int(c) for c in rng(self.cfg.seed, purpose, server_round).choice(ids, k, replace=False))
 

@@ -37,6 +37,7 @@ class ImageDataset:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    hflip: bool = True  # whether a horizontal flip keeps the label (not for digits)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -167,15 +168,16 @@ class _Spec:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    hflip: bool = True
 
 
 DATASETS: dict[str, _Spec] = {
     "fashion_mnist": _Spec(_fashion_mnist, 10, (0.2860,), (0.3530,)),
-    "mnist": _Spec(_mnist, 10, (0.1307,), (0.3081,)),
+    "mnist": _Spec(_mnist, 10, (0.1307,), (0.3081,), hflip=False),
     "cifar10": _Spec(_cifar("CIFAR10", "cifar-10-batches-py"), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": _Spec(_cifar("CIFAR100", "cifar-100-python"), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "svhn": _Spec(_svhn, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
-    "digits": _Spec(_digits, 10, (0.3,), (0.37,)),
+    "svhn": _Spec(_svhn, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), hflip=False),
+    "digits": _Spec(_digits, 10, (0.3,), (0.37,), hflip=False),
 }
 
 
@@ -186,4 +188,4 @@ def load_dataset(name: str, root: str = "./data", download: bool = False) -> Ima
         raise DataError(f"unknown dataset '{name}': choose one of {', '.join(sorted(DATASETS))}")
     spec = DATASETS[name]
     x_tr, y_tr, x_te, y_te = spec.load(Path(root).expanduser(), download)
-    return ImageDataset(name, x_tr, y_tr, x_te, y_te, spec.num_classes, spec.mean, spec.std)
+    return ImageDataset(name, x_tr, y_tr, x_te, y_te, spec.num_classes, spec.mean, spec.std, spec.hflip)

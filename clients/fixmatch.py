@@ -1,0 +1,67 @@
+"""FedAvg + FixMatch client: "FixMatch: Simplifying Semi-Supervised Learning with Consistency and
+Confidence" (Sohn et al., NeurIPS 2020) as the local update of federated semi-supervised learning.
+
+A local epoch runs over all of the client's samples, labeled or not. Per batch:
+    CE(f(weak(x_l)), y_l) + lambda_u * mean_u[ 1{max p_u >= tau} CE(f(strong(x_u)), argmax p_u) ],
+p_u = softmax(f(weak(x_u))) without gradient. A client without labels learns from pseudo-labels
+only; it is weighted by all its samples.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from flwr.app import ConfigRecord
+from torch import nn
+from torch.nn import functional as F
+
+from clients.base import Client
+from fedsim.data import augment
+
+
+class FixMatchClient(Client):
+    UNLABELED = -1
+
+    def num_train_examples(self) -> int:
+        return len(self.env.data) + len(self.env.unlabeled)
+
+    def batches(self, config: ConfigRecord, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Raw uint8 batches over labeled and unlabeled samples; unlabeled ones carry label -1."""
+        labeled, unlabeled = self.env.data, self.env.unlabeled
+        x = torch.cat([labeled.x, unlabeled.x])
+        y = torch.cat([labeled.y, torch.full((len(unlabeled),), self.UNLABELED, dtype=torch.int64)])
+        self.augment_rng = generator
+        for idx in torch.randperm(len(y), generator=generator).split(int(config["batch-size"])):
+            yield x[idx], y[idx]
+
+    def view(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+        """A normalised ``weak`` or ``strong`` augmented view of a uint8 batch, on the device."""
+        data = self.env.data.dataset
+        return data.normalize(getattr(augment, kind)(x, self.augment_rng, data.hflip)).to(self.env.device)
+
+    def views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.view(x, "weak"), self.view(x, "strong")
+
+    def pseudo_label_loss(self, model: nn.Module, weak: torch.Tensor, strong: torch.Tensor) -> torch.Tensor:
+        """FixMatch's confidence-masked consistency loss on unlabeled weak/strong pairs."""
+        if len(weak) == 0:
+            return weak.new_zeros(())
+        with torch.no_grad():
+            confidence, pseudo = F.softmax(model(weak), dim=1).max(dim=1)
+        mask = (confidence >= float(self.env.cfg.strategy.threshold)).float()
+        return (F.cross_entropy(model(strong), pseudo, reduction="none") * mask).mean()
+
+    def supervised_loss(self, model: nn.Module, weak: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss(model, model(weak), y) if len(y) else weak.new_zeros(())
+
+    def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        weak, strong = self.views(x)
+        y = y.to(self.env.device)
+        labeled = y != self.UNLABELED
+        return self.supervised_loss(model, weak[labeled], y[labeled]) + float(self.env.cfg.strategy.unlabeled_weight) * (
+            self.pseudo_label_loss(model, weak[~labeled], strong[~labeled])
+        )
+
+
+CLIENT = FixMatchClient

@@ -1,0 +1,78 @@
+"""Twin-sight client: "Robust Training of Federated Models with Extremely Label Deficiency"
+(Zhang, Yang et al., ICLR 2024, arXiv:2402.14430).
+
+Each client trains twin models on all its samples, labeled or not:
+- the supervised model f (the run's model): CE on labeled samples, and FixMatch-style pseudo-labels
+  on unlabeled ones (weight ``pseudo_label_weight``; the paper describes pseudo-labelling, the
+  official code has it off and swaps the weak/strong logits: here weak views make the labels and
+  strong views learn them, 0 turns it off);
+- the unsupervised model g (same backbone + projector, server record ``unsupervised``): SimCLR's
+  InfoNCE between two strong views (temperature ``temperature``, weight ``contrastive_weight``);
+- the neighbourhood-preserving constraint couples them on weak views: with u and v the
+  L2-normalised backbone features of g and f, L_np = mean((u u^T - v v^T)^2) over the B x B
+  Gram matrices (the official code's ``B ^ 2`` is a XOR; this is B^2), weight ``np_weight``;
+  gradients flow into both models.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import RecordDict
+from torch import nn
+from torch.nn import functional as F
+
+from clients.base import make_optimizer
+from clients.fixmatch import FixMatchClient
+from fedsim.models import build_model
+from fedsim.models.projection import ProjectionModel
+from fedsim.records import load_record, model_to_record
+
+
+def unsupervised_model(cfg, input_shape: tuple[int, int, int], num_classes: int) -> ProjectionModel:
+    backbone = build_model(cfg.model.name, input_shape, num_classes, **{k: v for k, v in cfg.model.items() if k != "name"})
+    return ProjectionModel(backbone, input_shape, int(cfg.strategy.projection_dim))
+
+
+def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent: each view's positive is the other view of the same sample among 2B - 1."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.T / temperature
+    sim.fill_diagonal_(float("-inf"))
+    n = len(z1)
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, targets)
+
+
+def neighbourhood_loss(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """mean((u u^T - v v^T)^2) of L2-normalised features: 0 iff both spaces have the same geometry."""
+    u, v = F.normalize(u.flatten(1), dim=1), F.normalize(v.flatten(1), dim=1)
+    return (u @ u.T - v @ v.T).pow(2).mean()
+
+
+class TwinSightClient(FixMatchClient):
+    def train(self, content: RecordDict, server_round: int) -> RecordDict:
+        data = self.env.data.dataset
+        self.unsup = unsupervised_model(self.env.cfg, data.input_shape, data.num_classes).to(self.env.device)
+        load_record(self.unsup, content["unsupervised"])
+        self.unsup.train()
+        reply = super().train(content, server_round)
+        reply["unsupervised"] = model_to_record(self.unsup)
+        return reply
+
+    def optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+        return make_optimizer(nn.ModuleList([model, self.unsup]), self.env.cfg.optimizer, lr)
+
+    def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        s = self.env.cfg.strategy
+        weak, strong = self.views(x)
+        strong2 = self.view(x, "strong")
+        y = y.to(self.env.device)
+        labeled = y != self.UNLABELED
+        loss = self.supervised_loss(model, weak[labeled], y[labeled])
+        if float(s.pseudo_label_weight) > 0:
+            loss = loss + float(s.pseudo_label_weight) * self.pseudo_label_loss(model, weak[~labeled], strong[~labeled])
+        loss = loss + float(s.contrastive_weight) * info_nce(self.unsup(strong), self.unsup(strong2), float(s.temperature))
+        return loss + float(s.np_weight) * neighbourhood_loss(self.unsup.features(weak), model.features(weak))
+
+
+CLIENT = TwinSightClient

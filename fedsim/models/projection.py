@@ -1,0 +1,21 @@
+"""A backbone with a SimCLR projection head (for self-supervised twins, e.g. Twin-sight's g)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ProjectionModel(nn.Module):
+    """``features`` of a zoo model followed by a 2-layer MLP projector to ``out_dim``."""
+
+    def __init__(self, backbone: nn.Module, input_shape: tuple[int, int, int], out_dim: int = 128) -> None:
+        super().__init__()
+        self.features = backbone.features
+        with torch.no_grad():
+            dim = self.features.eval()(torch.zeros(1, *input_shape)).shape[1]
+        self.features.train()
+        self.projector = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.features(x))

@@ -1,0 +1,60 @@
+"""Twin-sight: "Robust Training of Federated Models with Extremely Label Deficiency"
+(Zhang, Yang et al., ICLR 2024, arXiv:2402.14430; official code github.com/visitworld123/Twin-sight).
+
+Federated semi-supervised learning with twin models per client (``clients/twinsight.py``): a
+supervised model f (the global model that is evaluated) and an unsupervised SimCLR model g, coupled
+by a neighbourhood-preserving constraint. The server runs FedAvg on both, weighting each client by
+all its local samples; g travels in the ``unsupervised`` ArrayRecord and is checkpointed with the
+strategy state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from clients.twinsight import unsupervised_model
+from fedsim.data import load_dataset
+from fedsim.records import from_numpy, model_to_record, shape_mismatch, to_numpy, weighted_average
+from fedsim.seeding import seed_torch
+from fedsim.strategy import ClientReply, FedsimStrategy
+
+
+class TwinSight(FedsimStrategy):
+    def __init__(self, cfg: Any, param_keys: list[str]) -> None:
+        super().__init__(cfg, param_keys)
+        d = cfg.dataset
+        data = load_dataset(d.name, str(cfg.data_root), bool(d.download))
+        seed_torch(cfg.seed, "twinsight-init")
+        self.unsupervised: ArrayRecord = model_to_record(unsupervised_model(cfg, data.input_shape, data.num_classes))
+
+    def train_content(self, client_id: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+        content = super().train_content(client_id, arrays, config)
+        content["unsupervised"] = self.unsupervised
+        return content
+
+    def reply_problem(self, msg: Message) -> str | None:
+        problem = super().reply_problem(msg)
+        if problem is None:
+            if "unsupervised" not in msg.content.array_records:
+                return "malformed reply: Twin-sight needs an 'unsupervised' ArrayRecord"
+            mismatch = shape_mismatch(self.unsupervised, msg.content["unsupervised"])
+            if mismatch:
+                return f"returned an unsupervised model whose {mismatch}"
+        return problem
+
+    def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
+        arrays, metrics = super().aggregate(server_round, replies)
+        self.unsupervised = weighted_average([r.content["unsupervised"] for r in replies], [r.num_examples for r in replies])
+        return arrays, metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"unsupervised": to_numpy(self.unsupervised)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "unsupervised" in state:
+            self.unsupervised = from_numpy(state["unsupervised"])
+
+
+STRATEGY = TwinSight
