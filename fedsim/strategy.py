@@ -183,6 +183,13 @@ class FedsimStrategy(FlowerFedAvg):
                 return f"returned NaN/Inf in '{name}/{bad}'"
         return None
 
+    def record_problem(self, msg: Message, name: str, reference: ArrayRecord) -> str | None:
+        """Why the reply's ArrayRecord ``name`` is missing or unlike ``reference``, or None."""
+        if name not in msg.content.array_records:
+            return f"malformed reply: {type(self).__name__} needs a '{name}' ArrayRecord"
+        mismatch = shape_mismatch(reference, msg.content[name])
+        return f"returned '{name}' whose {mismatch}" if mismatch else None
+
     # -- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Server-side state to checkpoint (none for FedAvg)."""

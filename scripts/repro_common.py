@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,3 +42,23 @@ def run_fedsim(overrides: list[str], runs_root: str, name: str) -> dict:
             summary["bytes_down"] += record.get("bytes_down", 0)
             summary["bytes_up"] += record.get("bytes_up", sum(record.get("upload_bytes_per_client", {}).values()))
     return summary
+
+
+def repro_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every reproduction takes."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--alpha", type=float, default=0.1, help="Dirichlet alpha of the partition")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-root", default="./data")
+    parser.add_argument("--runs-root", default=None, help="keep the run directories here (default: a temp dir)")
+    parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every run, e.g. backend=inprocess")
+    return parser
+
+
+def common_setup(args: argparse.Namespace, name: str) -> tuple[str, list[str]]:
+    """(runs root, overrides shared by every run: 10 clients, Dirichlet(alpha), CNN, seed, rounds)."""
+    runs_root = args.runs_root or tempfile.mkdtemp(prefix=f"repro_{name}_")
+    overrides = [f"num_rounds={args.rounds}", "num_clients=10", "partition=dirichlet", f"partition.alpha={args.alpha}",
+                 f"seed={args.seed}", f"data_root={args.data_root}", "model=cnn", *args.extra]
+    return runs_root, overrides

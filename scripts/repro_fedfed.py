@@ -10,26 +10,15 @@ CIFAR-10 with the small CNN. Prints final and best test accuracy and traffic per
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-
-from repro_common import datasets_available, run_fedsim
+from repro_common import common_setup, datasets_available, repro_parser, run_fedsim
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10)
+    parser = repro_parser(__doc__)
     parser.add_argument("--bases", nargs="+", default=["fedavg", "fedprox"])
-    parser.add_argument("--alpha", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-root", default="./data")
-    parser.add_argument("--runs-root", default=None, help="keep the run directories here (default: a temp dir)")
-    parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every run, e.g. backend=inprocess")
     args = parser.parse_args()
+    runs_root, common = common_setup(args, "fedfed")
 
-    runs_root = args.runs_root or tempfile.mkdtemp(prefix="repro_fedfed_")
-    common = [f"num_rounds={args.rounds}", "num_clients=10", "partition=dirichlet", f"partition.alpha={args.alpha}",
-              f"seed={args.seed}", f"data_root={args.data_root}", "model=cnn", *args.extra]
     rows = []
     for dataset in datasets_available(args.data_root):
         for base in args.bases:

@@ -9,26 +9,15 @@ higher accuracy with lower dissimilarity between client updates (less client dri
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-
 import numpy as np
-from repro_common import datasets_available, run_fedsim
+from repro_common import common_setup, datasets_available, repro_parser, run_fedsim
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--alpha", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-root", default="./data")
-    parser.add_argument("--runs-root", default=None)
-    parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
+    parser = repro_parser(__doc__)
     args = parser.parse_args()
+    runs_root, common = common_setup(args, "fedimpro")
 
-    runs_root = args.runs_root or tempfile.mkdtemp(prefix="repro_fedimpro_")
-    common = [f"num_rounds={args.rounds}", "num_clients=10", "partition=dirichlet", f"partition.alpha={args.alpha}",
-              f"seed={args.seed}", f"data_root={args.data_root}", "model=cnn", *args.extra]
     rows = []
     for dataset in datasets_available(args.data_root):
         for strategy in ("fedavg", "fedimpro"):

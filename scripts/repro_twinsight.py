@@ -11,31 +11,21 @@ keeps a fraction r of its labels); same seed and rounds for the three methods. F
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-
-from repro_common import datasets_available, run_fedsim
+from repro_common import common_setup, datasets_available, repro_parser, run_fedsim
 
 METHODS = {"fedavg": "FedAvg (labeled only)", "fixmatch": "FedAvg + FixMatch", "twinsight": "Twin-sight"}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--alpha", type=float, default=0.1)
+    parser = repro_parser(__doc__)
     parser.add_argument("--labeled-clients", type=int, default=4)
     parser.add_argument("--labeled-ratio", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-root", default="./data")
-    parser.add_argument("--runs-root", default=None)
-    parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
     args = parser.parse_args()
 
     split = ([f"partition.labeled_ratio={args.labeled_ratio}"] if args.labeled_ratio is not None
              else [f"partition.labeled_clients={args.labeled_clients}"])
-    runs_root = args.runs_root or tempfile.mkdtemp(prefix="repro_twinsight_")
-    common = [f"num_rounds={args.rounds}", "num_clients=10", "partition=dirichlet", f"partition.alpha={args.alpha}",
-              *split, f"seed={args.seed}", f"data_root={args.data_root}", "model=cnn", *args.extra]
+    runs_root, common = common_setup(args, "twinsight")
+    common += split
     rows = []
     for dataset in datasets_available(args.data_root):
         for strategy, label in METHODS.items():

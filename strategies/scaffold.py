@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fedsim.records import from_numpy, shape_mismatch, to_numpy, weighted_average
+from fedsim.records import from_numpy, to_numpy, weighted_average
 from fedsim.strategy import ClientReply, FedsimStrategy
 
 
@@ -31,14 +31,7 @@ class Scaffold(FedsimStrategy):
         return RecordDict({"arrays": arrays, "control": self.control, "config": config})
 
     def reply_problem(self, msg: Message) -> str | None:
-        problem = super().reply_problem(msg)
-        if problem is None:
-            if "control-delta" not in msg.content.array_records:
-                return "malformed reply: SCAFFOLD needs a 'control-delta' ArrayRecord"
-            mismatch = shape_mismatch(self.control, msg.content["control-delta"])
-            if mismatch:
-                return f"returned control-delta whose {mismatch}"
-        return problem
+        return super().reply_problem(msg) or self.record_problem(msg, "control-delta", self.control)
 
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
         assert self.global_arrays is not None and self.control is not None

@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from clients.twinsight import unsupervised_model
 from fedsim.data import load_dataset
-from fedsim.records import from_numpy, model_to_record, shape_mismatch, to_numpy, weighted_average
+from fedsim.records import from_numpy, model_to_record, to_numpy, weighted_average
 from fedsim.seeding import seed_torch
 from fedsim.strategy import ClientReply, FedsimStrategy
 
@@ -35,14 +35,7 @@ class TwinSight(FedsimStrategy):
         return content
 
     def reply_problem(self, msg: Message) -> str | None:
-        problem = super().reply_problem(msg)
-        if problem is None:
-            if "unsupervised" not in msg.content.array_records:
-                return "malformed reply: Twin-sight needs an 'unsupervised' ArrayRecord"
-            mismatch = shape_mismatch(self.unsupervised, msg.content["unsupervised"])
-            if mismatch:
-                return f"returned an unsupervised model whose {mismatch}"
-        return problem
+        return super().reply_problem(msg) or self.record_problem(msg, "unsupervised", self.unsupervised)
 
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
         arrays, metrics = super().aggregate(server_round, replies)

@@ -107,26 +107,12 @@ def _fashion_mnist(root: Path, download: bool):
             f"Fashion-MNIST files not found in {root}/FashionMNIST/raw or {DEBIAN_FASHION_MNIST}: "
             "install them with `apt-get install dataset-fashion-mnist` or set dataset.download=true"
         )
-    return _torchvision_mnist_like("FashionMNIST", "Fashion-MNIST", root, download)
+    return _torchvision_train_test("FashionMNIST", "Fashion-MNIST", "{root}/FashionMNIST/raw/*-ubyte", False)(root, download)
 
 
-def _torchvision_mnist_like(cls_name: str, label: str, root: Path, download: bool):
-    import torchvision.datasets as tvd
+def _torchvision_train_test(cls_name: str, label: str, expected: str, channels_last: bool):
+    """Loader for a torchvision dataset with train=True/False splits; ``expected`` names the files."""
 
-    cls = getattr(tvd, cls_name)
-    try:
-        train, test = cls(root, train=True, download=download), cls(root, train=False, download=download)
-    except (RuntimeError, OSError) as err:
-        raise _torchvision_error(label, root, f"{root}/{cls_name}/raw/*-ubyte", err) from err
-    return (_nchw(train.data, False), _labels(train.targets), _nchw(test.data, False), _labels(test.targets))
-
-
-def _mnist(root: Path, download: bool):
-    found = _load_idx_dataset([root / "MNIST" / "raw", root / "mnist"])
-    return found if found is not None else _torchvision_mnist_like("MNIST", "MNIST", root, download)
-
-
-def _cifar(cls_name: str, folder: str):
     def load(root: Path, download: bool):
         import torchvision.datasets as tvd
 
@@ -134,10 +120,15 @@ def _cifar(cls_name: str, folder: str):
         try:
             train, test = cls(root, train=True, download=download), cls(root, train=False, download=download)
         except (RuntimeError, OSError) as err:
-            raise _torchvision_error(cls_name, root, f"{root}/{folder}/", err) from err
-        return (_nchw(train.data, True), _labels(train.targets), _nchw(test.data, True), _labels(test.targets))
+            raise _torchvision_error(label, root, expected.format(root=root), err) from err
+        return (_nchw(train.data, channels_last), _labels(train.targets), _nchw(test.data, channels_last), _labels(test.targets))
 
     return load
+
+
+def _mnist(root: Path, download: bool):
+    found = _load_idx_dataset([root / "MNIST" / "raw", root / "mnist"])
+    return found if found is not None else _torchvision_train_test("MNIST", "MNIST", "{root}/MNIST/raw/*-ubyte", False)(root, download)
 
 
 def _svhn(root: Path, download: bool):
@@ -174,8 +165,8 @@ class _Spec:
 DATASETS: dict[str, _Spec] = {
     "fashion_mnist": _Spec(_fashion_mnist, 10, (0.2860,), (0.3530,)),
     "mnist": _Spec(_mnist, 10, (0.1307,), (0.3081,), hflip=False),
-    "cifar10": _Spec(_cifar("CIFAR10", "cifar-10-batches-py"), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": _Spec(_cifar("CIFAR100", "cifar-100-python"), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "cifar10": _Spec(_torchvision_train_test("CIFAR10", "CIFAR10", "{root}/cifar-10-batches-py/", True), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": _Spec(_torchvision_train_test("CIFAR100", "CIFAR100", "{root}/cifar-100-python/", True), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "svhn": _Spec(_svhn, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), hflip=False),
     "digits": _Spec(_digits, 10, (0.3,), (0.37,), hflip=False),
 }
