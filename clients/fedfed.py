@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from clients import load_client_class
 from clients.base import Client, ClientEnv
-from fedsim.models import build_model
+from fedsim.models import model_from_config
 from fedsim.models.generator import FeatureGenerator, kl_divergence
 from fedsim.records import load_record, model_to_record
 from fedsim.seeding import seed_torch, torch_generator
@@ -44,8 +44,7 @@ class DistillationPair(nn.Module):
         super().__init__()
         s = cfg.strategy
         self.generator = FeatureGenerator(input_shape, int(s.generator_width), int(s.generator_latent))
-        kwargs = {k: v for k, v in cfg.model.items() if k != "name"}
-        self.classifier = build_model(cfg.model.name, input_shape, num_classes, **kwargs)
+        self.classifier = model_from_config(cfg, input_shape, num_classes)
 
 
 class FedFedMixin:

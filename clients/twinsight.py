@@ -23,14 +23,13 @@ from torch.nn import functional as F
 
 from clients.base import make_optimizer
 from clients.fixmatch import FixMatchClient
-from fedsim.models import build_model
+from fedsim.models import model_from_config
 from fedsim.models.projection import ProjectionModel
 from fedsim.records import load_record, model_to_record
 
 
 def unsupervised_model(cfg, input_shape: tuple[int, int, int], num_classes: int) -> ProjectionModel:
-    backbone = build_model(cfg.model.name, input_shape, num_classes, **{k: v for k, v in cfg.model.items() if k != "name"})
-    return ProjectionModel(backbone, input_shape, int(cfg.strategy.projection_dim))
+    return ProjectionModel(model_from_config(cfg, input_shape, num_classes), input_shape, int(cfg.strategy.projection_dim))
 
 
 def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:

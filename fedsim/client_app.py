@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 from clients import load_client_class
 from clients.base import Client, ClientEnv, LocalData
 from fedsim.client_state import ClientStateStore
-from fedsim.data import load_dataset, make_partition
-from fedsim.models import build_model
+from fedsim.data import dataset_from_config, make_partition
+from fedsim.models import model_from_config
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,8 +41,7 @@ class ClientRuntime:
 
     @cached_property
     def dataset(self):
-        d = self.cfg.dataset
-        return load_dataset(d.name, str(self.cfg.data_root), bool(d.download))
+        return dataset_from_config(self.cfg)
 
     @cached_property
     def splits(self):
@@ -54,9 +53,7 @@ class ClientRuntime:
 
     @cached_property
     def model(self) -> torch.nn.Module:
-        m = self.cfg.model
-        kwargs = {k: v for k, v in m.items() if k != "name"}
-        return build_model(m.name, self.dataset.input_shape, self.dataset.num_classes, **kwargs).to(self.device)
+        return model_from_config(self.cfg, self.dataset.input_shape, self.dataset.num_classes).to(self.device)
 
     @cached_property
     def client_class(self) -> type[Client]:

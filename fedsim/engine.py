@@ -16,11 +16,11 @@ from clients.base import LocalData
 from fedsim.backends import run_inprocess, run_ray
 from fedsim.checkpoint import latest_checkpoint
 from fedsim.client_app import make_client_app, resolve_device
-from fedsim.data import load_dataset, make_partition
+from fedsim.data import dataset_from_config, make_partition
 from fedsim.data.partition import label_histograms
 from fedsim.errors import ConfigError
 from fedsim.evaluation import ServerEvaluator
-from fedsim.models import build_model
+from fedsim.models import model_from_config
 from fedsim.progress import show
 from fedsim.records import model_to_record
 from fedsim.results import RunDirectory, new_run_dir
@@ -84,7 +84,7 @@ def partition_summary(cfg: DictConfig, labels: np.ndarray, num_classes: int, spl
 def run(cfg: DictConfig) -> Path:
     """Run the federation ``cfg`` describes; returns the run directory."""
     quiet_logs(cfg.verbose)
-    dataset = load_dataset(cfg.dataset.name, str(cfg.data_root), bool(cfg.dataset.download))
+    dataset = dataset_from_config(cfg)
     splits = make_partition(dataset.y_train.numpy(), cfg.num_clients, cfg.partition, cfg.seed)
     run_dir = prepare_run_dir(cfg)
     run_dir.write_config(cfg)
@@ -92,8 +92,7 @@ def run(cfg: DictConfig) -> Path:
 
     device = resolve_device(cfg.device)
     seed_torch(cfg.seed, "init")
-    model_kwargs = {k: v for k, v in cfg.model.items() if k != "name"}
-    model = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, **model_kwargs).to(device)
+    model = model_from_config(cfg, dataset.input_shape, dataset.num_classes).to(device)
     strategy = load_strategy_class(cfg.strategy.name)(cfg, [n for n, _ in model.named_parameters()])
 
     arrays, start_round = model_to_record(model), 0

@@ -28,7 +28,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from clients.fedfed import DISTILL, SHARE, TRAIN, DistillationPair
-from fedsim.data import load_dataset
+from fedsim.data import dataset_from_config
 from fedsim.errors import ConfigError, FedsimError
 from fedsim.progress import show
 from fedsim.records import model_to_record, non_finite, payload_bytes, weighted_average
@@ -135,8 +135,7 @@ class FedFedMixin:
              f"from {len(accepted)} clients, sigma={record['share_noise_std']}")
 
     def _dataset(self):
-        d = self.cfg.dataset
-        return load_dataset(d.name, str(self.cfg.data_root), bool(d.download))
+        return dataset_from_config(self.cfg)
 
     # -- phase B: the base algorithm with shared samples ---------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:

@@ -23,8 +23,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedsim.data import load_dataset
-from fedsim.models import build_model, split_model
+from fedsim.data import dataset_from_config
+from fedsim.models import model_from_config, split_model
 from fedsim.records import from_numpy, non_finite
 from fedsim.strategy import ClientReply, FedsimStrategy
 
@@ -47,9 +47,8 @@ def pool_feature_stats(records: list[ArrayRecord], previous: dict[str, np.ndarra
 class FedImpro(FedsimStrategy):
     def __init__(self, cfg: Any, param_keys: list[str]) -> None:
         super().__init__(cfg, param_keys)
-        d = cfg.dataset
-        data = load_dataset(d.name, str(cfg.data_root), bool(d.download))
-        model = build_model(cfg.model.name, data.input_shape, data.num_classes, **{k: v for k, v in cfg.model.items() if k != "name"})
+        data = dataset_from_config(cfg)
+        model = model_from_config(cfg, data.input_shape, data.num_classes)
         low, _ = split_model(model, cfg.strategy.split_at)
         with torch.no_grad():
             dim = low.eval()(torch.zeros(1, *data.input_shape))[0].numel()

@@ -15,7 +15,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from clients.twinsight import unsupervised_model
-from fedsim.data import load_dataset
+from fedsim.data import dataset_from_config
 from fedsim.records import from_numpy, model_to_record, to_numpy, weighted_average
 from fedsim.seeding import seed_torch
 from fedsim.strategy import ClientReply, FedsimStrategy
@@ -24,8 +24,7 @@ from fedsim.strategy import ClientReply, FedsimStrategy
 class TwinSight(FedsimStrategy):
     def __init__(self, cfg: Any, param_keys: list[str]) -> None:
         super().__init__(cfg, param_keys)
-        d = cfg.dataset
-        data = load_dataset(d.name, str(cfg.data_root), bool(d.download))
+        data = dataset_from_config(cfg)
         seed_torch(cfg.seed, "twinsight-init")
         self.unsupervised: ArrayRecord = model_to_record(unsupervised_model(cfg, data.input_shape, data.num_classes))
 

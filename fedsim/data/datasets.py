@@ -172,6 +172,11 @@ DATASETS: dict[str, _Spec] = {
 }
 
 
+def dataset_from_config(cfg) -> ImageDataset:
+    """The dataset a run config names (``dataset.name``, ``data_root``, ``dataset.download``), cached."""
+    return load_dataset(cfg.dataset.name, str(cfg.data_root), bool(cfg.dataset.download))
+
+
 @lru_cache(maxsize=4)
 def load_dataset(name: str, root: str = "./data", download: bool = False) -> ImageDataset:
     """Load a dataset by registry name (cached: once per process)."""

@@ -41,6 +41,11 @@ def split_model(model: nn.Module, at: int | None = None) -> tuple[nn.Sequential,
     return nn.Sequential(*layers[:at]), nn.Sequential(*layers[at:])
 
 
+def model_from_config(cfg: Any, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The model a run config names: ``model.name`` with the group's other keys as options."""
+    return build_model(cfg.model.name, input_shape, num_classes, **{k: v for k, v in cfg.model.items() if k != "name"})
+
+
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, **kwargs: Any) -> nn.Module:
     """Instantiate model ``name`` for images of ``input_shape`` (C, H, W) and ``num_classes``."""
     if name not in MODELS:
