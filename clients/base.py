@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from fedsim.client_state import ClientStateStore
 from fedsim.data import ImageDataset
+from fedsim.evaluation import evaluate
 from fedsim.records import load_record, model_to_record
 from fedsim.seeding import seed_torch, torch_generator
 
@@ -51,6 +52,7 @@ class ClientEnv:
     cfg: Any  # the resolved run config (DictConfig)
     data: LocalData  # labeled samples
     unlabeled: LocalData  # samples whose labels the client may not use (semi-supervised splits)
+    test: LocalData  # the client's own test set (its label distribution), for personalized evaluation
     model: nn.Module  # one instance per process, overwritten by the received weights each round
     device: torch.device
     state: ClientStateStore
@@ -115,6 +117,9 @@ class Client:
     def before_step(self, model: nn.Module) -> None:
         """Called after backward, before the optimizer step."""
 
+    def after_step(self, model: nn.Module) -> None:
+        """Called after the optimizer step (e.g. to re-apply a sparsity mask)."""
+
     def batches(self, config: ConfigRecord, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The (x, y) minibatches of one local epoch."""
         return self.env.data.batches(int(config["batch-size"]), self.env.device, generator)
@@ -126,6 +131,16 @@ class Client:
         load_record(model, content["arrays"])
         stats = self.fit(model, config, server_round)
         return RecordDict({"arrays": model_to_record(model), "metrics": self.metrics(stats)})
+
+    def evaluate(self, content: RecordDict, server_round: int) -> RecordDict:
+        """Accuracy and loss on this client's own test set of the model it would use: the received
+        global model here, the personal model in decentralized strategies."""
+        load_record(self.env.model, content["arrays"])
+        return self.test_metrics(self.env.model)
+
+    def test_metrics(self, model: nn.Module) -> RecordDict:
+        result = evaluate(model, self.env.test, int(self.env.cfg.eval_batch_size), self.env.device)
+        return RecordDict({"metrics": MetricRecord({"accuracy": result["accuracy"], "loss": result["loss"], "num-examples": len(self.env.test)})})
 
     def metrics(self, stats: TrainStats) -> MetricRecord:
         return MetricRecord({"num-examples": stats.examples, "train-loss": stats.loss, "num-steps": stats.steps})
@@ -145,6 +160,7 @@ class Client:
                 loss.backward()
                 self.before_step(model)
                 optimizer.step()
+                self.after_step(model)
                 total += loss.item()
                 steps += 1
         return TrainStats(loss=total / max(steps, 1), steps=steps, examples=self.num_train_examples())

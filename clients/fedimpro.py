@@ -3,7 +3,7 @@
 
 The model is split into a low part (feature extractor) and a high part (``split_model``). Each
 local step computes h = low(x) on a local batch and draws as many synthetic features
-h~ ~ N(mu_c, diag sigma_c^2) for class-balanced labels c from the global per-class distributions the
+h~ ~ N(mu_c, diag min(sigma_c, feature_std_max)^2) for class-balanced labels c from the global per-class distributions the
 server sent (``feature-stats``); the high part trains on both:
     loss = CE(high(h), y) + lambda_t * CE(high(h~), c)
 h~ carries no gradient to the low part, which learns from real data only. The server raises
@@ -46,14 +46,17 @@ class FeatureStats:
         return self.sum / n, self.sumsq / n
 
 
-def sample_features(stats: ArrayRecord, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """n class-balanced draws from N(mean_c, diag var_c) over the classes the statistics cover."""
+def sample_features(stats: ArrayRecord, n: int, generator: torch.Generator, std_max: float | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """n class-balanced draws from N(mean_c, diag var_c) over the classes the statistics cover, with
+    each standard deviation capped at ``std_max`` (None: no cap)."""
     count = torch.from_numpy(stats["count"].numpy())
     classes = torch.nonzero(count > 0).flatten()
     if len(classes) == 0 or n == 0:
         return None
     mean = torch.from_numpy(stats["mean"].numpy()).float()
     std = torch.from_numpy(stats["var"].numpy()).float().clamp(min=0).sqrt()
+    if std_max is not None:
+        std = std.clamp(max=std_max)
     labels = classes[torch.randint(len(classes), (n,), generator=generator)]
     noise = torch.randn((n, mean.shape[1]), generator=generator)
     return mean[labels] + std[labels] * noise, labels
@@ -78,7 +81,8 @@ class FedImproClient(Client):
         if self.collected is None:
             self.collected = FeatureStats(self.env.data.dataset.num_classes, h[0].numel())
         self.collected.add(h, y)
-        fake = sample_features(self.global_stats, len(y), self.draws) if self.weight > 0 else None
+        std_max = self.env.cfg.strategy.feature_std_max
+        fake = sample_features(self.global_stats, len(y), self.draws, std_max) if self.weight > 0 else None
         if fake is None:
             return self.loss(model, self.high(h), y)
         h_fake = fake[0].to(h.device).view(-1, *h.shape[1:])

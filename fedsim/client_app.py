@@ -19,8 +19,10 @@ from omegaconf import OmegaConf
 from clients import load_client_class
 from clients.base import Client, ClientEnv, LocalData
 from fedsim.client_state import ClientStateStore
-from fedsim.data import dataset_from_config, make_partition
+from fedsim.data import dataset_from_config, make_partition, personal_test_split
+from fedsim.data.partition import label_histograms
 from fedsim.models import model_from_config
+from fedsim.seeding import rng
 
 
 def resolve_device(name: str) -> torch.device:
@@ -48,6 +50,12 @@ class ClientRuntime:
         return make_partition(self.dataset.y_train.numpy(), self.cfg.num_clients, self.cfg.partition, self.cfg.seed)
 
     @cached_property
+    def test_splits(self):
+        """Each client's own test set, following its training label distribution."""
+        histograms = label_histograms(self.dataset.y_train.numpy(), self.splits, self.dataset.num_classes)
+        return personal_test_split(self.dataset.y_test.numpy(), histograms, rng(self.cfg.seed, "test-split"))
+
+    @cached_property
     def device(self) -> torch.device:
         return resolve_device(self.cfg.device)
 
@@ -59,9 +67,10 @@ class ClientRuntime:
     def client_class(self) -> type[Client]:
         return load_client_class(self.cfg.strategy.client)
 
-    def local_data(self, indices) -> LocalData:
+    def local_data(self, indices, test: bool = False) -> LocalData:
         idx = torch.from_numpy(indices)
-        return LocalData(self.dataset.x_train[idx], self.dataset.y_train[idx], self.dataset)
+        x, y = (self.dataset.x_test, self.dataset.y_test) if test else (self.dataset.x_train, self.dataset.y_train)
+        return LocalData(x[idx], y[idx], self.dataset)
 
     def client(self, client_id: int) -> Client:
         split = self.splits[client_id]
@@ -70,6 +79,7 @@ class ClientRuntime:
             cfg=self.cfg,
             data=self.local_data(split.labeled),
             unlabeled=self.local_data(split.unlabeled),
+            test=self.local_data(self.test_splits[client_id], test=True),
             model=self.model,
             device=self.device,
             state=ClientStateStore(Path(self.cfg.run_dir) / "client_state", client_id),
@@ -96,6 +106,12 @@ def make_client_app(cfg: dict[str, Any]) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         server_round = int(msg.content["config"]["server-round"])
         content = runtime.client(client_id_of(context)).train(msg.content, server_round)
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        server_round = int(msg.content["config"]["server-round"])
+        content = runtime.client(client_id_of(context)).evaluate(msg.content, server_round)
         return Message(content, reply_to=msg)
 
     return app

@@ -120,8 +120,12 @@ class RoundLoop:
             if self.strategy.dropped or lost:
                 record["dropped"] = self.strategy.dropped + lost
             if server_round % cfg.eval_every == 0 or server_round == cfg.num_rounds:
-                result = self.evaluate(arrays)
-                record["test_accuracy"], record["test_loss"] = result["accuracy"], result["loss"]
+                if self.strategy.personalized:
+                    result = self.strategy.evaluate_clients(server_round, self.grid)
+                else:
+                    result = self.evaluate(arrays)
+                record["test_accuracy"], record["test_loss"] = result.pop("accuracy"), result.pop("loss")
+                record.update(result)
             record["round_time_s"] = time.time() - t0
             self.run.append_metrics(record)
             show(round_line(record, cfg.num_rounds))

@@ -65,6 +65,10 @@ def update_dissimilarity(global_arrays: ArrayRecord, replies: list[ClientReply],
 class FedsimStrategy(FlowerFedAvg):
     """FedAvg with seeded per-client sampling, reply checks and checkpointable state."""
 
+    # True for strategies without a global model (decentralized, personalized): the round loop
+    # then asks every client to evaluate its own model on its own test set (evaluate_clients).
+    personalized = False
+
     def __init__(self, cfg: Any, param_keys: list[str]) -> None:
         super().__init__(
             fraction_train=cfg.clients_per_round / cfg.num_clients,
@@ -164,17 +168,19 @@ class FedsimStrategy(FlowerFedAvg):
             log.warning("round %d: dropped client %d: %s", server_round, cid, problem)
         return sorted(accepted, key=lambda r: r.client_id)
 
+    # The reply's ArrayRecord that holds the client's model.
+    model_record = "arrays"
+
     def reply_problem(self, msg: Message) -> str | None:
         """Why a reply cannot be aggregated, or None. Subclasses add their own records' checks."""
         if msg.has_error():
             return f"client raised: {msg.error.reason.strip().splitlines()[-1] if msg.error.reason else msg.error.code}"
         content = msg.content
-        if "arrays" not in content.array_records or "metrics" not in content.metric_records:
-            return "malformed reply: needs an 'arrays' ArrayRecord and a 'metrics' MetricRecord"
+        if self.model_record not in content.array_records or "metrics" not in content.metric_records:
+            return f"malformed reply: needs an '{self.model_record}' ArrayRecord and a 'metrics' MetricRecord"
         if int(content["metrics"].get("num-examples", 0)) <= 0:
             return "malformed reply: 'num-examples' missing or not positive"
-        assert self.global_arrays is not None
-        mismatch = shape_mismatch(self.global_arrays, content["arrays"])
+        mismatch = self.model_problem(content[self.model_record])
         if mismatch:
             return f"returned {mismatch}"
         for name, record in content.array_records.items():
@@ -182,6 +188,11 @@ class FedsimStrategy(FlowerFedAvg):
             if bad:
                 return f"returned NaN/Inf in '{name}/{bad}'"
         return None
+
+    def model_problem(self, record: ArrayRecord) -> str | None:
+        """Why a returned model cannot stand in for the global one (keys, shapes), or None."""
+        assert self.global_arrays is not None
+        return shape_mismatch(self.global_arrays, record)
 
     def record_problem(self, msg: Message, name: str, reference: ArrayRecord) -> str | None:
         """Why the reply's ArrayRecord ``name`` is missing or unlike ``reference``, or None."""

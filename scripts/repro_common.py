@@ -28,9 +28,15 @@ def run_fedsim(overrides: list[str], runs_root: str, name: str) -> dict:
     """Run one configuration; returns summary.json plus 'wall_s', 'metrics' (per-round records) and
     bytes including a strategy's setup phase (FedFed's distillation and sharing)."""
     run_dir = Path(runs_root) / name
-    print(f"running {name} ...", flush=True)
+    if (run_dir / "config.yaml").is_file():  # an earlier (possibly interrupted) run: finish it
+        print(f"resuming {name} ...", flush=True)
+        rounds = [o for o in overrides if o.startswith("num_rounds=")]
+        command = ["run", f"resume={run_dir}", *rounds]
+    else:
+        print(f"running {name} ...", flush=True)
+        command = ["run", *overrides, f"run_dir={run_dir}"]
     t0 = time.time()
-    out = subprocess.run([sys.executable, "-m", "fedsim", "run", *overrides, f"run_dir={run_dir}"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "fedsim", *command], capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -42,6 +48,12 @@ def run_fedsim(overrides: list[str], runs_root: str, name: str) -> dict:
             summary["bytes_down"] += record.get("bytes_down", 0)
             summary["bytes_up"] += record.get("bytes_up", sum(record.get("upload_bytes_per_client", {}).values()))
     return summary
+
+
+def late_mean(summary: dict) -> float:
+    """Mean test accuracy over the second half of the rounds: less noisy than the last round's."""
+    evaluated = [r["test_accuracy"] for r in summary["metrics"] if "test_accuracy" in r]
+    return sum(evaluated[len(evaluated) // 2 :]) / max(len(evaluated[len(evaluated) // 2 :]), 1)
 
 
 def repro_parser(doc: str) -> argparse.ArgumentParser:

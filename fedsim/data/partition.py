@@ -136,3 +136,21 @@ def label_histograms(labels: np.ndarray, splits: list[ClientSplit], num_classes:
     """Per-client count of each class over all of the client's samples."""
     labels = np.asarray(labels)
     return [np.bincount(labels[s.all], minlength=num_classes).tolist() for s in splits]
+
+
+def personal_test_split(test_labels: np.ndarray, histograms: list[list[int]], rng: np.random.Generator) -> list[np.ndarray]:
+    """Each client's own test set, for personalized evaluation: the test samples of every class are
+    dealt out (disjointly) in proportion to how many training samples of that class each client
+    holds, so a client is tested on its own label distribution."""
+    test_labels = np.asarray(test_labels)
+    counts = np.asarray(histograms, dtype=np.float64)  # (clients, classes)
+    parts: list[list[int]] = [[] for _ in range(len(counts))]
+    for c in range(counts.shape[1]):
+        total = counts[:, c].sum()
+        if total == 0:
+            continue
+        idx = rng.permutation(np.flatnonzero(test_labels == c))
+        cuts = np.rint(np.cumsum(counts[:, c] / total) * len(idx)).astype(int)[:-1]
+        for part, chunk in zip(parts, np.split(idx, cuts)):
+            part.extend(chunk.tolist())
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]

@@ -1,0 +1,150 @@
+"""Base of the decentralized (peer-to-peer) strategies: no global model, a relay for peers' models.
+
+Every client keeps its own, personalized model in its state store (``clients/peer.py``). Each
+round the strategy decides, for every active client, whose models that client would receive
+peer-to-peer, and sends it exactly those (``peer-<id>`` ArrayRecords: one message per client,
+different content per client). The server holds only what the clients shared last (what a peer
+would send when asked), relays it, and accounts the bytes that would cross each peer link:
+``p2p_bytes`` (all links), ``p2p_busiest_node_bytes`` (max over nodes of sent + received) and the
+links themselves (``p2p_link_src/dst/bytes``) in metrics.jsonl. ``bytes_up``/``bytes_down`` stay
+what the relay moved.
+
+Evaluation is personalized: every client evaluates its own model on its own test split
+(``personal_test_split``); ``test_accuracy`` is the mean over clients, ``personal_accuracy`` the
+per-client figures.
+
+Topologies (``strategy.topology``): ``none`` (local training only), ``ring``, ``full``, ``random``
+(``strategy.num_neighbours`` peers drawn per client and round). Only peers that have shared a
+model are candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fedsim.errors import ConfigError, RoundFailedError
+from fedsim.records import from_numpy, to_numpy
+from fedsim.seeding import rng
+from fedsim.strategy import ClientReply, FedsimStrategy
+
+log = logging.getLogger("fedsim")
+
+PEER_PREFIX = "peer-"
+TOPOLOGIES = ("none", "ring", "full", "random")
+
+
+def record_bytes(record: ArrayRecord) -> int:
+    return sum(len(a.data) for a in record.values())
+
+
+def link_metrics(links: list[tuple[int, int, int]]) -> dict[str, Any]:
+    """Totals of one round's peer links (src, dst, bytes)."""
+    per_node: dict[int, int] = {}
+    for src, dst, size in links:
+        per_node[src] = per_node.get(src, 0) + size
+        per_node[dst] = per_node.get(dst, 0) + size
+    return {
+        "p2p-bytes": sum(size for _, _, size in links),
+        "p2p-busiest-node-bytes": max(per_node.values(), default=0),
+        "p2p-links": len(links),
+        "p2p-link-src": [src for src, _, _ in links],
+        "p2p-link-dst": [dst for _, dst, _ in links],
+        "p2p-link-bytes": [size for _, _, size in links],
+    }
+
+
+class PeerToPeerStrategy(FedsimStrategy):
+    """Relays peers' models per client; no aggregation, no global model."""
+
+    personalized = True
+    model_record = "shared"
+
+    def __init__(self, cfg: Any, param_keys: list[str]) -> None:
+        super().__init__(cfg, param_keys)
+        topology = str(cfg.strategy.topology)
+        if topology not in TOPOLOGIES:
+            raise ConfigError(f"strategy.topology={topology}: choose one of {', '.join(TOPOLOGIES)}")
+        self.shared: dict[int, ArrayRecord] = {}
+        self.initial: ArrayRecord | None = None
+        self.links: list[tuple[int, int, int]] = []
+
+    # -- who talks to whom ------------------------------------------------------------------------
+    def neighbours(self, client_id: int, server_round: int) -> list[int]:
+        """Peers whose shared models ``client_id`` receives this round (the configured topology)."""
+        s = self.cfg.strategy
+        others = [c for c in sorted(self.shared) if c != client_id]
+        if s.topology == "none":
+            return []
+        if s.topology == "full":
+            return others
+        if s.topology == "ring":
+            n = int(self.cfg.num_clients)
+            return [c for c in others if c in ((client_id - 1) % n, (client_id + 1) % n)]
+        k = min(int(s.num_neighbours), len(others))
+        return sorted(int(c) for c in rng(self.cfg.seed, "peers", server_round, client_id).choice(others, k, replace=False)) if k else []
+
+    # -- train ------------------------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        if self.initial is None:
+            self.initial = arrays
+        self.links = []
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def train_content(self, client_id: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+        content = RecordDict({"config": config})
+        if client_id not in self.shared:  # first time active: the common initial model
+            content["arrays"] = arrays
+        for peer in self.neighbours(client_id, int(config["server-round"])):
+            content[f"{PEER_PREFIX}{peer}"] = self.shared[peer]
+            self.links.append((peer, client_id, record_bytes(self.shared[peer])))
+        return content
+
+    def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
+        for reply in replies:
+            self.shared[reply.client_id] = reply.content[self.model_record]
+        metrics = self.aggregate_metrics(replies)
+        for key, value in link_metrics(self.links).items():
+            metrics[key] = value
+        assert self.global_arrays is not None
+        return self.global_arrays, metrics
+
+    # -- personalized evaluation ------------------------------------------------------------------
+    def evaluate_clients(self, server_round: int, grid: Grid) -> dict[str, Any]:
+        """Every client evaluates its own model on its own test split."""
+        client_of = {node: cid for cid, node in self.node_of.items()}
+        messages = []
+        for cid, node in sorted(self.node_of.items()):
+            content = RecordDict({"config": ConfigRecord({"server-round": server_round})})
+            if cid not in self.shared and self.initial is not None:
+                content["arrays"] = self.initial
+            messages.append(Message(content, dst_node_id=node, message_type=MessageType.EVALUATE, group_id=f"eval-{server_round}"))
+        accuracy: dict[str, float] = {}
+        losses: list[float] = []
+        for reply in grid.send_and_receive(messages, timeout=self.cfg.round_timeout):
+            cid = client_of.get(reply.metadata.src_node_id, -1)
+            if reply.has_error() or "metrics" not in reply.content.metric_records:
+                log.warning("round %d: client %d did not evaluate its model", server_round, cid)
+                continue
+            m = reply.content["metrics"]
+            if int(m.get("num-examples", 0)) > 0:
+                accuracy[str(cid)] = float(m["accuracy"])
+                losses.append(float(m["loss"]))
+        if not accuracy:
+            raise RoundFailedError(f"round {server_round}: no client evaluated its personal model")
+        return {
+            "accuracy": float(np.mean(list(accuracy.values()))),
+            "loss": float(np.mean(losses)),
+            "personal_accuracy": dict(sorted(accuracy.items(), key=lambda kv: int(kv[0]))),
+        }
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"shared": {cid: to_numpy(r) for cid, r in self.shared.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.shared = {int(cid): from_numpy(arrays) for cid, arrays in state.get("shared", {}).items()}

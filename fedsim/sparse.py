@@ -1,0 +1,64 @@
+"""Sparse model encoding for the wire: the values a mask keeps plus the mask as a bitmap.
+
+A masked tensor ``name`` travels as ``name#values`` (float32, the kept entries in row-major order)
+and ``name#mask`` (uint8, ``np.packbits`` of the flattened mask: numel / 8 bytes); unmasked
+tensors (biases, normalisation parameters, buffers) travel dense under their own name. This is
+what DisPFL's peers send each other, and the bytes the link accounting counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+
+from fedsim.records import from_numpy
+
+VALUES, MASK = "#values", "#mask"
+
+
+def encode_sparse(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> ArrayRecord:
+    """Weights (a state dict) with the tensors in ``masks`` sent as values + bitmap."""
+    out: dict[str, np.ndarray] = {}
+    for name, w in weights.items():
+        w = w.detach().cpu()
+        if name in masks:
+            keep = masks[name].detach().cpu().bool().flatten().numpy()
+            out[name + VALUES] = w.flatten().numpy()[keep]
+            out[name + MASK] = np.packbits(keep)
+        else:
+            out[name] = w.numpy()
+    return from_numpy(out)
+
+
+def decode_sparse(record: ArrayRecord, shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(dense weights with zeros outside the masks, masks as float tensors) from an encoded record;
+    ``shapes`` are the model's tensor shapes. Raises ValueError naming what does not fit."""
+    weights, masks = {}, {}
+    expected = set()
+    for name, shape in shapes.items():
+        numel = int(np.prod(shape))
+        if name + MASK in record:
+            expected |= {name + VALUES, name + MASK}
+            packed = record[name + MASK].numpy()
+            if packed.dtype != np.uint8 or packed.size != (numel + 7) // 8:
+                raise ValueError(f"'{name}{MASK}' must be {(numel + 7) // 8} packed bytes")
+            keep = np.unpackbits(packed, count=numel).astype(bool)
+            values = record[name + VALUES].numpy()
+            if values.size != int(keep.sum()):
+                raise ValueError(f"'{name}{VALUES}' has {values.size} values for {int(keep.sum())} kept entries")
+            dense = np.zeros(numel, dtype=values.dtype)
+            dense[keep] = values
+            weights[name] = torch.from_numpy(dense.reshape(shape))
+            masks[name] = torch.from_numpy(keep.reshape(shape).astype(np.float32))
+        elif name in record:
+            expected.add(name)
+            if tuple(record[name].shape) != tuple(shape):
+                raise ValueError(f"'{name}' has shape {tuple(record[name].shape)}, expected {tuple(shape)}")
+            weights[name] = torch.from_numpy(record[name].numpy().copy())
+        else:
+            raise ValueError(f"'{name}' is missing")
+    unexpected = sorted(set(record.keys()) - expected)
+    if unexpected:
+        raise ValueError(f"unexpected arrays {unexpected[:3]}")
+    return weights, masks

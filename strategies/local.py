@@ -1,0 +1,13 @@
+"""Local-only training: every client trains its own model on its own data and never communicates.
+
+The lower bar of personalized federated learning (e.g. the "Local" rows of DisPFL, Dai et al.,
+ICML 2022, and SCooL, Li et al., ICML 2023): a decentralized strategy with no links
+(``fedsim/decentralized.py``, topology ``none``); clients keep their models in their state stores
+(``clients/peer.py``) and are evaluated on their own test splits.
+"""
+
+from __future__ import annotations
+
+from fedsim.decentralized import PeerToPeerStrategy
+
+STRATEGY = PeerToPeerStrategy

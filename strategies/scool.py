@@ -1,0 +1,231 @@
+"""SCooL: "Structured Cooperative Learning with Graphical Model Priors" (Li, Zhou, Tian, Tao;
+ICML 2023, arXiv:2306.09595; official code github.com/ShuangtongLi/SCooL).
+
+Decentralized, personalized. A cooperation graph W (row i: how much client i learns from each
+peer) is latent, with a graphical-model prior p(W); models and graph are fitted by variational
+EM (``clients/scool.py`` for the client side):
+- E-step (each active client i, on the models it receives): q(W_i.) over {i} + candidates is
+  proportional to exp(prior_ij - loss_i(theta_j) / likelihood_scale), loss_i(theta_j) being
+  the mean cross-entropy of peer j's model on a sample of i's data (how well j explains i's data);
+- M-step: theta_i <- sum_j W_ij theta_j (the exact minimiser of the graph-weighted regulariser),
+  then local SGD on loss_i + reg_weight/2 * sum_{j != i} W_ij ||theta_i - theta_j||^2.
+The prior (``strategy.prior``), fitted by the server from the posteriors the clients report:
+- ``dirac``: W is fixed to the uniform weights of the configured topology (no E-step): SCooL
+  recovers D-PSGD with that graph;
+- ``sbm``: a stochastic block model with ``sbm_blocks`` blocks: block memberships phi and block
+  link probabilities B are updated by mean-field/M-steps from the reported graph; the prior
+  logit of edge i->j is E[log B_{z_i z_j}] = phi_i^T log(B) phi_j;
+- ``attention``: prior logits q_i . k_j / sqrt(d) from learnt query/key maps of each client's
+  model update (its classifier head's change since the common start), fitted to the posteriors.
+Before round ``fix_graph_round`` a client receives every peer that has shared a model; then the
+graph is fixed to each client's ``num_neighbours`` strongest peers (the official code's
+fix_graph_epoch/mask_fraction), which bounds the traffic.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fedsim.decentralized import PEER_PREFIX, PeerToPeerStrategy
+from fedsim.errors import ConfigError
+from fedsim.seeding import rng
+from fedsim.strategy import ClientReply
+
+PRIORS = ("dirac", "sbm", "attention")
+
+
+def sbm_update(
+    adjacency: np.ndarray, observed: np.ndarray, phi: np.ndarray, blocks: np.ndarray, iterations: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean-field updates of the block memberships ``phi`` (N x K) and M-steps of the block link
+    probabilities ``blocks`` (K x K) of a stochastic block model, given soft edges ``adjacency``
+    (N x N in [0, 1]) where ``observed`` is True."""
+    m = observed.astype(np.float64)
+    a = np.clip(adjacency, 0.0, 1.0) * m
+    not_a = (1.0 - np.clip(adjacency, 0.0, 1.0)) * m
+    phi = phi.copy()
+    for _ in range(iterations):
+        log_b, log_not_b = np.log(blocks), np.log1p(-blocks)
+        prior = np.log(phi.mean(0) + 1e-12)
+        for i in range(len(phi)):  # coordinate ascent: each update raises the bound
+            logits = (
+                prior
+                + a[i] @ (phi @ log_b.T) + not_a[i] @ (phi @ log_not_b.T)
+                + a[:, i] @ (phi @ log_b) + not_a[:, i] @ (phi @ log_not_b)
+            )
+            phi[i] = np.exp(logits - logits.max())
+            phi[i] /= phi[i].sum()
+        pair = np.einsum("ik,jh,ij->kh", phi, phi, m)
+        linked = np.einsum("ik,jh,ij->kh", phi, phi, a)
+        blocks = np.clip(linked / np.maximum(pair, 1e-12), 0.01, 0.99)
+    return phi, blocks
+
+
+def sbm_prior(phi: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """N x N prior logits E[log B_{z_i z_j}] under the memberships phi."""
+    return phi @ np.log(blocks) @ phi.T
+
+
+def attention_logits(features: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """N x N attention scores (F q)(F k)^T / sqrt(d)."""
+    return (features @ query) @ (features @ key).T / query.shape[1] ** 0.5
+
+
+class SCooL(PeerToPeerStrategy):
+    def __init__(self, cfg: Any, param_keys: list[str]) -> None:
+        super().__init__(cfg, param_keys)
+        s, n = cfg.strategy, int(cfg.num_clients)
+        if s.prior not in PRIORS:
+            raise ConfigError(f"strategy.prior={s.prior}: choose one of {', '.join(PRIORS)}")
+        self.posterior = np.full((n, n), np.nan)  # last reported q(W_i.) rows
+        self.fixed: dict[int, list[int]] = {}
+        r = rng(cfg.seed, "scool-init")
+        self.phi = r.dirichlet(np.ones(int(s.sbm_blocks)), size=n)
+        k = int(s.sbm_blocks)
+        self.blocks = np.full((k, k), 0.2) + 0.6 * np.eye(k)
+        self.query: np.ndarray | None = None
+        self.key: np.ndarray | None = None
+
+    # -- graph ------------------------------------------------------------------------------------
+    def neighbours(self, client_id: int, server_round: int) -> list[int]:
+        if self.cfg.strategy.prior == "dirac":
+            return super().neighbours(client_id, server_round)
+        others = [c for c in sorted(self.shared) if c != client_id]
+        if client_id in self.fixed:
+            return [c for c in self.fixed[client_id] if c in self.shared]
+        return others
+
+    def features(self) -> torch.Tensor:
+        """Per client: its classifier head's change since the common start, L2-normalised (zeros
+        for clients that have not shared a model)."""
+        assert self.initial is not None
+        head = [k for k in self.initial.keys() if k.startswith("classifier.")] or list(self.initial.keys())[-2:]
+        start = np.concatenate([self.initial[k].numpy().ravel() for k in head]).astype(np.float64)
+        rows = []
+        for cid in range(int(self.cfg.num_clients)):
+            if cid in self.shared:
+                delta = np.concatenate([self.shared[cid][k].numpy().ravel() for k in head]) - start
+                rows.append(delta / max(np.linalg.norm(delta), 1e-12))
+            else:
+                rows.append(np.zeros_like(start))
+        return torch.tensor(np.stack(rows), dtype=torch.float32)
+
+    def prior_logits(self) -> np.ndarray:
+        s, n = self.cfg.strategy, int(self.cfg.num_clients)
+        if s.prior == "sbm":
+            return sbm_prior(self.phi, self.blocks)
+        if s.prior == "attention" and self.query is not None and self.key is not None:
+            with torch.no_grad():
+                return attention_logits(self.features(), torch.from_numpy(self.query), torch.from_numpy(self.key)).double().numpy()
+        return np.zeros((n, n))
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self.round_prior: np.ndarray | None = None  # computed once per round, on first use
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def train_content(self, client_id: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+        content = super().train_content(client_id, arrays, config)
+        peers = sorted(int(name[len(PEER_PREFIX):]) for name in content.array_records if name.startswith(PEER_PREFIX))
+        if peers:
+            if self.round_prior is None:
+                self.round_prior = self.prior_logits()
+            ids = [client_id, *peers]
+            logits = self.round_prior[client_id, ids]
+            content["graph"] = ConfigRecord(
+                {"ids": ids, "prior": [float(v) for v in logits], "use-likelihood": self.cfg.strategy.prior != "dirac"}
+            )
+        return content
+
+    # -- replies ----------------------------------------------------------------------------------
+    def reply_problem(self, msg: Message) -> str | None:
+        problem = super().reply_problem(msg)
+        if problem is not None or "graph" not in msg.content.config_records:
+            return problem
+        graph = msg.content["graph"]
+        n = int(self.cfg.num_clients)
+        ids, weights = list(graph.get("ids", [])), list(graph.get("weights", []))
+        if len(ids) != len(weights) or any(not 0 <= int(i) < n for i in ids) or not np.all(np.isfinite(weights)):
+            return "malformed 'graph' record: needs 'ids' of clients and as many finite 'weights'"
+        return None
+
+    def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
+        arrays, metrics = super().aggregate(server_round, replies)
+        reported = [r for r in replies if "graph" in r.content.config_records]
+        for reply in reported:
+            graph = reply.content["graph"]
+            row = np.full(self.posterior.shape[1], np.nan)
+            row[list(graph["ids"])] = list(graph["weights"])
+            self.posterior[reply.client_id] = row
+        if reported:
+            self.fit_prior()
+            metrics["graph-self-weight"] = float(np.mean([r.content["graph"]["weights"][0] for r in reported]))
+        s = self.cfg.strategy
+        if s.prior != "dirac" and server_round == int(s.fix_graph_round):
+            self.fix_graph()
+        return arrays, metrics
+
+    def fit_prior(self) -> None:
+        """Refit the prior's parameters to the reported posterior rows."""
+        s = self.cfg.strategy
+        observed = np.isfinite(self.posterior)
+        np.fill_diagonal(observed, False)
+        if s.prior == "sbm":
+            # soft edges: each row's weights relative to its strongest peer
+            peer = np.where(observed, self.posterior, 0.0)
+            adjacency = peer / np.maximum(peer.max(1, keepdims=True), 1e-12)
+            self.phi, self.blocks = sbm_update(adjacency, observed, self.phi, self.blocks, int(s.sbm_iterations))
+        elif s.prior == "attention":
+            self.fit_attention(observed | (np.eye(len(observed), dtype=bool) & np.isfinite(self.posterior)))
+
+    def fit_attention(self, observed: np.ndarray) -> None:
+        s = self.cfg.strategy
+        features = self.features()
+        if self.query is None or self.key is None:
+            g = torch.Generator().manual_seed(int(rng(self.cfg.seed, "scool-attention").integers(2**31)))
+            scale = features.shape[1] ** -0.5
+            self.query = (torch.randn(features.shape[1], int(s.attention_dim), generator=g) * scale).numpy()
+            self.key = (torch.randn(features.shape[1], int(s.attention_dim), generator=g) * scale).numpy()
+        query = torch.tensor(self.query, requires_grad=True)
+        key = torch.tensor(self.key, requires_grad=True)
+        target = torch.tensor(np.nan_to_num(self.posterior), dtype=torch.float32)
+        mask = torch.tensor(observed)
+        rows = mask.any(1)
+        optimizer = torch.optim.Adam([query, key], lr=float(s.attention_lr))
+        for _ in range(int(s.attention_steps)):
+            logits = attention_logits(features, query, key).masked_fill(~mask, float("-inf"))
+            log_p = torch.log_softmax(logits[rows], dim=1).masked_fill(~mask[rows], 0.0)
+            loss = -(target[rows] * log_p).sum(1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        self.query, self.key = query.detach().numpy(), key.detach().numpy()
+
+    def fix_graph(self) -> None:
+        """From now on each client talks to its ``num_neighbours`` strongest peers only."""
+        k = int(self.cfg.strategy.num_neighbours)
+        for cid, row in enumerate(self.posterior):
+            peers = [(w, j) for j, w in enumerate(row) if j != cid and np.isfinite(w)]
+            if peers:
+                self.fixed[cid] = sorted(j for _, j in sorted(peers, key=lambda t: (-t[0], t[1]))[:k])
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update({"posterior": self.posterior, "fixed": self.fixed, "phi": self.phi, "blocks": self.blocks,
+                      "query": self.query, "key": self.key})
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        for name in ("posterior", "fixed", "phi", "blocks", "query", "key"):
+            if name in state:
+                setattr(self, name, state[name])
+        self.fixed = {int(c): [int(j) for j in peers] for c, peers in self.fixed.items()}
+
+
+STRATEGY = SCooL
