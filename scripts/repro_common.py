@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from fedsim.data import load_dataset
@@ -25,7 +24,8 @@ def datasets_available(data_root: str) -> list[str]:
 
 
 def run_fedsim(overrides: list[str], runs_root: str, name: str) -> dict:
-    """Run one configuration; returns summary.json plus 'wall_s', 'metrics' (per-round records) and
+    """Run one configuration (or finish/reuse the run already in ``runs_root/name``); returns
+    summary.json plus 'metrics' (per-round records) and
     bytes including a strategy's setup phase (FedFed's distillation and sharing)."""
     run_dir = Path(runs_root) / name
     if (run_dir / "config.yaml").is_file():  # an earlier (possibly interrupted) run: finish it
@@ -35,12 +35,10 @@ def run_fedsim(overrides: list[str], runs_root: str, name: str) -> dict:
     else:
         print(f"running {name} ...", flush=True)
         command = ["run", *overrides, f"run_dir={run_dir}"]
-    t0 = time.time()
     out = subprocess.run([sys.executable, "-m", "fedsim", *command], capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
     summary = json.loads((run_dir / "summary.json").read_text())
-    summary["wall_s"] = time.time() - t0
     summary["metrics"] = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     setup_log = run_dir / "distill_metrics.jsonl"
     if setup_log.exists():
