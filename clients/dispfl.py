@@ -23,10 +23,11 @@ import math
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from torch import nn
 from torch.nn import functional as F
 
+from clients.base import TrainStats
 from clients.peer import PeerClient, State
 from fedsim.seeding import torch_generator
 from fedsim.sparse import decode_sparse, encode_sparse
@@ -85,7 +86,12 @@ def prune_and_regrow(
 
 
 def part(state: State, prefix: str) -> State:
+    """The tensors of ``state`` stored under ``prefix``, without it."""
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def prefixed(prefix: str, tensors: State) -> State:
+    return {prefix + k: v for k, v in tensors.items()}
 
 
 class DisPFLClient(PeerClient):
@@ -144,15 +150,11 @@ class DisPFLClient(PeerClient):
     def share(self, model: nn.Module, state: State) -> ArrayRecord:
         return encode_sparse(part(state, WEIGHTS), part(state, SHARED_MASK))
 
-    def metrics(self, stats):
+    def metrics(self, stats: TrainStats) -> MetricRecord:
         metrics = super().metrics(stats)
         kept = sum(float(m.sum()) for m in self.mask.values())
         metrics["density"] = kept / sum(m.numel() for m in self.mask.values())
         return metrics
-
-
-def prefixed(prefix: str, tensors: State) -> State:
-    return {prefix + k: v for k, v in tensors.items()}
 
 
 CLIENT = DisPFLClient

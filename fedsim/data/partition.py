@@ -107,7 +107,8 @@ def split_labeled(
 def make_partition(labels: np.ndarray, num_clients: int, cfg: Mapping[str, Any], seed: int) -> list[ClientSplit]:
     """Split training labels among ``num_clients`` clients as ``cfg`` (the partition group) says.
 
-    ``cfg.labeled_ratio`` keeps that fraction of each client's data labeled; with
+    ``cfg.max_samples_per_client`` keeps a seeded subset of at most that many samples per client
+    (data-scarce clients). ``cfg.labeled_ratio`` keeps that fraction of each client's data labeled; with
     ``cfg.labeled_clients = m`` the first m clients are fully labeled and the rest unlabeled.
     """
     labels = np.asarray(labels)
@@ -123,6 +124,11 @@ def make_partition(labels: np.ndarray, num_clients: int, cfg: Mapping[str, Any],
         parts = shards(labels, num_clients, int(cfg["classes_per_client"]), rng)
     else:
         raise ConfigError(f"unknown partition '{kind}': choose iid, dirichlet or shards")
+    cap = cfg.get("max_samples_per_client")
+    if cap is not None:
+        if int(cap) < 1:
+            raise ConfigError(f"partition.max_samples_per_client={cap} must be at least 1 (or null for no cap)")
+        parts = [np.sort(rng.permutation(p)[: int(cap)]) for p in parts]
     labeled_clients = cfg.get("labeled_clients")
     ratio = float(cfg.get("labeled_ratio", 1.0))
     if not 0.0 <= ratio <= 1.0:
