@@ -67,3 +67,12 @@ def test_histograms_match_counts():
     splits = make_partition(LABELS, 4, {"name": "dirichlet", "alpha": 0.5}, seed=0)
     hist = label_histograms(LABELS, splits, 10)
     assert [sum(h) for h in hist] == [len(s.all) for s in splits]
+
+
+def test_max_samples_per_client_takes_a_subset_of_each_client():
+    full = make_partition(LABELS, 5, {"name": "shards", "classes_per_client": 2}, seed=0)
+    capped = make_partition(LABELS, 5, {"name": "shards", "classes_per_client": 2, "max_samples_per_client": 30}, seed=0)
+    for f, c in zip(full, capped):
+        assert len(c.all) == min(30, len(f.all)) and set(c.all.tolist()) <= set(f.all.tolist())
+    with pytest.raises(ConfigError, match="max_samples_per_client=0"):
+        make_partition(LABELS, 5, {"name": "iid", "max_samples_per_client": 0}, seed=0)

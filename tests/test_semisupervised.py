@@ -62,3 +62,24 @@ def test_supervised_baseline_skips_unlabeled_clients(make_cfg):
     assert all(r["clients_sampled"] == 2 and r["clients_ok"] == 2 for r in read_metrics(path))
     fixmatch = read_metrics(run(make_cfg("strategy=fixmatch", "partition.labeled_clients=2", "clients_per_round=4", "num_rounds=2", name="fm")))
     assert all(r["clients_sampled"] == 4 and r["clients_ok"] == 4 for r in fixmatch)
+
+
+def test_fixmatch_steps_pair_a_labeled_and_an_unlabeled_batch():
+    from types import SimpleNamespace
+
+    import torch
+    from flwr.app import ConfigRecord
+
+    from clients.base import LocalData
+    from clients.fixmatch import FixMatchClient
+
+    labeled = LocalData(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10) % 3, None)
+    unlabeled = LocalData(torch.arange(90, dtype=torch.uint8).view(90, 1, 1, 1).expand(90, 1, 2, 2).clone(), torch.zeros(90, dtype=torch.int64), None)
+    client = FixMatchClient(SimpleNamespace(data=labeled, unlabeled=unlabeled))
+    batches = list(client.batches(ConfigRecord({"batch-size": 8}), torch.Generator().manual_seed(0)))
+    assert len(batches) == 12  # one pass over the 90 unlabeled samples, the 10 labeled ones cycled
+    seen = []
+    for x, y in batches:
+        assert (y >= 0).sum() in (8, 2) and (y == -1).sum() in (8, 2)  # 10 = 8 + 2, 90 = 11 x 8 + 2
+        seen += x[y == -1, 0, 0, 0].tolist()
+    assert sorted(seen) == list(range(90))
