@@ -1,14 +1,14 @@
 """Decentralized personalized FL at our scale: local-only, D-PSGD, DisPFL, SCooL (Dirac, SBM, attention).
 
 The pathological partition of the DisPFL and SCooL papers, "2 classes per client" (shards), with
-data-scarce clients as in DisPFL (500 CIFAR images each): here 20 clients with 300 Fashion-MNIST
+data-scarce clients as in DisPFL (500 CIFAR images each): here 10 clients with 300 Fashion-MNIST
 samples each (CIFAR-10 too when its files are under data_root), all active every round, each
-receiving from 4 peers, 2 local epochs; same seed and rounds for every method. Prints the mean personalized accuracy (each client's own model on its own test
+receiving from 3 peers, 2 local epochs; same seed and rounds for every method. Prints the mean personalized accuracy (each client's own model on its own test
 split) and the traffic that would cross peer links: total and per round at the busiest node.
 The claims to check: DisPFL and SCooL beat D-PSGD and local-only in personalized accuracy, and
 DisPFL's busiest-node traffic is a fraction of the dense methods'.
 
-    python scripts/repro_decentralized.py --rounds 20
+    python scripts/repro_decentralized.py --rounds 12
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ METHODS = {
 
 def main() -> None:
     parser = repro_parser(__doc__)
-    parser.set_defaults(rounds=20)
-    parser.add_argument("--clients", type=int, default=20)
+    parser.set_defaults(rounds=12)
+    parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--samples", type=int, default=300, help="training samples per client")
-    parser.add_argument("--active", type=int, default=20, help="clients active per round")
-    parser.add_argument("--neighbours", type=int, default=4, help="peers each active client receives from")
+    parser.add_argument("--active", type=int, default=10, help="clients active per round")
+    parser.add_argument("--neighbours", type=int, default=3, help="peers each active client receives from")
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     args = parser.parse_args()
