@@ -9,7 +9,6 @@ import torch
 from flwr.app import ConfigRecord
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
-from omegaconf import OmegaConf
 
 from clients.dispfl import DisPFLClient, erk_densities, prune_and_regrow, random_mask
 from fedsim.data import personal_test_split
