@@ -161,3 +161,12 @@ def test_unknown_topology_is_a_config_error(make_cfg):
 
     with pytest.raises(ConfigError, match="strategy.topology=star"):
         PeerToPeerStrategy(make_cfg("strategy=dpsgd", "strategy.topology=star"), ["w"])
+
+
+def test_dense_dispfl_is_dpsgd(make_cfg):
+    """At density 1 with a frozen mask, mask-aware aggregation is plain gossip averaging."""
+    dense = read_metrics(run(make_cfg("strategy=dpsgd", *PATHOLOGICAL, name="dpsgd")))
+    dispfl = read_metrics(run(make_cfg("strategy=dispfl", "strategy.density=1.0", "strategy.anneal_factor=0", *PATHOLOGICAL, name="dispfl")))
+    for a, b in zip(dense, dispfl):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+        assert a["personal_accuracy"] == pytest.approx(b["personal_accuracy"], rel=1e-6)
