@@ -28,7 +28,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 
 from fedsim.errors import ConfigError, RoundFailedError
-from fedsim.records import from_numpy, to_numpy
+from fedsim.records import from_numpy, record_bytes, to_numpy
 from fedsim.seeding import rng
 from fedsim.strategy import ClientReply, FedsimStrategy
 
@@ -36,10 +36,6 @@ log = logging.getLogger("fedsim")
 
 PEER_PREFIX = "peer-"
 TOPOLOGIES = ("none", "ring", "full", "random")
-
-
-def record_bytes(record: ArrayRecord) -> int:
-    return sum(len(a.data) for a in record.values())
 
 
 def link_metrics(links: list[tuple[int, int, int]]) -> dict[str, Any]:

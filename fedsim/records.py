@@ -26,12 +26,17 @@ def from_numpy(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: torch.from_numpy(np.asarray(v, order="C")) for k, v in arrays.items()})
 
 
+def record_bytes(record: ArrayRecord) -> int:
+    """Bytes of an ArrayRecord's serialized arrays (what crosses the wire)."""
+    return sum(len(a.data) for a in record.values())
+
+
 def payload_bytes(content: RecordDict) -> int:
     """Bytes of the payload a message carries: array data plus 8 bytes per config/metric value."""
     total = 0
     for record in content.values():
         if isinstance(record, ArrayRecord):
-            total += sum(len(a.data) for a in record.values())
+            total += record_bytes(record)
         elif isinstance(record, (ConfigRecord, MetricRecord)):
             total += 8 * sum(len(v) if isinstance(v, (list, bytes, str)) else 1 for v in record.values())
     return total
