@@ -19,17 +19,12 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
 
 from clients.base import Client
-from fedsim.decentralized import PEER_PREFIX
+from fedsim.decentralized import peer_records
 from fedsim.records import model_to_record
 
 log = logging.getLogger("fedsim")
 
 State = dict[str, torch.Tensor]
-
-
-def peer_records(content: RecordDict) -> dict[int, ArrayRecord]:
-    """The peers' shared records in a message, by peer id."""
-    return {int(name[len(PEER_PREFIX):]): content[name] for name in content.array_records if name.startswith(PEER_PREFIX)}
 
 
 def weighted_mix(states: list[State], weights: list[float]) -> State:

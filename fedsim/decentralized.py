@@ -38,6 +38,11 @@ PEER_PREFIX = "peer-"
 TOPOLOGIES = ("none", "ring", "full", "random")
 
 
+def peer_records(content: RecordDict) -> dict[int, ArrayRecord]:
+    """The peers' shared records a message carries, by peer id."""
+    return {int(name[len(PEER_PREFIX):]): content[name] for name in content.array_records if name.startswith(PEER_PREFIX)}
+
+
 def link_metrics(links: list[tuple[int, int, int]]) -> dict[str, Any]:
     """Totals of one round's peer links (src, dst, bytes)."""
     per_node: dict[int, int] = {}

@@ -31,7 +31,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedsim.decentralized import PEER_PREFIX, PeerToPeerStrategy
+from fedsim.decentralized import PeerToPeerStrategy, peer_records
 from fedsim.errors import ConfigError
 from fedsim.seeding import rng
 from fedsim.strategy import ClientReply
@@ -130,7 +130,7 @@ class SCooL(PeerToPeerStrategy):
 
     def train_content(self, client_id: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
         content = super().train_content(client_id, arrays, config)
-        peers = sorted(int(name[len(PEER_PREFIX):]) for name in content.array_records if name.startswith(PEER_PREFIX))
+        peers = sorted(peer_records(content))
         if peers:
             if self.round_prior is None:
                 self.round_prior = self.prior_logits()
