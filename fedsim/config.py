@@ -36,22 +36,40 @@ def _explain(err: Exception) -> str:
 
 
 def compose(overrides: list[str]) -> DictConfig:
-    """The resolved config for ``overrides`` (Hydra override syntax)."""
+    """The resolved config for ``overrides`` (Hydra override syntax), after the strategy's ``setting``."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"cannot parse override '{item}': write overrides as key=value (e.g. strategy=fedprox)")
+    chosen = _hydra_compose([o for o in overrides if _override_key(o) == "strategy"])
+    setting = strategy_setting(list(chosen.strategy.get("setting") or []), list(overrides))
+    cfg = _hydra_compose(setting + list(overrides))
+    validate(cfg)
+    return cfg
+
+
+def _hydra_compose(overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"cannot parse override '{item}': write overrides as key=value (e.g. strategy=fedprox)")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            cfg = hydra_compose("config", overrides=list(overrides))
+            return hydra_compose("config", overrides=overrides)
     except Exception as err:  # Hydra raises several unrelated exception types for bad input
         raise ConfigError(_explain(err)) from None
-    validate(cfg)
-    return cfg
+
+
+def _override_key(item: str) -> str:
+    return item.split("=", 1)[0].lstrip("+~")
+
+
+def strategy_setting(setting: list[str], overrides: list[str]) -> list[str]:
+    """The overrides of a strategy's ``setting`` (the experimental setting it is meant for, e.g.
+    FedSA's teacher parties) that the user's own overrides leave standing: a user override of a
+    key, or a choice of the group a setting key belongs to, wins."""
+    user = {_override_key(o) for o in overrides}
+    return [s for s in setting if _override_key(s) not in user and _override_key(s).split(".")[0] not in user]
 
 
 _INT_AT_LEAST = {

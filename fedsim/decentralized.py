@@ -21,7 +21,7 @@ model are candidates.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -62,7 +62,6 @@ def link_metrics(links: list[tuple[int, int, int]]) -> dict[str, Any]:
 class PeerToPeerStrategy(FedsimStrategy):
     """Relays peers' models per client; no aggregation, no global model."""
 
-    personalized = True
     model_record = "shared"
 
     def __init__(self, cfg: Any, param_keys: list[str]) -> None:
@@ -115,8 +114,8 @@ class PeerToPeerStrategy(FedsimStrategy):
         return self.global_arrays, metrics
 
     # -- personalized evaluation ------------------------------------------------------------------
-    def evaluate_clients(self, server_round: int, grid: Grid) -> dict[str, Any]:
-        """Every client evaluates its own model on its own test split."""
+    def evaluate_round(self, server_round: int, arrays: ArrayRecord, grid: Grid, evaluate: Callable) -> dict[str, Any]:
+        """Every client evaluates its own model on its own test split (there is no global model)."""
         client_of = {node: cid for cid, node in self.node_of.items()}
         messages = []
         for cid, node in sorted(self.node_of.items()):

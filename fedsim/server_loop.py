@@ -95,9 +95,11 @@ class RoundLoop:
         cfg = self.cfg
         self.strategy.set_clients(*discover_clients(self.grid, cfg.num_clients, cfg.connect_timeout))
         self.strategy.setup(self.grid, self.run)
-        if start_round > 0:
-            discard_after(self.run.client_state, start_round)
-            self.run.truncate_metrics(start_round)
+        # What a killed run wrote past its last checkpoint (or before its first) is redone.
+        discard_after(self.run.client_state, start_round)
+        self.run.truncate_metrics(start_round)
+        if start_round == 0:
+            arrays = self.strategy.initial_arrays(arrays)
         last_checkpoint = start_round
         for server_round in range(start_round + 1, cfg.num_rounds + 1):
             t0 = time.time()
@@ -120,10 +122,7 @@ class RoundLoop:
             if self.strategy.dropped or lost:
                 record["dropped"] = self.strategy.dropped + lost
             if server_round % cfg.eval_every == 0 or server_round == cfg.num_rounds:
-                if self.strategy.personalized:
-                    result = self.strategy.evaluate_clients(server_round, self.grid)
-                else:
-                    result = self.evaluate(arrays)
+                result = self.strategy.evaluate_round(server_round, arrays, self.grid, self.evaluate)
                 record["test_accuracy"], record["test_loss"] = result.pop("accuracy"), result.pop("loss")
                 record.update(result)
             record["round_time_s"] = time.time() - t0

@@ -65,10 +65,6 @@ def update_dissimilarity(global_arrays: ArrayRecord, replies: list[ClientReply],
 class FedsimStrategy(FlowerFedAvg):
     """FedAvg with seeded per-client sampling, reply checks and checkpointable state."""
 
-    # True for strategies without a global model (decentralized, personalized): the round loop
-    # then asks every client to evaluate its own model on its own test set (evaluate_clients).
-    personalized = False
-
     def __init__(self, cfg: Any, param_keys: list[str]) -> None:
         super().__init__(
             fraction_train=cfg.clients_per_round / cfg.num_clients,
@@ -97,6 +93,17 @@ class FedsimStrategy(FlowerFedAvg):
         Called on every start, resumed ones too: a strategy skips what its checkpointed state or
         files in the run directory already hold.
         """
+
+    def initial_arrays(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The global model round 1 starts from, given the seeded initial one (a fresh run only)."""
+        return arrays
+
+    def evaluate_round(
+        self, server_round: int, arrays: ArrayRecord, grid: Grid, evaluate: Callable[[ArrayRecord], dict[str, float]]
+    ) -> dict[str, Any]:
+        """Test metrics of a round ('accuracy', 'loss' and any extras): the global model on the
+        held-out test set by default; strategies without one ask their clients."""
+        return evaluate(arrays)
 
     def sample_clients(self, server_round: int, purpose: str = "sample") -> list[int]:
         """``clients_per_round`` client ids drawn from (seed, purpose, round), among the clients that

@@ -20,7 +20,7 @@ def test_help_lists_commands():
 def test_run_help_shows_groups_and_config(capsys):
     assert main(["run", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "strategy   dispfl, dpsgd, fedavg, fedfed, fedimpro, fednova, fedprox, fixmatch, local, scaffold, scool, twinsight" in out and "num_rounds:" in out
+    assert "strategy   dispfl, dpsgd, fedavg, fedfed, fedimpro, fednova, fedprox, fedsa, fixmatch, local, scaffold, scool, twinsight" in out and "num_rounds:" in out
 
 
 def test_cfg_job_prints_composed_config(capsys):
@@ -32,7 +32,7 @@ def test_cfg_job_prints_composed_config(capsys):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("strategy=nosuch", "unknown strategy 'nosuch': choose one of dispfl, dpsgd, fedavg, fedfed, fedimpro, fednova, fedprox, fixmatch, local, scaffold, scool, twinsight"),
+        ("strategy=nosuch", "unknown strategy 'nosuch': choose one of dispfl, dpsgd, fedavg, fedfed, fedimpro, fednova, fedprox, fedsa, fixmatch, local, scaffold, scool, twinsight"),
         ("dataset=imagenet", "unknown dataset 'imagenet': choose one of cifar10"),
         ("num_rounds=abc", "num_rounds='abc' is invalid: expected an integer >= 1"),
         ("nosuchkey=1", "unknown config key 'nosuchkey'"),
@@ -52,7 +52,7 @@ def test_bad_input_in_a_real_process():
     out = fedsim("run", "strategy=nosuch")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
-        "fedsim: error: unknown strategy 'nosuch': choose one of dispfl, dpsgd, fedavg, fedfed, fedimpro, fednova, fedprox, fixmatch, local, scaffold, scool, twinsight"
+        "fedsim: error: unknown strategy 'nosuch': choose one of dispfl, dpsgd, fedavg, fedfed, fedimpro, fednova, fedprox, fedsa, fixmatch, local, scaffold, scool, twinsight"
     ]
 
 

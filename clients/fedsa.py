@@ -1,0 +1,181 @@
+"""FedSA's party side: a teacher that never leaves the party, saliency scores, and local amalgamation.
+
+A party holds a teacher pre-trained on its own task and data. It answers three kinds of request
+(``fedsa-phase`` in the config), none of which returns raw data or teacher weights:
+
+- ``teacher``: prepare the teacher once (train it on the party's own labeled data, load it from
+  ``strategy.teachers.paths[party]``, or keep it at random init for parties listed in
+  ``strategy.teachers.random``: a deliberately useless teacher) and report its accuracy on the
+  party's own test split;
+- ``select``: given the student and the student owner's probe images, compare the Grad-CAM
+  saliency maps of teacher and student on each image and return the mean similarity per target
+  task (scalars only);
+- ``amalgamate``: train a copy of the student so that a 1x1-conv translator of its last conv
+  feature map matches the teacher's (FitNets hint loss, MSE) on the party's own images, and return
+  the student; the translator stays at the party (client state).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from torch import nn
+from torch.nn import functional as F
+
+from clients.base import Client, make_optimizer
+from fedsim.errors import ConfigError
+from fedsim.evaluation import evaluate
+from fedsim.models import model_from_config, split_model
+from fedsim.records import load_record, model_to_record
+from fedsim.seeding import seed_torch
+
+TEACHER, SELECT, AMALGAMATE = "teacher", "select", "amalgamate"
+
+
+def conv_split(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[nn.Sequential, nn.Sequential]:
+    """(low, high) of ``model`` split after its last feature layer whose output is a spatial map
+    (N, C, h, w) with h * w > 1: the layer FedSA's saliency and hint losses look at."""
+    layers = list(model.features.children())
+    x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
+    last = None
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        for i, layer in enumerate(layers):
+            x = layer(x)
+            if x.dim() == 4 and x.shape[2] * x.shape[3] > 1:
+                last = i + 1
+        model.train(was_training)
+    if last is None:
+        raise ConfigError(f"FedSA needs a convolutional model: {type(model).__name__} has no spatial feature map (use model=cnn or resnet18)")
+    return split_model(model, last)
+
+
+def gradcam(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM maps (N, H, W) of ``model``'s predicted class on ``x``, each scaled to [0, 1] and
+    upsampled to the input size (Selvaraju et al., 2017)."""
+    low, high = conv_split(model, tuple(x.shape[1:]))
+    model.eval()
+    feats = low(x).detach().requires_grad_(True)
+    logits = high(feats)
+    score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+    (grad,) = torch.autograd.grad(score, feats)
+    cam = F.relu((grad.mean(dim=(2, 3), keepdim=True) * feats).sum(1, keepdim=True)).detach()
+    cam = F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)[:, 0]
+    low_, high_ = cam.amin(dim=(1, 2), keepdim=True), cam.amax(dim=(1, 2), keepdim=True)
+    return (cam - low_) / (high_ - low_).clamp_min(1e-12)
+
+
+def saliency_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image similarity 0.5 + 0.5 cos(a_k, b_k) of two stacks of saliency maps, in [0, 1]."""
+    return 0.5 + 0.5 * F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1, eps=1e-12)
+
+
+def feature_channels(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    low, _ = conv_split(model, input_shape)
+    with torch.no_grad():
+        return int(low.eval()(torch.zeros(1, *input_shape, device=next(model.parameters()).device)).shape[1])
+
+
+def translator_for(student: nn.Module, teacher: nn.Module, input_shape: tuple[int, ...]) -> nn.Conv2d:
+    """The 1x1 conv mapping the student's feature map to the teacher's channels (FitNets regressor)."""
+    return nn.Conv2d(feature_channels(student, input_shape), feature_channels(teacher, input_shape), kernel_size=1)
+
+
+def hint_loss(student_low: nn.Module, translator: nn.Module, teacher_low: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """MSE between the translated student feature map and the (fixed) teacher feature map."""
+    with torch.no_grad():
+        target = teacher_low(x)
+    return F.mse_loss(translator(student_low(x)), target)
+
+
+class FedSAParty(Client):
+    """A teacher party: prepares its teacher, scores saliency similarity, amalgamates locally."""
+
+    @property
+    def teacher_file(self) -> Path:
+        return Path(self.env.cfg.run_dir) / "teachers" / f"party-{self.env.client_id:03d}.pt"
+
+    @cached_property
+    def teacher(self) -> nn.Module:
+        cfg, data = self.env.cfg, self.env.data.dataset
+        teacher = model_from_config(cfg, data.input_shape, data.num_classes).to(self.env.device)
+        teacher.load_state_dict(torch.load(self.teacher_file, map_location=self.env.device, weights_only=True))
+        return teacher.eval().requires_grad_(False)
+
+    def train(self, content: RecordDict, server_round: int) -> RecordDict:
+        phase = str(content["config"]["fedsa-phase"])
+        if phase == TEACHER:
+            return self.prepare_teacher(content["config"])
+        if phase == SELECT:
+            return self.score(content)
+        if phase == AMALGAMATE:
+            return self.amalgamate(content, server_round)
+        raise ValueError(f"unknown fedsa-phase {phase!r}")
+
+    # -- teacher ------------------------------------------------------------------------------
+    def prepare_teacher(self, config: ConfigRecord) -> RecordDict:
+        teachers, env = self.env.cfg.strategy.teachers, self.env
+        if not self.teacher_file.exists():
+            seed_torch(env.cfg.seed, "fedsa-teacher", env.client_id)
+            model = model_from_config(env.cfg, env.data.dataset.input_shape, env.data.dataset.num_classes).to(env.device)
+            if teachers.paths:
+                if env.client_id >= len(teachers.paths):
+                    raise ConfigError(f"strategy.teachers.paths has {len(teachers.paths)} entries: party {env.client_id} has no checkpoint")
+                path = Path(teachers.paths[env.client_id])
+                if not path.is_file():
+                    raise ConfigError(f"strategy.teachers.paths[{env.client_id}]={path} does not exist: pass a teacher state_dict file")
+                model.load_state_dict(torch.load(path, map_location=env.device, weights_only=True))
+            elif env.client_id not in list(teachers.random or []):
+                Client(env).fit(model, config, server_round=0)  # plain supervised training on the party's task
+            self.teacher_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.teacher_file.with_suffix(".tmp")
+            torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
+            os.replace(tmp, self.teacher_file)
+        result = evaluate(self.teacher, env.test, int(env.cfg.eval_batch_size), env.device)
+        metrics = {"teacher-accuracy": result["accuracy"], "num-examples": len(env.data)}
+        return RecordDict({"metrics": MetricRecord(metrics)})
+
+    # -- selection ----------------------------------------------------------------------------
+    def score(self, content: RecordDict) -> RecordDict:
+        """Mean saliency similarity of teacher and student on each task's probe images."""
+        student = self.env.model
+        load_record(student, content["arrays"])
+        x = torch.from_numpy(content["probe"]["x"].numpy()).to(self.env.device)
+        task = torch.from_numpy(content["probe"]["task"].numpy()).to(self.env.device)
+        similarity = saliency_similarity(gradcam(student, x), gradcam(self.teacher, x))
+        metrics = {f"similarity-{int(t)}": float(similarity[task == t].mean()) for t in task.unique()}
+        metrics["num-examples"] = len(self.env.data)
+        return RecordDict({"metrics": MetricRecord(metrics)})
+
+    # -- amalgamation -------------------------------------------------------------------------
+    def amalgamate(self, content: RecordDict, server_round: int) -> RecordDict:
+        config, env = content["config"], self.env
+        student = env.model
+        load_record(student, content["arrays"])
+        shape = env.data.dataset.input_shape
+        self.student_low, _ = conv_split(student, shape)
+        self.teacher_low, _ = conv_split(self.teacher, shape)
+        seed_torch(env.cfg.seed, "fedsa-translator", env.client_id)
+        self.translator = translator_for(student, self.teacher, shape).to(env.device)
+        saved = env.state.load(server_round)
+        if saved is not None:
+            self.translator.load_state_dict(saved)
+        stats = self.fit(student, config, server_round)
+        env.state.save(server_round, self.translator.state_dict(), int(config["last-checkpoint"]))
+        return RecordDict({"arrays": model_to_record(student), "metrics": self.metrics(stats)})
+
+    def optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+        """Student and translator train together."""
+        return make_optimizer(nn.ModuleList([model, self.translator]), self.env.cfg.optimizer, lr)
+
+    def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The hint loss on the party's images; their labels are never used for the student."""
+        return hint_loss(self.student_low, self.translator, self.teacher_low, x)
+
+
+CLIENT = FedSAParty

@@ -1,0 +1,283 @@
+"""FedSA: "Federated Selective Aggregation for Knowledge Amalgamation" (Xie, Yu, Fang, Song, Feng,
+Wang, Sun, Song; arXiv:2208.00561; official code in github.com/zju-vipa/KamalEngine,
+examples/knowledge_amalgamation/FedSA).
+
+Parties (the clients) each hold a teacher pre-trained on their own task and data; neither leaves
+the party (``clients/fedsa.py``). The server owns a student for a new task, for which it has only
+a small labeled probe set (``probe_per_class`` images per class of each target task; drawn from the
+test split and removed from the evaluation set, so it is disjoint from every party's data and from
+what the student is scored on).
+
+1. Start: every party prepares its teacher (trained on its own data or loaded); the student is
+   trained on the probe set (``probe_epochs``).
+2. Saliency-based selection (round 1 and every ``select_every`` rounds): the server sends the
+   student and the probe images (not their labels) to every party; each returns, per target task,
+   the mean similarity 0.5 + 0.5 cos between its teacher's and the student's Grad-CAM maps. As in
+   the official code, transferability t_k = 1 / similarity_k, scores 2 - t_k are min-max scaled and
+   soft-maxed into selection probabilities, and ``num_selected`` teachers are drawn per task with
+   replacement (or the top ones with ``sample: false``).
+3. Selective aggregation (every round): each selected party trains the student to reproduce its
+   teacher's feature map through a translator on its own images; the server averages the returned
+   students, each weighted by how often its party was drawn.
+4. Task adaptation (every evaluation): a copy of the student gets a fresh last layer and is
+   fine-tuned on the probe set (``adapt_epochs``); its accuracy on each task's test images is the
+   round's test accuracy (mean over tasks; per task in ``task_accuracy``).
+
+Single-task: ``tasks: null`` (all classes of the dataset, one task). Multi-task: a list of class
+lists; the student has one output per class and task t is scored on its own classes' logits.
+``selection: all`` is the no-selection baseline (every teacher every round, equal weights).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from torch import nn
+from torch.nn import functional as F
+
+from clients.fedsa import AMALGAMATE, SELECT, TEACHER
+from fedsim.client_app import resolve_device
+from fedsim.data import ImageDataset, dataset_from_config
+from fedsim.errors import ConfigError, FedsimError
+from fedsim.models import model_from_config
+from fedsim.progress import show
+from fedsim.records import load_record, model_to_record, payload_bytes, weighted_average
+from fedsim.results import RunDirectory
+from fedsim.seeding import rng, seed_torch, torch_generator
+from fedsim.strategy import ClientReply, FedsimStrategy
+
+log = logging.getLogger("fedsim")
+SELECTIONS = ("saliency", "all")
+
+
+def target_tasks(tasks: Any, num_classes: int) -> list[list[int]]:
+    """The student's tasks as class lists: ``None`` is one task over every class."""
+    if tasks is None:
+        return [list(range(num_classes))]
+    out = [sorted({int(c) for c in task}) for task in tasks]
+    if not out or any(not t or t[0] < 0 or t[-1] >= num_classes for t in out):
+        raise ConfigError(f"strategy.tasks={tasks}: give non-empty lists of class ids in 0..{num_classes - 1}")
+    return out
+
+
+def probe_split(labels: np.ndarray, classes: list[int], per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(probe, rest) indices among the samples of ``classes``: ``per_class`` probe samples each."""
+    probe, rest = [], []
+    for c in classes:
+        idx = rng(seed, "fedsa-probe", c).permutation(np.flatnonzero(labels == c))
+        if len(idx) <= per_class:
+            raise ConfigError(f"strategy.probe_per_class={per_class} leaves no test images of class {c}: lower it")
+        probe.append(idx[:per_class])
+        rest.append(idx[per_class:])
+    return np.sort(np.concatenate(probe)), np.sort(np.concatenate(rest))
+
+
+def selection_probabilities(similarity: np.ndarray) -> np.ndarray:
+    """The official rule: transferability 1/s, scores 2 - 1/s min-max scaled to [0, 1], softmax."""
+    score = 2.0 - 1.0 / np.maximum(similarity, 1e-12)
+    spread = score.max() - score.min()
+    scaled = (score - score.min()) / spread if spread > 0 else np.zeros_like(score)
+    p = np.exp(scaled - scaled.max())
+    return p / p.sum()
+
+
+def task_loss(logits: torch.Tensor, y: torch.Tensor, classes: list[int]) -> torch.Tensor:
+    """Cross-entropy of a task over its own classes' logits."""
+    index = torch.tensor(classes, device=logits.device)
+    target = (y[:, None] == index[None, :]).float().argmax(1)
+    return F.cross_entropy(logits[:, index], target)
+
+
+class StudentTasks:
+    """The server's side of the new task(s): probe sets, task adaptation and per-task scoring."""
+
+    def __init__(self, cfg: Any, data: ImageDataset) -> None:
+        s = cfg.strategy
+        self.cfg, self.data = cfg, data
+        self.tasks = target_tasks(s.tasks, data.num_classes)
+        y = data.y_test.numpy()
+        splits = [probe_split(y, t, int(s.probe_per_class), int(cfg.seed)) for t in self.tasks]
+        self.probe = [p for p, _ in splits]
+        self.test = [r for _, r in splits]
+        self.device = resolve_device(cfg.device)
+        self.model = model_from_config(cfg, data.input_shape, data.num_classes).to(self.device)
+
+    def probe_record(self) -> ArrayRecord:
+        """The probe images (normalized, no labels) and the task each belongs to."""
+        idx = np.concatenate(self.probe)
+        task = np.concatenate([np.full(len(p), t) for t, p in enumerate(self.probe)])
+        x = self.data.normalize(self.data.x_test[torch.from_numpy(idx)])
+        return ArrayRecord({"x": x.contiguous(), "task": torch.from_numpy(task)})
+
+    def train_on_probe(self, arrays: ArrayRecord, epochs: int, lr: float, purpose: str, fresh_head: bool) -> ArrayRecord:
+        """Fine-tune ``arrays`` on every task's probe set (Adam); optionally with a new last layer."""
+        model = self.model
+        load_record(model, arrays)
+        seed_torch(self.cfg.seed, purpose)
+        if fresh_head:
+            last = [m for m in model.classifier.modules() if isinstance(m, nn.Linear)][-1]
+            last.reset_parameters()
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
+        generator = torch_generator(self.cfg.seed, purpose, "shuffle")
+        batch = int(self.cfg.batch_size)
+        model.train()
+        for _ in range(epochs):
+            for t, idx in enumerate(self.probe):
+                order = torch.from_numpy(idx)[torch.randperm(len(idx), generator=generator)]
+                for chunk in order.split(batch):
+                    x = self.data.normalize(self.data.x_test[chunk]).to(self.device)
+                    loss = task_loss(model(x), self.data.y_test[chunk].to(self.device), self.tasks[t])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+        return model_to_record(model)
+
+    @torch.no_grad()
+    def score(self, arrays: ArrayRecord) -> dict[str, Any]:
+        """Accuracy and loss of ``arrays`` on each task's test images (mean over tasks first)."""
+        model = self.model
+        load_record(model, arrays)
+        model.eval()
+        accuracy, losses = [], []
+        for classes, idx in zip(self.tasks, self.test):
+            correct, loss_sum = 0, 0.0
+            for chunk in torch.from_numpy(idx).split(int(self.cfg.eval_batch_size)):
+                x = self.data.normalize(self.data.x_test[chunk]).to(self.device)
+                y = self.data.y_test[chunk].to(self.device)
+                logits = model(x)[:, classes]
+                target = (y[:, None] == torch.tensor(classes, device=self.device)[None, :]).float().argmax(1)
+                correct += int((logits.argmax(1) == target).sum())
+                loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
+            accuracy.append(correct / len(idx))
+            losses.append(loss_sum / len(idx))
+        return {"accuracy": float(np.mean(accuracy)), "loss": float(np.mean(losses)), "task_accuracy": accuracy}
+
+    def adapted_score(self, arrays: ArrayRecord, purpose: str) -> dict[str, Any]:
+        """Task adaptation on the probe set, then the per-task scores."""
+        s = self.cfg.strategy
+        return self.score(self.train_on_probe(arrays, int(s.adapt_epochs), float(s.probe_lr), purpose, fresh_head=True))
+
+
+class FedSA(FedsimStrategy):
+    def __init__(self, cfg: Any, param_keys: list[str]) -> None:
+        super().__init__(cfg, param_keys)
+        s = cfg.strategy
+        if str(s.selection) not in SELECTIONS:
+            raise ConfigError(f"strategy.selection={s.selection}: choose one of {', '.join(SELECTIONS)}")
+        if int(s.num_selected) < 1 or int(s.select_every) < 1:
+            raise ConfigError("strategy.num_selected and strategy.select_every must be at least 1")
+        self.student = StudentTasks(cfg, dataset_from_config(cfg))
+        self.selected: list[int] = []  # party ids, with multiplicity (their weights in averaging)
+        self.probabilities: dict[int, list[float]] = {}  # task -> selection probability per party
+        self.traffic: dict[str, int] = {}
+        self.log_file = None
+
+    # -- start: teachers, probe-trained student -----------------------------------------------------
+    def setup(self, grid: Grid, run: RunDirectory) -> None:
+        self.log_file = run.path / "fedsa.jsonl"
+        t = self.cfg.strategy.teachers
+        config = ConfigRecord({"fedsa-phase": TEACHER, "server-round": 0, "lr": float(t.lr),
+                               "local-epochs": int(t.epochs), "batch-size": int(self.cfg.batch_size)})
+        replies = self.ask(grid, sorted(self.node_of), RecordDict({"config": config}))
+        teachers = {r.client_id: float(r.content["metrics"]["teacher-accuracy"]) for r in replies}
+        self.write_log({"event": "teachers", "teacher_accuracy_own_task": teachers})
+        show("[fedsa] teachers ready; accuracy on their own tasks: " + ", ".join(f"{k}: {v:.3f}" for k, v in teachers.items()))
+
+    def initial_arrays(self, arrays: ArrayRecord) -> ArrayRecord:
+        s = self.cfg.strategy
+        arrays = self.student.train_on_probe(arrays, int(s.probe_epochs), float(s.probe_lr), "fedsa-probe-init", fresh_head=False)
+        alone = self.student.adapted_score(arrays, "fedsa-adapt-0")
+        self.write_log({"event": "student_alone", **alone})
+        show(f"[fedsa] student trained alone on the probe set: accuracy {alone['accuracy']:.4f}")
+        return arrays
+
+    def ask(self, grid: Grid, parties: list[int], content: RecordDict) -> list[ClientReply]:
+        """Send ``content`` to ``parties``; the replies that carry metrics (failures are logged)."""
+        messages = [Message(content, dst_node_id=self.node_of[p], message_type=MessageType.TRAIN) for p in parties]
+        replies = list(grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
+        self.traffic = {"down": sum(payload_bytes(m.content) for m in messages),
+                        "up": sum(payload_bytes(r.content) for r in replies if not r.has_error())}
+        accepted = self.accept_replies(0, replies, check=self.metrics_problem)
+        if not accepted:
+            raise FedsimError("FedSA: no party answered (see the warnings above); check the client logs")
+        return accepted
+
+    def metrics_problem(self, msg: Message) -> str | None:
+        if msg.has_error():
+            return f"client raised: {msg.error.reason.strip().splitlines()[-1] if msg.error.reason else msg.error.code}"
+        if "metrics" not in msg.content.metric_records:
+            return "malformed reply: needs a 'metrics' MetricRecord"
+        bad = [k for k, v in msg.content["metrics"].items() if isinstance(v, float) and not np.isfinite(v)]
+        return f"returned non-finite metric '{bad[0]}'" if bad else None
+
+    def write_log(self, record: dict[str, Any]) -> None:
+        if self.log_file is not None:
+            with self.log_file.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # -- selection ----------------------------------------------------------------------------------
+    def select(self, server_round: int, arrays: ArrayRecord, grid: Grid) -> None:
+        s, parties = self.cfg.strategy, sorted(self.node_of)
+        if s.selection == "all":
+            self.selected, self.traffic = parties, {}
+            self.probabilities = {t: [1.0 / len(parties)] * len(parties) for t in range(len(self.student.tasks))}
+            return
+        config = ConfigRecord({"fedsa-phase": SELECT, "server-round": server_round})
+        replies = self.ask(grid, parties, RecordDict({"arrays": arrays, "probe": self.student.probe_record(), "config": config}))
+        answered = [r.client_id for r in replies]
+        gen = rng(self.cfg.seed, "fedsa-select", server_round)
+        self.selected, self.probabilities, similarity = [], {}, {}
+        for t in range(len(self.student.tasks)):
+            sim = np.array([float(r.content["metrics"][f"similarity-{t}"]) for r in replies])
+            p = selection_probabilities(sim)
+            k = int(s.num_selected)
+            chosen = gen.choice(len(answered), size=k, replace=True, p=p) if s.sample else np.argsort(-p, kind="stable")[:k]
+            self.selected += [answered[i] for i in chosen]
+            self.probabilities[t] = [float(p[answered.index(c)]) if c in answered else 0.0 for c in parties]
+            similarity[t] = dict(zip(answered, sim.tolist()))
+        self.write_log({"event": "selection", "round": server_round, "similarity": similarity,
+                        "probabilities": self.probabilities, "selected": self.selected})
+
+    # -- rounds -------------------------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self.traffic = {}
+        if not self.selected or (server_round - 1) % int(self.cfg.strategy.select_every) == 0:
+            self.select(server_round, arrays, grid)
+        self.global_arrays = arrays
+        config["server-round"] = server_round
+        config["fedsa-phase"] = AMALGAMATE
+        content = RecordDict({"arrays": arrays, "config": config})
+        return [Message(content, dst_node_id=self.node_of[p], message_type=MessageType.TRAIN, group_id=str(server_round))
+                for p in sorted(set(self.selected))]
+
+    def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
+        """Mean of the returned students, each weighted by how often its party was drawn."""
+        weights = [self.selected.count(r.client_id) for r in replies]
+        arrays = weighted_average([r.content["arrays"] for r in replies], weights)
+        metrics = self.aggregate_metrics(replies)
+        metrics["selected-teachers"] = list(self.selected)
+        for t, p in self.probabilities.items():
+            metrics[f"selection-probability-{t}"] = p
+        if self.traffic:
+            metrics["selection-bytes-down"], metrics["selection-bytes-up"] = self.traffic["down"], self.traffic["up"]
+        return arrays, metrics
+
+    def evaluate_round(self, server_round: int, arrays: ArrayRecord, grid: Grid, evaluate: Callable) -> dict[str, Any]:
+        return self.student.adapted_score(arrays, f"fedsa-adapt-{server_round}")
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"selected": list(self.selected), "probabilities": {str(k): v for k, v in self.probabilities.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.selected = [int(p) for p in state.get("selected", [])]
+        self.probabilities = {int(k): list(v) for k, v in state.get("probabilities", {}).items()}
+
+
+STRATEGY = FedSA
