@@ -53,6 +53,16 @@ def test_resume_after_kill_matches_uninterrupted_run(make_cfg, strategy):
     assert comparable(read_metrics(path)) == comparable(full)
 
 
+def test_resume_before_the_first_checkpoint_redoes_the_rounds(make_cfg):
+    """A run killed before its first checkpoint restarts from round 1 without duplicating records."""
+    full = read_metrics(run(make_cfg("strategy=scaffold", "num_rounds=2", "checkpoint_every=5", name="full")))
+    path = run(make_cfg("strategy=scaffold", "num_rounds=1", "checkpoint_every=5", name="cut"))
+    for ckpt in (path / "checkpoints").glob("*.pt"):
+        ckpt.unlink()
+    run(resume_config(path, make_cfg("num_rounds=2")))
+    assert comparable(read_metrics(path)) == comparable(full)
+
+
 def test_faulty_clients_are_dropped_and_named(make_cfg, monkeypatch):
     monkeypatch.setitem(sys.modules, "clients.faulty", faulty_client)
     path = run(make_cfg("strategy.client=faulty", "clients_per_round=4", "min_clients=2", "num_rounds=2"))
