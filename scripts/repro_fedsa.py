@@ -2,7 +2,7 @@
 
 Five teacher parties, each with 2 classes of Fashion-MNIST (3,000 images; CIFAR-10 too when its
 files are under data_root) and a CNN teacher trained on that task; the student's new task is the
-10-class problem, with 10 labeled probe images per class at the server. Same seed, teachers,
+10-class problem, with 5 labeled probe images per class at the server. Same seed, teachers,
 probe set and task adaptation for every method:
 
 - student alone: trained on the probe set only (probe epochs + the same task adaptation);
@@ -96,7 +96,7 @@ def main() -> None:
             central = centralized_amalgamation(common + [f"dataset={dataset}", *extra], fedsa_dir / "teachers")
             rows.append((dataset, setting, alone, results, central))
 
-    print(f"\n5 teacher parties x 2 classes (3,000 images each), 10-class student, 10 probe images per class, "
+    print(f"\n5 teacher parties x 2 classes (3,000 images each), 10-class student, 5 probe images per class, "
           f"{args.rounds} rounds, seed {args.seed}, CNN; runs in {runs_root}")
     print(f"{'dataset':<14} {'setting':<22} {'method':<24} {'final acc':>9} {'late mean':>9}")
     for dataset, setting, alone, results, central in rows:
