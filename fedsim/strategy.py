@@ -53,13 +53,17 @@ def update_dissimilarity(global_arrays: ArrayRecord, replies: list[ClientReply],
     """
     if "arrays" not in replies[0].content.array_records or not keys:
         return {}
+    # One pass, no per-client copies (thousands of replies): sum_i p_i ||d_i - d||^2 = sum_i p_i ||d_i||^2 - ||d||^2.
     total = float(sum(r.num_examples for r in replies))
-    p = [r.num_examples / total for r in replies]
-    x = {k: global_arrays[k].numpy().astype(np.float64).ravel() for k in keys}
-    deltas = [np.concatenate([r.content["arrays"][k].numpy().ravel() - x[k] for k in keys]) for r in replies]
-    mean = sum(pi * d for pi, d in zip(p, deltas))
-    variance = float(sum(pi * np.sum((d - mean) ** 2) for pi, d in zip(p, deltas)))
-    return {"update-variance": variance, "update-dissimilarity": variance / max(float(np.sum(mean**2)), 1e-12)}
+    x = np.concatenate([global_arrays[k].numpy().astype(np.float64).ravel() for k in keys])
+    mean, second = np.zeros_like(x), 0.0
+    for r in replies:
+        d = np.concatenate([r.content["arrays"][k].numpy().ravel() for k in keys]) - x
+        mean += (r.num_examples / total) * d
+        second += (r.num_examples / total) * float(d @ d)
+    norm = float(mean @ mean)
+    variance = max(second - norm, 0.0)
+    return {"update-variance": variance, "update-dissimilarity": variance / max(norm, 1e-12)}
 
 
 class FedsimStrategy(FlowerFedAvg):

@@ -197,13 +197,13 @@ class FedSA(FedsimStrategy):
         show(f"[fedsa] student trained alone on the probe set: accuracy {alone['accuracy']:.4f}")
         return arrays
 
-    def ask(self, grid: Grid, parties: list[int], content: RecordDict) -> list[ClientReply]:
+    def ask(self, grid: Grid, parties: list[int], content: RecordDict, server_round: int = 0) -> list[ClientReply]:
         """Send ``content`` to ``parties``; the replies that carry metrics (failures are logged)."""
         messages = [Message(content, dst_node_id=self.node_of[p], message_type=MessageType.TRAIN) for p in parties]
         replies = list(grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
         self.traffic = {"down": sum(payload_bytes(m.content) for m in messages),
                         "up": sum(payload_bytes(r.content) for r in replies if not r.has_error())}
-        accepted = self.accept_replies(0, replies, check=self.metrics_problem)
+        accepted = self.accept_replies(server_round, replies, check=self.metrics_problem)
         if not accepted:
             raise FedsimError("FedSA: no party answered (see the warnings above); check the client logs")
         return accepted
@@ -229,7 +229,7 @@ class FedSA(FedsimStrategy):
             self.probabilities = {t: [1.0 / len(parties)] * len(parties) for t in range(len(self.student.tasks))}
             return
         config = ConfigRecord({"fedsa-phase": SELECT, "server-round": server_round})
-        replies = self.ask(grid, parties, RecordDict({"arrays": arrays, "probe": self.student.probe_record(), "config": config}))
+        replies = self.ask(grid, parties, RecordDict({"arrays": arrays, "probe": self.student.probe_record(), "config": config}), server_round)
         answered = [r.client_id for r in replies]
         gen = rng(self.cfg.seed, "fedsa-select", server_round)
         self.selected, self.probabilities, similarity = [], {}, {}

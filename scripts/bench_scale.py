@@ -1,0 +1,134 @@
+"""Scale: FedAvg with thousands of registered clients, hundreds to thousands sampled per round.
+
+Each configuration is a fresh `python -m fedsim run` (FedAvg, MLP, Fashion-MNIST split IID into
+tiny client datasets: 60,000 / N samples each, one local epoch, one test-set evaluation at the end,
+no checkpoints). While it runs, the proportional set size (PSS: shared pages divided among the
+processes sharing them, so the sum is the real footprint) of the whole process tree (the server,
+Ray's daemons and actors) is sampled from /proc every 0.2 s. Prints per configuration: seconds to
+start (launch to the end of the client handshake), rounds/s and clients/s over the rounds after the
+first, peak memory of all processes, and the memory growth per registered client between the
+smallest and the largest N at the same clients per round (what an idle client costs).
+
+    python scripts/bench_scale.py                                   # N in {1000, 10000} x K in {100, 1000}
+    python scripts/bench_scale.py --clients 1000 --per-round 100 --backend inprocess
+    python scripts/bench_scale.py --extra backend.ray_init_args.address=auto   # on a running Ray cluster
+
+Linux only (reads /proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+def tree_pids(root: int) -> list[int]:
+    """``root`` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def pss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class PeakMemory(threading.Thread):
+    """Samples the PSS of a process tree until stopped; keeps the peak."""
+
+    def __init__(self, pid: int, every: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every, self.peak, self._stop = pid, every, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, sum(pss_bytes(p) for p in tree_pids(self.pid)))
+            self._stop.wait(self.every)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self.join()
+        return self.peak
+
+
+def measure(clients: int, per_round: int, rounds: int, backend: str, extra: list[str], root: Path) -> dict:
+    run_dir = root / f"n{clients}-k{per_round}"
+    cmd = [sys.executable, "-m", "fedsim", "run", "strategy=fedavg", "model=mlp", "partition=iid",
+           f"num_clients={clients}", f"clients_per_round={per_round}", f"num_rounds={rounds}", f"eval_every={rounds}",
+           "checkpoint_every=0", "local_epochs=1", "batch_size=32", f"backend={backend}", "connect_timeout=600",
+           f"run_dir={run_dir}", *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    memory = PeakMemory(proc.pid)
+    memory.start()
+    first_round_at = None
+    for line in proc.stdout:
+        if line.startswith("[round") and first_round_at is None:
+            first_round_at = time.perf_counter()
+    _, err = proc.communicate()
+    total = time.perf_counter() - t0
+    peak = memory.stop()
+    if proc.returncode != 0:
+        sys.exit(f"N={clients} K={per_round} failed:\n{err[-3000:]}")
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    times = [m["round_time_s"] for m in metrics[1:]] or [metrics[0]["round_time_s"]]
+    round_time = sum(times) / len(times)
+    startup = (first_round_at or t0) - t0 - metrics[0]["round_time_s"]
+    return {"clients": clients, "per_round": per_round, "startup_s": startup, "rounds_per_s": 1 / round_time,
+            "clients_per_s": per_round / round_time, "peak_gib": peak / 2**30, "wall_s": total,
+            "ok": all(m["clients_ok"] == per_round for m in metrics)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--per-round", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backend", default="simulation", choices=["simulation", "inprocess"])
+    parser.add_argument("--extra", nargs="*", default=[], help="more overrides, e.g. data_root=... backend.num_cpus=1")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench_scale_"))
+    rows = []
+    for n in args.clients:
+        for k in args.per_round:
+            if k <= n:
+                print(f"N={n} registered, K={k} per round ...", flush=True)
+                rows.append(measure(n, k, args.rounds, args.backend, args.extra, root))
+    print(f"\nFedAvg, MLP, Fashion-MNIST IID, {args.rounds} rounds, backend={args.backend}; runs in {root}")
+    print(f"{'N':>7} {'K':>6} {'start s':>8} {'rounds/s':>9} {'clients/s':>10} {'peak GiB':>9} {'all ok':>7}")
+    for r in rows:
+        print(f"{r['clients']:>7} {r['per_round']:>6} {r['startup_s']:>8.1f} {r['rounds_per_s']:>9.3f} "
+              f"{r['clients_per_s']:>10.1f} {r['peak_gib']:>9.2f} {str(r['ok']):>7}")
+    for k in args.per_round:
+        same_k = sorted((r for r in rows if r["per_round"] == k), key=lambda r: r["clients"])
+        if len(same_k) >= 2:
+            lo, hi = same_k[0], same_k[-1]
+            growth = (hi["peak_gib"] - lo["peak_gib"]) * 2**30 / (hi["clients"] - lo["clients"])
+            print(f"K={k}: memory growth per registered client {growth / 1024:.1f} KiB "
+                  f"(N {lo['clients']} -> {hi['clients']}), start-up {lo['startup_s']:.1f} s -> {hi['startup_s']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
