@@ -36,12 +36,13 @@ def main() -> None:
     parser.add_argument("--active", type=int, default=10, help="clients active per round")
     parser.add_argument("--neighbours", type=int, default=3, help="peers each active client receives from")
     parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--classes", type=int, default=2, help="classes per client (shards)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     args = parser.parse_args()
     runs_root = args.runs_root or tempfile.mkdtemp(prefix="repro_decentralized_")
     common = [
         f"num_rounds={args.rounds}", f"num_clients={args.clients}", f"clients_per_round={args.active}",
-        f"min_clients={min(2, args.active)}", "partition=shards", "partition.classes_per_client=2", "model=cnn",
+        f"min_clients={min(2, args.active)}", "partition=shards", f"partition.classes_per_client={args.classes}", "model=cnn",
         f"partition.max_samples_per_client={args.samples}", f"local_epochs={args.local_epochs}",
         f"seed={args.seed}", f"data_root={args.data_root}", f"strategy.num_neighbours={args.neighbours}", *args.extra,
     ]
@@ -51,7 +52,7 @@ def main() -> None:
             summary = run_fedsim(common + [f"dataset={dataset}", *METHODS[method]], runs_root, f"{dataset}-{method}")
             rows.append((dataset, method, summary))
 
-    print(f"\nshards (2 classes per client), {args.clients} clients x {args.samples} samples, {args.active} active per round, "
+    print(f"\nshards ({args.classes} classes per client), {args.clients} clients x {args.samples} samples, {args.active} active per round, "
           f"{args.neighbours} peers, {args.local_epochs} local epochs, "
           f"{args.rounds} rounds, seed {args.seed}, CNN; runs in {runs_root}")
     print(f"{'dataset':<14} {'method':<16} {'final acc':>9} {'late mean':>9} {'P2P MB':>8} {'busiest MB/rnd':>14}")
