@@ -116,6 +116,7 @@ def main() -> None:
             if k <= n:
                 print(f"N={n} registered, K={k} per round ...", flush=True)
                 rows.append(measure(n, k, args.rounds, args.backend, args.extra, root))
+                print("  " + ", ".join(f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}" for key, value in rows[-1].items()), flush=True)
     print(f"\nFedAvg, MLP, Fashion-MNIST IID, {args.rounds} rounds, backend={args.backend}; runs in {root}")
     print(f"{'N':>7} {'K':>6} {'start s':>8} {'rounds/s':>9} {'clients/s':>10} {'peak GiB':>9} {'all ok':>7}")
     for r in rows:
