@@ -4,6 +4,7 @@
 # head's address). Usage: bash scripts/ray_cluster.sh [fedsim run overrides...]
 #   bash scripts/ray_cluster.sh num_clients=1000 clients_per_round=100 model=mlp partition=iid num_rounds=3
 set -euo pipefail
+export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0
 cd "$(dirname "$0")/.."
 RAY=.venv/bin/ray
 PY=.venv/bin/python
