@@ -66,6 +66,11 @@ def update_dissimilarity(global_arrays: ArrayRecord, replies: list[ClientReply],
     return {"update-variance": variance, "update-dissimilarity": variance / max(norm, 1e-12)}
 
 
+def client_error(msg: Message) -> str:
+    """One line for a reply that carries an error instead of content."""
+    return f"client raised: {msg.error.reason.strip().splitlines()[-1] if msg.error.reason else msg.error.code}"
+
+
 class FedsimStrategy(FlowerFedAvg):
     """FedAvg with seeded per-client sampling, reply checks and checkpointable state."""
 
@@ -185,7 +190,7 @@ class FedsimStrategy(FlowerFedAvg):
     def reply_problem(self, msg: Message) -> str | None:
         """Why a reply cannot be aggregated, or None. Subclasses add their own records' checks."""
         if msg.has_error():
-            return f"client raised: {msg.error.reason.strip().splitlines()[-1] if msg.error.reason else msg.error.code}"
+            return client_error(msg)
         content = msg.content
         if self.model_record not in content.array_records or "metrics" not in content.metric_records:
             return f"malformed reply: needs an '{self.model_record}' ArrayRecord and a 'metrics' MetricRecord"
