@@ -170,13 +170,13 @@ class FedsimStrategy(FlowerFedAvg):
     def accept_replies(
         self, server_round: int, replies: Iterable[Message], check: Callable[[Message], str | None] | None = None
     ) -> list[ClientReply]:
-        """Replies that pass ``check`` (default :meth:`reply_problem`), sorted by client id."""
+        """Replies that carry content and pass ``check`` (default :meth:`reply_problem`), sorted by client id."""
         client_of = {node: cid for cid, node in self.node_of.items()}
         check = check or self.reply_problem
         accepted, self.dropped = [], []
         for msg in replies:
             cid = client_of.get(msg.metadata.src_node_id, -1)
-            problem = check(msg)
+            problem = client_error(msg) if msg.has_error() else check(msg)
             if problem is None:
                 accepted.append(ClientReply(cid, msg.content))
                 continue
@@ -188,9 +188,8 @@ class FedsimStrategy(FlowerFedAvg):
     model_record = "arrays"
 
     def reply_problem(self, msg: Message) -> str | None:
-        """Why a reply cannot be aggregated, or None. Subclasses add their own records' checks."""
-        if msg.has_error():
-            return client_error(msg)
+        """Why a reply (one without an error) cannot be aggregated, or None. Subclasses add their
+        own records' checks."""
         content = msg.content
         if self.model_record not in content.array_records or "metrics" not in content.metric_records:
             return f"malformed reply: needs an '{self.model_record}' ArrayRecord and a 'metrics' MetricRecord"

@@ -34,7 +34,7 @@ from fedsim.progress import show
 from fedsim.records import model_to_record, non_finite, payload_bytes, weighted_average
 from fedsim.results import RunDirectory
 from fedsim.seeding import rng, seed_torch
-from fedsim.strategy import FedsimStrategy, client_error
+from fedsim.strategy import FedsimStrategy
 from strategies import load_strategy_class
 
 log = logging.getLogger("fedsim")
@@ -105,8 +105,6 @@ class FedFedMixin:
         return arrays
 
     def _share_problem(self, msg: Message) -> str | None:
-        if msg.has_error():
-            return client_error(msg)
         if "shared" not in msg.content.array_records:
             return "malformed reply: FedFed sharing needs a 'shared' ArrayRecord"
         shared = msg.content["shared"]

@@ -50,7 +50,7 @@ from fedsim.progress import show
 from fedsim.records import load_record, model_to_record, payload_bytes, weighted_average
 from fedsim.results import RunDirectory
 from fedsim.seeding import rng, seed_torch, torch_generator
-from fedsim.strategy import ClientReply, FedsimStrategy, client_error
+from fedsim.strategy import ClientReply, FedsimStrategy
 
 log = logging.getLogger("fedsim")
 SELECTIONS = ("saliency", "all")
@@ -209,8 +209,6 @@ class FedSA(FedsimStrategy):
         return accepted
 
     def metrics_problem(self, msg: Message) -> str | None:
-        if msg.has_error():
-            return client_error(msg)
         if "metrics" not in msg.content.metric_records:
             return "malformed reply: needs a 'metrics' MetricRecord"
         bad = [k for k, v in msg.content["metrics"].items() if isinstance(v, float) and not np.isfinite(v)]
