@@ -18,6 +18,8 @@ from torch.nn import functional as F
 from fedsim.client_state import ClientStateStore
 from fedsim.data import ImageDataset
 from fedsim.evaluation import evaluate
+from fedsim.hooks import local_training
+from fedsim.models import auxiliary_loss
 from fedsim.records import load_record, model_to_record
 from fedsim.seeding import seed_torch, torch_generator
 
@@ -56,6 +58,7 @@ class ClientEnv:
     model: nn.Module  # one instance per process, overwritten by the received weights each round
     device: torch.device
     state: ClientStateStore
+    defence: Any = None  # the run's defence (fedsim.privacy.defences), if any
 
 
 @dataclass
@@ -150,19 +153,20 @@ class Client:
         cfg, env = self.env.cfg, self.env
         seed_torch(cfg.seed, "train", server_round, env.client_id)
         generator = torch_generator(cfg.seed, "shuffle", server_round, env.client_id)
-        optimizer = self.optimizer(model, float(config["lr"]))
         model.train()
         total, steps = 0.0, 0
-        for _ in range(int(config["local-epochs"])):
-            for x, y in self.batches(config, generator):
-                optimizer.zero_grad(set_to_none=True)
-                loss = self.batch_loss(model, x, y)
-                loss.backward()
-                self.before_step(model)
-                optimizer.step()
-                self.after_step(model)
-                total += loss.item()
-                steps += 1
+        base_optimizer = self.optimizer(model, float(config["lr"]))
+        with local_training(env.defence, model, base_optimizer, int(config["batch-size"])) as optimizer:
+            for _ in range(int(config["local-epochs"])):
+                for x, y in self.batches(config, generator):
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = self.batch_loss(model, x, y) + auxiliary_loss(model)
+                    loss.backward()
+                    self.before_step(model)
+                    optimizer.step()
+                    self.after_step(model)
+                    total += loss.item()
+                    steps += 1
         return TrainStats(loss=total / max(steps, 1), steps=steps, examples=self.num_train_examples())
 
 

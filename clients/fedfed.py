@@ -72,7 +72,7 @@ class FedFedMixin:
             xs = dataset.scale_difference(torch.from_numpy(shared_x[idx.numpy()]).float()).to(device)
             yield torch.cat([x, xs]), torch.cat([y, shared_y[idx].to(device)])
 
-    def _pair(self, arrays: ArrayRecord) -> DistillationPair:
+    def pair(self, arrays: ArrayRecord) -> DistillationPair:
         data = self.env.data.dataset
         pair = DistillationPair(self.env.cfg, data.input_shape, data.num_classes).to(self.env.device)
         load_record(pair, arrays)
@@ -81,7 +81,7 @@ class FedFedMixin:
     def distill(self, content: RecordDict, server_round: int) -> RecordDict:
         s, env = self.env.cfg.strategy, self.env
         config: ConfigRecord = content["config"]
-        pair = self._pair(content["arrays"])
+        pair = self.pair(content["arrays"])
         seed_torch(env.cfg.seed, "fedfed-distill", server_round, env.client_id)
         generator = torch_generator(env.cfg.seed, "fedfed-distill-shuffle", server_round, env.client_id)
         optimizer = torch.optim.AdamW(pair.parameters(), lr=float(config["lr"]))
@@ -120,7 +120,7 @@ class FedFedMixin:
     def share(self, content: RecordDict) -> RecordDict:
         """The noised performance-sensitive part of every local sample, as float16, with labels."""
         env = self.env
-        pair = self._pair(content["arrays"]).eval()
+        pair = self.pair(content["arrays"]).eval()
         sigma = float(env.cfg.strategy.share_noise_std)
         noise_rng = torch_generator(env.cfg.seed, "fedfed-share-noise", env.client_id)
         chunks = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ class Checkpoint:
     server_round: int
     arrays: ArrayRecord
     strategy_state: dict[str, Any]
+    privacy_state: dict[str, Any] = field(default_factory=dict)  # the DP ledger, if any
 
 
 def _tensors(tree: Any) -> Any:
@@ -42,7 +43,12 @@ def save_checkpoint(folder: Path, ckpt: Checkpoint) -> Path:
     path = folder / f"round_{ckpt.server_round:06d}.pt"
     tmp = path.with_suffix(".tmp")
     torch.save(
-        {"round": ckpt.server_round, "arrays": _tensors(to_numpy(ckpt.arrays)), "strategy": _tensors(ckpt.strategy_state)},
+        {
+            "round": ckpt.server_round,
+            "arrays": _tensors(to_numpy(ckpt.arrays)),
+            "strategy": _tensors(ckpt.strategy_state),
+            "privacy": _tensors(ckpt.privacy_state),
+        },
         tmp,
     )
     os.replace(tmp, path)
@@ -54,4 +60,6 @@ def latest_checkpoint(folder: Path) -> Checkpoint | None:
     if not paths:
         return None
     data = torch.load(paths[-1], weights_only=True)
-    return Checkpoint(int(data["round"]), from_numpy(_arrays(data["arrays"])), _arrays(data["strategy"]))
+    return Checkpoint(
+        int(data["round"]), from_numpy(_arrays(data["arrays"])), _arrays(data["strategy"]), _arrays(data.get("privacy", {}))
+    )

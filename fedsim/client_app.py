@@ -21,7 +21,9 @@ from clients.base import Client, ClientEnv, LocalData
 from fedsim.client_state import ClientStateStore
 from fedsim.data import dataset_from_config, make_partition, personal_test_split
 from fedsim.data.partition import label_histograms
+from fedsim.hooks import client_mods
 from fedsim.models import model_from_config
+from fedsim.privacy.defences import defence_from_config
 from fedsim.seeding import rng
 
 
@@ -64,6 +66,10 @@ class ClientRuntime:
         return model_from_config(self.cfg, self.dataset.input_shape, self.dataset.num_classes).to(self.device)
 
     @cached_property
+    def defence(self):
+        return defence_from_config(self.cfg.defence)
+
+    @cached_property
     def client_class(self) -> type[Client]:
         return load_client_class(self.cfg.strategy.client)
 
@@ -83,6 +89,7 @@ class ClientRuntime:
             model=self.model,
             device=self.device,
             state=ClientStateStore(Path(self.cfg.run_dir) / "client_state", client_id),
+            defence=self.defence,
         )
         return self.client_class(env)
 
@@ -94,7 +101,7 @@ def client_id_of(context: Context) -> int:
 def make_client_app(cfg: dict[str, Any]) -> ClientApp:
     """Build the ClientApp for a resolved run config (a plain dict, so it ships to Ray actors)."""
     runtime = ClientRuntime(cfg)
-    app = ClientApp()
+    app = ClientApp(mods=client_mods(runtime.cfg, runtime.defence, lambda cid: runtime.client(cid).env, client_id_of))
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:

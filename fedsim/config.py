@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedsim.errors import ConfigError
 
 CONFIG_DIR = Path(os.environ.get("FEDSIM_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
-GROUPS = ("strategy", "dataset", "model", "partition", "backend")
+GROUPS = ("strategy", "dataset", "model", "partition", "backend", "attack", "defence")
 
 
 def group_options(group: str) -> list[str]:

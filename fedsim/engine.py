@@ -21,6 +21,8 @@ from fedsim.data.partition import label_histograms
 from fedsim.errors import ConfigError
 from fedsim.evaluation import ServerEvaluator
 from fedsim.models import model_from_config
+from fedsim.privacy.defences import defence_from_config
+from fedsim.privacy.defences.dp import PrivacyLedger
 from fedsim.progress import show
 from fedsim.records import model_to_record
 from fedsim.results import RunDirectory, new_run_dir
@@ -65,6 +67,9 @@ def resume_config(run_dir: str | Path, overrides: DictConfig | None = None) -> D
         cfg.num_rounds = max(int(cfg.num_rounds), int(overrides.num_rounds))
         cfg.verbose = overrides.verbose
     cfg.resume = str(run_dir)
+    for group in ("attack", "defence"):  # runs saved before these groups existed
+        if group not in cfg:
+            cfg[group] = {"name": "none"}
     return cfg
 
 
@@ -94,6 +99,10 @@ def run(cfg: DictConfig) -> Path:
     seed_torch(cfg.seed, "init")
     model = model_from_config(cfg, dataset.input_shape, dataset.num_classes).to(device)
     strategy = load_strategy_class(cfg.strategy.name)(cfg, [n for n, _ in model.named_parameters()])
+    defence = defence_from_config(cfg.defence)
+    if hasattr(defence, "wrap"):  # server-side defences (central DP) take over aggregation
+        strategy = defence.wrap(strategy)
+    ledger = PrivacyLedger(defence) if hasattr(defence, "round_releases") else None
 
     arrays, start_round = model_to_record(model), 0
     if cfg.resume:
@@ -101,6 +110,8 @@ def run(cfg: DictConfig) -> Path:
         if ckpt is not None:
             arrays, start_round = ckpt.arrays, ckpt.server_round
             strategy.load_state_dict(ckpt.strategy_state)
+            if ledger is not None:
+                ledger.load_state_dict(ckpt.privacy_state)
             show(f"resuming {run_dir.path} after round {start_round}")
 
     test = LocalData(dataset.x_test, dataset.y_test, dataset)
@@ -108,7 +119,7 @@ def run(cfg: DictConfig) -> Path:
     t0 = time.time()
 
     def server_main(grid: Grid) -> None:
-        RoundLoop(grid, strategy, cfg, run_dir, evaluator).run_rounds(arrays, start_round)
+        RoundLoop(grid, strategy, cfg, run_dir, evaluator, ledger).run_rounds(arrays, start_round)
 
     show(
         f"fedsim: {cfg.strategy.name} on {cfg.dataset.name} ({cfg.model.name}), {cfg.num_clients} clients, "

@@ -18,6 +18,11 @@ def round_line(record: dict[str, Any], num_rounds: int) -> str:
         parts.append(f"train_loss {record['train_loss']:.4f}")
     if "test_accuracy" in record:
         parts.append(f"test_acc {record['test_accuracy']:.4f} test_loss {record['test_loss']:.4f}")
+    leakage = [f"{k.removeprefix('attack_')} {v:.3g}" for k, v in record.items() if k.startswith("attack_") and k != "attack_clients"]
+    if leakage:
+        parts.append("leakage " + " ".join(leakage[:3]))
+    if "dp_epsilon" in record:
+        parts.append(f"eps {record['dp_epsilon']:.3g}")
     parts.append(f"clients {record['clients_ok']}/{record['clients_sampled']}")
     parts.append(f"up {_mb(record['bytes_up'])} down {_mb(record['bytes_down'])}")
     parts.append(f"{record['round_time_s']:.1f}s")

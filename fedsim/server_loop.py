@@ -19,6 +19,8 @@ from flwr.serverapp import Grid
 from fedsim.checkpoint import Checkpoint, save_checkpoint
 from fedsim.client_state import discard_after
 from fedsim.errors import FedsimError, RoundFailedError
+from fedsim.privacy.defences.dp import PrivacyLedger
+from fedsim.privacy.report import round_means
 from fedsim.progress import round_line, show
 from fedsim.records import payload_bytes
 from fedsim.results import RunDirectory
@@ -65,6 +67,17 @@ class RoundLoop:
     cfg: Any
     run: RunDirectory
     evaluate: Callable[[ArrayRecord], dict[str, float]]
+    ledger: PrivacyLedger | None = None  # DP accounting, when a DP defence is on
+
+    def account_privacy(self, messages: list[Message]) -> dict[str, float]:
+        """Add this round's DP releases to the ledger; the epsilon spent so far."""
+        if self.ledger is None:
+            return {}
+        client_of = {node: cid for cid, node in self.strategy.node_of.items()}
+        sampled = [client_of[m.metadata.dst_node_id] for m in messages if m.metadata.dst_node_id in client_of]
+        for key, rate, steps in self.ledger.mechanism.round_releases(sampled, self.strategy.num_examples, self.cfg):
+            self.ledger.add(key, rate, steps)
+        return {"dp_epsilon": self.ledger.epsilon(), "dp_delta": float(self.ledger.mechanism.delta)}
 
     def train_config(self, server_round: int, last_checkpoint: int) -> ConfigRecord:
         opt = self.cfg.optimizer
@@ -107,6 +120,7 @@ class RoundLoop:
             messages = list(self.strategy.configure_train(server_round, arrays, self.train_config(server_round, last_checkpoint), self.grid))
             replies = list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout))
             record["clients_sampled"] = len(messages)
+            record.update(self.account_privacy(messages))
             lost = self.missing_clients(server_round, messages, replies)
             record["bytes_down"] = sum(payload_bytes(m.content) for m in messages)
             record["bytes_up"] = sum(payload_bytes(r.content) for r in replies if not r.has_error())
@@ -125,10 +139,14 @@ class RoundLoop:
                 result = self.strategy.evaluate_round(server_round, arrays, self.grid, self.evaluate)
                 record["test_accuracy"], record["test_loss"] = result.pop("accuracy"), result.pop("loss")
                 record.update(result)
+            if server_round == 1:  # leakage of what clients shared before round 1 (FedFed's sharing)
+                record.update(round_means(cfg.run_dir, 0, prefix="attack_setup_"))
+            record.update(round_means(cfg.run_dir, server_round))
             record["round_time_s"] = time.time() - t0
             self.run.append_metrics(record)
             show(round_line(record, cfg.num_rounds))
             if cfg.checkpoint_every and (server_round % cfg.checkpoint_every == 0 or server_round == cfg.num_rounds):
-                save_checkpoint(self.run.checkpoints, Checkpoint(server_round, arrays, self.strategy.state_dict()))
+                privacy = self.ledger.state_dict() if self.ledger is not None else {}
+                save_checkpoint(self.run.checkpoints, Checkpoint(server_round, arrays, self.strategy.state_dict(), privacy))
                 last_checkpoint = server_round
         return arrays

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from fedsim.errors import ConfigError
@@ -42,8 +43,20 @@ def split_model(model: nn.Module, at: int | None = None) -> tuple[nn.Sequential,
 
 
 def model_from_config(cfg: Any, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """The model a run config names: ``model.name`` with the group's other keys as options."""
-    return build_model(cfg.model.name, input_shape, num_classes, **{k: v for k, v in cfg.model.items() if k != "name"})
+    """The model a run config names: ``model.name`` with the group's other keys as options, and
+    the options a model-level defence sets (MJP position embeddings)."""
+    options = {k: v for k, v in cfg.model.items() if k != "name"}
+    if cfg.get("defence") is not None and cfg.defence.name == "mjp":
+        from fedsim.privacy.defences import defence_from_config
+
+        options.update(defence_from_config(cfg.defence).model_options())
+    return build_model(cfg.model.name, input_shape, num_classes, **options)
+
+
+def auxiliary_loss(model: nn.Module) -> torch.Tensor | float:
+    """A model's own training loss term of its last forward pass (MJP's localisation loss), or 0."""
+    term = getattr(model, "auxiliary_loss", None)
+    return term() if callable(term) else 0.0
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, **kwargs: Any) -> nn.Module:

@@ -1,0 +1,56 @@
+"""Attack registry: ``attack=<name>`` in a run or in ``python -m fedsim attack``.
+
+Every attack observes one client's round (:class:`base.ClientView`) and returns leakage metrics
+and, where it reconstructs images, the images for the grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from fedsim.errors import ConfigError
+from fedsim.privacy.attacks.base import Attack
+from fedsim.privacy.attacks.gradient_inversion import DLG, AnalyticFC, InvertingGradients
+from fedsim.privacy.attacks.membership import MembershipInference
+from fedsim.privacy.attacks.shared_features import SharedFeatureInversion
+from fedsim.privacy.attacks.shared_statistics import StatisticsInversion
+from fedsim.privacy.attacks.update_leakage import UpdateLeakage
+
+# Gradient-inversion methods (they attack model updates through UpdateLeakage).
+INVERSIONS: dict[str, Callable[..., Any]] = {
+    "analytic": AnalyticFC,
+    "dlg": DLG,
+    "idlg": lambda **kw: DLG(idlg=True, **kw),
+    "inverting_gradients": InvertingGradients,
+}
+# Attacks on other shared information.
+OBSERVERS: dict[str, Callable[..., Attack]] = {
+    "feature_inversion": SharedFeatureInversion,
+    "statistics_inversion": StatisticsInversion,
+    "membership": MembershipInference,
+}
+# Keys of the attack group that select when and whom to attack, not how.
+SCHEDULE_KEYS = ("name", "every", "clients", "num_images", "lpips_home")
+
+
+def inversion_from_options(name: str, options: dict[str, Any]):
+    if name not in INVERSIONS:
+        raise ConfigError(f"unknown gradient inversion '{name}': choose one of {', '.join(sorted(INVERSIONS))}")
+    try:
+        return INVERSIONS[name](**options)
+    except TypeError as err:
+        raise ConfigError(f"attack '{name}' got a bad option: {err}") from err
+
+
+def attack_from_config(attack_cfg: Any, seed: int) -> Attack:
+    """The attack ``attack_cfg`` names, with the group's other keys as its options."""
+    name = str(attack_cfg.name)
+    options = {k: v for k, v in dict(attack_cfg).items() if k not in SCHEDULE_KEYS}
+    if name in INVERSIONS:
+        return UpdateLeakage(inversion_from_options(name, options), int(attack_cfg.num_images), seed, attack_cfg.get("lpips_home"))
+    if name in OBSERVERS:
+        try:
+            return OBSERVERS[name](seed=seed, **options)
+        except TypeError as err:
+            raise ConfigError(f"attack '{name}' got a bad option: {err}") from err
+    raise ConfigError(f"unknown attack '{name}': choose one of {', '.join(sorted({**INVERSIONS, **OBSERVERS}))}")

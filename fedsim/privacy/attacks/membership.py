@@ -1,0 +1,56 @@
+"""Membership inference on the global model (Yeom et al. 2018; Salem et al. 2019).
+
+Members are the attacked client's training samples, non-members as many held-out test samples.
+Three threshold attacks, each a score that should be higher for members: the negative loss, the
+top-class confidence and the negative prediction entropy. Reported as AUC and TPR at 1% FPR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from fedsim.privacy.attacks.base import AttackResult, ClientView
+from fedsim.privacy.attacks.observation import attacker_copy
+from fedsim.privacy.metrics import membership_scores
+from fedsim.records import load_record
+from fedsim.seeding import torch_generator
+
+
+@torch.no_grad()
+def membership_signals(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    logits = torch.cat([model(chunk) for chunk in x.split(500)])
+    log_p = F.log_softmax(logits, dim=1)
+    return {
+        "loss": -F.nll_loss(log_p, y, reduction="none"),
+        "confidence": log_p.exp().max(1).values,
+        "entropy": (log_p.exp() * log_p).sum(1),
+    }
+
+
+@dataclass
+class MembershipInference:
+    max_samples: int = 500
+    seed: int = 0
+
+    def observe(self, view: ClientView) -> AttackResult | None:
+        if "arrays" not in view.sent.array_records:
+            return None
+        env = view.env
+        data = env.data
+        model = attacker_copy(env.model)
+        load_record(model, view.sent["arrays"])
+        generator = torch_generator(self.seed, "attack-membership", view.server_round, view.client_id)
+        n = min(self.max_samples, len(data))
+        members = torch.randperm(len(data), generator=generator)[:n]
+        outside = torch.randperm(len(data.dataset.y_test), generator=generator)[:n]
+        norm = data.dataset.normalize
+        inside_scores = membership_signals(model, norm(data.x[members]), data.y[members])
+        outside_scores = membership_signals(model, norm(data.dataset.x_test[outside]), data.dataset.y_test[outside])
+        metrics = {}
+        for signal in inside_scores:
+            for key, value in membership_scores(inside_scores[signal], outside_scores[signal]).items():
+                metrics[f"{signal}_{key}"] = value
+        return AttackResult(metrics)

@@ -1,0 +1,68 @@
+"""Inversion of FedImpro's shared feature statistics (Tang et al., ICLR 2024).
+
+FedImpro clients share, per class, the (noised) mean and second moment of their features at the
+split layer. The server holds the low model, so it optimises a few images per class whose
+split-layer features have that mean and variance (with a total-variation prior), then scores each
+against the nearest client image of that class (Hungarian matching within the class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fedsim.models import split_model
+from fedsim.privacy.attacks.base import AttackResult, ClientView, ImageSpace, score_images
+from fedsim.privacy.attacks.gradient_inversion import total_variation
+from fedsim.privacy.attacks.observation import attacker_copy
+from fedsim.records import load_record
+from fedsim.seeding import torch_generator
+
+
+@dataclass
+class StatisticsInversion:
+    iterations: int = 200
+    lr: float = 0.1
+    tv: float = 1e-3
+    images_per_class: int = 4
+    max_classes: int = 3  # the classes with most samples
+    seed: int = 0
+
+    def observe(self, view: ClientView) -> AttackResult | None:
+        if "feature-stats" not in view.reply.array_records or "arrays" not in view.sent.array_records:
+            return None
+        env = view.env
+        stats = view.reply["feature-stats"]
+        count = torch.from_numpy(stats["count"].numpy()).double()
+        mean = torch.from_numpy(stats["mean"].numpy()).float()
+        var = (torch.from_numpy(stats["second"].numpy()).float() - mean.pow(2)).clamp_min(0)
+        model = attacker_copy(env.model)
+        load_record(model, view.sent["arrays"])
+        low, _ = split_model(model, env.cfg.strategy.split_at)
+        space = ImageSpace.of(env.data.dataset)
+        generator = torch_generator(self.seed, "attack-stats", view.server_round, view.client_id)
+        classes = [int(c) for c in torch.argsort(count, descending=True)[: self.max_classes] if count[c] > 0]
+        per_class = []
+        for c in classes:
+            x = torch.randn((self.images_per_class, *space.shape), generator=generator).requires_grad_(True)
+            optimizer = torch.optim.Adam([x], lr=self.lr)
+            for _ in range(self.iterations):
+                h = low(x).flatten(1)
+                loss = (h.mean(0) - mean[c]).pow(2).sum() + (h.var(0, unbiased=False) - var[c]).pow(2).sum()
+                loss = loss / mean[c].pow(2).sum().clamp_min(1e-8) + self.tv * total_variation(x)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    x.copy_(space.clamp(x))
+            per_class.append(score_images(space.to_unit(x.detach()), env.data.x[env.data.y == c].float() / 255.0))
+        if not per_class:
+            return None
+        per_sample = {k: sum((r.per_sample[k] for r in per_class), []) for k in per_class[0].per_sample}
+        return AttackResult(
+            {k: sum(v) / len(v) for k, v in per_sample.items()},
+            torch.cat([r.originals for r in per_class]),
+            torch.cat([r.reconstructions for r in per_class]),
+            per_sample,
+        )

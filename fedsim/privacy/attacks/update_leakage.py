@@ -1,0 +1,71 @@
+"""The observer that runs a gradient-inversion attack on a client's model update in a federated run.
+
+It sees the reply exactly as the server receives it (after every defence), rebuilds the update
+as returned weights minus the weights the client was sent, and replays the round's protocol
+(lr, local epochs, batch size, momentum, sample count). Reconstructions are scored against the
+client's own training images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from clients.base import optimizer_momentum
+from fedsim.privacy.attacks.base import AttackResult, ClientView, ImageSpace, score_images
+from fedsim.privacy.attacks.gradient_inversion import GradientInversion
+from fedsim.privacy.attacks.labels import largest_remainder
+from fedsim.privacy.attacks.observation import Observation, attacker_copy
+from fedsim.records import load_record
+from fedsim.seeding import torch_generator
+
+
+def label_sample(labels: torch.Tensor, n: int, num_classes: int) -> torch.Tensor:
+    """``n`` labels distributed as ``labels`` are (what label-count recovery should find)."""
+    counts = largest_remainder(torch.bincount(labels, minlength=num_classes).double(), n)
+    return torch.repeat_interleave(torch.arange(num_classes), counts)
+
+
+def observed_update(view: ClientView) -> Observation | None:
+    """The client's update as the server sees it; None when the reply carries no model."""
+    if "arrays" not in view.sent.array_records or "arrays" not in view.reply.array_records:
+        return None
+    env, config = view.env, view.sent["config"]
+    model = attacker_copy(env.model)
+    load_record(model, view.sent["arrays"])
+    sent, returned = view.sent["arrays"], view.reply["arrays"]
+    update = {
+        k: torch.from_numpy(returned[k].numpy()).float() - p.detach()
+        for k, p in model.named_parameters()
+        if p.requires_grad
+    }
+    return Observation(
+        model,
+        update,
+        "delta",
+        num_examples=int(view.reply["metrics"]["num-examples"]),
+        batch_size=int(config["batch-size"]),
+        local_epochs=int(config["local-epochs"]),
+        lr=float(config["lr"]),
+        momentum=optimizer_momentum(env.cfg.optimizer),
+    ) if set(sent.keys()) == set(returned.keys()) else None
+
+
+@dataclass
+class UpdateLeakage:
+    method: GradientInversion
+    num_images: int = 4  # images to recover when the client trained on too many to replay
+    seed: int = 0
+    lpips_home: str | None = None
+
+    def observe(self, view: ClientView) -> AttackResult | None:
+        obs = observed_update(view)
+        if obs is None:
+            return None
+        data = view.env.data
+        space = ImageSpace.of(data.dataset)
+        generator = torch_generator(self.seed, "attack", view.server_round, view.client_id)
+        rec = self.method.reconstruct(obs, self.num_images, space, generator)
+        truth = data.y if len(rec.labels) == len(data) else label_sample(data.y, len(rec.labels), data.dataset.num_classes)
+        return score_images(space.to_unit(rec.images), data.x.float() / 255.0, rec.labels, truth, self.lpips_home)

@@ -1,0 +1,174 @@
+"""Differential privacy: local DP on updates, per-example DP-SGD (Opacus), central DP, accounting.
+
+Every mechanism is Gaussian with noise std ``noise_multiplier * clip`` on an L2-clipped quantity.
+Epsilon is accounted with Opacus' RDP analysis and reported per round in metrics.jsonl
+(``dp_epsilon`` at ``delta``; the worst client for local mechanisms):
+
+- local_dp: client-level; each participation of a client is one release (no sampling
+  amplification: the server sees every update).
+- dp_sgd: record-level; each local step samples batch_size / n of the client's records (the RDP
+  bound assumes Poisson sampling; fedsim's shuffled batches are the usual approximation).
+- central_dp: client-level for the released model; each round samples K of N clients (the same
+  Poisson approximation); clients are averaged with equal weights so one client's influence is
+  bounded by clip / K.
+
+Noise is drawn from seeded generators (run seed, round, client), so runs repeat; Flower's own DP
+wrappers and LocalDpMod draw unseeded noise and skip a round when any client errs, which is why
+fedsim applies the same clip-and-noise steps itself, with Flower's clipping helper.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+from fedsim.errors import ConfigError
+from fedsim.privacy.defences.update import Tensors, clip, float_update, with_update
+
+ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+
+
+def epsilon(releases: list[tuple[float, int]], noise_multiplier: float, delta: float) -> float:
+    """Epsilon at ``delta`` of composed Gaussian releases [(sample rate, steps), ...]."""
+    if not releases:
+        return 0.0
+    rdp = sum(compute_rdp(q=q, noise_multiplier=noise_multiplier, steps=steps, orders=ORDERS) for q, steps in releases)
+    return float(get_privacy_spent(orders=ORDERS, rdp=np.atleast_1d(rdp), delta=delta)[0])
+
+
+@dataclass
+class GaussianMechanism:
+    clip: float = 1.0
+    noise_multiplier: float = 1.0
+    delta: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.clip <= 0 or self.noise_multiplier < 0 or not 0 < self.delta < 1:
+            raise ConfigError(
+                f"defence clip={self.clip}, noise_multiplier={self.noise_multiplier}, delta={self.delta} are invalid: "
+                "expected clip > 0, noise_multiplier >= 0, 0 < delta < 1"
+            )
+
+    def noised(self, update: Tensors, generator: torch.Generator, divisor: int = 1) -> Tensors:
+        std = self.noise_multiplier * self.clip / divisor
+        return {k: v + std * torch.randn(v.shape, generator=generator) for k, v in update.items()}
+
+    def epsilon(self, releases: list[tuple[float, int]]) -> float:
+        return epsilon(releases, self.noise_multiplier, self.delta) if self.noise_multiplier > 0 else math.inf
+
+
+@dataclass
+class LocalDP(GaussianMechanism):
+    """Clip the update to ``clip`` and add N(0, (noise_multiplier * clip)^2) per entry, on the client."""
+
+    def transform_update(self, update: Tensors, generator: torch.Generator) -> Tensors:
+        return self.noised(clip(update, self.clip), generator)
+
+    def transform(self, sent: ArrayRecord, returned: ArrayRecord, generator: torch.Generator) -> ArrayRecord:
+        return with_update(sent, returned, self.transform_update(float_update(sent, returned), generator))
+
+    def round_releases(self, sampled: list[int], sizes: dict[int, int], cfg: Any) -> list[tuple[str, float, int]]:
+        return [(str(c), 1.0, 1) for c in sampled]
+
+
+@dataclass
+class DPSGD(GaussianMechanism):
+    """Per-example clipping and Gaussian noise on every local step (Abadi et al. 2016, via Opacus)."""
+
+    @contextmanager
+    def training(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch_size: int) -> Iterator[torch.optim.Optimizer]:
+        from opacus import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+
+        in_place = [m for m in model.modules() if getattr(m, "inplace", False)]
+        for module in in_place:  # per-sample gradient hooks cannot see through in-place activations
+            module.inplace = False
+        try:
+            sampled = GradSampleModule(model)
+        except Exception as err:  # Opacus names the unsupported layer
+            raise ConfigError(f"defence=dp_sgd cannot wrap this model: {err}; use model=cnn or model=mlp") from err
+        try:
+            yield DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.clip, expected_batch_size=batch_size)
+        finally:
+            sampled.remove_hooks()
+            sampled.del_grad_sample()
+            for module in in_place:
+                module.inplace = True
+
+    def round_releases(self, sampled: list[int], sizes: dict[int, int], cfg: Any) -> list[tuple[str, float, int]]:
+        b, epochs = int(cfg.batch_size), int(cfg.local_epochs)
+        return [(str(c), min(1.0, b / max(sizes.get(c, 1), 1)), epochs * math.ceil(sizes.get(c, 1) / b)) for c in sampled]
+
+
+@dataclass
+class CentralDP(GaussianMechanism):
+    """Server-side: clip each client's update, average with equal weights, noise the average."""
+
+    def aggregate(self, global_arrays: ArrayRecord, replies: list[ArrayRecord], generator: torch.Generator) -> ArrayRecord:
+        updates = [clip(float_update(global_arrays, r), self.clip) for r in replies]
+        mean = {k: sum(u[k] for u in updates) / len(updates) for k in updates[0]}
+        return with_update(global_arrays, replies[0], self.noised(mean, generator, divisor=len(updates)))
+
+    def round_releases(self, sampled: list[int], sizes: dict[int, int], cfg: Any) -> list[tuple[str, float, int]]:
+        return [("server", min(1.0, len(sampled) / max(len(sizes), 1)), 1)]
+
+    def wrap(self, strategy: Any) -> "CentralDPStrategy":
+        return CentralDPStrategy(strategy, self)
+
+
+class CentralDPStrategy:
+    """A fedsim strategy whose aggregation is replaced by DP-FedAvg (McMahan et al., ICLR 2018):
+    every other method is the wrapped strategy's."""
+
+    def __init__(self, inner: Any, mechanism: CentralDP) -> None:
+        from fedsim.strategy import FedsimStrategy
+
+        if type(inner).aggregate is not FedsimStrategy.aggregate:
+            raise ConfigError(
+                f"defence=central_dp replaces aggregation by DP-FedAvg, which {type(inner).__name__} does not use: "
+                "use it with strategy=fedavg or fedprox (or defence=local_dp)"
+            )
+        self.inner, self.mechanism = inner, mechanism
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def aggregate(self, server_round: int, replies: list[Any]) -> tuple[ArrayRecord, Any]:
+        from fedsim.seeding import torch_generator
+
+        generator = torch_generator(self.inner.cfg.seed, "central-dp", server_round)
+        arrays = self.mechanism.aggregate(self.inner.global_arrays, [r.content["arrays"] for r in replies], generator)
+        return arrays, self.inner.aggregate_metrics(replies)
+
+    def aggregate_train(self, server_round: int, replies: Any) -> tuple[ArrayRecord | None, Any]:
+        # The wrapped strategy's checks and bookkeeping, with this object's aggregate.
+        return type(self.inner).aggregate_train(self, server_round, replies)
+
+
+class PrivacyLedger:
+    """Who released what so far: per key (a client id, or 'server'), the (sample rate, steps) list."""
+
+    def __init__(self, mechanism: GaussianMechanism) -> None:
+        self.mechanism = mechanism
+        self.releases: dict[str, dict[float, int]] = {}
+
+    def add(self, key: str, rate: float, steps: int) -> None:
+        per_rate = self.releases.setdefault(key, {})
+        per_rate[rate] = per_rate.get(rate, 0) + steps
+
+    def epsilon(self) -> float:
+        """The largest epsilon over keys (the worst-off client)."""
+        return max((self.mechanism.epsilon(list(r.items())) for r in self.releases.values()), default=0.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: {"rates": np.array(list(r), dtype=np.float64), "steps": np.array(list(r.values()), dtype=np.int64)} for key, r in self.releases.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.releases = {key: dict(zip((float(x) for x in v["rates"]), (int(s) for s in v["steps"]))) for key, v in state.items()}
