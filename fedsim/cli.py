@@ -16,12 +16,15 @@ USAGE = """usage: python -m fedsim <command> [key=value ...]
 
 commands:
   run     run a federated training job (simulation by default)
+  attack  evaluate a privacy attack against a model/dataset/defence setting, without an FL run
 
 `python -m fedsim run --help` lists the config groups, their options and the composed config.
 Examples:
   python -m fedsim run strategy=fedprox num_rounds=10 partition.alpha=0.1
   python -m fedsim run backend=inprocess num_clients=20 clients_per_round=5
   python -m fedsim run resume=runs/20261122-180000-fedavg
+  python -m fedsim run strategy=fedavg attack=inverting_gradients defence=local_dp
+  python -m fedsim attack attack=inverting_gradients model=cnn defence=none batch_size=1 num_images=8
 """
 
 
@@ -59,7 +62,26 @@ def cmd_run(args: list[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"run": cmd_run}
+def cmd_attack(args: list[str]) -> int:
+    from fedsim.config import compose_attack
+
+    if "--help" in args or "-h" in args:
+        from fedsim.config import group_options
+
+        print("usage: python -m fedsim attack [key=value ...]\n")
+        print("\n".join(f"  {g:<8} {', '.join(group_options(g))}" for g in ("attack", "defence", "model", "dataset")))
+        print("\ndefault config:\n" + OmegaConf.to_yaml(compose_attack([])))
+        return 0
+    for arg in args:
+        if arg.startswith("-"):
+            raise FedsimError(f"unknown option '{arg}': `python -m fedsim attack` takes key=value overrides or --help")
+    from fedsim.privacy.evaluate import run_attack
+
+    run_attack(compose_attack(args))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"run": cmd_run, "attack": cmd_attack}
 
 
 def main(argv: list[str] | None = None) -> int:

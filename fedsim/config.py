@@ -47,7 +47,22 @@ def compose(overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def _hydra_compose(overrides: list[str]) -> DictConfig:
+def compose_attack(overrides: list[str]) -> DictConfig:
+    """The config of ``python -m fedsim attack`` (configs/attack_eval.yaml) for ``overrides``."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"cannot parse override '{item}': write overrides as key=value (e.g. attack=dlg)")
+    cfg = _hydra_compose(list(overrides), "attack_eval")
+    for key in ("num_images", "batch_size", "local_epochs"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ConfigError(f"{key}={cfg[key]!r} is invalid: expected an integer >= 1")
+    for group in ("dataset", "model", "attack", "defence"):
+        if cfg[group].name not in group_options(group):
+            raise ConfigError(f"{group}.name={cfg[group].name!r} is invalid: choose one of {', '.join(group_options(group))}")
+    return cfg
+
+
+def _hydra_compose(overrides: list[str], name: str = "config") -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -55,7 +70,7 @@ def _hydra_compose(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            return hydra_compose("config", overrides=overrides)
+            return hydra_compose(name, overrides=overrides)
     except Exception as err:  # Hydra raises several unrelated exception types for bad input
         raise ConfigError(_explain(err)) from None
 

@@ -11,11 +11,13 @@ from fedsim.errors import ConfigError
 from fedsim.models.cnn import FedAvgCNN
 from fedsim.models.mlp import MLP
 from fedsim.models.resnet import resnet18
+from fedsim.models.vit import ViT
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn": FedAvgCNN,
     "mlp": MLP,
     "resnet18": resnet18,
+    "vit_tiny": ViT,
 }
 
 
@@ -24,7 +26,7 @@ def layer_list(model: nn.Module) -> list[nn.Module]:
     return [*model.features.children(), model.classifier]
 
 
-DEFAULT_SPLIT = {"FedAvgCNN": None, "MLP": None, "ResNet": 7}  # None: after the whole feature stack
+DEFAULT_SPLIT = {"FedAvgCNN": None, "MLP": None, "ResNet": 7, "ViT": None}  # None: after the whole feature stack
 
 
 def split_model(model: nn.Module, at: int | None = None) -> tuple[nn.Sequential, nn.Sequential]:
@@ -65,5 +67,5 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, 
         raise ConfigError(f"unknown model '{name}': choose one of {', '.join(sorted(MODELS))}")
     try:
         return MODELS[name](input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ConfigError(f"model '{name}' got a bad option: {err}") from err

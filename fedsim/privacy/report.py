@@ -25,7 +25,8 @@ def save_grid(path: Path, originals: torch.Tensor, reconstructions: torch.Tensor
         for i in range(n):
             ax = axes[row][i]
             img = images[i].detach().cpu().clamp(0, 1)
-            ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
+            pixels = (img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy()
+            ax.imshow(pixels, cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
         axes[row][0].set_ylabel(("original", "reconstructed")[row])

@@ -105,7 +105,7 @@ class DLG(GradientInversion):
 
         loss = optimizer.step(closure)
         found = labels if soft is None else soft.detach().argmax(1)
-        return Reconstruction(x.detach(), torch.sort(found).values, float(loss))
+        return Reconstruction(x.detach(), torch.sort(found).values, float(loss.detach()))
 
 
 @dataclass

@@ -20,6 +20,7 @@ fedsim applies the same clip-and-noise steps itself, with Flower's clipping help
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -95,7 +96,10 @@ class DPSGD(GaussianMechanism):
         except Exception as err:  # Opacus names the unsupported layer
             raise ConfigError(f"defence=dp_sgd cannot wrap this model: {err}; use model=cnn or model=mlp") from err
         try:
-            yield DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.clip, expected_batch_size=batch_size)
+            with warnings.catch_warnings():
+                # Opacus' per-sample hooks on the first layer, whose input (the images) needs no gradient
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                yield DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.clip, expected_batch_size=batch_size)
         finally:
             sampled.remove_hooks()
             sampled.del_grad_sample()

@@ -1,0 +1,148 @@
+"""``python -m fedsim attack``: evaluate one attack against a model / dataset / defence setting.
+
+The victim holds ``num_images`` training images (a seeded draw) and sends one update per
+``batch_size`` of them: a gradient, or a FedAvg weight delta after ``local_epochs`` local epochs.
+The defence acts where it would in a run (DP-SGD on per-example gradients, local DP and pruning on
+the update, MJP by jigsawing the victim's patches at ``defence.eval_ratio``); the attacker sees
+that update and nothing else. Writes ``grid.png`` (originals over reconstructions),
+``metrics.csv`` (per image) and ``summary.json`` (means) to the output folder, and prints the table.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fedsim.checkpoint import latest_checkpoint
+from fedsim.data import dataset_from_config
+from fedsim.errors import ConfigError
+from fedsim.models import model_from_config
+from fedsim.privacy.attacks import INVERSIONS, inversion_from_options, SCHEDULE_KEYS
+from fedsim.privacy.attacks.base import ImageSpace, score_images
+from fedsim.privacy.attacks.observation import Observation, attacker_copy, gradient, observe_update
+from fedsim.privacy.defences import defence_from_config
+from fedsim.privacy.defences.dp import CentralDP, DPSGD
+from fedsim.privacy.defences.update import clip
+from fedsim.privacy.report import save_grid, table
+from fedsim.records import load_record
+from fedsim.seeding import rng, seed_torch, torch_generator
+
+
+def victim_model(cfg: DictConfig, shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
+    """The model the victim trains: seeded initial weights, or a run's last checkpoint."""
+    seed_torch(cfg.seed, "init")
+    model = model_from_config(cfg, shape, num_classes)
+    if cfg.weights:
+        ckpt = latest_checkpoint(Path(cfg.weights) / "checkpoints")
+        if ckpt is None:
+            raise ConfigError(f"weights={cfg.weights}: no checkpoint there; pass the directory of a fedsim run with checkpoints")
+        try:
+            load_record(model, ckpt.arrays)
+        except (KeyError, RuntimeError) as err:
+            raise ConfigError(f"weights={cfg.weights} do not fit model={cfg.model.name}: {str(err).splitlines()[0]}") from err
+    return model.to(torch.device(cfg.device))
+
+
+@contextmanager
+def jigsawed(model: torch.nn.Module, defence: Any, generator: torch.Generator) -> Iterator[None]:
+    """Under MJP, the victim's patches are jigsawed at ``eval_ratio`` while its update is computed."""
+    ratio = getattr(defence, "eval_ratio", None)
+    if ratio is not None:
+        model.jigsaw(ratio, generator)
+    try:
+        yield
+    finally:
+        if ratio is not None:
+            model.jigsaw(None)
+
+
+def dp_sgd_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mech: DPSGD, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """One DP-SGD step's noised mean gradient: per-example clipping, Gaussian noise, mean."""
+    params = {k: p.detach().requires_grad_(True) for k, p in model.named_parameters() if p.requires_grad}
+    total = {k: torch.zeros_like(v) for k, v in params.items()}
+    for i in range(len(y)):
+        g = clip({k: v.detach() for k, v in gradient(model, params, x[i : i + 1], y[i : i + 1], False).items()}, mech.clip)
+        total = {k: total[k] + g[k] for k in total}
+    return {k: v / len(y) for k, v in mech.noised(total, generator).items()}
+
+
+def victim_update(cfg: DictConfig, model: torch.nn.Module, defence: Any, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> Observation:
+    """What the server receives from the victim for one batch (after the defence)."""
+    mb = int(cfg.local_batch_size or cfg.batch_size)
+    kind = "gradient" if cfg.local_epochs == 1 and mb >= len(y) else "delta"
+    victim = attacker_copy(model)
+    with jigsawed(victim, defence, generator):
+        if isinstance(defence, DPSGD):
+            if kind != "gradient":
+                raise ConfigError("defence=dp_sgd is evaluated on single gradients here: use local_epochs=1 and no local_batch_size")
+            obs = Observation(victim, dp_sgd_gradient(victim, x, y, defence, generator), kind, len(y))
+        else:
+            obs = observe_update(victim, x, y, kind, batch_size=mb, local_epochs=int(cfg.local_epochs), lr=float(cfg.lr), momentum=float(cfg.momentum))
+    if hasattr(defence, "transform_update"):
+        obs.update = defence.transform_update(obs.update, generator)
+    obs.model = attacker_copy(model)  # the attacker's copy: no knowledge of the victim's jigsaw
+    return obs
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    path = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.runs_root) / f"attack-{time.strftime('%Y%m%d-%H%M%S')}-{cfg.attack.name}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_attack(cfg: DictConfig) -> dict[str, Any]:
+    """Attack ``num_images`` victim images; returns the summary written to ``summary.json``."""
+    name = str(cfg.attack.name)
+    if name not in INVERSIONS:
+        raise ConfigError(f"attack={name} cannot run stand-alone: choose one of {', '.join(sorted(INVERSIONS))} (the others attack what a federated run shares)")
+    defence = defence_from_config(cfg.defence)
+    if isinstance(defence, CentralDP):
+        raise ConfigError("defence=central_dp noises the aggregate, not what one client sends: evaluate it in a run, or use defence=local_dp")
+    dataset = dataset_from_config(cfg)
+    space = ImageSpace.of(dataset)
+    model = victim_model(cfg, dataset.input_shape, dataset.num_classes)
+    method = inversion_from_options(name, {k: v for k, v in OmegaConf.to_container(cfg.attack).items() if k not in SCHEDULE_KEYS})
+    picks = torch.from_numpy(rng(cfg.seed, "attack-victims").choice(len(dataset.y_train), int(cfg.num_images), replace=False))
+    originals, recs, rows = [], [], []
+    t0 = time.time()
+    for start in range(0, len(picks), int(cfg.batch_size)):
+        idx = picks[start : start + int(cfg.batch_size)]
+        x01, y = dataset.x_train[idx].float() / 255.0, dataset.y_train[idx]
+        generator = torch_generator(cfg.seed, "attack", start)
+        obs = victim_update(cfg, model, defence, space.from_unit(x01), y, generator)
+        rec = method.reconstruct(obs, len(idx), space, generator)
+        result = score_images(space.to_unit(rec.images), x01, rec.labels, y, cfg.attack.get("lpips_home"))
+        originals.append(result.originals)
+        recs.append(result.reconstructions)
+        for i in range(len(idx)):
+            rows.append({"image": start + i, "batch": start // int(cfg.batch_size), **{k: v[i] for k, v in result.per_sample.items()}})
+        rows[-1]["label_accuracy"] = result.metrics.get("label_accuracy")
+        print(f"batch {start // int(cfg.batch_size) + 1}/{-(-len(picks) // int(cfg.batch_size))}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()), flush=True)
+    out = output_dir(cfg)
+    columns = [c for c in rows[0] if c != "label_accuracy"]
+    metric_names = [c for c in columns if c not in ("image", "batch")]
+    means = {k: sum(r[k] for r in rows) / len(rows) for k in metric_names}
+    labels = [r["label_accuracy"] for r in rows if r.get("label_accuracy") is not None]
+    means["label_accuracy"] = sum(labels) / len(labels)
+    with (out / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {"attack": name, "model": cfg.model.name, "defence": cfg.defence.name, "dataset": cfg.dataset.name,
+               "num_images": int(cfg.num_images), "batch_size": int(cfg.batch_size), "local_epochs": int(cfg.local_epochs),
+               "weights": cfg.weights, "mean": means, "seconds": time.time() - t0}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    title = f"{name} on {cfg.model.name}, defence={cfg.defence.name}, batch {cfg.batch_size}"
+    save_grid(out / "grid.png", torch.cat(originals), torch.cat(recs), title)
+    print(table(rows + [{"image": "mean", "batch": "", **means}], columns))
+    print(f"label accuracy {means['label_accuracy']:.3f}; grid, metrics.csv and summary.json in {out}")
+    summary["out_dir"] = str(out)
+    return summary
