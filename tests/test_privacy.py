@@ -292,3 +292,22 @@ def test_attack_command_writes_grid_and_table(tmp_path):
 def test_attack_command_rejects_run_only_attacks(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fedsim", "attack", "attack=membership"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "membership" in proc.stderr
+
+
+def test_april_recovers_a_vit_input_exactly_and_mjp_defeats_it(fmnist):
+    ds, space = fmnist
+    x01, y = victim(ds, 1, offset=5)
+    g = torch.Generator().manual_seed(0)
+    plain = untrained("vit_tiny")
+    obs = observe_update(plain, space.from_unit(x01), y, "gradient")
+    from fedsim.privacy.attacks.gradient_inversion import APRIL
+
+    exact = score_images(space.to_unit(APRIL().reconstruct(obs, 1, space, g).images), x01)
+    assert exact.metrics["psnr"] > 60
+    torch.manual_seed(1)
+    mjp = attacker_copy(build_model("vit_tiny", (1, 28, 28), 10, position_embedding="mjp"))
+    mjp.jigsaw(0.9, torch.Generator().manual_seed(0))  # the victim's image is jigsawed
+    obs = observe_update(mjp, space.from_unit(x01), y, "gradient")
+    mjp.jigsaw(None)
+    defended = score_images(space.to_unit(APRIL().reconstruct(obs, 1, space, g).images), x01)
+    assert defended.metrics["psnr"] < exact.metrics["psnr"] - 40

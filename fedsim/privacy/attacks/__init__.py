@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from fedsim.errors import ConfigError
 from fedsim.privacy.attacks.base import Attack
-from fedsim.privacy.attacks.gradient_inversion import DLG, AnalyticFC, InvertingGradients
+from fedsim.privacy.attacks.gradient_inversion import APRIL, DLG, AnalyticFC, InvertingGradients
 from fedsim.privacy.attacks.membership import MembershipInference
 from fedsim.privacy.attacks.shared_features import SharedFeatureInversion
 from fedsim.privacy.attacks.shared_statistics import StatisticsInversion
@@ -19,6 +19,7 @@ from fedsim.privacy.attacks.update_leakage import UpdateLeakage
 # Gradient-inversion methods (they attack model updates through UpdateLeakage).
 INVERSIONS: dict[str, Callable[..., Any]] = {
     "analytic": AnalyticFC,
+    "april": APRIL,
     "dlg": DLG,
     "idlg": lambda **kw: DLG(idlg=True, **kw),
     "inverting_gradients": InvertingGradients,

@@ -2,6 +2,11 @@
 
 - :class:`AnalyticFC`: a fully connected first layer with bias, batch 1: the input is a row of the
   weight gradient divided by the matching bias-gradient entry. Exact and cheap (the test oracle).
+- :class:`APRIL` (Lu et al., CVPR 2022), closed form for ViTs, batch 1: position embeddings are
+  added to the patch embeddings, so row i of the position-embedding gradient is the gradient g_i of
+  token i, and the patch-embedding weight gradient is sum_i g_i p_i^T; with at least as many
+  embedding dimensions as patches, the patches p_i follow by least squares. Positions that share
+  MJP's unknown embedding have no gradient row of their own and stay unrecovered.
 - :class:`DLG` (Zhu et al., NeurIPS 2019): L-BFGS on a dummy image and soft dummy label to match the
   observed gradient in squared L2; with ``idlg`` (Zhao et al. 2020) the labels come from the
   classifier gradient's signs instead (:mod:`labels`).
@@ -79,6 +84,23 @@ class AnalyticFC(GradientInversion):
         x = (weight[row] / bias[row]).view(1, *space.shape)
         labels = recover_labels(obs, 1, space.shape, generator, "single")
         return Reconstruction(x.detach(), labels, 0.0)
+
+
+@dataclass
+class APRIL(GradientInversion):
+    def reconstruct(self, obs: Observation, n: int, space: ImageSpace, generator: torch.Generator) -> Reconstruction:
+        positions = [k for k in obs.update if k.endswith("pos_embed")]
+        patch_weights = [k for k in obs.update if "patch_embed" in k and k.endswith("weight")]
+        if obs.kind != "gradient" or obs.num_examples != 1 or not positions or not patch_weights:
+            raise ValueError("the APRIL closed form needs a single-image gradient of a ViT (model=vit_tiny, batch_size=1)")
+        grads = obs.mean_gradient()
+        weight = grads[patch_weights[0]]  # (D, C, p, p)
+        dim, channels, patch = weight.shape[0], weight.shape[1], weight.shape[2]
+        grid = (space.shape[1] // patch, space.shape[2] // patch)
+        tokens = grads[positions[0]][0, 1 : 1 + grid[0] * grid[1]]  # (N, D): skip CLS (and MJP's unknown row)
+        patches = torch.linalg.lstsq(tokens.T.double(), weight.reshape(dim, -1).double()).solution.float()  # (N, C p p)
+        image = patches.view(*grid, channels, patch, patch).permute(2, 0, 3, 1, 4).reshape(1, *space.shape)
+        return Reconstruction(image, recover_labels(obs, 1, space.shape, generator, "single"), 0.0)
 
 
 @dataclass

@@ -75,8 +75,9 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 def gradient(model: nn.Module, params: Tensors, x: torch.Tensor, y: torch.Tensor, create_graph: bool) -> Tensors:
     """Gradient of the mean cross-entropy of (x, y) at ``params``."""
     loss = soft_cross_entropy(functional_call(model, params, (x,)), y)
-    grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
-    return dict(zip(params, grads))
+    grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, allow_unused=True)
+    # Parameters outside this forward pass (e.g. MJP's localisation head) get a zero gradient.
+    return {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(params.items(), grads)}
 
 
 def local_update(
