@@ -12,28 +12,22 @@ The paper's claim: MJP lowers reconstruction quality by a large margin while kee
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from repro_common import repro_parser, run_fedsim  # noqa: E402
+from repro_common import attack_fedsim, repro_parser, run_fedsim  # noqa: E402
 
 from fedsim.privacy.report import table  # noqa: E402
 
 
 def attack(run_dir: Path, defence: str, method: str, args, out: Path) -> dict:
-    command = [sys.executable, "-m", "fedsim", "attack", "model=vit_tiny", f"defence={defence}", f"attack={method}",
-               f"weights={run_dir}", f"num_images={args.images}", "batch_size=1", f"seed={args.seed}",
-               f"data_root={args.data_root}", f"out_dir={out}"]
+    overrides = ["model=vit_tiny", f"defence={defence}", f"attack={method}", f"weights={run_dir}", f"num_images={args.images}",
+                 "batch_size=1", f"seed={args.seed}", f"data_root={args.data_root}"]
     if method == "inverting_gradients":
-        command += [f"attack.iterations={args.iterations}"]
-    proc = subprocess.run(command, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"attack failed:\n{proc.stderr[-3000:]}")
-    return json.loads((out / "summary.json").read_text())["mean"]
+        overrides.append(f"attack.iterations={args.iterations}")
+    return attack_fedsim(overrides, out)
 
 
 def main() -> None:
