@@ -311,3 +311,16 @@ def test_april_recovers_a_vit_input_exactly_and_mjp_defeats_it(fmnist):
     mjp.jigsaw(None)
     defended = score_images(space.to_unit(APRIL().reconstruct(obs, 1, space, g).images), x01)
     assert defended.metrics["psnr"] < exact.metrics["psnr"] - 40
+
+
+def test_adaptive_attacker_reads_the_jigsawed_slots_off_the_update(fmnist):
+    from fedsim.privacy.attacks.gradient_inversion import jigsawed_slots
+
+    ds, space = fmnist
+    x01, y = victim(ds, 1)
+    torch.manual_seed(1)
+    model = attacker_copy(build_model("vit_tiny", (1, 28, 28), 10, position_embedding="mjp"))
+    model.jigsaw(0.5, torch.Generator().manual_seed(3))
+    obs = observe_update(model, space.from_unit(x01), y, "gradient")
+    expected = block_mask(7, 7, round(0.5 * 49), torch.Generator().manual_seed(3))
+    assert sorted(jigsawed_slots(obs).tolist()) == sorted(expected.tolist())

@@ -72,11 +72,14 @@ class MJPPositions(LearnedPositions):
         coords = torch.stack([rows.flatten() / max(grid[0] - 1, 1), cols.flatten() / max(grid[1] - 1, 1)], dim=1)
         self.register_buffer("coords", coords.float(), persistent=False)
         self.forced: tuple[float, torch.Generator | None] | None = None
+        self.known_slots: torch.Tensor | None = None  # an attacker's replay: these slots, unpermuted
         self.last_aux: torch.Tensor | None = None
 
     def selection(self) -> torch.Tensor:
         """Patch slots to jigsaw in this forward pass (empty when none)."""
         n = self.grid[0] * self.grid[1]
+        if self.known_slots is not None:
+            return self.known_slots
         if self.forced is not None:
             ratio, generator = self.forced
         elif self.training and float(torch.rand(1)) < self.prob:
@@ -89,11 +92,12 @@ class MJPPositions(LearnedPositions):
         n = patches.shape[1]
         table = self.pos_embed[0, : n + 1]
         chosen = self.selection().to(patches.device)
-        if len(chosen) > 1:
-            generator = self.forced[1] if self.forced is not None else None
-            order = chosen[torch.randperm(len(chosen), generator=generator).to(patches.device)]
-            patches = patches.clone()
-            patches[:, chosen] = patches[:, order]
+        if len(chosen) > 0:
+            if self.known_slots is None:
+                generator = self.forced[1] if self.forced is not None else None
+                order = chosen[torch.randperm(len(chosen), generator=generator).to(patches.device)]
+                patches = patches.clone()
+                patches[:, chosen] = patches[:, order]
             unknown = self.pos_embed[0, n + 1].expand(len(chosen), -1)
             table = table.index_copy(0, chosen + 1, unknown)
         kept = torch.ones(n, dtype=torch.bool, device=patches.device)
@@ -198,6 +202,13 @@ class ViT(nn.Module):
         """MJP's localisation loss of the last training forward pass (0 otherwise)."""
         aux = getattr(self.positions, "last_aux", None)
         return aux if (self.training and aux is not None) else 0.0
+
+    def assume_jigsawed(self, slots: torch.Tensor | None) -> None:
+        """An adaptive attacker's replay: ``slots`` take the unknown embedding (order unknown, so none
+        is permuted); None: back to normal."""
+        if not isinstance(self.positions, MJPPositions):
+            raise ValueError("assume_jigsawed needs position_embedding=mjp")
+        self.positions.known_slots = slots
 
     def jigsaw(self, ratio: float | None, generator: torch.Generator | None = None) -> None:
         """Force MJP to jigsaw ``ratio`` of the patches in every forward pass (None: back to normal)."""

@@ -47,6 +47,15 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().mean() + (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().mean()
 
 
+def jigsawed_slots(obs: Observation) -> torch.Tensor:
+    """Patch slots whose own position-embedding row got no gradient: under MJP, the jigsawed ones."""
+    if not hasattr(obs.model, "assume_jigsawed"):
+        raise ValueError("attack.adaptive targets MJP: use model=vit_tiny defence=mjp")
+    key = next(k for k in obs.update if k.endswith("pos_embed"))
+    rows = obs.update[key][0, 1:-1]  # patch rows (not CLS, not the unknown row)
+    return (rows.abs().amax(dim=1) == 0).nonzero().flatten()
+
+
 @dataclass
 class Reconstruction:
     images: torch.Tensor  # in the model's input space
@@ -138,6 +147,7 @@ class InvertingGradients(GradientInversion):
     tv: float = 1e-4  # weight of the total-variation prior
     signed: bool = True
     position_weight: float = 0.0  # ViTs: extra cosine term on the position-embedding gradient
+    adaptive: bool = False  # against MJP: replay with the jigsawed slots read off the update
 
     def objective(self, replayed: Tensors, target: Tensors, x: torch.Tensor) -> torch.Tensor:
         loss = cosine_distance(replayed, target) + self.tv * total_variation(x)
@@ -147,6 +157,8 @@ class InvertingGradients(GradientInversion):
         return loss
 
     def reconstruct(self, obs: Observation, n: int, space: ImageSpace, generator: torch.Generator) -> Reconstruction:
+        if self.adaptive:
+            obs.model.assume_jigsawed(jigsawed_slots(obs))
         unroll, n, labels, target = self.plan(obs, n, space, generator)
         milestones = [math.floor(self.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
         best: Reconstruction | None = None
