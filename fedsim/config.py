@@ -133,6 +133,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"optimizer.name={cfg.optimizer.name!r} is invalid: choose sgd or adam")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device)):
         raise ConfigError(f"device={cfg.device!r} is invalid: choose auto, cpu, cuda or cuda:N")
+    if cfg.attack.name != "none":
+        every, clients = cfg.attack.get("every"), cfg.attack.get("clients")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ConfigError(f"attack.every={every!r} is invalid: expected an integer >= 1 (attack every N-th round)")
+        if clients is not None and (isinstance(clients, (str, int)) or not all(isinstance(c, int) for c in clients)):
+            raise ConfigError(f"attack.clients={clients!r} is invalid: expected null (every sampled client) or a list of client ids, e.g. [0,3]")
     for group in GROUPS:
         name = _get(cfg, f"{group}.name")
         if name not in group_options(group):

@@ -62,6 +62,7 @@ def attack_mod(attack_cfg: Any, run_cfg: Any, client_env: Callable[[int], Any], 
     attack = attack_from_config(attack_cfg, int(run_cfg.seed))
     every = int(attack_cfg.every)
     targets = None if attack_cfg.clients is None else {int(c) for c in attack_cfg.clients}
+    warned: list[bool] = []
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         reply = call_next(msg, context)
@@ -72,6 +73,10 @@ def attack_mod(attack_cfg: Any, run_cfg: Any, client_env: Callable[[int], Any], 
             return reply
         view = ClientView(cid, server_round, msg.content, reply.content, client_env(cid))
         result = attack.observe(view)
+        if result is None and not warned:
+            warned.append(True)
+            log.warning("attack=%s: the reply of client %d in round %d carries nothing this attack targets "
+                        "(it needs a model update, FedFed's shared features or FedImpro's statistics)", attack_cfg.name, cid, server_round)
         if result is not None:
             info = {"attack": str(attack_cfg.name), "round": server_round, "client": cid,
                     "title": f"{attack_cfg.name}, round {server_round}, client {cid}"}

@@ -324,3 +324,29 @@ def test_adaptive_attacker_reads_the_jigsawed_slots_off_the_update(fmnist):
     obs = observe_update(model, space.from_unit(x01), y, "gradient")
     expected = block_mask(7, 7, round(0.5 * 49), torch.Generator().manual_seed(3))
     assert sorted(jigsawed_slots(obs).tolist()) == sorted(expected.tolist())
+
+
+def test_lpips_is_skipped_without_local_weights(tmp_path, caplog):
+    from fedsim.privacy.metrics import image_scores
+
+    x = torch.rand(2, 1, 28, 28)
+    with caplog.at_level("INFO", logger="fedsim"):
+        scores = image_scores(x, x, lpips_home=str(tmp_path))
+    assert "lpips" not in scores and "LPIPS skipped" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["attack=membership", "attack.every=0"], "attack.every=0"),
+        (["attack=membership", "attack.clients=3"], "attack.clients=3"),
+        (["attack=nosuch"], "unknown attack 'nosuch'"),
+        (["defence=nosuch"], "unknown defence 'nosuch'"),
+    ],
+)
+def test_bad_attack_and_defence_config_is_one_clear_error(overrides, message):
+    from fedsim.config import compose
+    from fedsim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        compose(overrides)
