@@ -10,6 +10,9 @@ def _mb(n: float) -> str:
     return f"{n / 2**20:.1f}MB"
 
 
+LEAKAGE_FIRST = ("psnr", "ssim", "auc", "label_accuracy")  # the leakage figures the progress line shows first
+
+
 def round_line(record: dict[str, Any], num_rounds: int) -> str:
     parts = [f"[round {record['round']:>{len(str(num_rounds))}}/{num_rounds}]"]
     if record.get("failed"):
@@ -18,9 +21,10 @@ def round_line(record: dict[str, Any], num_rounds: int) -> str:
         parts.append(f"train_loss {record['train_loss']:.4f}")
     if "test_accuracy" in record:
         parts.append(f"test_acc {record['test_accuracy']:.4f} test_loss {record['test_loss']:.4f}")
-    leakage = [f"{k.removeprefix('attack_')} {v:.3g}" for k, v in record.items() if k.startswith("attack_") and k != "attack_clients"]
+    leakage = [k for k in record if k.startswith("attack_") and k != "attack_clients"]
+    leakage.sort(key=lambda k: next((i for i, m in enumerate(LEAKAGE_FIRST) if m in k), len(LEAKAGE_FIRST)))
     if leakage:
-        parts.append("leakage " + " ".join(leakage[:3]))
+        parts.append("leakage " + " ".join(f"{k.removeprefix('attack_')} {record[k]:.3g}" for k in leakage[:3]))
     if "dp_epsilon" in record:
         parts.append(f"eps {record['dp_epsilon']:.3g}")
     parts.append(f"clients {record['clients_ok']}/{record['clients_sampled']}")

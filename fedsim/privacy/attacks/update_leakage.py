@@ -28,13 +28,15 @@ def label_sample(labels: torch.Tensor, n: int, num_classes: int) -> torch.Tensor
 
 
 def observed_update(view: ClientView) -> Observation | None:
-    """The client's update as the server sees it; None when the reply carries no model."""
+    """The client's update as the server sees it; None when the reply carries no model like the one sent."""
     if "arrays" not in view.sent.array_records or "arrays" not in view.reply.array_records:
+        return None
+    sent, returned = view.sent["arrays"], view.reply["arrays"]
+    if set(sent.keys()) != set(returned.keys()):
         return None
     env, config = view.env, view.sent["config"]
     model = attacker_copy(env.model)
-    load_record(model, view.sent["arrays"])
-    sent, returned = view.sent["arrays"], view.reply["arrays"]
+    load_record(model, sent)
     update = {
         k: torch.from_numpy(returned[k].numpy()).float() - p.detach()
         for k, p in model.named_parameters()
@@ -49,7 +51,7 @@ def observed_update(view: ClientView) -> Observation | None:
         local_epochs=int(config["local-epochs"]),
         lr=float(config["lr"]),
         momentum=optimizer_momentum(env.cfg.optimizer),
-    ) if set(sent.keys()) == set(returned.keys()) else None
+    )
 
 
 @dataclass
