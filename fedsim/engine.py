@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
@@ -86,8 +89,52 @@ def partition_summary(cfg: DictConfig, labels: np.ndarray, num_classes: int, spl
     }
 
 
-def run(cfg: DictConfig) -> Path:
-    """Run the federation ``cfg`` describes; returns the run directory."""
+@dataclass
+class ServerJob:
+    """The server side of a run, ready to drive any Grid (simulation or deployment)."""
+
+    cfg: DictConfig
+    run_dir: RunDirectory
+    strategy: Any
+    evaluator: ServerEvaluator
+    arrays: ArrayRecord
+    start_round: int
+    ledger: PrivacyLedger | None
+
+    def serve(self, grid: Grid) -> None:
+        RoundLoop(grid, self.strategy, self.cfg, self.run_dir, self.evaluator, self.ledger).run_rounds(self.arrays, self.start_round)
+
+    def banner(self) -> str:
+        cfg = self.cfg
+        return (
+            f"fedsim: {cfg.strategy.name} on {cfg.dataset.name} ({cfg.model.name}), {cfg.num_clients} clients, "
+            f"{cfg.clients_per_round}/round, {cfg.num_rounds} rounds, backend={cfg.backend.name} -> {self.run_dir.path}"
+        )
+
+    def finish(self, seconds: float) -> Path:
+        """summary.json, metrics.csv and the plot, once the rounds are done."""
+        cfg, run_dir = self.cfg, self.run_dir
+        history = run_dir.read_metrics()
+        evaluated = [r for r in history if "test_accuracy" in r]
+        summary = {
+            "strategy": cfg.strategy.name,
+            "rounds": cfg.num_rounds,
+            "final_test_accuracy": evaluated[-1]["test_accuracy"] if evaluated else None,
+            "best_test_accuracy": max((r["test_accuracy"] for r in evaluated), default=None),
+            "failed_rounds": [r["round"] for r in history if r.get("failed")],
+            "bytes_up": sum(r["bytes_up"] for r in history),
+            "bytes_down": sum(r["bytes_down"] for r in history),
+            "wall_time_s_this_session": seconds,
+        }
+        run_dir.write_json("summary.json", summary)
+        run_dir.write_csv()
+        run_dir.plot()
+        show(f"done: final test accuracy {summary['final_test_accuracy']}; results in {run_dir.path}")
+        return run_dir.path
+
+
+def server_job(cfg: DictConfig) -> ServerJob:
+    """Prepare the run directory, the global model (or the checkpoint to resume), strategy and evaluator."""
     quiet_logs(cfg.verbose)
     dataset = dataset_from_config(cfg)
     splits = make_partition(dataset.y_train.numpy(), cfg.num_clients, cfg.partition, cfg.seed)
@@ -116,38 +163,20 @@ def run(cfg: DictConfig) -> Path:
 
     test = LocalData(dataset.x_test, dataset.y_test, dataset)
     evaluator = ServerEvaluator(model, test, cfg.eval_batch_size, device)
+    return ServerJob(cfg, run_dir, strategy, evaluator, arrays, start_round, ledger)
+
+
+def run(cfg: DictConfig) -> Path:
+    """Run the federation ``cfg`` describes (simulated); returns the run directory."""
+    job = server_job(cfg)
     t0 = time.time()
-
-    def server_main(grid: Grid) -> None:
-        RoundLoop(grid, strategy, cfg, run_dir, evaluator, ledger).run_rounds(arrays, start_round)
-
-    show(
-        f"fedsim: {cfg.strategy.name} on {cfg.dataset.name} ({cfg.model.name}), {cfg.num_clients} clients, "
-        f"{cfg.clients_per_round}/round, {cfg.num_rounds} rounds, backend={cfg.backend.name} -> {run_dir.path}"
-    )
+    show(job.banner())
     client_app = make_client_app(OmegaConf.to_container(cfg, resolve=True))
     # Float results depend on the number of threads a reduction is split over: set it from config.
     if cfg.backend.name == "inprocess":
         torch.set_num_threads(int(cfg.backend.num_threads) or os.cpu_count() or 1)
-        run_inprocess(server_main, client_app, cfg.num_clients)
+        run_inprocess(job.serve, client_app, cfg.num_clients)
     else:
         torch.set_num_threads(max(1, int(cfg.backend.num_cpus)))
-        run_ray(server_main, client_app, cfg.num_clients, cfg.backend, bool(cfg.verbose))
-
-    history = run_dir.read_metrics()
-    evaluated = [r for r in history if "test_accuracy" in r]
-    summary = {
-        "strategy": cfg.strategy.name,
-        "rounds": cfg.num_rounds,
-        "final_test_accuracy": evaluated[-1]["test_accuracy"] if evaluated else None,
-        "best_test_accuracy": max((r["test_accuracy"] for r in evaluated), default=None),
-        "failed_rounds": [r["round"] for r in history if r.get("failed")],
-        "bytes_up": sum(r["bytes_up"] for r in history),
-        "bytes_down": sum(r["bytes_down"] for r in history),
-        "wall_time_s_this_session": time.time() - t0,
-    }
-    run_dir.write_json("summary.json", summary)
-    run_dir.write_csv()
-    run_dir.plot()
-    show(f"done: final test accuracy {summary['final_test_accuracy']}; results in {run_dir.path}")
-    return run_dir.path
+        run_ray(job.serve, client_app, cfg.num_clients, cfg.backend, bool(cfg.verbose))
+    return job.finish(time.time() - t0)
