@@ -17,6 +17,8 @@ USAGE = """usage: python -m fedsim <command> [key=value ...]
 commands:
   run     run a federated training job (simulation by default)
   attack  evaluate a privacy attack against a model/dataset/defence setting, without an FL run
+  server  serve a run to real clients (Flower SuperLink; TLS and node authentication by default)
+  client  start an edge client that joins a server (Flower SuperNode)
 
 `python -m fedsim run --help` lists the config groups, their options and the composed config.
 Examples:
@@ -81,7 +83,19 @@ def cmd_attack(args: list[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"run": cmd_run, "attack": cmd_attack}
+def cmd_server(args: list[str]) -> int:
+    from fedsim.deploy.launch import cmd_server as serve
+
+    return serve(args)
+
+
+def cmd_client(args: list[str]) -> int:
+    from fedsim.deploy.launch import cmd_client as join
+
+    return join(args)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"run": cmd_run, "attack": cmd_attack, "server": cmd_server, "client": cmd_client}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,77 @@
+"""The Flower apps of a deployment: the ServerApp runs fedsim's round loop, the ClientApp the
+strategy's client code, as in simulation.
+
+Both read the run's resolved config from the app's run config (``fedsim-config``, a JSON string
+that ``fedsim server`` writes into the app it submits). A SuperNode's own settings come from its
+node config: ``partition-id`` (the client id, and which partition of the configured dataset it
+holds), ``data-root`` (where that dataset lives on the device), ``data-dir`` (a folder of the
+device's own images instead of a partition) and ``state-dir`` (where the client keeps its
+persistent state).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from omegaconf import OmegaConf
+
+from fedsim.client_app import make_client_app
+from fedsim.progress import show
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def serve(grid: Grid, context: Context) -> None:
+    from fedsim.engine import server_job
+
+    job = server_job(OmegaConf.create(json.loads(str(context.run_config["fedsim-config"]))))
+    show(job.banner())
+    t0 = time.time()
+    job.serve(grid)
+    job.finish(time.time() - t0)
+
+
+def node_run_config(run_config: str, node_config: dict) -> dict:
+    """The run config as this device runs it: its own data and state locations."""
+    cfg = json.loads(run_config)
+    if "data-root" in node_config:
+        cfg["data_root"] = str(node_config["data-root"])
+    if "data-dir" in node_config:
+        cfg["data_dir"] = str(node_config["data-dir"])
+    cfg["run_dir"] = str(Path(str(node_config.get("state-dir", Path.home() / ".fedsim" / "client"))).expanduser().resolve())
+    return cfg
+
+
+_apps: dict[str, ClientApp] = {}
+
+
+def _app_for(context: Context) -> ClientApp:
+    """The fedsim ClientApp for this run and node (built once per process)."""
+    key = json.dumps([str(context.run_config["fedsim-config"]), dict(context.node_config)], sort_keys=True, default=str)
+    if key not in _apps:
+        _apps[key] = make_client_app(node_run_config(str(context.run_config["fedsim-config"]), dict(context.node_config)))
+    return _apps[key]
+
+
+client_app = ClientApp()
+
+
+@client_app.query()
+def query(msg: Message, context: Context) -> Message:
+    return _app_for(context)(msg, context)
+
+
+@client_app.train()
+def train(msg: Message, context: Context) -> Message:
+    return _app_for(context)(msg, context)
+
+
+@client_app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    return _app_for(context)(msg, context)

@@ -1,0 +1,244 @@
+"""``python -m fedsim server`` and ``python -m fedsim client``: a real federation on Flower's
+SuperLink and SuperNodes.
+
+``server`` starts a SuperLink (TLS and node authentication by default), registers the SuperNode
+public keys it is given, submits the run as a Flower app whose ServerApp is fedsim's round loop,
+streams its progress and stops the SuperLink when the run ends. ``client`` starts a SuperNode that
+trains with the strategy's client code on the device's data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from fedsim.errors import ConfigError, FedsimError
+
+log = logging.getLogger("fedsim")
+CONNECTION = "fedsim"  # the SuperLink connection name in the run's Flower config
+INSECURE_WARNING = "WARNING: insecure deployment: no TLS, no node authentication; anyone who reaches {} can join and read updates. Local trials only."
+# flower-supernode exits with status 305 (49 after the 8-bit truncation) when the SuperLink is not
+# reachable or refuses its key.
+REFUSED = 305 % 256
+
+
+def flower_tool(name: str) -> str:
+    """Path of a Flower executable installed next to this Python."""
+    path = Path(sys.executable).with_name(name)
+    return str(path) if path.exists() else (shutil.which(name) or name)
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment of Flower's processes: their own FLWR_HOME, and this Python's scripts first on
+    PATH (the SuperLink and SuperNode start further Flower executables by name)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "FLWR_HOME": str(flwr_home), "PATH": path}
+
+
+def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process is not None and process.poll() is not None:
+            raise FedsimError(f"the SuperLink exited with code {process.returncode} before listening on {host}:{port}")
+        with socket.socket() as sock:
+            sock.settimeout(1.0)
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.3)
+    raise FedsimError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- server --------------------------------------------------------------------------------------
+def tls_files(credentials: Path) -> dict[str, Path]:
+    files = {name: credentials / "tls" / name for name in ("ca.crt", "server.pem", "server.key")}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise ConfigError(
+            f"deploy.credentials={credentials}: missing {', '.join(missing)}; create test credentials with "
+            f"`python scripts/make_credentials.py --out {credentials}` or pass deploy.insecure=true for a local trial"
+        )
+    return files
+
+
+def node_keys(credentials: Path) -> list[Path]:
+    keys = sorted((credentials / "nodes").glob("*.pub"))
+    if not keys:
+        raise ConfigError(
+            f"deploy.credentials={credentials}: no SuperNode public keys under {credentials / 'nodes'} (only known keys may join); "
+            f"create them with `python scripts/make_credentials.py --out {credentials} --nodes N`"
+        )
+    return keys
+
+
+def write_app(folder: Path, cfg: DictConfig) -> Path:
+    """A Flower app whose components are fedsim's apps and whose run config is this run's config."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = json.dumps(OmegaConf.to_container(cfg, resolve=True))
+    (folder / "pyproject.toml").write_text(
+        f"""[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "fedsimrun"
+version = "1.0.0"
+description = "a fedsim run: {cfg.strategy.name} on {cfg.dataset.name}"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "fedsim"
+
+[tool.flwr.app.components]
+serverapp = "fedsim.deploy.apps:server_app"
+clientapp = "fedsim.deploy.apps:client_app"
+
+[tool.flwr.app.config]
+fedsim-config = '''{config}'''
+"""
+    )
+    return folder
+
+
+def write_connection(flwr_home: Path, address: str, ca: Path | None) -> None:
+    """The Flower CLI's SuperLink connection for this run (its own FLWR_HOME)."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    security = f'root-certificates = "{ca}"' if ca is not None else "insecure = true"
+    (flwr_home / "config.toml").write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\n{security}\n')
+
+
+def connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host
+
+
+def serve(cfg: DictConfig) -> int:
+    """Run ``cfg`` as a real federation: SuperLink up, keys registered, run submitted and streamed."""
+    from fedsim.engine import prepare_run_dir
+
+    d = cfg.deploy
+    run_dir = prepare_run_dir(cfg)
+    run_dir.write_config(cfg)
+    flower = run_dir.path / "flower"
+    flower.mkdir(parents=True, exist_ok=True)
+    credentials = Path(str(d.credentials)).resolve()
+    superlink = [flower_tool("flower-superlink"), "--host", str(d.host), "--port", str(d.port), "--disable-runtime-dependency-installation"]
+    tls = None
+    if d.insecure:
+        print(INSECURE_WARNING.format(f"{d.host}:{d.port}"), file=sys.stderr, flush=True)
+        superlink.append("--insecure")
+    else:
+        tls, keys = tls_files(credentials), node_keys(credentials)
+        superlink += ["--ssl-ca-certfile", str(tls["ca.crt"]), "--ssl-certfile", str(tls["server.pem"]),
+                      "--ssl-keyfile", str(tls["server.key"]), "--enable-supernode-auth"]
+    address = f"{connect_host(str(d.host))}:{d.port}"
+    write_connection(flower, address, tls["ca.crt"] if tls else None)
+    app = write_app(flower / "app", cfg)
+    env = flower_env(flower)
+    with (flower / "superlink.log").open("w") as superlink_log:
+        link = subprocess.Popen(superlink, stdout=superlink_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            wait_for_port(connect_host(str(d.host)), int(d.port), 60, link)
+            if tls is not None:
+                for key in keys:
+                    register = subprocess.run([flower_tool("flwr"), "supernode", "register", str(key), CONNECTION],
+                                              env=env, capture_output=True, text=True)
+                    if register.returncode != 0:
+                        raise FedsimError(f"could not register {key}: {register.stdout.strip().splitlines()[-1:]}")
+                print(f"SuperLink on {d.host}:{d.port} (TLS, {len(keys)} authorized SuperNode keys); logs in {flower}", flush=True)
+            print(f"waiting for {cfg.num_clients} clients: python -m fedsim client --server {address} --partition-id K "
+                  + ("--insecure" if tls is None else f"--root-certificates {tls['ca.crt']} --auth-key {credentials / 'nodes'}/node-K"), flush=True)
+            submitted = subprocess.run([flower_tool("flwr"), "run", str(app), CONNECTION, "--stream"], env=env)
+            return submitted.returncode
+        finally:
+            if link.poll() is None:
+                os.killpg(link.pid, signal.SIGTERM)
+                link.wait(timeout=30)
+
+
+def cmd_server(args: list[str]) -> int:
+    from fedsim.config import compose
+    from fedsim.engine import resume_config
+
+    if "--help" in args or "-h" in args:
+        print("usage: python -m fedsim server [key=value ...]   (the run config, plus deploy.* below)\n")
+        print(OmegaConf.to_yaml(compose([]).deploy))
+        return 0
+    cfg = compose(args)
+    if cfg.resume:
+        cfg = resume_config(cfg.resume, cfg)
+    return serve(cfg)
+
+
+# -- client --------------------------------------------------------------------------------------
+def client_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fedsim client", description="Start a fedsim edge client (a Flower SuperNode).")
+    parser.add_argument("--server", required=True, help="HOST:PORT of the fedsim server (its SuperLink)")
+    parser.add_argument("--partition-id", type=int, required=True, help="this client's id: the partition of the run's dataset it holds")
+    parser.add_argument("--data-root", help="where the run's dataset lives on this device (default: the run's data_root)")
+    parser.add_argument("--data-dir", help="a folder of this device's own images (train/<class>/*.png) instead of a partition")
+    parser.add_argument("--state-dir", default="~/.fedsim/client", help="where this client keeps its persistent state")
+    parser.add_argument("--root-certificates", help="the CA certificate of the server's TLS (ca.crt)")
+    parser.add_argument("--auth-key", help="this device's private key (its .pub must be registered with the server)")
+    parser.add_argument("--insecure", action="store_true", help="plain HTTP, no authentication (local trials only)")
+    parser.add_argument("--connect-timeout", type=float, default=120.0, help="seconds to keep retrying to join the server")
+    return parser
+
+
+def supernode_command(opts: argparse.Namespace) -> list[str]:
+    state = Path(opts.state_dir).expanduser().resolve() / f"client-{opts.partition_id}"
+    node_config = [f"partition-id={opts.partition_id}", f"state-dir='{state}'"]
+    for key, value in (("data-root", opts.data_root), ("data-dir", opts.data_dir)):
+        if value:
+            node_config.append(f"{key}='{Path(value).expanduser().resolve()}'")
+    command = [flower_tool("flower-supernode"), "--superlink", opts.server, "--node-config", " ".join(node_config), "--port", str(free_port())]
+    if opts.insecure:
+        command.append("--insecure")
+    else:
+        if not opts.root_certificates or not opts.auth_key:
+            raise ConfigError("a secure client needs --root-certificates (the server's ca.crt) and --auth-key (its private key); "
+                              "--insecure only for local trials")
+        for path in (opts.root_certificates, opts.auth_key):
+            if not Path(path).is_file():
+                raise ConfigError(f"{path}: no such file")
+        command += ["--root-certificates", str(Path(opts.root_certificates).resolve()),
+                    "--auth-supernode-private-key", str(Path(opts.auth_key).resolve())]
+    return command
+
+
+def cmd_client(args: list[str]) -> int:
+    opts = client_parser().parse_args(args)
+    command = supernode_command(opts)
+    if opts.insecure:
+        print(INSECURE_WARNING.format(opts.server), file=sys.stderr, flush=True)
+    state = Path(opts.state_dir).expanduser().resolve() / f"client-{opts.partition_id}"
+    state.mkdir(parents=True, exist_ok=True)
+    env = flower_env(state / "flower")
+    deadline = time.time() + opts.connect_timeout
+    while True:
+        print(f"client {opts.partition_id}: connecting to {opts.server}", flush=True)
+        code = subprocess.run(command, env=env).returncode
+        if code != REFUSED:
+            return code
+        if time.time() > deadline:
+            raise FedsimError(
+                f"client {opts.partition_id}: the SuperLink at {opts.server} was unreachable or refused this device for "
+                f"{opts.connect_timeout:.0f}s: check --server, that the server runs, and that this device's public key is registered there"
+            )
+        time.sleep(3.0)
