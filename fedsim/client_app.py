@@ -20,6 +20,7 @@ from clients import load_client_class
 from clients.base import Client, ClientEnv, LocalData
 from fedsim.client_state import ClientStateStore
 from fedsim.data import dataset_from_config, make_partition, personal_test_split
+from fedsim.data.local_folder import dataset_format, load_device_data
 from fedsim.data.partition import label_histograms
 from fedsim.hooks import client_mods
 from fedsim.models import model_from_config
@@ -45,6 +46,9 @@ class ClientRuntime:
 
     @cached_property
     def dataset(self):
+        info = self.cfg.get("dataset_info")
+        if self.cfg.get("data_dir") and info:  # a device with its own images needs only the dataset's format
+            return dataset_format(info)
         return dataset_from_config(self.cfg)
 
     @cached_property
@@ -78,14 +82,31 @@ class ClientRuntime:
         x, y = (self.dataset.x_test, self.dataset.y_test) if test else (self.dataset.x_train, self.dataset.y_train)
         return LocalData(x[idx], y[idx], self.dataset)
 
-    def client(self, client_id: int) -> Client:
+    @cached_property
+    def device_data(self) -> dict[str, LocalData] | None:
+        """A deployed device's own images (``data_dir``), or None when it holds a partition."""
+        if not self.cfg.get("data_dir"):
+            return None
+        ds = self.dataset
+        loaded = load_device_data(Path(self.cfg.data_dir), ds.input_shape, ds.num_classes)
+        return {part: LocalData(x, y, ds) for part, (x, y) in loaded.items()}
+
+    def client_data(self, client_id: int) -> tuple[LocalData, LocalData, LocalData]:
+        """(labeled, unlabeled, test) samples of a client."""
+        if self.device_data is not None:
+            train, test = self.device_data["train"], self.device_data["test"]
+            return train, LocalData(train.x[:0], train.y[:0], train.dataset), test
         split = self.splits[client_id]
+        return self.local_data(split.labeled), self.local_data(split.unlabeled), self.local_data(self.test_splits[client_id], test=True)
+
+    def client(self, client_id: int) -> Client:
+        data, unlabeled, test = self.client_data(client_id)
         env = ClientEnv(
             client_id=client_id,
             cfg=self.cfg,
-            data=self.local_data(split.labeled),
-            unlabeled=self.local_data(split.unlabeled),
-            test=self.local_data(self.test_splits[client_id], test=True),
+            data=data,
+            unlabeled=unlabeled,
+            test=test,
             model=self.model,
             device=self.device,
             state=ClientStateStore(Path(self.cfg.run_dir) / "client_state", client_id),

@@ -29,6 +29,19 @@ from fedsim.strategy import FedsimStrategy
 log = logging.getLogger("fedsim")
 
 
+def handshake(grid: Grid, nodes: list[int], timeout: float) -> list[tuple[int, int, int]]:
+    """Ask ``nodes`` which client each hosts: [(node id, client id, #examples)] of those that answer."""
+    query = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+    answers = []
+    for reply in grid.send_and_receive(query, timeout=timeout):
+        if reply.has_error():
+            log.warning("node %d did not answer the handshake: %s", reply.metadata.src_node_id, reply.error.reason)
+            continue
+        info = reply.content["info"]
+        answers.append((reply.metadata.src_node_id, int(info["client-id"]), int(info["num-examples"])))
+    return answers
+
+
 def discover_clients(grid: Grid, expected: int, timeout: float) -> tuple[dict[int, int], dict[int, int]]:
     """Ask every connected node which client it hosts: (client id -> node id, client id -> #examples)."""
     deadline = time.time() + timeout
@@ -41,18 +54,12 @@ def discover_clients(grid: Grid, expected: int, timeout: float) -> tuple[dict[in
             f"only {len(nodes)} of {expected} clients connected within {timeout:.0f}s: start more clients "
             "or lower num_clients"
         )
-    query = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
     node_of: dict[int, int] = {}
     sizes: dict[int, int] = {}
-    for reply in grid.send_and_receive(query, timeout=timeout):
-        if reply.has_error():
-            log.warning("node %d did not answer the handshake: %s", reply.metadata.src_node_id, reply.error.reason)
-            continue
-        cid = int(reply.content["info"]["client-id"])
+    for node, cid, size in handshake(grid, nodes, timeout):
         if cid in node_of:
             raise FedsimError(f"two nodes claim client id {cid}: give every client a distinct partition-id")
-        node_of[cid] = reply.metadata.src_node_id
-        sizes[cid] = int(reply.content["info"]["num-examples"])
+        node_of[cid], sizes[cid] = node, size
     if not node_of:
         raise FedsimError("no client answered the handshake: check the client logs")
     return node_of, sizes
@@ -103,6 +110,18 @@ class RoundLoop:
                 lost.append({"client": cid, "reason": reason})
         return lost
 
+    def admit_new_nodes(self) -> None:
+        """Clients that connected since the last round (a restarted device rejoins on a new node)."""
+        known = set(self.strategy.node_of.values())
+        new = sorted(n for n in self.grid.get_node_ids() if n not in known)
+        if not new:
+            return
+        node_of, sizes = dict(self.strategy.node_of), dict(self.strategy.num_examples)
+        for node, cid, size in handshake(self.grid, new, self.cfg.connect_timeout):
+            log.warning("client %d %s on node %d", cid, "rejoined" if cid in node_of else "joined", node)
+            node_of[cid], sizes[cid] = node, size
+        self.strategy.set_clients(node_of, sizes)
+
     def run_rounds(self, arrays: ArrayRecord, start_round: int) -> ArrayRecord:
         """Run rounds ``start_round + 1 .. num_rounds`` from global ``arrays``; returns the final arrays."""
         cfg = self.cfg
@@ -116,6 +135,8 @@ class RoundLoop:
         last_checkpoint = start_round
         for server_round in range(start_round + 1, cfg.num_rounds + 1):
             t0 = time.time()
+            if server_round > start_round + 1:
+                self.admit_new_nodes()
             record: dict[str, Any] = {"round": server_round}
             messages = list(self.strategy.configure_train(server_round, arrays, self.train_config(server_round, last_checkpoint), self.grid))
             replies = list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout))

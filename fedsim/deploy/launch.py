@@ -21,16 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fedsim.errors import ConfigError, FedsimError
 
 log = logging.getLogger("fedsim")
 CONNECTION = "fedsim"  # the SuperLink connection name in the run's Flower config
 INSECURE_WARNING = "WARNING: insecure deployment: no TLS, no node authentication; anyone who reaches {} can join and read updates. Local trials only."
-# flower-supernode exits with status 305 (49 after the 8-bit truncation) when the SuperLink is not
-# reachable or refuses its key.
-REFUSED = 305 % 256
 
 
 def flower_tool(name: str) -> str:
@@ -132,9 +129,14 @@ def serve(cfg: DictConfig) -> int:
     """Run ``cfg`` as a real federation: SuperLink up, keys registered, run submitted and streamed."""
     from fedsim.engine import prepare_run_dir
 
+    from fedsim.data import dataset_from_config
+    from fedsim.data.local_folder import dataset_info
+
     d = cfg.deploy
     run_dir = prepare_run_dir(cfg)
     run_dir.write_config(cfg)
+    with open_dict(cfg):  # devices with their own images learn the dataset's format from the run config
+        cfg.dataset_info = dataset_info(dataset_from_config(cfg))
     flower = run_dir.path / "flower"
     flower.mkdir(parents=True, exist_ok=True)
     credentials = Path(str(d.credentials)).resolve()
@@ -234,7 +236,8 @@ def cmd_client(args: list[str]) -> int:
     while True:
         print(f"client {opts.partition_id}: connecting to {opts.server}", flush=True)
         code = subprocess.run(command, env=env).returncode
-        if code != REFUSED:
+        # flower-supernode gives up (status 1) when the SuperLink is not up yet or refuses its key
+        if code == 0 or code < 0:
             return code
         if time.time() > deadline:
             raise FedsimError(

@@ -1,0 +1,112 @@
+"""Real deployment on 127.0.0.1: `fedsim server` (SuperLink, TLS, node authentication) and
+`fedsim client` processes (SuperNodes), against the equivalent simulation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedsim.config import compose
+from fedsim.deploy.credentials import make_node_keys, make_tls
+from fedsim.deploy.launch import free_port
+from fedsim.engine import run
+from tests.conftest import read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ["dataset=digits", "model=mlp", "num_clients=3", "clients_per_round=3", "min_clients=2", "partition=iid",
+       "local_epochs=1", "batch_size=16", "optimizer.lr=0.05", "seed=0", "device=cpu", "connect_timeout=120"]
+
+
+@pytest.fixture
+def federation(tmp_path):
+    """Credentials for 3 SuperNodes, a free port, and process bookkeeping (everything is killed at the end)."""
+    make_tls(tmp_path / "cred" / "tls", ["localhost", "127.0.0.1"])
+    for k in range(3):
+        make_node_keys(tmp_path / "cred" / "nodes", f"node-{k}")
+    procs: list[subprocess.Popen] = []
+    port = free_port()
+
+    def start(args: list[str], log: str) -> subprocess.Popen:
+        out = (tmp_path / log).open("w")
+        proc = subprocess.Popen([sys.executable, "-m", "fedsim", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    def server(*overrides: str) -> subprocess.Popen:
+        return start(["server", *RUN, f"run_dir={tmp_path / 'run'}", f"deploy.credentials={tmp_path / 'cred'}",
+                      f"deploy.port={port}", *overrides], "server.log")
+
+    def client(k: int, key: str | None = None, *extra: str) -> subprocess.Popen:
+        return start(["client", "--server", f"127.0.0.1:{port}", "--partition-id", str(k),
+                      "--root-certificates", str(tmp_path / "cred" / "tls" / "ca.crt"),
+                      "--auth-key", key or str(tmp_path / "cred" / "nodes" / f"node-{k}"),
+                      "--state-dir", str(tmp_path / "devices"), *extra], f"client{k}.log")
+
+    yield tmp_path, server, client
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def rounds_done(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_three_clients_over_tls_match_the_simulation(federation):
+    tmp, server, client = federation
+    srv = server("num_rounds=3", "round_timeout=120")
+    for k in range(3):
+        client(k)
+    assert srv.wait(timeout=400) == 0, (tmp / "server.log").read_text()[-3000:]
+    deployed = rounds_done(tmp / "run")
+    simulated = read_metrics(run(compose([*RUN, "num_rounds=3", "backend=inprocess", f"run_dir={tmp / 'sim'}"])))
+    assert [r["round"] for r in deployed] == [1, 2, 3] and all(r["clients_ok"] == 3 for r in deployed)
+    for d, s in zip(deployed, simulated):
+        assert d["test_accuracy"] == pytest.approx(s["test_accuracy"], abs=0.01)
+        assert d["train_loss"] == pytest.approx(s["train_loss"], rel=1e-3)
+        assert d["bytes_up"] == s["bytes_up"]
+    assert "round 3/3" in (tmp / "server.log").read_text()
+
+
+def test_a_killed_client_is_dropped_and_rejoins_after_a_restart(federation):
+    tmp, server, client = federation
+    srv = server("num_rounds=6", "round_timeout=20")
+    clients = [client(k) for k in range(3)]
+    wait_until(lambda: len(rounds_done(tmp / "run")) >= 1, 300, "round 1")
+    os.killpg(clients[2].pid, signal.SIGKILL)  # dies while round 2 is in flight
+    wait_until(lambda: any(d.get("client") == 2 for r in rounds_done(tmp / "run") for d in r.get("dropped", [])) or srv.poll() is not None,
+               300, "the dead client to be reported")
+    client(2)
+    assert srv.wait(timeout=400) == 0, (tmp / "server.log").read_text()[-3000:]
+    records = rounds_done(tmp / "run")
+    assert [r["round"] for r in records] == [1, 2, 3, 4, 5, 6]
+    dropped_at = min(r["round"] for r in records if any(d["client"] == 2 for d in r.get("dropped", [])))
+    assert all(r["clients_ok"] >= 2 for r in records)
+    assert any(r["clients_ok"] == 3 for r in records if r["round"] > dropped_at)  # back after its restart
+
+
+def test_a_client_with_an_unknown_key_is_refused(federation):
+    tmp, server, client = federation
+    server("num_rounds=1", "connect_timeout=60")
+    rogue, _ = make_node_keys(tmp / "rogue", "rogue")
+    proc = client(0, str(rogue), "--connect-timeout", "15")
+    assert proc.wait(timeout=120) == 2
+    last = (tmp / "client0.log").read_text().strip().splitlines()[-1]
+    assert last.startswith("fedsim: error: client 0:") and "refused" in last
