@@ -24,7 +24,7 @@ from fedsim.privacy.report import round_means
 from fedsim.progress import round_line, show
 from fedsim.records import payload_bytes
 from fedsim.results import RunDirectory
-from fedsim.strategy import FedsimStrategy
+from fedsim.strategy import FedsimStrategy, client_error
 
 log = logging.getLogger("fedsim")
 
@@ -97,18 +97,24 @@ class RoundLoop:
             }
         )
 
-    def missing_clients(self, server_round: int, messages: list[Message], replies: list[Message]) -> list[dict[str, Any]]:
-        """Sampled clients that sent no reply within ``round_timeout`` (dead or too slow)."""
-        replied = {r.metadata.src_node_id for r in replies}
+    def unanswered(self, server_round: int, messages: list[Message], replies: list[Message]) -> tuple[list[Message], list[dict[str, Any]]]:
+        """(replies from the sampled clients, clients that sent none): those whose node the SuperLink
+        reports unavailable (an error reply in its name) and those silent past ``round_timeout``."""
         client_of = {node: cid for cid, node in self.strategy.node_of.items()}
-        lost = []
-        for msg in messages:
-            if msg.metadata.dst_node_id not in replied:
-                cid = client_of.get(msg.metadata.dst_node_id, -1)
-                reason = f"no reply within round_timeout={self.cfg.round_timeout}s"
-                log.warning("round %d: dropped client %d: %s", server_round, cid, reason)
-                lost.append({"client": cid, "reason": reason})
-        return lost
+        sampled = {m.metadata.dst_node_id for m in messages}
+        node_of_message = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        own = [r for r in replies if r.metadata.src_node_id in sampled]
+        lost, answered = [], {r.metadata.src_node_id for r in own}
+        for reply in replies:
+            node = node_of_message.get(reply.metadata.reply_to_message_id)
+            if reply.metadata.src_node_id not in sampled and node is not None:
+                answered.add(node)
+                lost.append({"client": client_of.get(node, -1), "reason": client_error(reply) if reply.has_error() else "reply from another node"})
+        for node in sorted(sampled - answered):
+            lost.append({"client": client_of.get(node, -1), "reason": f"no reply within round_timeout={self.cfg.round_timeout}s"})
+        for entry in lost:
+            log.warning("round %d: dropped client %d: %s", server_round, entry["client"], entry["reason"])
+        return own, lost
 
     def admit_new_nodes(self) -> None:
         """Clients that connected since the last round (a restarted device rejoins on a new node)."""
@@ -139,10 +145,9 @@ class RoundLoop:
                 self.admit_new_nodes()
             record: dict[str, Any] = {"round": server_round}
             messages = list(self.strategy.configure_train(server_round, arrays, self.train_config(server_round, last_checkpoint), self.grid))
-            replies = list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout))
+            replies, lost = self.unanswered(server_round, messages, list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout)))
             record["clients_sampled"] = len(messages)
             record.update(self.account_privacy(messages))
-            lost = self.missing_clients(server_round, messages, replies)
             record["bytes_down"] = sum(payload_bytes(m.content) for m in messages)
             record["bytes_up"] = sum(payload_bytes(r.content) for r in replies if not r.has_error())
             try:
