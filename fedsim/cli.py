@@ -56,10 +56,10 @@ def cmd_run(args: list[str]) -> int:
     if show_cfg:
         print(OmegaConf.to_yaml(cfg))
         return 0
-    from fedsim.engine import resume_config, run
+    from fedsim.engine import resume_from_command_line, run
 
     if cfg.resume:
-        cfg = resume_config(cfg.resume, cfg)
+        cfg = resume_from_command_line(cfg, args)
     run(cfg)
     return 0
 

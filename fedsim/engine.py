@@ -76,6 +76,15 @@ def resume_config(run_dir: str | Path, overrides: DictConfig | None = None) -> D
     return cfg
 
 
+def resume_from_command_line(cfg: DictConfig, args: list[str]) -> DictConfig:
+    """``resume=<dir>`` on the command line: the saved config, with ``num_rounds`` raised only when
+    the user typed it (the default must not lengthen a resumed run)."""
+    typed = any(a.split("=", 1)[0].lstrip("+~") == "num_rounds" for a in args)
+    resumed = resume_config(cfg.resume, cfg if typed else None)
+    resumed.verbose = cfg.verbose
+    return resumed
+
+
 def partition_summary(cfg: DictConfig, labels: np.ndarray, num_classes: int, splits) -> dict:
     hist = label_histograms(labels, splits, num_classes)
     return {
@@ -104,11 +113,11 @@ class ServerJob:
     def serve(self, grid: Grid) -> None:
         RoundLoop(grid, self.strategy, self.cfg, self.run_dir, self.evaluator, self.ledger).run_rounds(self.arrays, self.start_round)
 
-    def banner(self) -> str:
+    def banner(self, backend: str | None = None) -> str:
         cfg = self.cfg
         return (
             f"fedsim: {cfg.strategy.name} on {cfg.dataset.name} ({cfg.model.name}), {cfg.num_clients} clients, "
-            f"{cfg.clients_per_round}/round, {cfg.num_rounds} rounds, backend={cfg.backend.name} -> {self.run_dir.path}"
+            f"{cfg.clients_per_round}/round, {cfg.num_rounds} rounds, backend={backend or cfg.backend.name} -> {self.run_dir.path}"
         )
 
     def finish(self, seconds: float) -> Path:

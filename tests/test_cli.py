@@ -61,3 +61,14 @@ def test_missing_data_path_is_one_line(tmp_path):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "CIFAR10 not found under" in lines[0]
+
+
+def test_resume_on_the_command_line_keeps_the_runs_rounds_unless_asked(tmp_path, capsys):
+    from tests.conftest import FAST, read_metrics
+
+    run_dir = tmp_path / "run"
+    assert main(["run", *FAST, "num_rounds=2", f"run_dir={run_dir}"]) == 0
+    assert main(["run", f"resume={run_dir}"]) == 0  # the default num_rounds (5) must not lengthen it
+    assert [r["round"] for r in read_metrics(run_dir)] == [1, 2]
+    assert main(["run", f"resume={run_dir}", "num_rounds=3"]) == 0
+    assert [r["round"] for r in read_metrics(run_dir)] == [1, 2, 3]

@@ -110,3 +110,21 @@ def test_a_client_with_an_unknown_key_is_refused(federation):
     assert proc.wait(timeout=120) == 2
     last = (tmp / "client0.log").read_text().strip().splitlines()[-1]
     assert last.startswith("fedsim: error: client 0:") and "refused" in last
+
+
+def test_a_restarted_server_resumes_from_its_checkpoint(federation):
+    tmp, server, client = federation
+    first = server("num_rounds=4", "checkpoint_every=1")
+    for k in range(3):
+        client(k)
+    wait_until(lambda: len(rounds_done(tmp / "run")) >= 2, 300, "round 2")
+    os.killpg(first.pid, signal.SIGKILL)  # the server and its SuperLink die; the clients stay up
+    first.wait()
+    resumed = subprocess.run([sys.executable, "-m", "fedsim", "server", f"resume={tmp / 'run'}"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout
+    deployed = rounds_done(tmp / "run")
+    simulated = read_metrics(run(compose([*RUN, "num_rounds=4", "backend=inprocess", f"run_dir={tmp / 'sim'}"])))
+    assert [r["round"] for r in deployed] == [1, 2, 3, 4]
+    assert [r["test_accuracy"] for r in deployed] == pytest.approx([r["test_accuracy"] for r in simulated], abs=0.01)

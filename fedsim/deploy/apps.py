@@ -31,7 +31,7 @@ def serve(grid: Grid, context: Context) -> None:
     from fedsim.engine import server_job
 
     job = server_job(OmegaConf.create(json.loads(str(context.run_config["fedsim-config"]))))
-    show(job.banner())
+    show(job.banner(backend="deployment"))
     t0 = time.time()
     job.serve(grid)
     job.finish(time.time() - t0)

@@ -140,7 +140,10 @@ def serve(cfg: DictConfig) -> int:
     flower = run_dir.path / "flower"
     flower.mkdir(parents=True, exist_ok=True)
     credentials = Path(str(d.credentials)).resolve()
-    superlink = [flower_tool("flower-superlink"), "--host", str(d.host), "--port", str(d.port), "--disable-runtime-dependency-installation"]
+    # The SuperLink keeps its state (registered keys, node ids) in the run directory, so a restarted
+    # server (resume=...) takes its connected SuperNodes back.
+    superlink = [flower_tool("flower-superlink"), "--host", str(d.host), "--port", str(d.port),
+                 "--database", str(flower / "superlink.db"), "--disable-runtime-dependency-installation"]
     tls = None
     if d.insecure:
         print(INSECURE_WARNING.format(f"{d.host}:{d.port}"), file=sys.stderr, flush=True)
@@ -154,29 +157,34 @@ def serve(cfg: DictConfig) -> int:
     app = write_app(flower / "app", cfg)
     env = flower_env(flower)
     with (flower / "superlink.log").open("w") as superlink_log:
-        link = subprocess.Popen(superlink, stdout=superlink_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # Same process group as this command: killing the group also stops the SuperLink.
+        link = subprocess.Popen(superlink, stdout=superlink_log, stderr=subprocess.STDOUT, env=env)
         try:
             wait_for_port(connect_host(str(d.host)), int(d.port), 60, link)
             if tls is not None:
                 for key in keys:
                     register = subprocess.run([flower_tool("flwr"), "supernode", "register", str(key), CONNECTION],
                                               env=env, capture_output=True, text=True)
-                    if register.returncode != 0:
-                        raise FedsimError(f"could not register {key}: {register.stdout.strip().splitlines()[-1:]}")
+                    if register.returncode != 0 and "already" not in register.stdout + register.stderr:
+                        raise FedsimError(f"could not register {key}: {(register.stdout + register.stderr).strip().splitlines()[-1:]}")
                 print(f"SuperLink on {d.host}:{d.port} (TLS, {len(keys)} authorized SuperNode keys); logs in {flower}", flush=True)
             print(f"waiting for {cfg.num_clients} clients: python -m fedsim client --server {address} --partition-id K "
                   + ("--insecure" if tls is None else f"--root-certificates {tls['ca.crt']} --auth-key {credentials / 'nodes'}/node-K"), flush=True)
+            started = time.time()
             submitted = subprocess.run([flower_tool("flwr"), "run", str(app), CONNECTION, "--stream"], env=env)
+            summary = run_dir.path / "summary.json"
+            if submitted.returncode == 0 and not (summary.exists() and summary.stat().st_mtime >= started):
+                raise FedsimError(f"the run did not finish (see the error above and {flower}); continue it with resume={run_dir.path}")
             return submitted.returncode
         finally:
             if link.poll() is None:
-                os.killpg(link.pid, signal.SIGTERM)
+                link.terminate()
                 link.wait(timeout=30)
 
 
 def cmd_server(args: list[str]) -> int:
     from fedsim.config import compose
-    from fedsim.engine import resume_config
+    from fedsim.engine import resume_from_command_line
 
     if "--help" in args or "-h" in args:
         print("usage: python -m fedsim server [key=value ...]   (the run config, plus deploy.* below)\n")
@@ -184,7 +192,8 @@ def cmd_server(args: list[str]) -> int:
         return 0
     cfg = compose(args)
     if cfg.resume:
-        cfg = resume_config(cfg.resume, cfg)
+        cfg = resume_from_command_line(cfg, args)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the SuperLink on `kill` too
     return serve(cfg)
 
 
