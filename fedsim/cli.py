@@ -27,6 +27,8 @@ Examples:
   python -m fedsim run resume=runs/20261122-180000-fedavg
   python -m fedsim run strategy=fedavg attack=inverting_gradients defence=local_dp
   python -m fedsim attack attack=inverting_gradients model=cnn defence=none batch_size=1 num_images=8
+  python -m fedsim server strategy=fedavg num_clients=2 deploy.credentials=credentials
+  python -m fedsim client --server 127.0.0.1:8000 --partition-id 0 --root-certificates credentials/tls/ca.crt --auth-key credentials/nodes/node-0
 """
 
 

@@ -128,3 +128,33 @@ def test_a_restarted_server_resumes_from_its_checkpoint(federation):
     simulated = read_metrics(run(compose([*RUN, "num_rounds=4", "backend=inprocess", f"run_dir={tmp / 'sim'}"])))
     assert [r["round"] for r in deployed] == [1, 2, 3, 4]
     assert [r["test_accuracy"] for r in deployed] == pytest.approx([r["test_accuracy"] for r in simulated], abs=0.01)
+
+
+def test_a_device_trains_on_its_own_image_folder(tmp_path, make_cfg):
+    """--data-dir: the device's own PNGs, in the run dataset's format, without the dataset's files."""
+    from flwr.app import ConfigRecord, RecordDict
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from fedsim.client_app import ClientRuntime
+    from fedsim.data import load_dataset
+    from fedsim.data.local_folder import dataset_info
+    from fedsim.deploy.apps import node_run_config
+    from fedsim.records import model_to_record
+
+    ds = load_dataset("digits")
+    for i in range(40):
+        folder = tmp_path / "device" / "train" / str(int(ds.y_test[i]))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(ds.x_test[i, 0].numpy()).save(folder / f"{i}.png")
+    cfg = OmegaConf.to_container(make_cfg(), resolve=True)
+    cfg["dataset_info"] = dataset_info(ds)
+    cfg["dataset"]["name"] = "no-such-dataset"  # the device never loads the run's dataset
+    runtime = ClientRuntime(node_run_config(json.dumps(cfg), {"partition-id": 7, "data-dir": str(tmp_path / "device"), "state-dir": str(tmp_path / "state")}))
+    client = runtime.client(7)
+    assert client.num_train_examples() == 40 and len(client.env.test) == 0
+    before = model_to_record(runtime.model)
+    config = ConfigRecord({"lr": 0.05, "local-epochs": 1, "batch-size": 16, "server-round": 1})
+    reply = client.train(RecordDict({"arrays": before, "config": config}), 1)
+    assert int(reply["metrics"]["num-examples"]) == 40
+    assert any((reply["arrays"][k].numpy() != before[k].numpy()).any() for k in before.keys())

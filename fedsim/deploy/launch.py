@@ -125,33 +125,46 @@ def connect_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::") else host
 
 
+def security_options(cfg: DictConfig) -> tuple[list[str], dict[str, Path] | None, list[Path]]:
+    """(SuperLink flags, TLS files, SuperNode keys to register); checked before anything starts."""
+    d = cfg.deploy
+    if d.insecure:
+        print(INSECURE_WARNING.format(f"{d.host}:{d.port}"), file=sys.stderr, flush=True)
+        return ["--insecure"], None, []
+    credentials = Path(str(d.credentials)).resolve()
+    tls, keys = tls_files(credentials), node_keys(credentials)
+    flags = ["--ssl-ca-certfile", str(tls["ca.crt"]), "--ssl-certfile", str(tls["server.pem"]),
+             "--ssl-keyfile", str(tls["server.key"]), "--enable-supernode-auth"]
+    return flags, tls, keys
+
+
+def register_keys(keys: list[Path], env: dict[str, str]) -> None:
+    """Let these SuperNodes join (keys already known from a previous start are fine)."""
+    for key in keys:
+        register = subprocess.run([flower_tool("flwr"), "supernode", "register", str(key), CONNECTION], env=env, capture_output=True, text=True)
+        output = register.stdout + register.stderr
+        if register.returncode != 0 and "already" not in output:
+            raise FedsimError(f"could not register {key}: {output.strip().splitlines()[-1:]}")
+
+
 def serve(cfg: DictConfig) -> int:
     """Run ``cfg`` as a real federation: SuperLink up, keys registered, run submitted and streamed."""
-    from fedsim.engine import prepare_run_dir
-
     from fedsim.data import dataset_from_config
     from fedsim.data.local_folder import dataset_info
+    from fedsim.engine import prepare_run_dir
 
     d = cfg.deploy
+    flags, tls, keys = security_options(cfg)
     run_dir = prepare_run_dir(cfg)
     run_dir.write_config(cfg)
     with open_dict(cfg):  # devices with their own images learn the dataset's format from the run config
         cfg.dataset_info = dataset_info(dataset_from_config(cfg))
     flower = run_dir.path / "flower"
     flower.mkdir(parents=True, exist_ok=True)
-    credentials = Path(str(d.credentials)).resolve()
     # The SuperLink keeps its state (registered keys, node ids) in the run directory, so a restarted
     # server (resume=...) takes its connected SuperNodes back.
     superlink = [flower_tool("flower-superlink"), "--host", str(d.host), "--port", str(d.port),
-                 "--database", str(flower / "superlink.db"), "--disable-runtime-dependency-installation"]
-    tls = None
-    if d.insecure:
-        print(INSECURE_WARNING.format(f"{d.host}:{d.port}"), file=sys.stderr, flush=True)
-        superlink.append("--insecure")
-    else:
-        tls, keys = tls_files(credentials), node_keys(credentials)
-        superlink += ["--ssl-ca-certfile", str(tls["ca.crt"]), "--ssl-certfile", str(tls["server.pem"]),
-                      "--ssl-keyfile", str(tls["server.key"]), "--enable-supernode-auth"]
+                 "--database", str(flower / "superlink.db"), "--disable-runtime-dependency-installation", *flags]
     address = f"{connect_host(str(d.host))}:{d.port}"
     write_connection(flower, address, tls["ca.crt"] if tls else None)
     app = write_app(flower / "app", cfg)
@@ -161,15 +174,10 @@ def serve(cfg: DictConfig) -> int:
         link = subprocess.Popen(superlink, stdout=superlink_log, stderr=subprocess.STDOUT, env=env)
         try:
             wait_for_port(connect_host(str(d.host)), int(d.port), 60, link)
-            if tls is not None:
-                for key in keys:
-                    register = subprocess.run([flower_tool("flwr"), "supernode", "register", str(key), CONNECTION],
-                                              env=env, capture_output=True, text=True)
-                    if register.returncode != 0 and "already" not in register.stdout + register.stderr:
-                        raise FedsimError(f"could not register {key}: {(register.stdout + register.stderr).strip().splitlines()[-1:]}")
-                print(f"SuperLink on {d.host}:{d.port} (TLS, {len(keys)} authorized SuperNode keys); logs in {flower}", flush=True)
-            print(f"waiting for {cfg.num_clients} clients: python -m fedsim client --server {address} --partition-id K "
-                  + ("--insecure" if tls is None else f"--root-certificates {tls['ca.crt']} --auth-key {credentials / 'nodes'}/node-K"), flush=True)
+            register_keys(keys, env)
+            join = "--insecure" if tls is None else f"--root-certificates {tls['ca.crt']} --auth-key <its private key>"
+            print(f"SuperLink on {d.host}:{d.port} ({'TLS, ' + str(len(keys)) + ' authorized SuperNode keys' if tls else 'INSECURE'}); "
+                  f"logs in {flower}\nwaiting for {cfg.num_clients} clients: python -m fedsim client --server {address} --partition-id K {join}", flush=True)
             started = time.time()
             submitted = subprocess.run([flower_tool("flwr"), "run", str(app), CONNECTION, "--stream"], env=env)
             summary = run_dir.path / "summary.json"
