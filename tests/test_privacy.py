@@ -350,3 +350,21 @@ def test_bad_attack_and_defence_config_is_one_clear_error(overrides, message):
 
     with pytest.raises(ConfigError, match=message):
         compose(overrides)
+
+
+def test_stand_alone_dp_sgd_step_is_the_clipped_noised_mean_gradient(fmnist):
+    from fedsim.privacy.attacks.observation import gradient
+    from fedsim.privacy.defences.dp import DPSGD
+    from fedsim.privacy.evaluate import dp_sgd_gradient
+
+    ds, space = fmnist
+    x01, y = victim(ds, 3)
+    x = space.from_unit(x01)
+    model = untrained("cnn")
+    params = {k: p.detach().requires_grad_(True) for k, p in model.named_parameters()}
+    per_example = [gradient(model, params, x[i : i + 1], y[i : i + 1], False) for i in range(3)]
+    mean = {k: sum(g[k] for g in per_example) / 3 for k in params}
+    unclipped = dp_sgd_gradient(model, x, y, DPSGD(clip=1e6, noise_multiplier=0.0), torch.Generator())
+    assert all(torch.allclose(unclipped[k], mean[k], atol=1e-5) for k in mean)
+    clipped = dp_sgd_gradient(model, x, y, DPSGD(clip=0.01, noise_multiplier=0.0), torch.Generator())
+    assert global_norm(clipped) <= 0.01 + 1e-6

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from torch.nn import functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from fedsim.checkpoint import latest_checkpoint
@@ -26,10 +27,9 @@ from fedsim.errors import ConfigError
 from fedsim.models import model_from_config
 from fedsim.privacy.attacks import INVERSIONS, inversion_from_options, SCHEDULE_KEYS
 from fedsim.privacy.attacks.base import ImageSpace, score_images
-from fedsim.privacy.attacks.observation import Observation, attacker_copy, gradient, observe_update
+from fedsim.privacy.attacks.observation import Observation, attacker_copy, observe_update
 from fedsim.privacy.defences import defence_from_config
 from fedsim.privacy.defences.dp import CentralDP, DPSGD
-from fedsim.privacy.defences.update import clip
 from fedsim.privacy.report import save_grid, table
 from fedsim.records import load_record
 from fedsim.seeding import rng, seed_torch, torch_generator
@@ -64,13 +64,15 @@ def jigsawed(model: torch.nn.Module, defence: Any, generator: torch.Generator) -
 
 
 def dp_sgd_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mech: DPSGD, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """One DP-SGD step's noised mean gradient: per-example clipping, Gaussian noise, mean."""
-    params = {k: p.detach().requires_grad_(True) for k, p in model.named_parameters() if p.requires_grad}
-    total = {k: torch.zeros_like(v) for k, v in params.items()}
-    for i in range(len(y)):
-        g = clip({k: v.detach() for k, v in gradient(model, params, x[i : i + 1], y[i : i + 1], False).items()}, mech.clip)
-        total = {k: total[k] + g[k] for k in total}
-    return {k: v / len(y) for k, v in mech.noised(total, generator).items()}
+    """One DP-SGD step's private mean gradient, through the same Opacus optimizer local training uses."""
+    torch.manual_seed(generator.initial_seed())  # Opacus draws its noise from the global generator
+    trainable = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    model.train()  # Opacus records activations in training mode only (the zoo's cnn/mlp have no dropout or BN)
+    with mech.training(model, torch.optim.SGD(trainable.values(), lr=0.0), len(y)) as optimizer:
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.pre_step()  # clip per example, add noise, average: p.grad is what the step would use
+        return {k: p.grad.detach().clone() for k, p in trainable.items()}
 
 
 def victim_update(cfg: DictConfig, model: torch.nn.Module, defence: Any, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> Observation:

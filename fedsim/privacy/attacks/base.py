@@ -62,6 +62,16 @@ class ClientView:
     env: Any  # clients.base.ClientEnv: its data (ground truth), model instance, config
 
 
+def received_model(view: ClientView) -> torch.nn.Module:
+    """The attacker's copy of the model at the weights the client received (what the server sent)."""
+    from fedsim.privacy.attacks.observation import attacker_copy
+    from fedsim.records import load_record
+
+    model = attacker_copy(view.env.model)
+    load_record(model, view.sent["arrays"])
+    return model
+
+
 class Attack(Protocol):
     def observe(self, view: ClientView) -> AttackResult | None:
         """Attack one client's reply; None when the reply carries nothing this attack targets."""

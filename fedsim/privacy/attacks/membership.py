@@ -12,10 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from fedsim.privacy.attacks.base import AttackResult, ClientView
-from fedsim.privacy.attacks.observation import attacker_copy
+from fedsim.privacy.attacks.base import AttackResult, ClientView, received_model
 from fedsim.privacy.metrics import membership_scores
-from fedsim.records import load_record
 from fedsim.seeding import torch_generator
 
 
@@ -40,8 +38,7 @@ class MembershipInference:
             return None
         env = view.env
         data = env.data
-        model = attacker_copy(env.model)
-        load_record(model, view.sent["arrays"])
+        model = received_model(view)
         generator = torch_generator(self.seed, "attack-membership", view.server_round, view.client_id)
         n = min(self.max_samples, len(data))
         members = torch.randperm(len(data), generator=generator)[:n]

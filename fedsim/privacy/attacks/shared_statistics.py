@@ -13,10 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from fedsim.models import split_model
-from fedsim.privacy.attacks.base import AttackResult, ClientView, ImageSpace, score_images
+from fedsim.privacy.attacks.base import AttackResult, ClientView, ImageSpace, received_model, score_images
 from fedsim.privacy.attacks.gradient_inversion import total_variation
-from fedsim.privacy.attacks.observation import attacker_copy
-from fedsim.records import load_record
 from fedsim.seeding import torch_generator
 
 
@@ -37,9 +35,7 @@ class StatisticsInversion:
         count = torch.from_numpy(stats["count"].numpy()).double()
         mean = torch.from_numpy(stats["mean"].numpy()).float()
         var = (torch.from_numpy(stats["second"].numpy()).float() - mean.pow(2)).clamp_min(0)
-        model = attacker_copy(env.model)
-        load_record(model, view.sent["arrays"])
-        low, _ = split_model(model, env.cfg.strategy.split_at)
+        low, _ = split_model(received_model(view), env.cfg.strategy.split_at)
         space = ImageSpace.of(env.data.dataset)
         generator = torch_generator(self.seed, "attack-stats", view.server_round, view.client_id)
         classes = [int(c) for c in torch.argsort(count, descending=True)[: self.max_classes] if count[c] > 0]

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 
 from clients.base import optimizer_momentum
-from fedsim.privacy.attacks.base import AttackResult, ClientView, ImageSpace, score_images
+from fedsim.privacy.attacks.base import AttackResult, ClientView, ImageSpace, received_model, score_images
 from fedsim.privacy.attacks.gradient_inversion import GradientInversion
 from fedsim.privacy.attacks.labels import largest_remainder
-from fedsim.privacy.attacks.observation import Observation, attacker_copy
-from fedsim.records import load_record
+from fedsim.privacy.attacks.observation import Observation
+from fedsim.privacy.defences.update import float_update
 from fedsim.seeding import torch_generator
 
 
@@ -34,23 +34,17 @@ def observed_update(view: ClientView) -> Observation | None:
     sent, returned = view.sent["arrays"], view.reply["arrays"]
     if set(sent.keys()) != set(returned.keys()):
         return None
-    env, config = view.env, view.sent["config"]
-    model = attacker_copy(env.model)
-    load_record(model, sent)
-    update = {
-        k: torch.from_numpy(returned[k].numpy()).float() - p.detach()
-        for k, p in model.named_parameters()
-        if p.requires_grad
-    }
+    model, config = received_model(view), view.sent["config"]
+    trainable = {k for k, p in model.named_parameters() if p.requires_grad}
     return Observation(
         model,
-        update,
+        {k: v for k, v in float_update(sent, returned).items() if k in trainable},
         "delta",
         num_examples=int(view.reply["metrics"]["num-examples"]),
         batch_size=int(config["batch-size"]),
         local_epochs=int(config["local-epochs"]),
         lr=float(config["lr"]),
-        momentum=optimizer_momentum(env.cfg.optimizer),
+        momentum=optimizer_momentum(view.env.cfg.optimizer),
     )
 
 
