@@ -116,7 +116,6 @@ class PeerToPeerStrategy(FedsimStrategy):
     # -- personalized evaluation ------------------------------------------------------------------
     def evaluate_round(self, server_round: int, arrays: ArrayRecord, grid: Grid, evaluate: Callable) -> dict[str, Any]:
         """Every client evaluates its own model on its own test split (there is no global model)."""
-        client_of = {node: cid for cid, node in self.node_of.items()}
         messages = []
         for cid, node in sorted(self.node_of.items()):
             content = RecordDict({"config": ConfigRecord({"server-round": server_round})})
@@ -126,7 +125,7 @@ class PeerToPeerStrategy(FedsimStrategy):
         accuracy: dict[str, float] = {}
         losses: list[float] = []
         for reply in grid.send_and_receive(messages, timeout=self.cfg.round_timeout):
-            cid = client_of.get(reply.metadata.src_node_id, -1)
+            cid = self.client_of(reply.metadata.src_node_id)
             if reply.has_error() or "metrics" not in reply.content.metric_records:
                 log.warning("round %d: client %d did not evaluate its model", server_round, cid)
                 continue

@@ -80,8 +80,7 @@ class RoundLoop:
         """Add this round's DP releases to the ledger; the epsilon spent so far."""
         if self.ledger is None:
             return {}
-        client_of = {node: cid for cid, node in self.strategy.node_of.items()}
-        sampled = [client_of[m.metadata.dst_node_id] for m in messages if m.metadata.dst_node_id in client_of]
+        sampled = [self.strategy.client_of(m.metadata.dst_node_id) for m in messages]
         for key, rate, steps in self.ledger.mechanism.round_releases(sampled, self.strategy.num_examples, self.cfg):
             self.ledger.add(key, rate, steps)
         return {"dp_epsilon": self.ledger.epsilon(), "dp_delta": float(self.ledger.mechanism.delta)}
@@ -100,7 +99,6 @@ class RoundLoop:
     def unanswered(self, server_round: int, messages: list[Message], replies: list[Message]) -> tuple[list[Message], list[dict[str, Any]]]:
         """(replies from the sampled clients, clients that sent none): those whose node the SuperLink
         reports unavailable (an error reply in its name) and those silent past ``round_timeout``."""
-        client_of = {node: cid for cid, node in self.strategy.node_of.items()}
         sampled = {m.metadata.dst_node_id for m in messages}
         node_of_message = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
         own = [r for r in replies if r.metadata.src_node_id in sampled]
@@ -109,9 +107,9 @@ class RoundLoop:
             node = node_of_message.get(reply.metadata.reply_to_message_id)
             if reply.metadata.src_node_id not in sampled and node is not None:
                 answered.add(node)
-                lost.append({"client": client_of.get(node, -1), "reason": client_error(reply) if reply.has_error() else "reply from another node"})
+                lost.append({"client": self.strategy.client_of(node), "reason": client_error(reply) if reply.has_error() else "reply from another node"})
         for node in sorted(sampled - answered):
-            lost.append({"client": client_of.get(node, -1), "reason": f"no reply within round_timeout={self.cfg.round_timeout}s"})
+            lost.append({"client": self.strategy.client_of(node), "reason": f"no reply within round_timeout={self.cfg.round_timeout}s"})
         for entry in lost:
             log.warning("round %d: dropped client %d: %s", server_round, entry["client"], entry["reason"])
         return own, lost

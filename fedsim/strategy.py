@@ -89,12 +89,18 @@ class FedsimStrategy(FlowerFedAvg):
         self.node_of: dict[int, int] = {}
         self.num_examples: dict[int, int] = {}
         self.dropped: list[dict[str, Any]] = []
+        self._client_on: dict[int, int] = {}
         self.global_arrays: ArrayRecord | None = None
 
     # -- clients --------------------------------------------------------------------------------
     def set_clients(self, node_of: dict[int, int], num_examples: dict[int, int]) -> None:
         """Client id -> hosting node id, and client id -> local sample count (from the handshake)."""
         self.node_of, self.num_examples = dict(node_of), dict(num_examples)
+        self._client_on = {node: cid for cid, node in self.node_of.items()}
+
+    def client_of(self, node: int) -> int:
+        """The client id a node hosts (-1 for a node that never answered the handshake)."""
+        return self._client_on.get(node, -1)
 
     def setup(self, grid: Grid, run: RunDirectory) -> None:
         """Work before the first FL round (e.g. FedFed's feature distillation); nothing for FedAvg.
@@ -171,11 +177,10 @@ class FedsimStrategy(FlowerFedAvg):
         self, server_round: int, replies: Iterable[Message], check: Callable[[Message], str | None] | None = None
     ) -> list[ClientReply]:
         """Replies that carry content and pass ``check`` (default :meth:`reply_problem`), sorted by client id."""
-        client_of = {node: cid for cid, node in self.node_of.items()}
         check = check or self.reply_problem
         accepted, self.dropped = [], []
         for msg in replies:
-            cid = client_of.get(msg.metadata.src_node_id, -1)
+            cid = self.client_of(msg.metadata.src_node_id)
             problem = client_error(msg) if msg.has_error() else check(msg)
             if problem is None:
                 accepted.append(ClientReply(cid, msg.content))
