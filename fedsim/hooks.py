@@ -21,6 +21,8 @@ import torch
 from flwr.app import Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
+from fedsim.errors import FedsimError
+
 from fedsim.seeding import torch_generator
 
 log = logging.getLogger("fedsim")
@@ -72,7 +74,13 @@ def attack_mod(attack_cfg: Any, run_cfg: Any, client_env: Callable[[int], Any], 
         if targets is not None and cid not in targets:
             return reply
         view = ClientView(cid, server_round, msg.content, reply.content, client_env(cid))
-        result = attack.observe(view)
+        try:
+            result = attack.observe(view)
+        except FedsimError as err:  # a misconfigured attack must not cost the client its round
+            if not warned:
+                warned.append(True)
+                log.warning("attack=%s on client %d, round %d: %s", attack_cfg.name, cid, server_round, err)
+            return reply
         if result is None and not warned:
             warned.append(True)
             log.warning("attack=%s: the reply of client %d in round %d carries nothing this attack targets "

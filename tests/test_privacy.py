@@ -368,3 +368,9 @@ def test_stand_alone_dp_sgd_step_is_the_clipped_noised_mean_gradient(fmnist):
     assert all(torch.allclose(unclipped[k], mean[k], atol=1e-5) for k in mean)
     clipped = dp_sgd_gradient(model, x, y, DPSGD(clip=0.01, noise_multiplier=0.0), torch.Generator())
     assert global_norm(clipped) <= 0.01 + 1e-6
+
+
+def test_an_attack_that_cannot_apply_warns_and_leaves_training_alone(make_cfg, capfd):
+    records = read_metrics(run(make_cfg("attack=april", "num_rounds=2")))  # APRIL needs a ViT; this is an MLP
+    assert all(r["clients_ok"] == 3 and "attack_psnr" not in r for r in records)
+    assert capfd.readouterr().err.count("APRIL closed form needs") == 1  # one warning, not one per client

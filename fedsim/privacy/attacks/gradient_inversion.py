@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fedsim.errors import ConfigError
 from fedsim.privacy.attacks.base import ImageSpace
 from fedsim.privacy.attacks.labels import recover_labels
 from fedsim.privacy.attacks.observation import Observation, Tensors, last_linear, replay, target_of
@@ -50,7 +51,7 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 def jigsawed_slots(obs: Observation) -> torch.Tensor:
     """Patch slots whose own position-embedding row got no gradient: under MJP, the jigsawed ones."""
     if not hasattr(obs.model, "assume_jigsawed"):
-        raise ValueError("attack.adaptive targets MJP: use model=vit_tiny defence=mjp")
+        raise ConfigError("attack.adaptive targets MJP: use model=vit_tiny defence=mjp")
     key = next(k for k in obs.update if k.endswith("pos_embed"))
     rows = obs.update[key][0, 1:-1]  # patch rows (not CLS, not the unknown row)
     return (rows.abs().amax(dim=1) == 0).nonzero().flatten()
@@ -85,7 +86,7 @@ class AnalyticFC(GradientInversion):
     def reconstruct(self, obs: Observation, n: int, space: ImageSpace, generator: torch.Generator) -> Reconstruction:
         first = next(m for m in obs.model.modules() if any(True for _ in m.parameters(recurse=False)))
         if not isinstance(first, nn.Linear) or first.bias is None:
-            raise ValueError("analytic inversion needs a model whose first layer is fully connected with bias (model=mlp)")
+            raise ConfigError("analytic inversion needs a model whose first layer is fully connected with bias (model=mlp)")
         name = next(k for k, m in obs.model.named_modules() if m is first)
         grads = obs.mean_gradient()
         weight, bias = grads[f"{name}.weight"], grads[f"{name}.bias"]
@@ -101,7 +102,7 @@ class APRIL(GradientInversion):
         positions = [k for k in obs.update if k.endswith("pos_embed")]
         patch_weights = [k for k in obs.update if "patch_embed" in k and k.endswith("weight")]
         if obs.kind != "gradient" or obs.num_examples != 1 or not positions or not patch_weights:
-            raise ValueError("the APRIL closed form needs a single-image gradient of a ViT (model=vit_tiny, batch_size=1)")
+            raise ConfigError("the APRIL closed form needs a single-image gradient of a ViT (model=vit_tiny, batch_size=1)")
         grads = obs.mean_gradient()
         weight = grads[patch_weights[0]]  # (D, C, p, p)
         dim, channels, patch = weight.shape[0], weight.shape[1], weight.shape[2]

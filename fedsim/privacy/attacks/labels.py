@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from fedsim.errors import ConfigError
 from fedsim.privacy.attacks.observation import Observation, last_linear
 
 STRATEGIES = ("auto", "single", "top-k", "count")
@@ -43,7 +44,7 @@ def mean_prediction(obs: Observation, shape: tuple[int, ...], generator: torch.G
 def recover_labels(obs: Observation, n: int, shape: tuple[int, ...], generator: torch.Generator, strategy: str = "auto") -> torch.Tensor:
     """``n`` labels of the samples behind ``obs`` (sorted)."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown label strategy '{strategy}': choose one of {', '.join(STRATEGIES)}")
+        raise ConfigError(f"unknown label strategy '{strategy}': choose one of {', '.join(STRATEGIES)}")
     if strategy == "auto":
         strategy = "single" if n == 1 else "count"
     weight, bias = classifier_gradient(obs)
@@ -53,6 +54,6 @@ def recover_labels(obs: Observation, n: int, shape: tuple[int, ...], generator: 
     if strategy == "top-k":
         return torch.sort(torch.argsort(weight.min(1).values)[:n]).values
     if bias is None:
-        raise ValueError("label counting needs a classifier layer with a bias: use labels=top-k")
+        raise ConfigError("label counting needs a classifier layer with a bias: use labels=top-k")
     counts = largest_remainder(n * (mean_prediction(obs, shape, generator) - bias), n)
     return torch.repeat_interleave(torch.arange(len(counts)), counts)
