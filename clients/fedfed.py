@@ -47,6 +47,14 @@ class DistillationPair(nn.Module):
         self.classifier = model_from_config(cfg, input_shape, num_classes)
 
 
+def distillation_pair(env: ClientEnv, arrays: ArrayRecord) -> DistillationPair:
+    """The (G, f) pair at the weights of ``arrays``, on the client's device."""
+    data = env.data.dataset
+    pair = DistillationPair(env.cfg, data.input_shape, data.num_classes).to(env.device)
+    load_record(pair, arrays)
+    return pair
+
+
 class FedFedMixin:
     """Adds FedFed's distillation and sharing phases, and shared samples in training, to a base client."""
 
@@ -72,16 +80,10 @@ class FedFedMixin:
             xs = dataset.scale_difference(torch.from_numpy(shared_x[idx.numpy()]).float()).to(device)
             yield torch.cat([x, xs]), torch.cat([y, shared_y[idx].to(device)])
 
-    def pair(self, arrays: ArrayRecord) -> DistillationPair:
-        data = self.env.data.dataset
-        pair = DistillationPair(self.env.cfg, data.input_shape, data.num_classes).to(self.env.device)
-        load_record(pair, arrays)
-        return pair
-
     def distill(self, content: RecordDict, server_round: int) -> RecordDict:
         s, env = self.env.cfg.strategy, self.env
         config: ConfigRecord = content["config"]
-        pair = self.pair(content["arrays"])
+        pair = distillation_pair(self.env, content["arrays"])
         seed_torch(env.cfg.seed, "fedfed-distill", server_round, env.client_id)
         generator = torch_generator(env.cfg.seed, "fedfed-distill-shuffle", server_round, env.client_id)
         optimizer = torch.optim.AdamW(pair.parameters(), lr=float(config["lr"]))
@@ -120,7 +122,7 @@ class FedFedMixin:
     def share(self, content: RecordDict) -> RecordDict:
         """The noised performance-sensitive part of every local sample, as float16, with labels."""
         env = self.env
-        pair = self.pair(content["arrays"]).eval()
+        pair = distillation_pair(self.env, content["arrays"]).eval()
         sigma = float(env.cfg.strategy.share_noise_std)
         noise_rng = torch_generator(env.cfg.seed, "fedfed-share-noise", env.client_id)
         chunks = []

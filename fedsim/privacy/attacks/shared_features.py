@@ -18,7 +18,6 @@ from torch.nn import functional as F
 
 from fedsim.privacy.attacks.base import AttackResult, ClientView
 from fedsim.privacy.metrics import psnr, ssim
-from fedsim.records import load_record
 from fedsim.seeding import torch_generator
 
 
@@ -40,14 +39,12 @@ class SharedFeatureInversion:
     def observe(self, view: ClientView) -> AttackResult | None:
         if "shared" not in view.reply.array_records or "arrays" not in view.sent.array_records:
             return None
-        from clients.fedfed import DistillationPair
+        from clients.fedfed import distillation_pair
 
         env = view.env
         data = env.data.dataset
         generator = torch_generator(self.seed, "attack-fedfed", view.client_id)
-        pair = DistillationPair(env.cfg, data.input_shape, data.num_classes)
-        load_record(pair, view.sent["arrays"])
-        pair.eval()
+        pair = distillation_pair(env, view.sent["arrays"]).cpu().eval()
         sigma = float(env.cfg.strategy.share_noise_std)
         shared = torch.from_numpy(view.reply["shared"]["x"].numpy()).float()[: self.max_samples]
         originals = env.data.x[: len(shared)].float() / 255.0
