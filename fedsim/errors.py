@@ -1,5 +1,11 @@
 """User-facing errors: each prints as one line naming what was wrong and how to fix it."""
 
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
 
 class FedsimError(Exception):
     """An error caused by the user's input or environment (config, data, files).
@@ -18,3 +24,11 @@ class DataError(FedsimError):
 
 class RoundFailedError(FedsimError):
     """Too few clients replied with a usable update for a round to be aggregated."""
+
+
+def build_option(kind: str, name: str, factory: Callable[..., T], **options: Any) -> T:
+    """``factory(**options)``; a wrong or invalid option becomes a one-line ConfigError naming ``kind`` and ``name``."""
+    try:
+        return factory(**options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{kind} '{name}' got a bad option: {err}") from err

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, build_option
 from fedsim.models.cnn import FedAvgCNN
 from fedsim.models.mlp import MLP
 from fedsim.models.resnet import resnet18
@@ -65,7 +65,4 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, 
     """Instantiate model ``name`` for images of ``input_shape`` (C, H, W) and ``num_classes``."""
     if name not in MODELS:
         raise ConfigError(f"unknown model '{name}': choose one of {', '.join(sorted(MODELS))}")
-    try:
-        return MODELS[name](input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"model '{name}' got a bad option: {err}") from err
+    return build_option("model", name, MODELS[name], input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, build_option
 from fedsim.privacy.attacks.base import Attack
 from fedsim.privacy.attacks.gradient_inversion import APRIL, DLG, AnalyticFC, InvertingGradients
 from fedsim.privacy.attacks.membership import MembershipInference
@@ -37,10 +37,7 @@ SCHEDULE_KEYS = ("name", "every", "clients", "num_images", "lpips_home")
 def inversion_from_options(name: str, options: dict[str, Any]):
     if name not in INVERSIONS:
         raise ConfigError(f"unknown gradient inversion '{name}': choose one of {', '.join(sorted(INVERSIONS))}")
-    try:
-        return INVERSIONS[name](**options)
-    except TypeError as err:
-        raise ConfigError(f"attack '{name}' got a bad option: {err}") from err
+    return build_option("attack", name, INVERSIONS[name], **options)
 
 
 def attack_from_config(attack_cfg: Any, seed: int) -> Attack:
@@ -50,8 +47,5 @@ def attack_from_config(attack_cfg: Any, seed: int) -> Attack:
     if name in INVERSIONS:
         return UpdateLeakage(inversion_from_options(name, options), int(attack_cfg.num_images), seed, attack_cfg.get("lpips_home"))
     if name in OBSERVERS:
-        try:
-            return OBSERVERS[name](seed=seed, **options)
-        except TypeError as err:
-            raise ConfigError(f"attack '{name}' got a bad option: {err}") from err
+        return build_option("attack", name, OBSERVERS[name], seed=seed, **options)
     raise ConfigError(f"unknown attack '{name}': choose one of {', '.join(sorted({**INVERSIONS, **OBSERVERS}))}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, build_option
 from fedsim.privacy.defences.dp import CentralDP, DPSGD, LocalDP
 from fedsim.privacy.defences.mjp import MJP
 from fedsim.privacy.defences.pruning import GradientPruning
@@ -27,7 +27,4 @@ def defence_from_config(defence_cfg: Any) -> Any | None:
         return None
     if name not in DEFENCES:
         raise ConfigError(f"unknown defence '{name}': choose one of none, {', '.join(sorted(DEFENCES))}")
-    try:
-        return DEFENCES[name](**{k: v for k, v in dict(defence_cfg).items() if k != "name"})
-    except TypeError as err:
-        raise ConfigError(f"defence '{name}' got a bad option: {err}") from err
+    return build_option("defence", name, DEFENCES[name], **{k: v for k, v in dict(defence_cfg).items() if k != "name"})
