@@ -4,7 +4,9 @@
   ``flwr.simulation.run_simulation`` wrapper deprecated in favour of ``flwr run``; Flower's own
   simulation runtime (``flwr-simulation``) launches the engine through
   ``flwr.simulation.run_simulation._run_simulation``, and so does fedsim, which keeps runs
-  in-process (no SuperLink daemon) and free of deprecation warnings.
+  in-process (no SuperLink daemon) and free of deprecation warnings. Its message store is
+  :class:`~fedsim.link_state.NodeIndexedLinkState`, so the engine's cost per message does not grow
+  with the number of registered clients.
 - ``inprocess``: an in-process :class:`~flwr.serverapp.Grid` that calls the ClientApp directly,
   one message after another: no Ray, fast start-up, for tests and debugging.
 
@@ -24,6 +26,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
+
+from fedsim.link_state import node_indexed_link_state
 
 ServerMain = Callable[[Grid], None]
 
@@ -108,15 +112,16 @@ def run_ray(main: ServerMain, client_app: ClientApp, num_clients: int, backend: 
         "log_to_driver": verbose,
     }
     init_args.update(dict(backend.ray_init_args or {}))
-    _run_simulation(
-        num_supernodes=num_clients,
-        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-        client_app=client_app,
-        server_app=server_app,
-        backend_name="ray",
-        backend_config={
-            "client_resources": {"num_cpus": float(backend.num_cpus), "num_gpus": float(backend.num_gpus)},
-            "init_args": init_args,
-        },
-        verbose_logging=verbose,
-    )
+    with node_indexed_link_state():
+        _run_simulation(
+            num_supernodes=num_clients,
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            client_app=client_app,
+            server_app=server_app,
+            backend_name="ray",
+            backend_config={
+                "client_resources": {"num_cpus": float(backend.num_cpus), "num_gpus": float(backend.num_gpus)},
+                "init_args": init_args,
+            },
+            verbose_logging=verbose,
+        )
