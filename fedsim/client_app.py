@@ -2,12 +2,15 @@
 
 What a process shares among the clients it hosts (dataset, partition, one model instance) is built
 once, on first use, by :class:`ClientRuntime`; a client's own persistent state lives in its
-:class:`~fedsim.client_state.ClientStateStore`.
+:class:`~fedsim.client_state.ClientStateStore`. Flower's Ray engine ships the ClientApp to its
+actor with every message; a runtime arriving that way is this process's runtime of the same run
+(:func:`shared_runtime`), so the partition and model are built once per actor, not per message.
 """
 
 from __future__ import annotations
 
-from functools import cached_property
+import json
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,9 @@ class ClientRuntime:
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         self._cfg_dict = cfg
+
+    def __reduce__(self):
+        return shared_runtime, (json.dumps(self._cfg_dict, sort_keys=True),)
 
     @cached_property
     def cfg(self):
@@ -113,6 +119,12 @@ class ClientRuntime:
             defence=self.defence,
         )
         return self.client_class(env)
+
+
+@lru_cache(maxsize=2)
+def shared_runtime(cfg_json: str) -> ClientRuntime:
+    """This process's runtime of the run ``cfg_json`` describes (what an unpickled runtime becomes)."""
+    return ClientRuntime(json.loads(cfg_json))
 
 
 def client_id_of(context: Context) -> int:
