@@ -182,10 +182,10 @@ def run(cfg: DictConfig) -> Path:
     show(job.banner())
     client_app = make_client_app(OmegaConf.to_container(cfg, resolve=True))
     # Float results depend on the number of threads a reduction is split over: set it from config.
+    # On Ray the server's own work (evaluation, aggregation) runs while the client actors wait.
+    torch.set_num_threads(int(cfg.backend.get("num_threads", 0)) or os.cpu_count() or 1)
     if cfg.backend.name == "inprocess":
-        torch.set_num_threads(int(cfg.backend.num_threads) or os.cpu_count() or 1)
         run_inprocess(job.serve, client_app, cfg.num_clients)
     else:
-        torch.set_num_threads(max(1, int(cfg.backend.num_cpus)))
         run_ray(job.serve, client_app, cfg.num_clients, cfg.backend, bool(cfg.verbose))
     return job.finish(time.time() - t0)
