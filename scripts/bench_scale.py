@@ -9,9 +9,12 @@ start (launch to the end of the client handshake), rounds/s and clients/s over t
 first, peak memory of all processes, and the memory growth per registered client between the
 smallest and the largest N at the same clients per round (what an idle client costs).
 
+On a running Ray cluster (``--ray-address``) the client actors belong to the cluster's daemons, not
+to the run: memory then adds every process of the cluster on this machine (its daemons included).
+
     python scripts/bench_scale.py                                   # N in {1000, 10000} x K in {100, 1000}
     python scripts/bench_scale.py --clients 1000 --per-round 100 --backend inprocess
-    python scripts/bench_scale.py --extra backend.ray_init_args.address=auto   # on a running Ray cluster
+    bash scripts/ray_cluster.sh --bench-scale --clients 1000 10000  # on a two-node Ray cluster (passes --ray-address)
 
 Linux only (reads /proc).
 """
@@ -55,16 +58,34 @@ def pss_bytes(pid: int) -> int:
     return 0
 
 
-class PeakMemory(threading.Thread):
-    """Samples the PSS of a process tree until stopped; keeps the peak."""
+def ray_cluster_pids() -> list[int]:
+    """Processes of a Ray cluster running on this machine (daemons and workers)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args[0].startswith(b"ray::") or any(b"/site-packages/ray/" in a or a.startswith(b"ray.") for a in args):
+            pids.append(int(cmdline.parent.name))
+    return pids
 
-    def __init__(self, pid: int, every: float = 0.2) -> None:
+
+class PeakMemory(threading.Thread):
+    """Samples the PSS of a process tree (plus, with ``ray_cluster``, every process of the Ray cluster
+    it runs on) until stopped; keeps the peak."""
+
+    def __init__(self, pid: int, ray_cluster: bool = False, every: float = 0.2) -> None:
         super().__init__(daemon=True)
-        self.pid, self.every, self.peak, self._halt = pid, every, 0, threading.Event()
+        self.pid, self.ray_cluster, self.every, self.peak, self._halt = pid, ray_cluster, every, 0, threading.Event()
+
+    def sample(self) -> int:
+        pids = set(tree_pids(self.pid)) | (set(ray_cluster_pids()) if self.ray_cluster else set())
+        return sum(pss_bytes(p) for p in pids)
 
     def run(self) -> None:
         while not self._halt.is_set():
-            self.peak = max(self.peak, sum(pss_bytes(p) for p in tree_pids(self.pid)))
+            self.peak = max(self.peak, self.sample())
             self._halt.wait(self.every)
 
     def stop(self) -> int:
@@ -73,15 +94,17 @@ class PeakMemory(threading.Thread):
         return self.peak
 
 
-def measure(clients: int, per_round: int, rounds: int, backend: str, extra: list[str], root: Path) -> dict:
+def measure(clients: int, per_round: int, rounds: int, backend: str, extra: list[str], root: Path, ray_address: str | None) -> dict:
     run_dir = root / f"n{clients}-k{per_round}"
     cmd = [sys.executable, "-m", "fedsim", "run", "strategy=fedavg", "model=mlp", "partition=iid",
            f"num_clients={clients}", f"clients_per_round={per_round}", f"num_rounds={rounds}", f"eval_every={rounds}",
            "checkpoint_every=0", "local_epochs=1", "batch_size=32", f"backend={backend}", "connect_timeout=600",
            f"run_dir={run_dir}", *extra]
+    if ray_address:
+        cmd.append(f"+backend.ray_init_args.address={ray_address}")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    memory = PeakMemory(proc.pid)
+    memory = PeakMemory(proc.pid, ray_cluster=bool(ray_address))
     memory.start()
     first_round_at = None
     for line in proc.stdout:
@@ -108,6 +131,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backend", default="simulation", choices=["simulation", "inprocess"])
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides, e.g. data_root=... backend.num_cpus=1")
+    parser.add_argument("--ray-address", help="run on this running Ray cluster (HOST:PORT); memory then counts its processes too")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     rows = []
@@ -115,9 +139,10 @@ def main() -> None:
         for k in args.per_round:
             if k <= n:
                 print(f"N={n} registered, K={k} per round ...", flush=True)
-                rows.append(measure(n, k, args.rounds, args.backend, args.extra, root))
+                rows.append(measure(n, k, args.rounds, args.backend, args.extra, root, args.ray_address))
                 print("  " + ", ".join(f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}" for key, value in rows[-1].items()), flush=True)
-    print(f"\nFedAvg, MLP, Fashion-MNIST IID, {args.rounds} rounds, backend={args.backend}; runs in {root}")
+    where = f" on the Ray cluster at {args.ray_address} (peak includes the cluster's processes)" if args.ray_address else ""
+    print(f"\nFedAvg, MLP, Fashion-MNIST IID, {args.rounds} rounds, backend={args.backend}{where}; runs in {root}")
     print(f"{'N':>7} {'K':>6} {'start s':>8} {'rounds/s':>9} {'clients/s':>10} {'peak GiB':>9} {'all ok':>7}")
     for r in rows:
         print(f"{r['clients']:>7} {r['per_round']:>6} {r['startup_s']:>8.1f} {r['rounds_per_s']:>9.3f} "
