@@ -112,6 +112,8 @@ def run_ray(main: ServerMain, client_app: ClientApp, num_clients: int, backend: 
         "log_to_driver": verbose,
     }
     init_args.update(dict(backend.ray_init_args or {}))
+    if int(backend.get("num_threads", 0)) and "address" not in init_args:  # a run limited to N cores (e.g. in a sweep)
+        init_args.setdefault("num_cpus", int(backend.num_threads))
     with node_indexed_link_state():
         _run_simulation(
             num_supernodes=num_clients,

@@ -15,7 +15,8 @@ from fedsim.errors import FedsimError
 USAGE = """usage: python -m fedsim <command> [key=value ...]
 
 commands:
-  run     run a federated training job (simulation by default)
+  run     run a federated training job (simulation by default); -m runs a sweep (one job per combination)
+  report  statistics over seeds for run/sweep directories: tables with confidence intervals, curves
   attack  evaluate a privacy attack against a model/dataset/defence setting, without an FL run
   server  serve a run to real clients (Flower SuperLink; TLS and node authentication by default)
   client  start an edge client that joins a server (Flower SuperNode)
@@ -25,6 +26,8 @@ Examples:
   python -m fedsim run strategy=fedprox num_rounds=10 partition.alpha=0.1
   python -m fedsim run backend=inprocess num_clients=20 clients_per_round=5
   python -m fedsim run resume=runs/20261122-180000-fedavg
+  python -m fedsim run -m seed=0,1,2 strategy=fedavg,fedprox --jobs 2
+  python -m fedsim report runs/sweeps/20261203-120000-seed-strategy --baseline strategy=fedavg
   python -m fedsim run strategy=fedavg attack=inverting_gradients defence=local_dp
   python -m fedsim attack attack=inverting_gradients model=cnn defence=none batch_size=1 num_images=8
   python -m fedsim server strategy=fedavg num_clients=2 deploy.credentials=credentials
@@ -35,10 +38,29 @@ Examples:
 def _run_help() -> str:
     from fedsim.config import GROUPS, compose, group_options
 
-    lines = ["usage: python -m fedsim run [key=value ...] [--cfg job]", "", "config groups (pick with group=option):"]
-    lines += [f"  {g:<10} {', '.join(group_options(g))}" for g in GROUPS]
+    lines = [
+        "usage: python -m fedsim run [key=value ...] [--cfg job]",
+        "       python -m fedsim run -m [key=a,b ...] [--jobs N]   sweep: one run per combination (Hydra syntax:",
+        "           a,b,c  range(0,5)  choice(a,b)  glob(*)), +experiment=NAME for configs/experiment/NAME.yaml",
+        "",
+        "config groups (pick with group=option):",
+    ]
+    lines += [f"  {g:<10} {', '.join(group_options(g))}" for g in (*GROUPS, "logger", "experiment")]
     lines += ["", "composed default config:", OmegaConf.to_yaml(compose([]))]
     return "\n".join(lines)
+
+
+def _take_option(args: list[str], names: tuple[str, ...]) -> tuple[list[str], str | None]:
+    """(``args`` without ``NAME VALUE`` / ``NAME=VALUE``, the value; None when absent)."""
+    for i, arg in enumerate(args):
+        name, _, value = arg.partition("=")
+        if name in names:
+            if value:
+                return args[:i] + args[i + 1 :], value
+            if i + 1 == len(args):
+                raise FedsimError(f"option '{arg}' needs a value, e.g. {arg} 2")
+            return args[:i] + args[i + 2 :], args[i + 1]
+    return args, None
 
 
 def cmd_run(args: list[str]) -> int:
@@ -47,13 +69,27 @@ def cmd_run(args: list[str]) -> int:
     if "--help" in args or "-h" in args:
         print(_run_help())
         return 0
+    multirun = "-m" in args or "--multirun" in args
+    args = [a for a in args if a not in ("-m", "--multirun")]
+    args, jobs = _take_option(args, ("--jobs", "-j"))
+    if jobs is not None and not multirun:
+        raise FedsimError("--jobs runs sweeps: add -m (e.g. python -m fedsim run -m seed=0,1,2 --jobs 2)")
+    if multirun:
+        for arg in args:
+            if arg.startswith("-"):
+                raise FedsimError(f"unknown option '{arg}': a sweep takes key=value overrides, --jobs N")
+        if jobs is not None and not jobs.isdigit():
+            raise FedsimError(f"--jobs {jobs} is invalid: expected an integer >= 1")
+        from fedsim.experiments.sweep import run_sweep
+
+        return run_sweep(args, int(jobs or 1))
     show_cfg = "--cfg" in args
     if show_cfg:
         i = args.index("--cfg")
         args = args[:i] + args[i + 2 :]
     for arg in args:
         if arg.startswith("-"):
-            raise FedsimError(f"unknown option '{arg}': `python -m fedsim run` takes key=value overrides, --cfg job or --help")
+            raise FedsimError(f"unknown option '{arg}': `python -m fedsim run` takes key=value overrides, -m (sweep), --cfg job or --help")
     cfg = compose(args)
     if show_cfg:
         print(OmegaConf.to_yaml(cfg))
@@ -91,13 +127,25 @@ def cmd_server(args: list[str]) -> int:
     return serve(args)
 
 
+def cmd_report(args: list[str]) -> int:
+    from fedsim.experiments.report_cli import cmd_report as report
+
+    return report(args)
+
+
 def cmd_client(args: list[str]) -> int:
     from fedsim.deploy.launch import cmd_client as join
 
     return join(args)
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"run": cmd_run, "attack": cmd_attack, "server": cmd_server, "client": cmd_client}
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "run": cmd_run,
+    "report": cmd_report,
+    "attack": cmd_attack,
+    "server": cmd_server,
+    "client": cmd_client,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

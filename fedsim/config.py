@@ -19,11 +19,11 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-def _explain(err: Exception) -> str:
+def explain_hydra_error(err: Exception) -> str:
     """Turn a Hydra/OmegaConf exception into one line naming the bad override and the fix."""
     text = str(err)
     missing = re.search(r"Could not find '(\w+)/([^']+)'", text)
-    if missing and missing.group(1) in GROUPS:
+    if missing and (CONFIG_DIR / missing.group(1)).is_dir():
         group, option = missing.groups()
         return f"unknown {group} '{option}': choose one of {', '.join(group_options(group))}"
     key = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
@@ -40,7 +40,7 @@ def compose(overrides: list[str]) -> DictConfig:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"cannot parse override '{item}': write overrides as key=value (e.g. strategy=fedprox)")
-    chosen = _hydra_compose([o for o in overrides if _override_key(o) == "strategy"])
+    chosen = _hydra_compose([o for o in overrides if _override_key(o) in ("strategy", "experiment")])
     setting = strategy_setting(list(chosen.strategy.get("setting") or []), list(overrides))
     cfg = _hydra_compose(setting + list(overrides))
     validate(cfg)
@@ -72,7 +72,7 @@ def _hydra_compose(overrides: list[str], name: str = "config") -> DictConfig:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
             return hydra_compose(name, overrides=overrides)
     except Exception as err:  # Hydra raises several unrelated exception types for bad input
-        raise ConfigError(_explain(err)) from None
+        raise ConfigError(explain_hydra_error(err)) from None
 
 
 def _override_key(item: str) -> str:

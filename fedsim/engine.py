@@ -31,6 +31,7 @@ from fedsim.records import model_to_record
 from fedsim.results import RunDirectory, new_run_dir
 from fedsim.seeding import seed_torch
 from fedsim.server_loop import RoundLoop
+from fedsim.tracking import RunLogger, loggers_from_config
 from strategies import load_strategy_class
 
 log = logging.getLogger("fedsim")
@@ -73,6 +74,8 @@ def resume_config(run_dir: str | Path, overrides: DictConfig | None = None) -> D
     for group in ("attack", "defence"):  # runs saved before these groups existed
         if group not in cfg:
             cfg[group] = {"name": "none"}
+    if "logger" not in cfg:
+        cfg.logger = {"csv": {"file": "metrics.csv"}}
     return cfg
 
 
@@ -109,9 +112,11 @@ class ServerJob:
     arrays: ArrayRecord
     start_round: int
     ledger: PrivacyLedger | None
+    loggers: list[RunLogger]
 
     def serve(self, grid: Grid) -> None:
-        RoundLoop(grid, self.strategy, self.cfg, self.run_dir, self.evaluator, self.ledger).run_rounds(self.arrays, self.start_round)
+        loop = RoundLoop(grid, self.strategy, self.cfg, self.run_dir, self.evaluator, self.ledger, self.loggers)
+        loop.run_rounds(self.arrays, self.start_round)
 
     def banner(self, backend: str | None = None) -> str:
         cfg = self.cfg
@@ -136,8 +141,9 @@ class ServerJob:
             "wall_time_s_this_session": seconds,
         }
         run_dir.write_json("summary.json", summary)
-        run_dir.write_csv()
         run_dir.plot()
+        for logger in self.loggers:
+            logger.finish()
         show(f"done: final test accuracy {summary['final_test_accuracy']}; results in {run_dir.path}")
         return run_dir.path
 
@@ -172,7 +178,8 @@ def server_job(cfg: DictConfig) -> ServerJob:
 
     test = LocalData(dataset.x_test, dataset.y_test, dataset)
     evaluator = ServerEvaluator(model, test, cfg.eval_batch_size, device)
-    return ServerJob(cfg, run_dir, strategy, evaluator, arrays, start_round, ledger)
+    loggers = loggers_from_config(cfg, run_dir, start_round)
+    return ServerJob(cfg, run_dir, strategy, evaluator, arrays, start_round, ledger, loggers)
 
 
 def run(cfg: DictConfig) -> Path:

@@ -34,4 +34,5 @@ def round_line(record: dict[str, Any], num_rounds: int) -> str:
 
 
 def show(line: str) -> None:
-    print(line, file=sys.stdout, flush=True)
+    sys.stdout.write(line + "\n")  # one write: lines from several threads (a sweep's jobs) do not interleave
+    sys.stdout.flush()

@@ -4,7 +4,7 @@ runs/<timestamp>-<strategy>/
     config.yaml        the resolved config (what ``resume=`` reads back)
     partition.json     per-client sample counts and label histograms
     metrics.jsonl      one JSON object per round
-    metrics.csv        the same table, rewritten at the end of the run
+    metrics.csv        the same table (logger=csv, the default), rewritten every round
     summary.json       final figures
     accuracy.png       test accuracy and loss per round
     checkpoints/       round_XXXXXX.pt every ``checkpoint_every`` rounds
@@ -70,12 +70,12 @@ class RunDirectory:
         kept = [r for r in self.read_metrics() if r["round"] <= last_round]
         self.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
-    def write_csv(self) -> None:
+    def write_csv(self, name: str = "metrics.csv") -> None:
         rows = self.read_metrics()
         columns: list[str] = []
         for row in rows:
             columns += [k for k in row if k not in columns and not isinstance(row[k], (list, dict))]
-        with (self.path / "metrics.csv").open("w", newline="") as f:
+        with (self.path / name).open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
@@ -86,6 +86,7 @@ class RunDirectory:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         rows = self.read_metrics()
         fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
@@ -99,6 +100,7 @@ class RunDirectory:
         ax_loss.legend()
         for ax in (ax_acc, ax_loss):
             ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
         fig.tight_layout()
         out = self.path / "accuracy.png"
         fig.savefig(out, dpi=100)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -25,6 +25,7 @@ from fedsim.progress import round_line, show
 from fedsim.records import payload_bytes
 from fedsim.results import RunDirectory
 from fedsim.strategy import FedsimStrategy, client_error
+from fedsim.tracking import RunLogger
 
 log = logging.getLogger("fedsim")
 
@@ -75,6 +76,7 @@ class RoundLoop:
     run: RunDirectory
     evaluate: Callable[[ArrayRecord], dict[str, float]]
     ledger: PrivacyLedger | None = None  # DP accounting, when a DP defence is on
+    loggers: list[RunLogger] = field(default_factory=list)  # experiment tracking (the `logger` config group)
 
     def account_privacy(self, messages: list[Message]) -> dict[str, float]:
         """Add this round's DP releases to the ledger; the epsilon spent so far."""
@@ -168,6 +170,8 @@ class RoundLoop:
             record.update(round_means(cfg.run_dir, server_round))
             record["round_time_s"] = time.time() - t0
             self.run.append_metrics(record)
+            for logger in self.loggers:
+                logger.log_round(record)
             show(round_line(record, cfg.num_rounds))
             if cfg.checkpoint_every and (server_round % cfg.checkpoint_every == 0 or server_round == cfg.num_rounds):
                 privacy = self.ledger.state_dict() if self.ledger is not None else {}

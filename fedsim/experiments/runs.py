@@ -1,0 +1,63 @@
+"""Load run directories into tables: one row of flattened config per run, one row per round of metrics."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from fedsim.errors import ConfigError
+
+# Keys that say where or how a run was executed, not what was run: never a reason to group apart.
+BOOKKEEPING = ("run_dir", "runs_root", "resume", "verbose", "data_root", "device", "round_timeout", "connect_timeout",
+               "checkpoint_every", "eval_batch_size", "backend.num_threads", "backend.ray_init_args", "logger", "deploy")
+
+
+@dataclass
+class RunTable:
+    """``configs``: one row per run (index = run path), dotted config keys as columns;
+    ``metrics``: one row per (run, round) with every scalar metric."""
+
+    configs: pd.DataFrame
+    metrics: pd.DataFrame
+
+
+def find_run_dirs(paths: list[str]) -> list[Path]:
+    """Every run directory in ``paths`` (a run directory, or a folder holding some, e.g. a sweep)."""
+    found: list[Path] = []
+    for given in map(Path, paths):
+        if not given.exists():
+            raise ConfigError(f"{given}: no such directory; pass run directories or sweep directories (runs/sweeps/...)")
+        candidates = [given] if (given / "config.yaml").is_file() else sorted(p.parent for p in given.rglob("config.yaml"))
+        found += [p for p in candidates if (p / "metrics.jsonl").is_file() and p not in found]
+    if not found:
+        raise ConfigError(f"no run directory (config.yaml + metrics.jsonl) under {', '.join(paths)}")
+    return found
+
+
+def is_bookkeeping(key: str) -> bool:
+    return any(key == b or key.startswith(b + ".") for b in BOOKKEEPING)
+
+
+def load_runs(paths: list[str]) -> RunTable:
+    """Configs and per-round metrics of every run under ``paths`` (runs that logged no round are left out)."""
+    configs, metrics = [], []
+    for run in find_run_dirs(paths):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        if not rows:
+            continue
+        config = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"), resolve=True)
+        flat = pd.json_normalize(config, sep=".")
+        flat.index = [str(run)]
+        configs.append(flat)
+        frame = pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in rows])
+        frame.insert(0, "run", str(run))
+        metrics.append(frame)
+    if not configs:
+        raise ConfigError(f"no run under {', '.join(paths)} has finished a round yet")
+    table = pd.concat(configs)
+    table = table.map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)  # lists compare as text
+    return RunTable(table, pd.concat(metrics, ignore_index=True))
