@@ -33,6 +33,13 @@ def new_run_dir(root: str | Path, strategy: str) -> Path:
     return path
 
 
+def integer_round_axis(ax: Any) -> None:
+    """Whole-number ticks on a matplotlib axis whose x is the round."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 class RunDirectory:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -86,7 +93,6 @@ class RunDirectory:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
 
         rows = self.read_metrics()
         fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
@@ -100,7 +106,7 @@ class RunDirectory:
         ax_loss.legend()
         for ax in (ax_acc, ax_loss):
             ax.grid(alpha=0.3)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
+            integer_round_axis(ax)
         fig.tight_layout()
         out = self.path / "accuracy.png"
         fig.savefig(out, dpi=100)

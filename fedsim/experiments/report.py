@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import stats
 
 from fedsim.errors import ConfigError
-from fedsim.experiments.runs import RunTable, is_bookkeeping, load_runs
+from fedsim.experiments.runs import RunTable, as_text, is_bookkeeping
 
 CONFIDENCE = 0.95
 TRAFFIC = {"bytes_up": "MB up/round", "bytes_down": "MB down/round", "p2p_busiest_node_bytes": "MB busiest node/round"}
@@ -61,7 +61,7 @@ def group_labels(configs: pd.DataFrame, group_by: list[str]) -> pd.Series:
     A config group whose option differs shows as ``strategy=fedprox``; its other keys show only
     where they differ between runs of the same option (e.g. a swept ``strategy.mu``).
     """
-    text = configs.astype(str)
+    text = as_text(configs)
     if group_by:
         keys = [_column(configs, k) for k in group_by]
     else:
@@ -75,7 +75,7 @@ def group_labels(configs: pd.DataFrame, group_by: list[str]) -> pd.Series:
                 keys.append(key)
     if not keys:
         return pd.Series("all runs", index=configs.index)
-    return text[keys].apply(lambda row: ", ".join(f"{_show(k)}={v}" for k, v in row.items() if v != "nan"), axis=1)
+    return text[keys].apply(lambda row: ", ".join(f"{_show(k)}={v}" for k, v in row.items() if v != ""), axis=1)
 
 
 def baseline_runs(configs: pd.DataFrame, baseline: list[str]) -> tuple[pd.Series, list[str]]:
@@ -87,7 +87,7 @@ def baseline_runs(configs: pd.DataFrame, baseline: list[str]) -> tuple[pd.Series
         if not sep:
             raise ConfigError(f"--baseline {spec}: write key=value, e.g. --baseline strategy=fedavg")
         column = _column(configs, key)
-        mask &= configs[column].astype(str) == value
+        mask &= as_text(configs[[column]])[column] == value
         family += [c for c in configs.columns if c == key or c.startswith(key + ".")]
     if not mask.any():
         raise ConfigError(f"--baseline {' '.join(baseline)} matches none of the runs")
@@ -189,7 +189,7 @@ def compare_to_baseline(configs: pd.DataFrame, figures: pd.DataFrame, options: R
     and otherwise the same config (every key but the baseline's own and bookkeeping)."""
     is_base, family = baseline_runs(configs, options.baseline)
     context_keys = [k for k in configs.columns if k != "seed" and not is_bookkeeping(k) and k not in family]
-    context = configs[context_keys].astype(str).apply(tuple, axis=1)
+    context = as_text(configs[context_keys]).apply(tuple, axis=1)
     partners = {(context[r], configs.at[r, "seed"]): r for r in configs.index[is_base]}
     base_labels = set(figures.loc[is_base, "group"])
     rows = {}

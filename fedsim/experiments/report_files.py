@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedsim.experiments.report import TRAFFIC, Report, percent
+from fedsim.results import integer_round_axis
 
 STAT_TITLES = {"final": "final", "best": "best", "last": "mean of last {last}"}
 
@@ -66,7 +67,6 @@ def plot_curves(report: Report, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     names = list(report.curves)
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.2), squeeze=False)
@@ -78,7 +78,7 @@ def plot_curves(report: Report, path: Path) -> None:
             line, = ax.plot(rows["round"], rows["mean"], label=f"{group} (n={int(rows['count'].max())})")
             ax.fill_between(rows["round"], rows["mean"] - band, rows["mean"] + band, color=line.get_color(), alpha=0.2)
         ax.set(xlabel="round", ylabel=name, title=f"{name}: mean ± std over seeds")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        integer_round_axis(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,11 @@ def find_run_dirs(paths: list[str]) -> list[Path]:
     if not found:
         raise ConfigError(f"no run directory (config.yaml + metrics.jsonl) under {', '.join(paths)}")
     return found
+
+
+def as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Config values as comparable strings; a key a run does not have becomes ''."""
+    return frame.map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
 
 
 def is_bookkeeping(key: str) -> bool:
