@@ -53,10 +53,10 @@ def test_sweep_expands_hydra_grammar():
 
 
 def test_named_experiment_holds_its_sweep_and_the_command_line_wins():
-    plan = plan_sweep(["+experiment=smoke_sweep"])
-    assert plan.name == "smoke_sweep" and len(plan.jobs) == 4
-    assert {j.overrides for j in plan.jobs} == {(f"seed={s}", f"strategy={m}", "+experiment=smoke_sweep") for s in (0, 1) for m in ("fedavg", "fedprox")}
-    assert len(plan_sweep(["+experiment=smoke_sweep", "seed=5,6,7"]).jobs) == 6
+    plan = plan_sweep(["+experiment=example_digits"])
+    assert plan.name == "example_digits" and len(plan.jobs) == 6
+    assert {j.overrides for j in plan.jobs} == {(f"seed={s}", f"strategy={m}", "+experiment=example_digits") for s in (0, 1, 2) for m in ("fedavg", "fedprox")}
+    assert len(plan_sweep(["+experiment=example_digits", "seed=5,6,7"]).jobs) == 6
     with pytest.raises(ConfigError, match="unknown experiment 'nosuch'"):
         plan_sweep(["+experiment=nosuch"])
 
