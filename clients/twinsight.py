@@ -9,9 +9,12 @@ Each client trains twin models on all its samples, labeled or not:
 - the unsupervised model g (same backbone + projector, server record ``unsupervised``): SimCLR's
   InfoNCE between two strong views (temperature ``temperature``, weight ``contrastive_weight``);
 - the neighbourhood-preserving constraint couples them on weak views: with u and v the
-  L2-normalised backbone features of g and f, L_np = mean((u u^T - v v^T)^2) over the B x B
-  Gram matrices (the official code's ``B ^ 2`` is a XOR; this is B^2), weight ``np_weight``;
-  gradients flow into both models.
+  L2-normalised backbone features of g and f, L_np = sum((u u^T - v v^T)^2) / B over the B x B
+  Gram matrices, weight ``np_weight``; gradients flow into both models. The official code divides
+  the sum by ``B ^ 2``, which in Python is B XOR 2 (66 for B=64, 130 for B=128), so its constraint
+  is sum / ~B. The intended mean over B^2 entries would be ~B times weaker than what the published
+  numbers were obtained with; fedsim keeps the official strength with the plain divisor B (within
+  2/B of the XOR's, and without its dependence on B's second bit).
 """
 
 from __future__ import annotations
@@ -43,9 +46,10 @@ def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Te
 
 
 def neighbourhood_loss(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """mean((u u^T - v v^T)^2) of L2-normalised features: 0 iff both spaces have the same geometry."""
+    """sum((u u^T - v v^T)^2) / B of L2-normalised features (the official strength, see the module
+    docstring): 0 iff both feature spaces have the same geometry on the batch."""
     u, v = F.normalize(u.flatten(1), dim=1), F.normalize(v.flatten(1), dim=1)
-    return (u @ u.T - v @ v.T).pow(2).mean()
+    return (u @ u.T - v @ v.T).pow(2).sum() / len(u)
 
 
 class TwinSightClient(FixMatchClient):

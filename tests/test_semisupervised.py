@@ -1,6 +1,7 @@
 """Twin-sight and the FixMatch baseline: losses, augmentations, label-deficient runs."""
 
 import numpy as np
+import pytest
 import torch
 
 from clients.twinsight import info_nce, neighbourhood_loss
@@ -17,6 +18,19 @@ def test_neighbourhood_loss_zero_iff_geometry_agrees():
     assert neighbourhood_loss(u, u).item() < 1e-12
     assert neighbourhood_loss(u, 3.0 * u @ rotation).item() < 1e-10  # same neighbourhoods, other basis/scale
     assert neighbourhood_loss(u, torch.randn(16, 8, generator=g)).item() > 1e-2
+
+
+def test_neighbourhood_loss_has_the_official_strength():
+    """Official Twin-sight: sum((Gu - Gv)^2) / (B ^ 2) with ^ a XOR (about B): B times a mean over B x B."""
+    g = torch.Generator().manual_seed(1)
+    for batch in (8, 64, 128):
+        u, v = torch.randn(batch, 5, generator=g), torch.randn(batch, 5, generator=g)
+        un, vn = torch.nn.functional.normalize(u, dim=1), torch.nn.functional.normalize(v, dim=1)
+        squared = (un @ un.T - vn @ vn.T).pow(2)
+        assert neighbourhood_loss(u, v).item() == pytest.approx(squared.sum().item() / batch, rel=1e-5)
+        assert neighbourhood_loss(u, v).item() == pytest.approx(batch * squared.mean().item(), rel=1e-5)
+        official = squared.sum().item() / (batch ^ 2)
+        assert abs(neighbourhood_loss(u, v).item() / official - 1) <= 2 / batch + 1e-6
 
 
 def test_info_nce_prefers_matching_views():
