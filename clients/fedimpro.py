@@ -1,17 +1,24 @@
 """FedImpro client: "FedImpro: Measuring and Improving Client Update in Federated Learning"
-(Tang, Zhang et al., ICLR 2024, arXiv:2402.07011).
+(Tang, Zhang et al., ICLR 2024, arXiv:2402.07011; official code github.com/wizard1203/FedImpro).
 
-The model is split into a low part (feature extractor) and a high part (``split_model``). Each
-local step computes h = low(x) on a local batch and draws as many synthetic features
-h~ ~ N(mu_c, diag min(sigma_c, feature_std_max)^2) for class-balanced labels c from the global per-class distributions the
-server sent (``feature-stats``); the high part trains on both:
-    loss = CE(high(h), y) + lambda_t * CE(high(h~), c)
-h~ carries no gradient to the low part, which learns from real data only. The server raises
-lambda_t with the round (``fedimpro-lambda``).
+The model is split into a low part (feature extractor) and a high part (``split_model``). The
+client starts the round from the global per-class feature distributions N(mean_c, diag std_c^2)
+the server sent (``feature-stats``) and, as the official code does, keeps its own running
+estimate of them while it trains. Each local step:
 
-While training, the client accumulates per-class counts, sums and sums of squares of its own
-(detached) features over the epoch and returns count, E[h] and E[h^2] per class, with Gaussian
-noise of std ``stats_noise_std`` on both moments (the privacy knob).
+1. draws class-balanced synthetic features for every class from the current estimate
+   (B // C + 1 per class; std capped at ``feature_std_max``), detached from the low part;
+2. computes h = low(x) and trains on
+       loss = CE(high(h), y) + lambda_t * CE(high(h~), c)
+   (the official "gradual2half" schedule: lambda_t = t / ``lambda_ramp_rounds``, sent by the server);
+3. moves the estimate of every class in the batch toward the batch's own features:
+       mean_c <- (1 - w) mean_c + w mean(h_c),  std_c <- (1 - w) std_c + w std(h_c),
+       w = min(1, n_c / ``stats_reference_count``)
+   (official: 5000), so the classes a client holds are described by its current features and the
+   classes it lacks by the global statistics.
+
+The client returns its updated estimate (mean and std per class), with Gaussian noise of std
+``stats_noise_std`` on both (the paper's privacy knob; off in the official code by default).
 """
 
 from __future__ import annotations
@@ -26,79 +33,71 @@ from fedsim.models import split_model
 from fedsim.seeding import torch_generator
 
 
-class FeatureStats:
-    """Per-class count, sum and sum of squares of flattened features."""
+class RunningClassStats:
+    """Per-class feature mean and std, moved toward each batch's features (FedImpro's client estimate)."""
 
-    def __init__(self, num_classes: int, dim: int) -> None:
-        self.count = torch.zeros(num_classes, dtype=torch.float64)
-        self.sum = torch.zeros(num_classes, dim, dtype=torch.float64)
-        self.sumsq = torch.zeros(num_classes, dim, dtype=torch.float64)
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, reference_count: float, std_max: float | None) -> None:
+        self.mean, self.std = mean.clone(), std.clone()
+        self.reference_count, self.std_max = float(reference_count), std_max
+        if std_max is not None:
+            self.std.clamp_(max=std_max)
 
-    def add(self, h: torch.Tensor, y: torch.Tensor) -> None:
-        h = h.detach().flatten(1).double().cpu()
-        y = y.cpu()
-        self.count.index_add_(0, y, torch.ones(len(y), dtype=torch.float64))
-        self.sum.index_add_(0, y, h)
-        self.sumsq.index_add_(0, y, h * h)
+    @torch.no_grad()
+    def update(self, h: torch.Tensor, y: torch.Tensor) -> None:
+        h = h.detach().flatten(1).to(self.mean)
+        for c in torch.unique(y).tolist():
+            members = h[y == c]
+            w = min(1.0, len(members) / self.reference_count)
+            self.mean[c] = (1 - w) * self.mean[c] + w * members.mean(0)
+            if len(members) > 1:  # a single sample has no spread (official: skip a NaN std)
+                self.std[c] = (1 - w) * self.std[c] + w * members.std(0)
+        if self.std_max is not None:
+            self.std.clamp_(max=self.std_max)
 
-    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.count.clamp(min=1).unsqueeze(1)
-        return self.sum / n, self.sumsq / n
-
-
-def sample_features(stats: ArrayRecord, n: int, generator: torch.Generator, std_max: float | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """n class-balanced draws from N(mean_c, diag var_c) over the classes the statistics cover, with
-    each standard deviation capped at ``std_max`` (None: no cap)."""
-    count = torch.from_numpy(stats["count"].numpy())
-    classes = torch.nonzero(count > 0).flatten()
-    if len(classes) == 0 or n == 0:
-        return None
-    mean = torch.from_numpy(stats["mean"].numpy()).float()
-    std = torch.from_numpy(stats["var"].numpy()).float().clamp(min=0).sqrt()
-    if std_max is not None:
-        std = std.clamp(max=std_max)
-    labels = classes[torch.randint(len(classes), (n,), generator=generator)]
-    noise = torch.randn((n, mean.shape[1]), generator=generator)
-    return mean[labels] + std[labels] * noise, labels
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """B // C + 1 draws of every class (class-balanced, as in the official code)."""
+        classes = len(self.mean)
+        labels = torch.arange(classes).repeat(batch_size // classes + 1)
+        noise = torch.randn((len(labels), self.mean.shape[1]), generator=generator).to(self.mean)
+        return self.mean[labels] + self.std[labels] * noise, labels
 
 
 class FedImproClient(Client):
     def train(self, content: RecordDict, server_round: int) -> RecordDict:
-        data = self.env.data.dataset
-        self.global_stats: ArrayRecord = content["feature-stats"]
+        s = self.env.cfg.strategy
+        stats: ArrayRecord = content["feature-stats"]
         self.weight = float(content["config"]["fedimpro-lambda"])
-        self.low, self.high = split_model(self.env.model, self.env.cfg.strategy.split_at)
-        self.collected: FeatureStats | None = None
+        self.low, self.high = split_model(self.env.model, s.split_at)
+        std_max = None if s.feature_std_max is None else float(s.feature_std_max)
+        self.estimate = RunningClassStats(
+            torch.from_numpy(stats["mean"].numpy()).float().to(self.env.device),
+            torch.from_numpy(stats["std"].numpy()).float().to(self.env.device),
+            float(s.stats_reference_count),
+            std_max,
+        )
         self.draws = torch_generator(self.env.cfg.seed, "fedimpro-draw", server_round, self.env.client_id)
         reply = super().train(content, server_round)
-        if self.collected is None:  # no local step ran (empty client): share nothing
-            self.collected = FeatureStats(data.num_classes, self.global_stats["mean"].shape[1])
         reply["feature-stats"] = self.shared_stats(server_round)
         return reply
 
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        fake_h, fake_y = self.estimate.sample(len(y), self.draws)
         h = self.low(x)
-        if self.collected is None:
-            self.collected = FeatureStats(self.env.data.dataset.num_classes, h[0].numel())
-        self.collected.add(h, y)
-        std_max = self.env.cfg.strategy.feature_std_max
-        fake = sample_features(self.global_stats, len(y), self.draws, std_max) if self.weight > 0 else None
-        if fake is None:
-            return self.loss(model, self.high(h), y)
-        h_fake = fake[0].to(h.device).view(-1, *h.shape[1:])
-        logits = self.high(torch.cat([h, h_fake]))
+        logits = self.high(torch.cat([h, fake_h.view(-1, *h.shape[1:])]))
         real, synthetic = logits[: len(y)], logits[len(y) :]
-        return self.loss(model, real, y) + self.weight * F.cross_entropy(synthetic, fake[1].to(h.device))
+        loss = self.loss(model, real, y) + self.weight * F.cross_entropy(synthetic, fake_y.to(h.device))
+        self.estimate.update(h, y)
+        return loss
 
     def shared_stats(self, server_round: int) -> ArrayRecord:
-        """count, E[h], E[h^2] per class, both moments with Gaussian noise of std ``stats_noise_std``."""
-        mean, second = self.collected.moments()
+        """The client's per-class mean and std, both with Gaussian noise of std ``stats_noise_std``."""
+        mean, std = self.estimate.mean.cpu(), self.estimate.std.cpu()
         sigma = float(self.env.cfg.strategy.stats_noise_std)
         if sigma > 0:
             noise = torch_generator(self.env.cfg.seed, "fedimpro-stats-noise", server_round, self.env.client_id)
-            mean = mean + sigma * torch.randn(mean.shape, generator=noise, dtype=torch.float64)
-            second = second + sigma * torch.randn(second.shape, generator=noise, dtype=torch.float64)
-        return ArrayRecord({"count": self.collected.count.clone(), "mean": mean.float(), "second": second.float()})
+            mean = mean + sigma * torch.randn(mean.shape, generator=noise)
+            std = std + sigma * torch.randn(std.shape, generator=noise)
+        return ArrayRecord({"mean": mean.contiguous(), "std": std.contiguous()})
 
 
 CLIENT = FedImproClient

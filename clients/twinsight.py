@@ -6,10 +6,12 @@ Each client trains twin models on all its samples, labeled or not:
   on unlabeled ones (weight ``pseudo_label_weight``; the paper describes pseudo-labelling, the
   official code has it off and swaps the weak/strong logits: here weak views make the labels and
   strong views learn them, 0 turns it off);
-- the unsupervised model g (same backbone + projector, server record ``unsupervised``): SimCLR's
-  InfoNCE between two strong views (temperature ``temperature``, weight ``contrastive_weight``);
+- the unsupervised model g (the same network up to its penultimate layer + a projector, server
+  record ``unsupervised``): SimCLR's InfoNCE between the weak and the strong view of each sample,
+  as in the official code (temperature ``temperature``, weight ``contrastive_weight``);
 - the neighbourhood-preserving constraint couples them on weak views: with u and v the
-  L2-normalised backbone features of g and f, L_np = sum((u u^T - v v^T)^2) / B over the B x B
+  L2-normalised penultimate features of g and f (``embedding``: 512-d for the CNN, not the
+  3136-d conv output), L_np = sum((u u^T - v v^T)^2) / B over the B x B
   Gram matrices, weight ``np_weight``; gradients flow into both models. The official code divides
   the sum by ``B ^ 2``, which in Python is B XOR 2 (66 for B=64, 130 for B=128), so its constraint
   is sum / ~B. The intended mean over B^2 entries would be ~B times weaker than what the published
@@ -26,7 +28,7 @@ from torch.nn import functional as F
 
 from clients.base import make_optimizer
 from clients.fixmatch import FixMatchClient
-from fedsim.models import model_from_config
+from fedsim.models import embedding, model_from_config
 from fedsim.models.projection import ProjectionModel
 from fedsim.records import load_record, model_to_record
 
@@ -68,14 +70,13 @@ class TwinSightClient(FixMatchClient):
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         s = self.env.cfg.strategy
         weak, strong = self.views(x)
-        strong2 = self.view(x, "strong")
         y = y.to(self.env.device)
         labeled = y != self.UNLABELED
         loss = self.supervised_loss(model, weak[labeled], y[labeled])
         if float(s.pseudo_label_weight) > 0:
             loss = loss + float(s.pseudo_label_weight) * self.pseudo_label_loss(model, weak[~labeled], strong[~labeled])
-        loss = loss + float(s.contrastive_weight) * info_nce(self.unsup(strong), self.unsup(strong2), float(s.temperature))
-        return loss + float(s.np_weight) * neighbourhood_loss(self.unsup.features(weak), model.features(weak))
+        loss = loss + float(s.contrastive_weight) * info_nce(self.unsup(weak), self.unsup(strong), float(s.temperature))
+        return loss + float(s.np_weight) * neighbourhood_loss(self.unsup.features(weak), embedding(model)(weak))
 
 
 CLIENT = TwinSightClient

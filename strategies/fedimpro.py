@@ -1,15 +1,19 @@
 """FedImpro: "FedImpro: Measuring and Improving Client Update in Federated Learning"
 (Tang, Zhang et al., ICLR 2024, arXiv:2402.07011; official code github.com/wizard1203/FedImpro).
 
-FedAvg on the weights, plus shared per-class feature distributions at the split layer: clients
-return count, E[h] and E[h^2] per class (noised, see ``clients/fedimpro.py``); the server pools them
-weighted by counts,
-    E[h]_c = sum_i n_ic E_i[h]_c / sum_i n_ic,   var_c = max(E[h^2]_c - E[h]_c^2, 0),
-and sends N(E[h]_c, diag var_c) back, from which clients draw synthetic features so that the high
-part of every client trains on similar conditional distributions. Classes no sampled client held
-this round keep their previous statistics. The weight of the synthetic loss grows linearly to
-``lambda_max`` over ``lambda_warmup_rounds`` (the official code's t/500 grows without bound).
+FedAvg on the weights, plus shared per-class feature distributions at the split layer. The server
+starts them as the official code does (means uniform in [0, 1), std ``feature_std_max``), sends
+N(mean_c, diag std_c^2) with every training message, and replaces them each round by the
+uniform average of the estimates the sampled clients return (official ``estimate_mode=selected``,
+``estimate_weight=uniform``; ``clients/fedimpro.py`` says how a client updates its estimate).
 
+The weight of the synthetic-feature loss is lambda_t = t / ``lambda_ramp_rounds``, the official
+"gradual2half" schedule of the published runs (t/500 over 1000 rounds: 1 at mid-run, 2 at the end),
+uncapped as there unless ``lambda_max`` is set. Runs much shorter than 1000 rounds scale the ramp
+(``configs/experiment/repro_fedimpro.yaml`` reaches the same lambda at the same fraction of the run).
+
+Client obligation: train on real plus synthetic features as above and return ``feature-stats``
+(``mean`` and ``std``, each classes x split-layer features) with the updated weights.
 Update dissimilarity between clients, the paper's measure of client drift, is in every round's
 metrics (``update_dissimilarity``) for every strategy.
 """
@@ -26,22 +30,22 @@ from flwr.serverapp import Grid
 from fedsim.data import dataset_from_config
 from fedsim.models import model_from_config, split_model
 from fedsim.records import from_numpy, non_finite
+from fedsim.seeding import torch_generator
 from fedsim.strategy import ClientReply, FedsimStrategy
 
 
-def pool_feature_stats(records: list[ArrayRecord], previous: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Count-weighted pooling of per-class first and second moments (float64)."""
-    counts = np.stack([r["count"].numpy().astype(np.float64) for r in records])  # (clients, C)
-    total = counts.sum(0)
-    weights = counts / np.maximum(total, 1.0)
-    mean = np.einsum("kc,kcd->cd", weights, np.stack([r["mean"].numpy().astype(np.float64) for r in records]))
-    second = np.einsum("kc,kcd->cd", weights, np.stack([r["second"].numpy().astype(np.float64) for r in records]))
-    seen = total > 0
-    out = {k: v.copy() for k, v in previous.items()}
-    out["count"][seen] = total[seen]
-    out["mean"][seen] = mean[seen]
-    out["var"][seen] = np.maximum(second - mean**2, 0.0)[seen]
-    return out
+STATS = ("mean", "std")
+
+
+def average_feature_stats(records: list[ArrayRecord]) -> dict[str, np.ndarray]:
+    """Uniform average of the clients' per-class means and stds (the official server's rule)."""
+    return {key: np.mean([r[key].numpy().astype(np.float64) for r in records], axis=0).astype(np.float32) for key in STATS}
+
+
+def lambda_schedule(server_round: int, ramp_rounds: int, cap: float | None) -> float:
+    """lambda_t = t / ramp (official gradual2half), capped at ``cap`` when one is given."""
+    value = server_round / ramp_rounds
+    return value if cap is None else min(value, cap)
 
 
 class FedImpro(FedsimStrategy):
@@ -52,17 +56,20 @@ class FedImpro(FedsimStrategy):
         low, _ = split_model(model, cfg.strategy.split_at)
         with torch.no_grad():
             dim = low.eval()(torch.zeros(1, *data.input_shape))[0].numel()
-        c = data.num_classes
-        self.stats = {"count": np.zeros(c), "mean": np.zeros((c, dim), np.float32), "var": np.ones((c, dim), np.float32)}
+        c, start = data.num_classes, torch_generator(cfg.seed, "fedimpro-init-stats")
+        std = float(cfg.strategy.feature_std_max) if cfg.strategy.feature_std_max is not None else 1.0
+        self.stats = {"mean": torch.rand((c, dim), generator=start).numpy(), "std": np.full((c, dim), std, np.float32)}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         s = self.cfg.strategy
-        config["fedimpro-lambda"] = float(s.lambda_max) * min(1.0, server_round / max(int(s.lambda_warmup_rounds), 1))
+        cap = None if s.lambda_max is None else float(s.lambda_max)
+        self.current_lambda = lambda_schedule(server_round, int(s.lambda_ramp_rounds), cap)
+        config["fedimpro-lambda"] = self.current_lambda
         return super().configure_train(server_round, arrays, config, grid)
 
     def train_content(self, client_id: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
         content = super().train_content(client_id, arrays, config)
-        content["feature-stats"] = from_numpy({k: v.astype(np.float32) for k, v in self.stats.items()})
+        content["feature-stats"] = from_numpy(self.stats)
         return content
 
     def reply_problem(self, msg: Message) -> str | None:
@@ -72,17 +79,17 @@ class FedImpro(FedsimStrategy):
         if "feature-stats" not in msg.content.array_records:
             return "malformed reply: FedImpro needs a 'feature-stats' ArrayRecord"
         stats = msg.content["feature-stats"]
-        c, dim = self.stats["mean"].shape
-        expected = {"count": (c,), "mean": (c, dim), "second": (c, dim)}
-        if set(stats.keys()) != set(expected) or any(tuple(stats[k].shape) != v for k, v in expected.items()):
-            return f"malformed feature-stats: expected count {(c,)}, mean and second {(c, dim)}"
+        shape = self.stats["mean"].shape
+        if set(stats.keys()) != set(STATS) or any(tuple(stats[k].shape) != shape for k in STATS):
+            return f"malformed feature-stats: expected mean and std of shape {shape}"
         bad = non_finite(stats)
         return f"returned NaN/Inf in feature-stats '{bad}'" if bad else None
 
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
         arrays, metrics = super().aggregate(server_round, replies)
-        self.stats = pool_feature_stats([r.content["feature-stats"] for r in replies], self.stats)
-        metrics["classes-with-stats"] = int((self.stats["count"] > 0).sum())
+        self.stats = average_feature_stats([r.content["feature-stats"] for r in replies])
+        metrics["fedimpro-lambda"] = self.current_lambda
+        metrics["feature-std-mean"] = float(self.stats["std"].mean())
         return arrays, metrics
 
     def state_dict(self) -> dict[str, Any]:

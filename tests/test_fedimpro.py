@@ -5,17 +5,17 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from clients.fedimpro import FeatureStats, sample_features
+from clients.fedimpro import RunningClassStats
 from fedsim.engine import run
 from fedsim.models import build_model, split_model
 from fedsim.records import from_numpy
 from fedsim.strategy import ClientReply, update_dissimilarity
 from flwr.app import MetricRecord, RecordDict
-from strategies.fedimpro import pool_feature_stats
+from strategies.fedimpro import average_feature_stats, lambda_schedule
 from tests.conftest import read_metrics
 
 
-@pytest.mark.parametrize("name, shape, dim", [("cnn", (1, 28, 28), 3136), ("mlp", (1, 8, 8), 200), ("resnet18", (3, 32, 32), 128 * 16 * 16)])
+@pytest.mark.parametrize("name, shape, dim", [("cnn", (1, 28, 28), 32 * 14 * 14), ("mlp", (1, 8, 8), 200), ("resnet18", (3, 32, 32), 128 * 16 * 16)])
 def test_split_point_for_each_model(name, shape, dim):
     model = build_model(name, shape, 10).eval()
     low, high = split_model(model)
@@ -26,49 +26,39 @@ def test_split_point_for_each_model(name, shape, dim):
     assert {id(p) for p in low.parameters()} | {id(p) for p in high.parameters()} == {id(p) for p in model.parameters()}
 
 
-def test_feature_stats_match_direct_moments():
+def test_running_estimate_moves_each_present_class_by_its_share():
+    """Official update: mean_c <- (1 - w) mean_c + w mean(h_c), std likewise, w = n_c / 5000; std capped."""
     g = torch.Generator().manual_seed(0)
-    h, y = torch.randn(200, 5, generator=g), torch.randint(0, 3, (200,), generator=g)
-    stats = FeatureStats(4, 5)
-    for chunk in range(0, 200, 32):
-        stats.add(h[chunk : chunk + 32], y[chunk : chunk + 32])
-    mean, second = stats.moments()
-    for c in range(3):
-        torch.testing.assert_close(mean[c].float(), h[y == c].mean(0))
-        torch.testing.assert_close(second[c].float(), (h[y == c] ** 2).mean(0))
-    assert stats.count.tolist()[:3] == [float((y == c).sum()) for c in range(3)] and stats.count[3] == 0
+    mean, std = torch.rand(3, 4, generator=g), torch.full((3, 4), 0.1)
+    estimate = RunningClassStats(mean, std, reference_count=10, std_max=0.5)
+    h = torch.randn(8, 4, generator=g) * 0.3 + 2.0
+    y = torch.tensor([0, 0, 0, 0, 0, 2, 2, 2])
+    estimate.update(h, y)
+    torch.testing.assert_close(estimate.mean[0], 0.5 * mean[0] + 0.5 * h[:5].mean(0))
+    torch.testing.assert_close(estimate.mean[2], 0.7 * mean[2] + 0.3 * h[5:].mean(0))
+    torch.testing.assert_close(estimate.mean[1], mean[1])  # a class not in the batch keeps the global statistics
+    torch.testing.assert_close(estimate.std[0], (0.5 * 0.1 + 0.5 * h[:5].std(0)).clamp(max=0.5))
+    estimate.update(torch.full((20, 4), 100.0) + torch.randn(20, 4, generator=g) * 50, torch.ones(20, dtype=torch.long))
+    assert estimate.mean[1].mean() > 90 and estimate.std.max() <= 0.5  # w = min(1, 20/10): replaced; std capped
 
 
-def test_pooling_is_exact_count_weighted():
-    rng = np.random.default_rng(0)
-    feats = {0: rng.normal(size=(30, 4)), 1: rng.normal(2.0, 3.0, size=(10, 4))}  # client -> features of class 0
-    records = []
-    for k, f in feats.items():
-        records.append(from_numpy({
-            "count": np.array([len(f), 0.0]), "mean": np.stack([f.mean(0), np.zeros(4)]), "second": np.stack([(f**2).mean(0), np.zeros(4)]),
-        }))
-    previous = {"count": np.array([0.0, 7.0]), "mean": np.zeros((2, 4)), "var": np.full((2, 4), 5.0)}
-    pooled = pool_feature_stats(records, previous)
-    everything = np.concatenate(list(feats.values()))
-    np.testing.assert_allclose(pooled["mean"][0], everything.mean(0))
-    np.testing.assert_allclose(pooled["var"][0], everything.var(0))
-    assert pooled["count"][0] == 40
-    # class 1: no client held it this round -> previous statistics kept
-    assert pooled["count"][1] == 7 and np.all(pooled["var"][1] == 5.0)
+def test_sampling_is_class_balanced_over_every_class():
+    mean = torch.tensor([[1.0, -2.0], [9.0, 9.0], [0.0, 4.0]])
+    std = torch.tensor([[0.5, 2.0], [1.0, 1.0], [1.0, 0.1]])
+    estimate = RunningClassStats(mean, std, reference_count=5000, std_max=None)
+    h, c = estimate.sample(30000, torch.Generator().manual_seed(0))
+    assert len(c) == 3 * (30000 // 3 + 1) and torch.equal(torch.bincount(c), torch.full((3,), 10001))
+    for cls in range(3):
+        torch.testing.assert_close(h[c == cls].mean(0), mean[cls], atol=0.05, rtol=0)
+        torch.testing.assert_close(h[c == cls].std(0), std[cls], atol=0.05, rtol=0.02)
 
 
-def test_sampling_follows_the_aggregated_distribution():
-    stats = ArrayRecord({
-        "count": torch.tensor([5.0, 0.0, 3.0]),
-        "mean": torch.tensor([[1.0, -2.0], [9.0, 9.0], [0.0, 4.0]]),
-        "var": torch.tensor([[0.25, 4.0], [1.0, 1.0], [1.0, 0.01]]),
-    })
-    h, c = sample_features(stats, 20000, torch.Generator().manual_seed(0))
-    assert set(c.tolist()) == {0, 2}  # never a class without statistics
-    assert abs((c == 0).float().mean().item() - 0.5) < 0.02  # class-balanced
-    for cls, mean, std in ((0, [1.0, -2.0], [0.5, 2.0]), (2, [0.0, 4.0], [1.0, 0.1])):
-        torch.testing.assert_close(h[c == cls].mean(0), torch.tensor(mean), atol=0.05, rtol=0)
-        torch.testing.assert_close(h[c == cls].std(0), torch.tensor(std), atol=0.05, rtol=0.02)
+def test_server_averages_estimates_uniformly_and_lambda_ramps():
+    records = [from_numpy({"mean": np.full((2, 3), v), "std": np.full((2, 3), s)}) for v, s in ((1.0, 0.1), (4.0, 0.3))]
+    averaged = average_feature_stats(records)
+    np.testing.assert_allclose(averaged["mean"], 2.5) and np.testing.assert_allclose(averaged["std"], 0.2)
+    assert lambda_schedule(20, 500, None) == pytest.approx(0.04) and lambda_schedule(1000, 500, None) == 2.0
+    assert lambda_schedule(1000, 500, 1.0) == 1.0 and lambda_schedule(25, 25, None) == 1.0
 
 
 def _reply(delta, n):
@@ -86,8 +76,9 @@ def test_update_dissimilarity():
 
 
 def test_fedimpro_end_to_end_with_noised_stats(make_cfg):
-    path = run(make_cfg("strategy=fedimpro", "strategy.stats_noise_std=0.01", "partition=dirichlet", "num_rounds=4"))
+    path = run(make_cfg("strategy=fedimpro", "strategy.stats_noise_std=0.01", "strategy.lambda_ramp_rounds=2", "partition=dirichlet", "num_rounds=4"))
     records = read_metrics(path)
     assert records[-1]["test_accuracy"] > 0.5
-    assert all(r["classes_with_stats"] == 10 for r in records)
+    assert [r["fedimpro_lambda"] for r in records] == [0.5, 1.0, 1.5, 2.0]
+    assert all(0 < r["feature_std_mean"] <= 0.1 + 0.05 for r in records)  # capped at 0.1, plus the noise
     assert all(r["update_dissimilarity"] > 0 for r in records)

@@ -26,14 +26,23 @@ def layer_list(model: nn.Module) -> list[nn.Module]:
     return [*model.features.children(), model.classifier]
 
 
-DEFAULT_SPLIT = {"FedAvgCNN": None, "MLP": None, "ResNet": 7, "ViT": None}  # None: after the whole feature stack
+def embedding(model: nn.Module) -> nn.Sequential:
+    """The layers before a zoo model's last linear layer (its penultimate representation), sharing
+    its parameters: ``features`` plus, for a classifier with hidden layers (the CNN), all but its last."""
+    head = list(model.classifier.children()) if isinstance(model.classifier, nn.Sequential) else [model.classifier]
+    return nn.Sequential(model.features, *head[:-1])
+
+
+# FedImpro's split point: mid-network (None: after the whole feature stack)
+DEFAULT_SPLIT = {"FedAvgCNN": 3, "MLP": None, "ResNet": 7, "ViT": None}
 
 
 def split_model(model: nn.Module, at: int | None = None) -> tuple[nn.Sequential, nn.Sequential]:
     """(low, high) with ``high(low(x)) == model(x)``, sharing the model's parameters.
 
-    ``at`` counts the feature layers that go to the low part; by default the whole feature stack
-    (CNN, MLP) or, for ResNet-18, the stem and the first two stages (FedImpro's split point).
+    ``at`` counts the feature layers that go to the low part; by default mid-network, FedImpro's
+    split point: the CNN's first conv block, ResNet-18's stem and first two stages, the MLP's whole
+    feature stack.
     """
     features = list(model.features.children())
     if at is None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fedsim.models import embedding
+
 
 class ProjectionModel(nn.Module):
-    """``features`` of a zoo model followed by a 2-layer MLP projector to ``out_dim``."""
+    """A zoo model up to its penultimate layer (``embedding``) followed by a 2-layer MLP projector
+    to ``out_dim``: the last linear layer is replaced by the projector, as in SimCLR."""
 
     def __init__(self, backbone: nn.Module, input_shape: tuple[int, int, int], out_dim: int = 128) -> None:
         super().__init__()
-        self.features = backbone.features
+        self.features = embedding(backbone)
         with torch.no_grad():
             dim = self.features.eval()(torch.zeros(1, *input_shape)).shape[1]
         self.features.train()

@@ -1,7 +1,7 @@
 """Inversion of FedImpro's shared feature statistics (Tang et al., ICLR 2024).
 
-FedImpro clients share, per class, the (noised) mean and second moment of their features at the
-split layer. The server holds the low model, so it optimises a few images per class whose
+FedImpro clients share, per class, the (noised) mean and standard deviation of their features at
+the split layer. The server holds the low model, so it optimises a few images per class whose
 split-layer features have that mean and variance (with a total-variation prior), then scores each
 against the nearest client image of that class (Hungarian matching within the class).
 """
@@ -24,7 +24,7 @@ class StatisticsInversion:
     lr: float = 0.1
     tv: float = 1e-3
     images_per_class: int = 4
-    max_classes: int = 3  # the classes with most samples
+    max_classes: int = 3  # the client's classes with most samples
     seed: int = 0
 
     def observe(self, view: ClientView) -> AttackResult | None:
@@ -32,9 +32,9 @@ class StatisticsInversion:
             return None
         env = view.env
         stats = view.reply["feature-stats"]
-        count = torch.from_numpy(stats["count"].numpy()).double()
         mean = torch.from_numpy(stats["mean"].numpy()).float()
-        var = (torch.from_numpy(stats["second"].numpy()).float() - mean.pow(2)).clamp_min(0)
+        var = torch.from_numpy(stats["std"].numpy()).float().pow(2)
+        count = torch.bincount(env.data.y, minlength=len(mean))  # the client's classes, to score against
         low, _ = split_model(received_model(view), env.cfg.strategy.split_at)
         space = ImageSpace.of(env.data.dataset)
         generator = torch_generator(self.seed, "attack-stats", view.server_round, view.client_id)
