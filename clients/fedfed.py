@@ -1,17 +1,32 @@
 """FedFed client: "FedFed: Feature Distillation against Data Heterogeneity in Federated Learning"
-(Yang, Zhang et al., NeurIPS 2023, arXiv:2310.05077).
+(Yang, Zhang et al., NeurIPS 2023, arXiv:2310.05077; official code github.com/visitworld123/FedFed).
 
 The server tells the phase in the config record (``fedfed-phase``):
 
-- ``distill``: train the generator G and an embedded classifier f on local data. For x in [0, 1],
-  x_r = G(x), x_s = x - x_r, two noised views v_k = x_s + N(0, s_k^2) and
-      loss = re * MSE(x_r, x) + ce * CE(f([v1; v2]), [y; y]) + kl * KL + xce * CE(f(x), y).
-  The reconstruction term makes x_r carry as much of x as it can, the CE terms make the part left
-  in x_s enough to classify under noise: x_s holds the performance-sensitive features.
-- ``share``: send x_s + N(0, sigma^2) (fresh noise per sample, eval mode, mean latent) of every
-  local sample with its label; x_r never leaves the client.
-- ``train``: the base algorithm's own update (``strategy.base``), each local batch concatenated
-  with as many shared samples (sent by the server, class-balanced) and trained with plain CE.
+- ``distill``: train the generator G and an embedded classifier f on local data, as the official
+  client does each distillation round (one pass over the local data each, batch ``batch-size``):
+  1. classifier warm-up: f alone on crop/flip-augmented local images with mixup (Beta(``mixup_alpha``));
+  2. unless the client is label-skewed: G alone on mosaics of four local images (with cutout):
+     re * MSE(G(m), m) + kl * KL;
+  3. the whole objective, for x in [0, 1], x_r = G(x), x_s = x - x_r, two noised views
+     v_k = x_s + N(0, s_k^2) (noise drawn per sample):
+         re * MSE(x_r, x) + ce * CE(f([v1; v2]), [y; y]) + kl * KL + xce * CE(f(x), y),
+     with ce, kl and xce x5 for a label-skewed client (official ``VAE_adaptive``).
+  The reconstruction weight is the official curriculum's: ``weight_recon`` x10 while the local
+  epoch index is below 10 (always, with one local epoch). A client is label-skewed when it holds
+  more than a fifth of an equal share of the data and one class makes up over 70% of it (the
+  official rule). The official code also leaves G frozen for label-skewed clients in step 3 (the
+  warm-up's requires_grad=False is undone only by the mosaic step they skip); its x5 weights on the
+  generator's own terms show that G was meant to train there, so here it does.
+- ``share``: two noised copies of the performance-sensitive part of every local sample,
+  x_s + N(0, s1^2) and x_s + N(0, s2^2) (``share_noise_std1``/``2``: fresh noise per sample, eval
+  mode, mean latent), with labels; x_r never leaves the client.
+- ``receive``: the global shared set, sent once after sharing; the client keeps it (its state
+  store, under the set's digest) for the rest of the run, as official clients keep theirs.
+- ``train``: the base algorithm's own update (``strategy.base``). Each round the client draws, per
+  copy, as many items as it has samples, class-balanced, from the kept set; every local step trains
+  on a batch of local images and the two matching batches of shared items (1:1:1), all with random
+  crop and flip, and plain CE over the concatenation.
 
 Shared x_s enter the classifier as ``x_s / std`` (the linear part of the dataset normalisation),
 so that x_s + x_r normalised equals x normalised.
@@ -22,6 +37,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Iterator
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import nn
@@ -29,12 +45,14 @@ from torch.nn import functional as F
 
 from clients import load_client_class
 from clients.base import Client, ClientEnv
+from fedsim.data.augment import shift_flip
 from fedsim.models import model_from_config
 from fedsim.models.generator import FeatureGenerator, kl_divergence
 from fedsim.records import load_record, model_to_record
-from fedsim.seeding import seed_torch, torch_generator
+from fedsim.seeding import rng, seed_torch, torch_generator
 
-DISTILL, SHARE, TRAIN = "distill", "share", "train"
+DISTILL, SHARE, RECEIVE, TRAIN = "distill", "share", "receive", "train"
+CURRICULUM = ((10, 10.0), (20, 5.0))  # official: re x10 while the local epoch index < 10, x5 below 20
 
 
 class DistillationPair(nn.Module):
@@ -43,7 +61,8 @@ class DistillationPair(nn.Module):
     def __init__(self, cfg, input_shape: tuple[int, int, int], num_classes: int) -> None:
         super().__init__()
         s = cfg.strategy
-        self.generator = FeatureGenerator(input_shape, int(s.generator_width), int(s.generator_latent))
+        latent = None if s.generator_latent is None else int(s.generator_latent)
+        self.generator = FeatureGenerator(input_shape, int(s.generator_width), latent)
         self.classifier = model_from_config(cfg, input_shape, num_classes)
 
 
@@ -55,8 +74,56 @@ def distillation_pair(env: ClientEnv, arrays: ArrayRecord) -> DistillationPair:
     return pair
 
 
+def label_skewed(labels: torch.Tensor, equal_share: float) -> bool:
+    """The official rule: more than 0.2 x an equal share of the data, and one class over 70% of it."""
+    n = len(labels)
+    return n > 0.2 * equal_share and n > 0 and int(torch.bincount(labels).max()) > 0.7 * n
+
+
+def recon_weight(weight: float, local_epoch: int) -> float:
+    """The official curriculum on the reconstruction term (local epoch indices start at 1 there)."""
+    for below, factor in CURRICULUM:
+        if local_epoch + 1 < below:
+            return weight * factor
+    return weight
+
+
+def mosaic(x01: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each output: four random images' half-side crops (one random offset per output) tiled 2 x 2,
+    then a cutout square of half the side (the official mosaic pre-training input)."""
+    n, c, h, w = x01.shape
+    hh, hw = h // 2, w // 2
+    picks = torch.randint(n, (n, 4), generator=generator)
+    top = torch.randint(0, h - hh + 1, (n,), generator=generator)
+    left = torch.randint(0, w - hw + 1, (n,), generator=generator)
+    rows = (top[:, None] + torch.arange(hh)[None, :])[:, None, :, None]
+    cols = (left[:, None] + torch.arange(hw)[None, :])[:, None, None, :]
+    chan = torch.arange(c)[None, :, None, None]
+    crops = [x01[picks[:, k][:, None, None, None], chan, rows, cols] for k in range(4)]
+    out = torch.zeros_like(x01)
+    out[:, :, :hh, :hw], out[:, :, :hh, hw : 2 * hw] = crops[0], crops[1]
+    out[:, :, hh : 2 * hh, :hw], out[:, :, hh : 2 * hh, hw : 2 * hw] = crops[2], crops[3]
+    cy, cx = torch.randint(h, (n,), generator=generator), torch.randint(w, (n,), generator=generator)
+    ys, xs = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    hole = ((ys - cy[:, None, None]).abs() < hh // 2 + 1) & ((xs - cx[:, None, None]).abs() < hw // 2 + 1)
+    return out.masked_fill(hole[:, None], 0.0)
+
+
+def balanced_draw(labels: np.ndarray, n: int, gen: np.random.Generator, num_classes: int) -> np.ndarray:
+    """n indices into ``labels``: n // C of every class without replacement (with, where a class has
+    fewer), and the remainder uniformly (the official per-round draw from the shared set)."""
+    per_class = n // num_classes
+    picks = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        if len(members):
+            picks.append(gen.choice(members, size=per_class, replace=len(members) < per_class))
+    picks.append(gen.integers(len(labels), size=n - sum(len(p) for p in picks)))
+    return np.concatenate(picks)
+
+
 class FedFedMixin:
-    """Adds FedFed's distillation and sharing phases, and shared samples in training, to a base client."""
+    """Adds FedFed's distillation, sharing and receiving phases, and the shared set in training, to a base client."""
 
     env: ClientEnv
 
@@ -66,19 +133,29 @@ class FedFedMixin:
             return self.distill(content, server_round)
         if phase == SHARE:
             return self.share(content)
-        self.shared = content["shared"]
+        if phase == RECEIVE:
+            return self.receive(content)
+        digest = str(content["config"]["fedfed-pool"])
+        self.pool = self.env.state.shared_payload(digest)
+        if self.pool is None:
+            raise RuntimeError(f"FedFed: this client does not hold the shared set {digest[:12]} (it missed the broadcast)")
         return super().train(content, server_round)
 
     def batches(self, config: ConfigRecord, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        device, dataset = self.env.device, self.env.data.dataset
-        shared_x = self.shared["x"].numpy()
-        shared_y = torch.from_numpy(self.shared["y"].numpy())
-        offset = 0
-        for x, y in super().batches(config, generator):
-            idx = torch.arange(offset, offset + len(y)) % len(shared_y)
-            offset += len(y)
-            xs = dataset.scale_difference(torch.from_numpy(shared_x[idx.numpy()]).float()).to(device)
-            yield torch.cat([x, xs]), torch.cat([y, shared_y[idx].to(device)])
+        env, data = self.env, self.env.data.dataset
+        server_round = int(config["server-round"])
+        pool_y = self.pool["y"].numpy()
+        n, size = len(env.data), int(config["batch-size"])
+        draws = rng(env.cfg.seed, "fedfed-draw", server_round, env.client_id)  # once per round, as official
+        copies = [balanced_draw(pool_y, n, draws, data.num_classes) for _ in ("x1", "x2")]
+        for idx in env.data.index_batches(size, generator):
+            parts = [data.normalize(shift_flip(env.data.x[idx], generator, data.hflip))]
+            labels = [env.data.y[idx]]
+            for key, drawn in zip(("x1", "x2"), copies):
+                chosen = torch.from_numpy(drawn[idx.numpy()])
+                parts.append(data.scale_difference(shift_flip(self.pool[key][chosen].float(), generator, data.hflip)))
+                labels.append(self.pool["y"][chosen])
+            yield torch.cat(parts).to(env.device), torch.cat(labels).to(env.device)
 
     def distill(self, content: RecordDict, server_round: int) -> RecordDict:
         s, env = self.env.cfg.strategy, self.env
@@ -86,27 +163,22 @@ class FedFedMixin:
         pair = distillation_pair(self.env, content["arrays"])
         seed_torch(env.cfg.seed, "fedfed-distill", server_round, env.client_id)
         generator = torch_generator(env.cfg.seed, "fedfed-distill-shuffle", server_round, env.client_id)
-        optimizer = torch.optim.AdamW(pair.parameters(), lr=float(config["lr"]))
-        data = env.data.dataset
+        optimizer = torch.optim.AdamW(pair.parameters(), lr=float(config["lr"]), weight_decay=float(s.distill_weight_decay))
+        skewed = label_skewed(env.data.y, len(env.data.dataset.y_train) / env.cfg.num_clients)
+        boost = float(s.label_skew_boost) if skewed else 1.0
+        size = int(config["batch-size"])
         pair.train()
         totals = {"loss": 0.0, "recon": 0.0, "ce_views": 0.0, "kl": 0.0, "ce_x": 0.0}
         steps = 0
-        for _ in range(int(config["local-epochs"])):
-            for idx in env.data.index_batches(int(config["batch-size"]), generator):
-                x01 = env.data.x[idx].to(env.device).float().div_(255.0)
-                y = env.data.y[idx].to(env.device)
-                x_r, mu, logvar = pair.generator(x01)
-                x_s = x01 - x_r
-                views = torch.cat([x_s + float(s.view_noise_std1) * torch.randn_like(x_s),
-                                   x_s + float(s.view_noise_std2) * torch.randn_like(x_s)])
-                parts = {
-                    "recon": F.mse_loss(x_r, x01),
-                    "ce_views": F.cross_entropy(pair.classifier(data.scale_difference(views)), torch.cat([y, y])),
-                    "kl": kl_divergence(mu, logvar),
-                    "ce_x": F.cross_entropy(pair.classifier(data.normalize(env.data.x[idx].to(env.device))), y),
-                }
-                loss = (float(s.weight_recon) * parts["recon"] + float(s.weight_ce) * parts["ce_views"]
-                        + float(s.weight_kl) * parts["kl"] + float(s.weight_xce) * parts["ce_x"])
+        for epoch in range(int(config["local-epochs"])):
+            re = recon_weight(float(s.weight_recon), epoch)
+            self.warm_up_classifier(pair, optimizer, size, generator)
+            if not skewed:
+                self.mosaic_pretrain(pair, optimizer, size, generator, re)
+            for idx in env.data.index_batches(size, generator):
+                parts = self.distill_losses(pair, idx, generator)
+                loss = (re * parts["recon"] + boost * float(s.weight_ce) * parts["ce_views"]
+                        + boost * float(s.weight_kl) * parts["kl"] + boost * float(s.weight_xce) * parts["ce_x"])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -116,27 +188,85 @@ class FedFedMixin:
                 steps += 1
         metrics = {f"distill-{k}" if k != "loss" else "train-loss": v / max(steps, 1) for k, v in totals.items()}
         metrics["num-examples"] = len(env.data)
+        metrics["label-skewed"] = int(skewed)
         return RecordDict({"arrays": model_to_record(pair), "metrics": MetricRecord(metrics)})
+
+    def augmented(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Local images ``idx`` in [0, 1] with random crop and flip."""
+        data = self.env.data.dataset
+        return shift_flip(self.env.data.x[idx].float().div_(255.0), generator, data.hflip).to(self.env.device)
+
+    def warm_up_classifier(self, pair: DistillationPair, optimizer: torch.optim.Optimizer, size: int, generator: torch.Generator) -> None:
+        """One pass of f alone with mixup on augmented local images (official ``aug_classifier_train``)."""
+        alpha, data = float(self.env.cfg.strategy.mixup_alpha), self.env.data.dataset
+        pair.generator.requires_grad_(False)
+        for idx in self.env.data.index_batches(size, generator):
+            x = self.augmented(idx, generator)
+            y = self.env.data.y[idx].to(self.env.device)
+            lam = float(torch.distributions.Beta(alpha, alpha).sample()) if alpha > 0 else 1.0
+            perm = torch.randperm(len(y), generator=generator).to(self.env.device)
+            logits = pair.classifier(data.standardize(lam * x + (1 - lam) * x[perm]))
+            loss = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        pair.generator.requires_grad_(True)
+
+    def mosaic_pretrain(self, pair: DistillationPair, optimizer: torch.optim.Optimizer, size: int, generator: torch.Generator, re: float) -> None:
+        """One pass of G alone on mosaics: re * MSE + kl * KL (official ``aug_VAE_train``)."""
+        kl_weight = float(self.env.cfg.strategy.weight_kl)
+        for idx in self.env.data.index_batches(size, generator):
+            if len(idx) < 4:
+                break
+            m = mosaic(self.augmented(idx, generator).cpu(), generator).to(self.env.device)
+            x_r, mu, logvar = pair.generator(m)
+            loss = re * F.mse_loss(x_r, m) + kl_weight * kl_divergence(mu, logvar)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    def distill_losses(self, pair: DistillationPair, idx: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        s, env, data = self.env.cfg.strategy, self.env, self.env.data.dataset
+        x01 = self.augmented(idx, generator)
+        y = env.data.y[idx].to(env.device)
+        x_r, mu, logvar = pair.generator(x01)
+        x_s = x01 - x_r
+        views = torch.cat([x_s + float(s.view_noise_std1) * torch.randn_like(x_s),
+                           x_s + float(s.view_noise_std2) * torch.randn_like(x_s)])
+        return {
+            "recon": F.mse_loss(x_r, x01),
+            "ce_views": F.cross_entropy(pair.classifier(data.scale_difference(views)), torch.cat([y, y])),
+            "kl": kl_divergence(mu, logvar),
+            "ce_x": F.cross_entropy(pair.classifier(data.standardize(x01)), y),
+        }
 
     @torch.no_grad()
     def share(self, content: RecordDict) -> RecordDict:
-        """The noised performance-sensitive part of every local sample, as float16, with labels."""
-        env = self.env
+        """Two noised copies of the performance-sensitive part of every local sample, float16, with labels."""
+        env, s = self.env, self.env.cfg.strategy
         pair = distillation_pair(self.env, content["arrays"]).eval()
-        sigma = float(env.cfg.strategy.share_noise_std)
         noise_rng = torch_generator(env.cfg.seed, "fedfed-share-noise", env.client_id)
-        chunks = []
+        copies: dict[str, list[torch.Tensor]] = {"x1": [], "x2": []}
         for idx in env.data.index_batches(1000):
             x01 = env.data.x[idx].to(env.device).float().div_(255.0)
             x_s = (x01 - pair.generator(x01)[0]).cpu()
-            chunks.append(x_s + sigma * torch.randn(x_s.shape, generator=noise_rng))
-        shared = torch.cat(chunks).half() if chunks else torch.zeros((0, *env.data.dataset.input_shape), dtype=torch.float16)
+            for key, sigma in (("x1", float(s.share_noise_std1)), ("x2", float(s.share_noise_std2))):
+                copies[key].append(x_s + sigma * torch.randn(x_s.shape, generator=noise_rng))
+        empty = torch.zeros((0, *env.data.dataset.input_shape), dtype=torch.float16)
+        shared = {k: torch.cat(v).half() if v else empty for k, v in copies.items()}
         return RecordDict(
             {
-                "shared": ArrayRecord({"x": shared, "y": env.data.y.clone()}),
+                "shared": ArrayRecord({**shared, "y": env.data.y.clone()}),
                 "metrics": MetricRecord({"num-examples": len(env.data)}),
             }
         )
+
+    def receive(self, content: RecordDict) -> RecordDict:
+        """Keep the global shared set for the rest of the run."""
+        pool = content["shared"]
+        digest = str(content["config"]["fedfed-pool"])
+        self.env.state.keep_shared(digest, {k: torch.from_numpy(pool[k].numpy()) for k in pool.keys()})
+        return RecordDict({"metrics": MetricRecord({"num-examples": len(self.env.data), "pool-samples": int(pool["y"].shape[0])})})
 
 
 @lru_cache(maxsize=None)

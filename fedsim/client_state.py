@@ -9,14 +9,39 @@ can need any more are pruned. Idle clients cost disk only, no memory.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+SHARED = "shared"  # <root>/shared/<digest>.pt: large payloads a client keeps, stored once per content
+
+
+@lru_cache(maxsize=2)
+def _load_shared(path: str) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)
 
 
 class ClientStateStore:
     def __init__(self, root: str | Path, client_id: int) -> None:
         self.folder = Path(root) / f"{client_id:06d}"
+        self.shared = Path(root) / SHARED
+
+    def keep_shared(self, digest: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Keep a large payload (e.g. FedFed's global shared set) under its content digest. Clients
+        of one simulation share the folder, so it is stored once; a device stores its own copy."""
+        path = self.shared / f"{digest}.pt"
+        if path.is_file():
+            return
+        self.shared.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{digest}.{os.getpid()}.tmp")
+        torch.save({k: v.detach().cpu() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+
+    def shared_payload(self, digest: str) -> dict[str, torch.Tensor] | None:
+        """The payload kept under ``digest`` (cached per process), or None if this client never got it."""
+        path = self.shared / f"{digest}.pt"
+        return _load_shared(str(path)) if path.is_file() else None
 
     def _versions(self) -> list[int]:
         if not self.folder.is_dir():
@@ -49,5 +74,5 @@ def discard_after(root: str | Path, server_round: int) -> None:
     root = Path(root)
     if root.is_dir():
         for path in root.glob("*/*.pt"):
-            if int(path.stem) > server_round:
+            if path.parent.name != SHARED and int(path.stem) > server_round:
                 path.unlink()

@@ -2,20 +2,26 @@
 (Yang, Zhang et al., NeurIPS 2023, arXiv:2310.05077; official code github.com/visitworld123/FedFed).
 
 Before ordinary FL, clients train a feature-distillation generator G with an embedded classifier
-under FedAvg for ``distill_rounds`` rounds, ``clients_per_round`` sampled clients a round as in FL
-(``clients/fedfed.py`` has the objective). Every client then shares, once, the performance-sensitive part x_s = x - G(x) of its samples with Gaussian noise
-of std ``share_noise_std`` added per sample, and the server pools them into the global shared set
-(kept in the run directory as ``shared_pool.pt``: exactly what the server received, which the
-privacy tools inspect). FL then runs the base algorithm ``strategy.base`` (FedAvg, FedProx,
-SCAFFOLD or FedNova) unchanged, except that every client trains on its local batches concatenated
-with as many samples of the shared set: each round the server sends each client a fresh
-class-balanced draw of (local samples x local epochs) items in float16, which the byte counts in
-metrics.jsonl include. Distillation rounds and the pool size are logged to
-``distill_metrics.jsonl``.
+under FedAvg for ``distill_rounds`` rounds (official: 15, every client each round;
+``distill_clients`` samples fewer). Every client then shares, once, two noised copies of the
+performance-sensitive part x_s = x - G(x) of its samples (noise std ``share_noise_std1``/``2``,
+drawn per sample), and the server pools them into the global shared set (kept in the run
+directory as ``shared_pool.pt``: exactly what the server received, which the privacy tools
+inspect). The server sends that set to every client once (``receive``); clients keep it.
+FL then runs the base algorithm ``strategy.base`` (FedAvg, FedProx, SCAFFOLD or FedNova)
+unchanged, except that every local step also trains on class-balanced items of both shared copies
+(1:1:1 with the local batch, ``clients/fedfed.py``). Distillation rounds, the pool and the
+one-off broadcast, with their bytes, are logged to ``distill_metrics.jsonl``; per-round traffic
+in metrics.jsonl is the base algorithm's.
+
+Client obligation: the phases ``distill`` (return the (G, f) pair), ``share`` (return ``shared``:
+x1, x2, y), ``receive`` (keep the set under its digest) and ``train`` (the base update with the
+kept set).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -27,7 +33,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from clients.fedfed import DISTILL, SHARE, TRAIN, DistillationPair
+from clients.fedfed import DISTILL, RECEIVE, SHARE, TRAIN, DistillationPair
 from fedsim.data import dataset_from_config
 from fedsim.errors import ConfigError, FedsimError
 from fedsim.progress import show
@@ -39,6 +45,15 @@ from strategies import load_strategy_class
 
 log = logging.getLogger("fedsim")
 BASES = ("fedavg", "fedprox", "scaffold", "fednova")
+POOL_KEYS = ("x1", "x2", "y")
+
+
+def pool_digest(pool: dict[str, np.ndarray]) -> str:
+    """A content digest of the shared set: the name clients keep it under."""
+    digest = hashlib.blake2b(digest_size=16)
+    for key in POOL_KEYS:
+        digest.update(np.ascontiguousarray(pool[key]).tobytes())
+    return digest.hexdigest()
 
 
 class FedFedMixin:
@@ -47,22 +62,23 @@ class FedFedMixin:
     cfg: Any
     node_of: dict[int, int]
     num_examples: dict[int, int]
-    pool_x: np.ndarray | None = None
-    pool_y: np.ndarray | None = None
+    pool: dict[str, np.ndarray] | None = None  # x1, x2 (float16) and y of every shared sample
+    pool_digest: str = ""
 
     # -- phase A: feature distillation, then sharing -------------------------------------------
     def setup(self, grid: Grid, run: RunDirectory) -> None:
         super().setup(grid, run)
         pool_file = run.path / "shared_pool.pt"
-        if pool_file.exists():  # a resumed run: the distillation already happened
-            pool = torch.load(pool_file, weights_only=True)
-            self.pool_x, self.pool_y = pool["x"].numpy(), pool["y"].numpy()
-            return
         log_file = run.path / "distill_metrics.jsonl"
+        if pool_file.exists():  # a resumed run: the distillation and the broadcast already happened
+            self.pool = {k: v.numpy() for k, v in torch.load(pool_file, weights_only=True).items()}
+            self.pool_digest = pool_digest(self.pool)
+            return
         log_file.write_text("")
         arrays = self.distill(grid, log_file)
         self.collect_shared(grid, arrays, log_file)
-        torch.save({"x": torch.from_numpy(self.pool_x), "y": torch.from_numpy(self.pool_y)}, pool_file)
+        self.broadcast_pool(grid, log_file)
+        torch.save({k: torch.from_numpy(v) for k, v in self.pool.items()}, pool_file)
 
     def _send(self, grid: Grid, clients: list[int], arrays: ArrayRecord, config: ConfigRecord) -> tuple[list[Message], list[Message]]:
         messages = [
@@ -89,7 +105,7 @@ class FedFedMixin:
                 {"fedfed-phase": DISTILL, "server-round": r, "lr": float(s.distill_lr),
                  "local-epochs": int(s.distill_epochs), "batch-size": int(self.cfg.batch_size)}
             )
-            messages, replies = self._send(grid, self.sample_clients(r, "fedfed-distill"), arrays, config)
+            messages, replies = self._send(grid, self.distill_clients(r), arrays, config)
             accepted = self.accept_replies(r, replies, check=lambda m: FedsimStrategy.reply_problem(self, m))
             self._require(f"distillation round {r}", accepted)
             arrays = weighted_average([a.content["arrays"] for a in accepted], [a.num_examples for a in accepted])
@@ -104,14 +120,23 @@ class FedFedMixin:
                  f"ce_views {record['distill_ce_views']:.4f}) | clients {len(accepted)}/{len(messages)} | {record['round_time_s']:.1f}s")
         return arrays
 
+    def distill_clients(self, distill_round: int) -> list[int]:
+        """Every client (official), or ``distill_clients`` of them drawn per distillation round."""
+        chosen = self.cfg.strategy.distill_clients
+        ids = sorted(self.node_of)
+        if chosen is None or int(chosen) >= len(ids):
+            return ids
+        return sorted(int(c) for c in rng(self.cfg.seed, "fedfed-distill", distill_round).choice(ids, int(chosen), replace=False))
+
     def _share_problem(self, msg: Message) -> str | None:
         if "shared" not in msg.content.array_records:
             return "malformed reply: FedFed sharing needs a 'shared' ArrayRecord"
         shared = msg.content["shared"]
-        if set(shared.keys()) != {"x", "y"} or tuple(shared["x"].shape[1:]) != tuple(self._dataset().input_shape):
-            return f"malformed shared features: expected x of shape (n, {self._dataset().input_shape}) and y"
-        if shared["x"].shape[0] != shared["y"].shape[0]:
-            return "malformed shared features: x and y differ in length"
+        shape = tuple(self._dataset().input_shape)
+        if set(shared.keys()) != set(POOL_KEYS) or any(tuple(shared[k].shape[1:]) != shape for k in ("x1", "x2")):
+            return f"malformed shared features: expected x1 and x2 of shape (n, {shape}) and y"
+        if not shared["x1"].shape[0] == shared["x2"].shape[0] == shared["y"].shape[0]:
+            return "malformed shared features: x1, x2 and y differ in length"
         bad = non_finite(shared)
         return f"returned NaN/Inf in shared '{bad}'" if bad else None
 
@@ -121,16 +146,40 @@ class FedFedMixin:
         messages, replies = self._send(grid, sorted(self.node_of), arrays, config)
         accepted = self.accept_replies(0, replies, check=self._share_problem)
         self._require("sharing", accepted)
-        self.pool_x = np.concatenate([a.content["shared"]["x"].numpy() for a in accepted])
-        self.pool_y = np.concatenate([a.content["shared"]["y"].numpy() for a in accepted]).astype(np.int64)
+        self.pool = {k: np.concatenate([a.content["shared"][k].numpy() for a in accepted]) for k in POOL_KEYS}
+        self.pool["y"] = self.pool["y"].astype(np.int64)
+        self.pool_digest = pool_digest(self.pool)
         upload = {a.client_id: payload_bytes(RecordDict({"shared": a.content["shared"]})) for a in accepted}
-        record = {"phase": SHARE, "pool_samples": int(len(self.pool_y)), "pool_bytes": int(self.pool_x.nbytes + self.pool_y.nbytes),
+        s = self.cfg.strategy
+        record = {"phase": SHARE, "pool_samples": int(len(self.pool["y"])), "pool_bytes": int(sum(v.nbytes for v in self.pool.values())),
                   "upload_bytes_per_client": upload, "bytes_down": sum(payload_bytes(m.content) for m in messages),
-                  "share_noise_std": float(self.cfg.strategy.share_noise_std), "round_time_s": time.time() - t0}
+                  "share_noise_std1": float(s.share_noise_std1), "share_noise_std2": float(s.share_noise_std2),
+                  "round_time_s": time.time() - t0}
         with log_file.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        show(f"[share] pool of {record['pool_samples']} noised features ({record['pool_bytes'] / 2**20:.1f}MB) "
-             f"from {len(accepted)} clients, sigma={record['share_noise_std']}")
+        show(f"[share] pool of {record['pool_samples']} samples x 2 noised copies ({record['pool_bytes'] / 2**20:.1f}MB) "
+             f"from {len(accepted)} clients, sigma={record['share_noise_std1']}/{record['share_noise_std2']}")
+
+    def broadcast_pool(self, grid: Grid, log_file) -> None:
+        """Send the global shared set to every client, once; each keeps it for the rest of the run."""
+        assert self.pool is not None
+        t0 = time.time()
+        config = ConfigRecord({"fedfed-phase": RECEIVE, "server-round": 0, "fedfed-pool": self.pool_digest})
+        shared = ArrayRecord({k: torch.from_numpy(v) for k, v in self.pool.items()})
+        messages = [
+            Message(RecordDict({"shared": shared, "config": config}), dst_node_id=self.node_of[cid], message_type=MessageType.TRAIN)
+            for cid in sorted(self.node_of)
+        ]
+        replies = list(grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
+        received = [r for r in replies if not r.has_error()]
+        for reply in replies:
+            if reply.has_error():
+                log.warning("client %d did not keep the shared set: %s", self.client_of(reply.metadata.src_node_id), reply.error.reason)
+        record = {"phase": RECEIVE, "clients_ok": len(received), "bytes_down": sum(payload_bytes(m.content) for m in messages),
+                  "pool_digest": self.pool_digest, "round_time_s": time.time() - t0}
+        with log_file.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        show(f"[receive] shared set sent once to {len(received)}/{len(messages)} clients ({record['bytes_down'] / 2**20:.1f}MB in all)")
 
     def _dataset(self):
         return dataset_from_config(self.cfg)
@@ -138,26 +187,8 @@ class FedFedMixin:
     # -- phase B: the base algorithm with shared samples ---------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         config["fedfed-phase"] = TRAIN
+        config["fedfed-pool"] = self.pool_digest
         return super().configure_train(server_round, arrays, config, grid)
-
-    def train_content(self, client_id: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
-        content = super().train_content(client_id, arrays, config)
-        content["shared"] = self.shared_draw(client_id, int(config["server-round"]), int(config["local-epochs"]))
-        return content
-
-    def shared_draw(self, client_id: int, server_round: int, epochs: int) -> ArrayRecord:
-        """A class-balanced sample of the pool, one item per local sample and epoch."""
-        assert self.pool_x is not None and self.pool_y is not None
-        gen = rng(self.cfg.seed, "fedfed-draw", server_round, client_id)
-        n = self.num_examples[client_id] * epochs
-        classes = np.unique(self.pool_y)
-        wanted = gen.choice(classes, size=n)
-        idx = np.empty(n, dtype=np.int64)
-        for c in classes:
-            slots = np.flatnonzero(wanted == c)
-            members = np.flatnonzero(self.pool_y == c)
-            idx[slots] = members[gen.integers(len(members), size=len(slots))]
-        return ArrayRecord({"x": torch.from_numpy(self.pool_x[idx]), "y": torch.from_numpy(self.pool_y[idx])})
 
 
 @lru_cache(maxsize=None)

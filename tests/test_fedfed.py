@@ -7,7 +7,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from clients.fedfed import SHARE, DistillationPair
+from clients.fedfed import SHARE, DistillationPair, balanced_draw, label_skewed, mosaic, recon_weight
+from fedsim.models.generator import kl_divergence
 from fedsim.client_app import ClientRuntime
 from fedsim.engine import resume_config, run
 from fedsim.errors import ConfigError
@@ -20,7 +21,7 @@ FEDFED = ["strategy=fedfed", "strategy.distill_rounds=2"]
 
 
 def share_from(make_cfg, sigma: float, client_id: int = 0):
-    cfg = make_cfg(*FEDFED, f"strategy.share_noise_std={sigma}")
+    cfg = make_cfg(*FEDFED, f"strategy.share_noise_std1={sigma}", f"strategy.share_noise_std2={2 * sigma}")
     runtime = ClientRuntime(OmegaConf.to_container(cfg, resolve=True))
     client = runtime.client(client_id)
     torch.manual_seed(0)
@@ -35,21 +36,54 @@ def share_from(make_cfg, sigma: float, client_id: int = 0):
 
 def test_split_and_zero_noise(make_cfg):
     shared, x01, x_r, client = share_from(make_cfg, 0.0)
-    x_s = torch.from_numpy(shared["x"].numpy()).float()
-    assert shared["x"].numpy().dtype == np.float16
-    assert x_s.shape == x01.shape and len(shared["y"].numpy()) == len(client.env.data)
+    for key in ("x1", "x2"):
+        x_s = torch.from_numpy(shared[key].numpy()).float()
+        assert shared[key].numpy().dtype == np.float16
+        assert x_s.shape == x01.shape and len(shared["y"].numpy()) == len(client.env.data)
+        torch.testing.assert_close(x_s + x_r, x01, atol=2e-3, rtol=0)  # x = x_s + x_r (float16 sharing)
     assert torch.all((x_r >= 0) & (x_r <= 1))
-    torch.testing.assert_close(x_s + x_r, x01, atol=2e-3, rtol=0)  # x = x_s + x_r (float16 sharing)
     np.testing.assert_array_equal(shared["y"].numpy(), client.env.data.y.numpy())
 
 
-def test_share_noise_follows_sigma(make_cfg):
-    clean = torch.from_numpy(share_from(make_cfg, 0.0)[0]["x"].numpy()).float()
-    noisy = torch.from_numpy(share_from(make_cfg, 0.3)[0]["x"].numpy()).float()
-    noise = noisy - clean
-    assert abs(noise.std().item() - 0.3) < 0.01 and abs(noise.mean().item()) < 0.01
-    # a fresh draw per sample, not one noise image broadcast over the batch
-    assert (noise[0] - noise[1]).abs().mean() > 0.1
+def test_share_noise_follows_sigma_per_copy(make_cfg):
+    clean = share_from(make_cfg, 0.0)[0]
+    noisy = share_from(make_cfg, 0.15)[0]
+    for key, sigma in (("x1", 0.15), ("x2", 0.3)):
+        noise = torch.from_numpy(noisy[key].numpy()).float() - torch.from_numpy(clean[key].numpy()).float()
+        assert abs(noise.std().item() - sigma) < 0.01 and abs(noise.mean().item()) < 0.01
+        # a fresh draw per sample, not one noise image broadcast over the batch
+        assert (noise[0] - noise[1]).abs().mean() > 0.1
+
+
+def test_generator_loss_has_the_official_balance():
+    """KL / (B x 3 x z) and re x10 (curriculum at local epoch 1), as the official client computes them."""
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(8, 20, generator=g), torch.randn(8, 20, generator=g) * 0.1
+    summed = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    assert kl_divergence(mu, logvar).item() == pytest.approx(summed.item() / (8 * 3 * 20))
+    assert recon_weight(5.0, 0) == 50.0 and recon_weight(5.0, 9) == 25.0 and recon_weight(5.0, 30) == 5.0
+    pair = DistillationPair(OmegaConf.create({"strategy": {"generator_width": 32, "generator_latent": None}, "model": {"name": "cnn"}}), (1, 28, 28), 10)
+    assert pair.generator.mu.out_features == pair.generator.mu.in_features == 32 * 7 * 7  # no bottleneck
+
+
+def test_label_skew_rule_and_mosaic():
+    assert label_skewed(torch.tensor([3] * 80 + [1] * 20), equal_share=100)  # 80% one class
+    assert not label_skewed(torch.tensor([3] * 60 + [1] * 40), equal_share=100)
+    assert not label_skewed(torch.tensor([3] * 10), equal_share=100)  # too few samples: quantity skew
+    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 8, 8).contiguous() / 4 + 0.1
+    m = mosaic(x, torch.Generator().manual_seed(0))
+    assert m.shape == x.shape
+    quadrant_values = {round(float(v), 4) for v in m[0, 0, :4, :4].unique()} - {0.0}
+    assert len(quadrant_values) == 1 and quadrant_values <= {0.1, 0.35, 0.6, 0.85}  # each quadrant one source image
+    assert (m == 0).any()  # the cutout
+
+
+def test_shared_items_are_drawn_class_balanced():
+    labels = np.repeat(np.arange(10), 100)
+    labels[:50] = 1  # class 0 rarer than the others
+    draw = balanced_draw(labels, 1205, np.random.default_rng(0), 10)
+    counts = np.bincount(labels[draw], minlength=10)
+    assert len(draw) == 1205 and counts.min() >= 120 and counts.max() <= 125  # 120 per class + 5 anywhere
 
 
 def test_pool_and_composition_with_each_base(make_cfg, tmp_path):
@@ -61,26 +95,16 @@ def test_pool_and_composition_with_each_base(make_cfg, tmp_path):
         pool = torch.load(path / "shared_pool.pt", weights_only=True)
         partition = json.loads((path / "partition.json").read_text())
         assert len(pool["y"]) == sum(c["num_labeled"] for c in partition["clients"])
-        assert tuple(pool["x"].shape[1:]) == (1, 8, 8) and pool["x"].dtype == torch.float16
+        assert all(tuple(pool[k].shape[1:]) == (1, 8, 8) and pool[k].dtype == torch.float16 for k in ("x1", "x2"))
         log = [json.loads(line) for line in (path / "distill_metrics.jsonl").read_text().splitlines()]
-        assert [r["phase"] for r in log] == ["distill", "distill", "share"]
-        assert log[-1]["pool_bytes"] == pool["x"].numel() * 2 + len(pool["y"]) * 8
+        assert [r["phase"] for r in log] == ["distill", "distill", "share", "receive"]
+        pool_bytes = (pool["x1"].numel() + pool["x2"].numel()) * 2 + len(pool["y"]) * 8
+        assert log[2]["pool_bytes"] == pool_bytes
+        assert log[3]["clients_ok"] == 4 and log[3]["bytes_down"] >= 4 * pool_bytes  # sent once to every client
         sizes[base] = records[0]["bytes_down"]
-    # FedFed's own traffic: the shared draw rides on every train message
+    # the shared set is not sent again in the FL rounds: a round costs what FedAvg's does (+ the config)
     plain = read_metrics(run(make_cfg("num_rounds=1", name="plain")))[0]["bytes_down"]
-    assert sizes["fedavg"] > plain
-
-
-def test_shared_draw_is_class_balanced_and_sized(make_cfg):
-    cfg = make_cfg(*FEDFED)
-    strategy = STRATEGY(cfg, [])
-    strategy.set_clients({0: 1}, {0: 600})
-    strategy.pool_x = np.zeros((1000, 1, 8, 8), np.float16)
-    strategy.pool_y = np.repeat(np.arange(10), 100)[np.r_[0:100, 100:1000]]
-    strategy.pool_y[:50] = 1  # class 0 rarer than the others
-    draw = strategy.shared_draw(0, server_round=1, epochs=2)
-    counts = np.bincount(draw["y"].numpy(), minlength=10)
-    assert counts.sum() == 1200 and counts.min() > 80  # ~120 per class whatever the pool's skew
+    assert plain <= sizes["fedavg"] < plain + 1000
 
 
 def test_unknown_base_is_a_config_error(make_cfg):

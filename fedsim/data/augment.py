@@ -1,6 +1,7 @@
 """Batched, per-sample random augmentations on uint8 image tensors (N, C, H, W), seeded.
 
-``weak``: random crop after reflect padding of 1/8 of the side, then random horizontal flip.
+``weak``: random crop after reflect padding of 1/8 of the side, then random horizontal flip
+(``shift_flip`` does the same on float images).
 ``strong``: weak, then per-sample brightness and contrast jitter (factors in [0.6, 1.4]) and a
 random cutout square of up to half the side (FixMatch/RandAugment-style strength, but vectorised:
 one call handles a whole batch instead of one PIL image at a time).
@@ -16,7 +17,9 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> tor
     return low + (high - low) * torch.rand(n, generator=generator)
 
 
-def weak(x: torch.Tensor, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
+def shift_flip(x: torch.Tensor, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """Random crop after reflect padding of 1/8 of the side, then random horizontal flip, on float images
+    (any range, e.g. FedFed's shared differences x - G(x))."""
     n, _, h, w = x.shape
     pad = max(1, h // 8)
     padded = F.pad(x.float(), (pad, pad, pad, pad), mode="reflect")
@@ -30,7 +33,12 @@ def weak(x: torch.Tensor, generator: torch.Generator, flip: bool = True) -> torc
     if flip:
         mirror = torch.rand(n, generator=generator) < 0.5
         out = torch.where(mirror[:, None, None, None], out.flip(-1), out)
-    return out.round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+def weak(x: torch.Tensor, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """:func:`shift_flip` of a uint8 batch, back to uint8."""
+    return shift_flip(x, generator, flip).round().clamp(0, 255).to(torch.uint8)
 
 
 def strong(x: torch.Tensor, generator: torch.Generator, flip: bool = True) -> torch.Tensor:

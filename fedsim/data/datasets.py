@@ -45,9 +45,13 @@ class ImageDataset:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images -> float32, scaled to [0, 1] then standardised per channel."""
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x.float().div_(255.0) - mean) / std
+        return self.standardize(x.float().div_(255.0))
+
+    def standardize(self, x01: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] standardised per channel (the second half of ``normalize``)."""
+        mean = torch.tensor(self.mean, device=x01.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x01.device).view(1, -1, 1, 1)
+        return (x01 - mean) / std
 
     def scale_difference(self, d: torch.Tensor) -> torch.Tensor:
         """The linear part of ``normalize`` for a difference of [0, 1] images (no mean shift)."""

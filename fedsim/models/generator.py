@@ -13,13 +13,17 @@ from torch import nn
 
 
 class FeatureGenerator(nn.Module):
-    def __init__(self, input_shape: tuple[int, int, int], width: int = 32, latent: int = 64) -> None:
+    """``latent=None`` keeps the latent as wide as the encoder's output (the official VAE maps its
+    2048 encoder features to a 2048-d latent: no bottleneck, so G can reconstruct x closely)."""
+
+    def __init__(self, input_shape: tuple[int, int, int], width: int = 32, latent: int | None = None) -> None:
         super().__init__()
         channels, height, width_px = input_shape
         if height % 4 or width_px % 4:
             raise ValueError(f"the FedFed generator needs image sides divisible by 4, got {height}x{width_px}")
         self.grid = (width, height // 4, width_px // 4)
         flat = width * (height // 4) * (width_px // 4)
+        latent = flat if latent is None else latent
         self.encoder = nn.Sequential(
             nn.Conv2d(channels, width // 2, 4, 2, 1, bias=False),
             nn.BatchNorm2d(width // 2),
@@ -49,5 +53,8 @@ class FeatureGenerator(nn.Module):
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)), mean over the batch."""
-    return -0.5 * torch.mean(torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1))
+    """KL(N(mu, exp(logvar)) || N(0, I)) summed over batch and latent, divided by batch x 3 x latent
+    size: the official FedFed normalisation (its 3, the RGB channel count, is kept for grey images
+    too, so that ``weight_kl`` means what it means there)."""
+    batch, latent = mu.shape
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / (batch * 3 * latent)
