@@ -41,7 +41,9 @@ def compose(overrides: list[str]) -> DictConfig:
         if "=" not in item:
             raise ConfigError(f"cannot parse override '{item}': write overrides as key=value (e.g. strategy=fedprox)")
     chosen = _hydra_compose([o for o in overrides if _override_key(o) in ("strategy", "experiment")])
-    setting = strategy_setting(list(chosen.strategy.get("setting") or []), list(overrides))
+    experiments = [o.split("=", 1)[1] for o in overrides if _override_key(o) == "experiment"]
+    chosen_keys = list(overrides) + [f"{k}=" for name in experiments for k in experiment_keys(name)]
+    setting = strategy_setting(list(chosen.strategy.get("setting") or []), chosen_keys)
     cfg = _hydra_compose(setting + list(overrides))
     validate(cfg)
     return cfg
@@ -79,10 +81,30 @@ def _override_key(item: str) -> str:
     return item.split("=", 1)[0].lstrip("+~")
 
 
+def experiment_keys(name: str) -> set[str]:
+    """The config keys a named experiment (configs/experiment/NAME.yaml) sets, and the groups it picks."""
+    path = CONFIG_DIR / "experiment" / f"{name}.yaml"
+    if not path.is_file():
+        return set()
+    data = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    keys = {str(next(iter(d))).split("/")[-1] for d in data.pop("defaults", []) if isinstance(d, dict)}
+    data.pop("hydra", None)
+
+    def walk(tree: dict, prefix: str) -> None:
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                keys.add(prefix + str(key))
+
+    walk(data, "")
+    return keys
+
+
 def strategy_setting(setting: list[str], overrides: list[str]) -> list[str]:
     """The overrides of a strategy's ``setting`` (the experimental setting it is meant for, e.g.
-    FedSA's teacher parties) that the user's own overrides leave standing: a user override of a
-    key, or a choice of the group a setting key belongs to, wins."""
+    FedSA's teacher parties) that the user's own choices leave standing: a key the user sets (on
+    the command line or in a named experiment), or a choice of the group a setting key belongs to, wins."""
     user = {_override_key(o) for o in overrides}
     return [s for s in setting if _override_key(s) not in user and _override_key(s).split(".")[0] not in user]
 

@@ -34,6 +34,26 @@ def make_cfg(tmp_path: Path):
     return make
 
 
+def write_cifar(root: Path, variant: str = "cifar10", per_file: int = 20, seed: int = 0) -> Path:
+    """Tiny synthetic CIFAR-10/100 in the real python-pickle format (random pixels, every class)."""
+    import pickle
+
+    import numpy as np
+
+    folder, train, test, key, classes = {
+        "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10),
+        "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100),
+    }[variant]
+    rng = np.random.default_rng(seed)
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    for name in train + test:
+        n = per_file if variant == "cifar10" else per_file * 5
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), key: [int(i % classes) for i in range(n)]}
+        with open(root / folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    return root
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 

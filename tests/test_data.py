@@ -60,6 +60,21 @@ def test_missing_files_give_one_clear_line(tmp_path, name, expected):
     assert "\n" not in message and expected in message and "dataset.download=true" in message
 
 
+@pytest.mark.parametrize("variant, train, test, classes", [("cifar10", 100, 20, 10), ("cifar100", 100, 100, 100)])
+def test_cifar_reads_the_original_file_format(tmp_path, variant, train, test, classes):
+    from tests.conftest import write_cifar
+
+    write_cifar(tmp_path, variant)
+    ds = load_dataset.__wrapped__(variant, str(tmp_path), False)
+    assert ds.x_train.shape == (train, 3, 32, 32) and ds.x_test.shape == (test, 3, 32, 32) and ds.x_train.dtype == torch.uint8
+    assert ds.num_classes == classes and int(ds.y_train.max()) == min(train, classes) - 1
+    folder = tmp_path / ("cifar-10-batches-py" if variant == "cifar10" else "cifar-100-python")
+    first = next(p for p in sorted(folder.iterdir()))
+    first.write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="is not a CIFAR batch file"):
+        load_dataset.__wrapped__(variant, str(tmp_path), False)
+
+
 def test_unknown_dataset():
     with pytest.raises(DataError, match="choose one of"):
         load_dataset.__wrapped__("imagenet", "./data", False)

@@ -11,6 +11,8 @@ Debian's ``dataset-fashion-mnist`` package, and only then asks torchvision to do
 
 from __future__ import annotations
 
+import pickle
+
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -130,6 +132,48 @@ def _torchvision_train_test(cls_name: str, label: str, expected: str, channels_l
     return load
 
 
+# CIFAR in its python-pickle release: (folder, train files, test files, label key, torchvision class)
+_CIFAR = {
+    "CIFAR10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+    "CIFAR100": ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
+}
+
+
+def _read_cifar(folder: Path, names: list[str], label_key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for name in names:
+        try:
+            with open(folder / name, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch[label_key], dtype=np.int64))
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as err:
+            raise DataError(f"{folder / name} is not a CIFAR batch file ({type(err).__name__}: {err}): replace it with the original") from err
+    return torch.from_numpy(np.concatenate(xs)).contiguous(), torch.from_numpy(np.concatenate(ys))
+
+
+def _cifar(cls_name: str):
+    """CIFAR-10/100 read from the original python batches (``data`` rows of 3x32x32 uint8, labels),
+    downloaded by torchvision first when ``download`` is set."""
+    folder_name, train_files, test_files, label_key = _CIFAR[cls_name]
+
+    def load(root: Path, download: bool):
+        folder = root / folder_name
+        if download and not all((folder / f).is_file() for f in train_files + test_files):
+            import torchvision.datasets as tvd
+
+            getattr(tvd, cls_name)(root, train=True, download=True)
+        missing = [f for f in train_files + test_files if not (folder / f).is_file()]
+        if missing:
+            raise DataError(
+                f"{cls_name} not found under {root} (expected {folder}/ with {', '.join(train_files + test_files)}; "
+                f"missing {', '.join(missing)}): copy the files there or run with dataset.download=true on a machine with a network"
+            )
+        return (*_read_cifar(folder, train_files, label_key), *_read_cifar(folder, test_files, label_key))
+
+    return load
+
+
 def _mnist(root: Path, download: bool):
     found = _load_idx_dataset([root / "MNIST" / "raw", root / "mnist"])
     return found if found is not None else _torchvision_train_test("MNIST", "MNIST", "{root}/MNIST/raw/*-ubyte", False)(root, download)
@@ -169,8 +213,8 @@ class _Spec:
 DATASETS: dict[str, _Spec] = {
     "fashion_mnist": _Spec(_fashion_mnist, 10, (0.2860,), (0.3530,)),
     "mnist": _Spec(_mnist, 10, (0.1307,), (0.3081,), hflip=False),
-    "cifar10": _Spec(_torchvision_train_test("CIFAR10", "CIFAR10", "{root}/cifar-10-batches-py/", True), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": _Spec(_torchvision_train_test("CIFAR100", "CIFAR100", "{root}/cifar-100-python/", True), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "cifar10": _Spec(_cifar("CIFAR10"), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": _Spec(_cifar("CIFAR100"), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "svhn": _Spec(_svhn, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), hflip=False),
     "digits": _Spec(_digits, 10, (0.3,), (0.37,), hflip=False),
 }
