@@ -165,6 +165,7 @@ def build_report(runs: RunTable, options: ReportOptions) -> Report:
     table = pd.DataFrame({"group": order}).set_index("group")
     table["n"] = grouped.size()
     table["seeds"] = grouped["seed"].apply(lambda s: " ".join(map(str, sorted(s))))
+    table["rounds"] = grouped["rounds"].min()
     for column in stat_columns:
         table[column] = grouped[column].mean()
         table[column + "_std"] = grouped[column].std(ddof=1)
