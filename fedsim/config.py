@@ -106,7 +106,8 @@ def strategy_setting(setting: list[str], overrides: list[str]) -> list[str]:
     FedSA's teacher parties) that the user's own choices leave standing: a key the user sets (on
     the command line or in a named experiment), or a choice of the group a setting key belongs to, wins."""
     user = {_override_key(o) for o in overrides}
-    return [s for s in setting if _override_key(s) not in user and _override_key(s).split(".")[0] not in user]
+    groups = user - {"strategy"}  # choosing the strategy is what brings its setting
+    return [s for s in setting if _override_key(s) not in user and _override_key(s).split(".")[0] not in groups]
 
 
 _INT_AT_LEAST = {
