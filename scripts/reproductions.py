@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from fedsim.errors import ConfigError
 from fedsim.experiments.report import ReportOptions, build_report, lower_is_better, percent
 from fedsim.experiments.report_files import write_report
 from fedsim.experiments.runs import load_runs
@@ -83,7 +84,13 @@ def render_claim(claim: dict) -> tuple[list[str], list[str]]:
         metrics = [metric] + [m for m in claim["metrics"] if m != metric]
         out = DOCS / f"claim_{claim['id']}" / f"{k + 1}-{metric}-vs-{'_'.join(comparison['baseline']).replace('=', '-')}"
         options = ReportOptions(metrics, [], list(comparison["baseline"]), None, int(claim["last"]), claim["compare"], out)
-        report = build_report(runs, options)
+        title = f"{comparison['better']} vs {' '.join(comparison['baseline'])}, `{metric}`"
+        try:
+            report = build_report(runs, options)
+        except ConfigError as err:  # e.g. the baseline's runs are not there yet
+            section += [f"### {title}", "", f"Not run yet ({err}).", ""]
+            rows.append(f"| {claim['id']} | {title} | - | not run yet |")
+            continue
         _, table = write_report(report, [str(Path(d).relative_to(ROOT)) for d in dirs])
         rows_by_group = report.table.set_index("group")
         label = next((g for g in rows_by_group.index if comparison["better"] in g.split(", ")), None)
@@ -95,7 +102,6 @@ def render_claim(claim: dict) -> tuple[list[str], list[str]]:
             decision = verdict(row, comparison["better"], metric, seeds, rounds)
             ours = (f"{fmt(row['diff'], metric)} [{fmt(row['ci_low'], metric)}, {fmt(row['ci_high'], metric)}] "
                     f"(n={seeds})")
-        title = f"{comparison['better']} vs {' '.join(comparison['baseline'])}, `{metric}`"
         image = out.relative_to(DOCS.parent) / "report.png"
         section += [f"### {title}", "", table, "", f"Verdict: **{decision}**.", "", f"![{title}]({image.as_posix()})", ""]
         for warning in report.warnings:
