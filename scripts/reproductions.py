@@ -84,7 +84,8 @@ def render_claim(claim: dict) -> tuple[list[str], list[str]]:
         metrics = [metric] + [m for m in claim["metrics"] if m != metric]
         out = DOCS / f"claim_{claim['id']}" / f"{k + 1}-{metric}-vs-{'_'.join(comparison['baseline']).replace('=', '-')}"
         options = ReportOptions(metrics, [], list(comparison["baseline"]), None, int(claim["last"]), claim["compare"], out)
-        title = f"{comparison['better']} vs {' '.join(comparison['baseline'])}, `{metric}`"
+        title = comparison.get("label") or f"{comparison['better']} vs {' '.join(comparison['baseline'])}"
+        title += f", `{metric}`"
         try:
             report = build_report(runs, options)
         except ConfigError as err:  # e.g. the baseline's runs are not there yet
