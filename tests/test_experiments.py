@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -267,8 +266,10 @@ def test_mlflow_run_has_params_metrics_and_artifacts(make_cfg, tmp_path):
     assert not (run_dir / "metrics.csv").exists()  # logger=mlflow alone: no CSV logger
 
 
-def test_missing_tracking_package_is_one_line(make_cfg, monkeypatch, capsys):
+def test_missing_tracking_package_is_one_line(tmp_path, monkeypatch, capsys):
+    from tests.conftest import FAST
+
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if the extra were not installed
-    assert main(["run", *[o for o in __import__("tests.conftest").conftest.FAST], "logger=tensorboard", f"run_dir={os.getcwd()}/never"]) == 2
+    assert main(["run", *FAST, "logger=tensorboard", f"run_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == 'fedsim: error: logger=tensorboard needs the \'tensorboard\' package: pip install "fedsim[tensorboard]"'
