@@ -83,7 +83,8 @@ def render_claim(claim: dict) -> tuple[list[str], list[str]]:
         metric = comparison["metric"]
         metrics = [metric] + [m for m in claim["metrics"] if m != metric]
         out = DOCS / f"claim_{claim['id']}" / f"{k + 1}-{metric}-vs-{'_'.join(comparison['baseline']).replace('=', '-')}"
-        options = ReportOptions(metrics, [], list(comparison["baseline"]), None, int(claim["last"]), claim["compare"], out)
+        last = int(comparison.get("last", claim["last"]))
+        options = ReportOptions(metrics, [], list(comparison["baseline"]), None, last, claim["compare"], out)
         title = comparison.get("label") or f"{comparison['better']} vs {' '.join(comparison['baseline'])}"
         title += f", `{metric}`"
         try:
