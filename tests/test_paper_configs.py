@@ -10,11 +10,12 @@ from fedsim.engine import run
 from tests.conftest import read_metrics, write_cifar
 
 # what each smoke run shortens beyond num_rounds=1 (the configs themselves stay at paper scale)
+MANY_CLIENTS = {"dispfl_paper", "scool_paper"}  # 100 clients: a larger synthetic set so each gets a few samples
 SHORTER = {
     "fedfed_paper": ["strategy.distill_rounds=1"],
     "fedimpro_paper": [],
     "twinsight_paper": [],
-    "dispfl_paper": ["local_epochs=1"],
+    "dispfl_paper": ["local_epochs=1", "partition.min_size=2"],  # 20 synthetic samples a client
     "scool_paper": ["local_epochs=1"],
     "fedsa_paper": ["local_epochs=1", "strategy.teachers.epochs=1", "strategy.probe_epochs=1", "strategy.adapt_epochs=1"],
 }
@@ -23,7 +24,7 @@ SHORTER = {
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SHORTER))
 def test_paper_config_runs_one_round(tmp_path, name):
-    write_cifar(tmp_path / "data", "cifar10", per_file=100)
+    write_cifar(tmp_path / "data", "cifar10", per_file=400 if name in MANY_CLIENTS else 100)
     cfg = compose([f"+experiment={name}", f"data_root={tmp_path / 'data'}", "num_rounds=1", "backend=inprocess",
                    f"run_dir={tmp_path / 'run'}", "eval_batch_size=100", *SHORTER[name]])
     assert cfg.dataset.name == "cifar10" and cfg.num_rounds == 1
