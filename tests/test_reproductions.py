@@ -1,0 +1,33 @@
+"""scripts/reproductions.py: the verdict of a claim follows the paired interval and the protocol's minimums."""
+
+import importlib.util
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location("reproductions", Path(__file__).resolve().parent.parent / "scripts" / "reproductions.py")
+reproductions = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(reproductions)
+
+
+def test_verdict_reads_the_interval_in_the_claimed_direction():
+    above, below, straddles = {"ci_low": 0.01, "ci_high": 0.05}, {"ci_low": -0.05, "ci_high": -0.01}, {"ci_low": -0.01, "ci_high": 0.02}
+    verdict = reproductions.verdict
+    assert verdict(above, "x", "test_accuracy", 3, 50) == "reproduced"
+    assert verdict(below, "x", "test_accuracy", 3, 50).startswith("not reproduced")
+    assert verdict(straddles, "x", "test_accuracy", 5, 50).startswith("inconclusive")
+    assert verdict(below, "x", "update_dissimilarity", 3, 50) == "reproduced"  # lower is the claimed direction
+    assert verdict(above, "x", "test_accuracy", 2, 50).startswith("incomplete")
+    assert verdict(above, "x", "test_accuracy", 3, 30).startswith("incomplete")
+
+
+def test_committed_page_is_what_render_writes(tmp_path, monkeypatch):
+    """docs/REPRODUCTIONS.md is generated: rendering the committed outputs again changes nothing."""
+    root = Path(__file__).resolve().parent.parent
+    before = (root / "docs" / "REPRODUCTIONS.md").read_text()
+    readme = (root / "README.md").read_text()
+    try:
+        reproductions.render()
+        assert (root / "docs" / "REPRODUCTIONS.md").read_text() == before
+        assert (root / "README.md").read_text() == readme
+    finally:
+        (root / "docs" / "REPRODUCTIONS.md").write_text(before)
+        (root / "README.md").write_text(readme)
