@@ -40,8 +40,8 @@ def compose(overrides: list[str]) -> DictConfig:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"cannot parse override '{item}': write overrides as key=value (e.g. strategy=fedprox)")
-    chosen = _hydra_compose([o for o in overrides if _override_key(o) in ("strategy", "experiment")])
-    experiments = [o.split("=", 1)[1] for o in overrides if _override_key(o) == "experiment"]
+    chosen = _hydra_compose([o for o in overrides if override_key(o) in ("strategy", "experiment")])
+    experiments = [o.split("=", 1)[1] for o in overrides if override_key(o) == "experiment"]
     chosen_keys = list(overrides) + [f"{k}=" for name in experiments for k in experiment_keys(name)]
     setting = strategy_setting(list(chosen.strategy.get("setting") or []), chosen_keys)
     cfg = _hydra_compose(setting + list(overrides))
@@ -77,7 +77,8 @@ def _hydra_compose(overrides: list[str], name: str = "config") -> DictConfig:
         raise ConfigError(explain_hydra_error(err)) from None
 
 
-def _override_key(item: str) -> str:
+def override_key(item: str) -> str:
+    """The key an override sets (``+a.b=1`` -> ``a.b``)."""
     return item.split("=", 1)[0].lstrip("+~")
 
 
@@ -105,9 +106,9 @@ def strategy_setting(setting: list[str], overrides: list[str]) -> list[str]:
     """The overrides of a strategy's ``setting`` (the experimental setting it is meant for, e.g.
     FedSA's teacher parties) that the user's own choices leave standing: a key the user sets (on
     the command line or in a named experiment), or a choice of the group a setting key belongs to, wins."""
-    user = {_override_key(o) for o in overrides}
+    user = {override_key(o) for o in overrides}
     groups = user - {"strategy"}  # choosing the strategy is what brings its setting
-    return [s for s in setting if _override_key(s) not in user and _override_key(s).split(".")[0] not in groups]
+    return [s for s in setting if override_key(s) not in user and override_key(s).split(".")[0] not in groups]
 
 
 _INT_AT_LEAST = {

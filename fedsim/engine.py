@@ -19,6 +19,7 @@ from clients.base import LocalData
 from fedsim.backends import run_inprocess, run_ray
 from fedsim.checkpoint import latest_checkpoint
 from fedsim.client_app import make_client_app, resolve_device
+from fedsim.config import override_key
 from fedsim.data import dataset_from_config, make_partition
 from fedsim.data.partition import label_histograms
 from fedsim.errors import ConfigError
@@ -82,7 +83,7 @@ def resume_config(run_dir: str | Path, overrides: DictConfig | None = None) -> D
 def resume_from_command_line(cfg: DictConfig, args: list[str]) -> DictConfig:
     """``resume=<dir>`` on the command line: the saved config, with ``num_rounds`` raised only when
     the user typed it (the default must not lengthen a resumed run)."""
-    typed = any(a.split("=", 1)[0].lstrip("+~") == "num_rounds" for a in args)
+    typed = any(override_key(a) == "num_rounds" for a in args)
     resumed = resume_config(cfg.resume, cfg if typed else None)
     resumed.verbose = cfg.verbose
     return resumed

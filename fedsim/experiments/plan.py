@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from fedsim.config import CONFIG_DIR, explain_hydra_error
+from fedsim.config import CONFIG_DIR, explain_hydra_error, override_key
 from fedsim.errors import ConfigError
 
 
@@ -36,10 +36,6 @@ class SweepPlan:
     name: str
     jobs: tuple[Job, ...]
     runs_root: str
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def plan_sweep(args: list[str]) -> SweepPlan:
@@ -68,10 +64,10 @@ def plan_sweep(args: list[str]) -> SweepPlan:
     values: dict[str, set[str]] = {}
     for cell in cells:
         for override in cell:
-            values.setdefault(_key(override), set()).add(override)
+            values.setdefault(override_key(override), set()).add(override)
     varying_keys = [k for k, v in values.items() if len(v) > 1]
     jobs = tuple(
-        Job(i, tuple(cell), tuple(o for o in cell if _key(o) in varying_keys)) for i, cell in enumerate(cells)
+        Job(i, tuple(cell), tuple(o for o in cell if override_key(o) in varying_keys)) for i, cell in enumerate(cells)
     )
     name = experiment or "-".join(k.replace(".", "_") for k in varying_keys) or "sweep"
     return SweepPlan(name, jobs, runs_root)

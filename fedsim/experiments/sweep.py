@@ -23,9 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from fedsim.config import override_key
 from fedsim.errors import ConfigError
 from fedsim.experiments.plan import SweepPlan
 from fedsim.progress import show
+from fedsim.results import RunDirectory, new_run_dir
 
 MANIFEST = "manifest.json"
 FINISHED = "done"
@@ -96,13 +98,10 @@ def _die_with_parent() -> None:
 
 def final_metrics(run_dir: Path) -> dict[str, Any]:
     """The figures a manifest keeps of a finished run: summary.json's and the last round's metrics."""
-    summary_path, metrics_path = run_dir / "summary.json", run_dir / "metrics.jsonl"
+    summary_path, rows = run_dir / "summary.json", RunDirectory(run_dir).read_metrics()
     figures: dict[str, Any] = {}
-    if metrics_path.is_file():
-        lines = [line for line in metrics_path.read_text().splitlines() if line.strip()]
-        if lines:
-            last = json.loads(lines[-1])
-            figures = {k: v for k, v in last.items() if isinstance(v, (int, float)) and not k.endswith("time_s")}
+    if rows:
+        figures = {k: v for k, v in rows[-1].items() if isinstance(v, (int, float)) and not k.endswith("time_s")}
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         figures.update({k: summary[k] for k in ("final_test_accuracy", "best_test_accuracy") if k in summary})
@@ -115,7 +114,7 @@ def job_command(job: dict[str, Any], folder: Path, threads: int) -> list[str]:
     if (run_dir / "config.yaml").is_file():
         return [sys.executable, "-m", "fedsim", "run", f"resume={run_dir}"]
     overrides = list(job["overrides"])
-    if threads and not any(o.split("=", 1)[0].lstrip("+~") == "backend.num_threads" for o in overrides):
+    if threads and not any(override_key(o) == "backend.num_threads" for o in overrides):
         overrides.append(f"backend.num_threads={threads}")
     return [sys.executable, "-m", "fedsim", "run", *overrides, f"run_dir={run_dir}"]
 
@@ -186,17 +185,6 @@ class SweepRunner:
         return 1 if failed else 0
 
 
-def new_sweep_dir(runs_root: str, name: str) -> Path:
-    root = Path(runs_root) / "sweeps"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path, suffix = root / f"{stamp}-{name}", 1
-    while path.exists():
-        suffix += 1
-        path = root / f"{stamp}-{name}-{suffix}"
-    path.mkdir(parents=True)
-    return path
-
-
 def run_sweep(args: list[str], jobs: int = 1) -> int:
     """``python -m fedsim run -m <args>``: plan the jobs, find or create the sweep dir, run it."""
     from fedsim.experiments.plan import plan_sweep
@@ -215,6 +203,6 @@ def run_sweep(args: list[str], jobs: int = 1) -> int:
             manifest = Manifest.load(folder)
             show(f"continuing the unfinished sweep {folder} (same jobs)")
         else:
-            manifest = Manifest.create(new_sweep_dir(plan.runs_root, plan.name), plan, args)
+            manifest = Manifest.create(new_run_dir(Path(plan.runs_root) / "sweeps", plan.name), plan, args)
     return SweepRunner(manifest, jobs).run()
 
