@@ -18,15 +18,15 @@ The server tells the phase in the config record (``fedfed-phase``):
   official rule). The official code also leaves G frozen for label-skewed clients in step 3 (the
   warm-up's requires_grad=False is undone only by the mosaic step they skip); its x5 weights on the
   generator's own terms show that G was meant to train there, so here it does.
-- ``share``: two noised copies of the performance-sensitive part of every local sample,
-  x_s + N(0, s1^2) and x_s + N(0, s2^2) (``share_noise_std1``/``2``: fresh noise per sample, eval
-  mode, mean latent), with labels; x_r never leaves the client.
+- ``share``: one noised copy of the performance-sensitive part of every local sample per entry of
+  ``share_noise_std`` (official: two, x_s + N(0, 0.2^2) and x_s + N(0, 0.25^2); fresh noise per
+  sample, eval mode, mean latent), with labels; x_r never leaves the client.
 - ``receive``: the global shared set, sent once after sharing; the client keeps it (its state
   store, under the set's digest) for the rest of the run, as official clients keep theirs.
 - ``train``: the base algorithm's own update (``strategy.base``). Each round the client draws, per
   copy, as many items as it has samples, class-balanced, from the kept set; every local step trains
-  on a batch of local images and the two matching batches of shared items (1:1:1), all with random
-  crop and flip, and plain CE over the concatenation.
+  on a batch of local images and the matching batch of shared items of each copy (1:1:1 with the
+  official two copies), all with random crop and flip, and plain CE over the concatenation.
 
 Shared x_s enter the classifier as ``x_s / std`` (the linear part of the dataset normalisation),
 so that x_s + x_r normalised equals x normalised.
@@ -53,6 +53,11 @@ from fedsim.seeding import rng, seed_torch, torch_generator
 
 DISTILL, SHARE, RECEIVE, TRAIN = "distill", "share", "receive", "train"
 CURRICULUM = ((10, 10.0), (20, 5.0))  # official: re x10 while the local epoch index < 10, x5 below 20
+
+
+def shared_copy_keys(copies: int) -> tuple[str, ...]:
+    """The record keys of the shared copies: x1, x2, ... (one per entry of ``share_noise_std``)."""
+    return tuple(f"x{k}" for k in range(1, copies + 1))
 
 
 class DistillationPair(nn.Module):
@@ -147,11 +152,12 @@ class FedFedMixin:
         pool_y = self.pool["y"].numpy()
         n, size = len(env.data), int(config["batch-size"])
         draws = rng(env.cfg.seed, "fedfed-draw", server_round, env.client_id)  # once per round, as official
-        copies = [balanced_draw(pool_y, n, draws, data.num_classes) for _ in ("x1", "x2")]
+        keys = shared_copy_keys(len(env.cfg.strategy.share_noise_std))
+        copies = [balanced_draw(pool_y, n, draws, data.num_classes) for _ in keys]
         for idx in env.data.index_batches(size, generator):
             parts = [data.normalize(shift_flip(env.data.x[idx], generator, data.hflip))]
             labels = [env.data.y[idx]]
-            for key, drawn in zip(("x1", "x2"), copies):
+            for key, drawn in zip(keys, copies):
                 chosen = torch.from_numpy(drawn[idx.numpy()])
                 parts.append(data.scale_difference(shift_flip(self.pool[key][chosen].float(), generator, data.hflip)))
                 labels.append(self.pool["y"][chosen])
@@ -242,15 +248,16 @@ class FedFedMixin:
 
     @torch.no_grad()
     def share(self, content: RecordDict) -> RecordDict:
-        """Two noised copies of the performance-sensitive part of every local sample, float16, with labels."""
-        env, s = self.env, self.env.cfg.strategy
+        """One noised copy of the performance-sensitive part of every local sample per noise level,
+        float16, with labels."""
+        env, sigmas = self.env, [float(v) for v in self.env.cfg.strategy.share_noise_std]
         pair = distillation_pair(self.env, content["arrays"]).eval()
         noise_rng = torch_generator(env.cfg.seed, "fedfed-share-noise", env.client_id)
-        copies: dict[str, list[torch.Tensor]] = {"x1": [], "x2": []}
+        copies: dict[str, list[torch.Tensor]] = {key: [] for key in shared_copy_keys(len(sigmas))}
         for idx in env.data.index_batches(1000):
             x01 = env.data.x[idx].to(env.device).float().div_(255.0)
             x_s = (x01 - pair.generator(x01)[0]).cpu()
-            for key, sigma in (("x1", float(s.share_noise_std1)), ("x2", float(s.share_noise_std2))):
+            for key, sigma in zip(copies, sigmas):
                 copies[key].append(x_s + sigma * torch.randn(x_s.shape, generator=noise_rng))
         empty = torch.zeros((0, *env.data.dataset.input_shape), dtype=torch.float16)
         shared = {k: torch.cat(v).half() if v else empty for k, v in copies.items()}

@@ -42,11 +42,36 @@ def compose(overrides: list[str]) -> DictConfig:
             raise ConfigError(f"cannot parse override '{item}': write overrides as key=value (e.g. strategy=fedprox)")
     chosen = _hydra_compose([o for o in overrides if override_key(o) in ("strategy", "experiment")])
     experiments = [o.split("=", 1)[1] for o in overrides if override_key(o) == "experiment"]
-    chosen_keys = list(overrides) + [f"{k}=" for name in experiments for k in experiment_keys(name)]
-    setting = strategy_setting(list(chosen.strategy.get("setting") or []), chosen_keys)
+    own = f"{STRATEGY_OPTIONS}.{chosen.strategy.name}."
+    keys = {k for name in experiments for k in experiment_keys(name)}
+    keys = {"strategy." + k.removeprefix(own) if k.startswith(own) else k for k in keys}
+    setting = strategy_setting(list(chosen.strategy.get("setting") or []), list(overrides) + [f"{k}=" for k in keys])
     cfg = _hydra_compose(setting + list(overrides))
+    cfg = apply_strategy_options(cfg, overrides)
     validate(cfg)
     return cfg
+
+
+STRATEGY_OPTIONS = "strategy_options"
+
+
+def apply_strategy_options(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """Merge a named experiment's ``strategy_options.<name>`` into ``strategy`` when ``<name>`` is
+    the chosen strategy, and drop the section. An experiment that compares several strategies puts
+    the keys only one of them reads there (e.g. ``strategy_options: {fedfed: {distill_rounds: 15}}``);
+    a ``strategy.<key>`` given on the command line (or as a sweep value) wins."""
+    if STRATEGY_OPTIONS not in cfg:
+        return cfg
+    data = OmegaConf.to_container(cfg)
+    options = data.pop(STRATEGY_OPTIONS) or {}
+    unknown = sorted(set(options) - set(group_options("strategy")))
+    if unknown:
+        raise ConfigError(f"{STRATEGY_OPTIONS}.{unknown[0]}: no such strategy; choose among {', '.join(group_options('strategy'))}")
+    given = {override_key(o) for o in overrides}
+    for key, value in (options.get(cfg.strategy.name) or {}).items():
+        if f"strategy.{key}" not in given:
+            data["strategy"][key] = value
+    return OmegaConf.create(data)
 
 
 def compose_attack(overrides: list[str]) -> DictConfig:

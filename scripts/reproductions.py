@@ -51,8 +51,8 @@ def collect(sweep: Path) -> Path:
     return target
 
 
-def verdict(row: dict, better: str, metric: str, seeds: int, rounds: int) -> str:
-    """From the paired interval of ``better`` - baseline, in the direction the claim states."""
+def verdict(row: dict, metric: str, seeds: int, rounds: int) -> str:
+    """From the paired interval of the claimed-better group - baseline, in the direction the claim states."""
     if seeds < MIN_SEEDS or rounds < MIN_ROUNDS:
         return f"incomplete ({seeds} seeds, {rounds} rounds; the protocol asks {MIN_SEEDS} and {MIN_ROUNDS})"
     sign = -1.0 if lower_is_better(metric) else 1.0
@@ -95,13 +95,14 @@ def render_claim(claim: dict) -> tuple[list[str], list[str]]:
             continue
         _, table = write_report(report, [str(Path(d).relative_to(ROOT)) for d in dirs])
         rows_by_group = report.table.set_index("group")
-        label = next((g for g in rows_by_group.index if comparison["better"] in g.split(", ")), None)
+        better = [comparison["better"]] if isinstance(comparison["better"], str) else list(comparison["better"])
+        label = next((g for g in rows_by_group.index if set(better) <= set(g.split(", "))), None)
         if label is None or "diff" not in rows_by_group:
             decision, ours = "not run yet", "-"
         else:
             row = rows_by_group.loc[label].to_dict()
             seeds, rounds = int(row["pairs"]), int(row["rounds"])
-            decision = verdict(row, comparison["better"], metric, seeds, rounds)
+            decision = verdict(row, metric, seeds, rounds)
             ours = (f"{fmt(row['diff'], metric)} [{fmt(row['ci_low'], metric)}, {fmt(row['ci_high'], metric)}] "
                     f"(n={seeds})")
         image = out.relative_to(DOCS.parent) / "report.png"

@@ -3,19 +3,19 @@
 
 Before ordinary FL, clients train a feature-distillation generator G with an embedded classifier
 under FedAvg for ``distill_rounds`` rounds (official: 15, every client each round;
-``distill_clients`` samples fewer). Every client then shares, once, two noised copies of the
-performance-sensitive part x_s = x - G(x) of its samples (noise std ``share_noise_std1``/``2``,
-drawn per sample), and the server pools them into the global shared set (kept in the run
+``distill_clients`` samples fewer). Every client then shares, once, noised copies of the
+performance-sensitive part x_s = x - G(x) of its samples, one per entry of ``share_noise_std``
+(official: two, std 0.2 and 0.25, noise drawn per sample), and the server pools them into the global shared set (kept in the run
 directory as ``shared_pool.pt``: exactly what the server received, which the privacy tools
 inspect). The server sends that set to every client once (``receive``); clients keep it.
 FL then runs the base algorithm ``strategy.base`` (FedAvg, FedProx, SCAFFOLD or FedNova)
-unchanged, except that every local step also trains on class-balanced items of both shared copies
-(1:1:1 with the local batch, ``clients/fedfed.py``). Distillation rounds, the pool and the
+unchanged, except that every local step also trains on class-balanced items of each shared copy
+(1:1:1 with the local batch and the official two copies, ``clients/fedfed.py``). Distillation rounds, the pool and the
 one-off broadcast, with their bytes, are logged to ``distill_metrics.jsonl``; per-round traffic
 in metrics.jsonl is the base algorithm's.
 
 Client obligation: the phases ``distill`` (return the (G, f) pair), ``share`` (return ``shared``:
-x1, x2, y), ``receive`` (keep the set under its digest) and ``train`` (the base update with the
+x1, x2, ..., y), ``receive`` (keep the set under its digest) and ``train`` (the base update with the
 kept set).
 """
 
@@ -33,7 +33,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from clients.fedfed import DISTILL, RECEIVE, SHARE, TRAIN, DistillationPair
+from clients.fedfed import DISTILL, RECEIVE, SHARE, TRAIN, DistillationPair, shared_copy_keys
 from fedsim.data import dataset_from_config
 from fedsim.errors import ConfigError, FedsimError
 from fedsim.progress import show
@@ -45,13 +45,12 @@ from strategies import load_strategy_class
 
 log = logging.getLogger("fedsim")
 BASES = ("fedavg", "fedprox", "scaffold", "fednova")
-POOL_KEYS = ("x1", "x2", "y")
 
 
 def pool_digest(pool: dict[str, np.ndarray]) -> str:
     """A content digest of the shared set: the name clients keep it under."""
     digest = hashlib.blake2b(digest_size=16)
-    for key in POOL_KEYS:
+    for key in sorted(pool):
         digest.update(np.ascontiguousarray(pool[key]).tobytes())
     return digest.hexdigest()
 
@@ -62,7 +61,7 @@ class FedFedMixin:
     cfg: Any
     node_of: dict[int, int]
     num_examples: dict[int, int]
-    pool: dict[str, np.ndarray] | None = None  # x1, x2 (float16) and y of every shared sample
+    pool: dict[str, np.ndarray] | None = None  # x1, x2, ... (float16) and y of every shared sample
     pool_digest: str = ""
 
     # -- phase A: feature distillation, then sharing -------------------------------------------
@@ -133,10 +132,11 @@ class FedFedMixin:
             return "malformed reply: FedFed sharing needs a 'shared' ArrayRecord"
         shared = msg.content["shared"]
         shape = tuple(self._dataset().input_shape)
-        if set(shared.keys()) != set(POOL_KEYS) or any(tuple(shared[k].shape[1:]) != shape for k in ("x1", "x2")):
-            return f"malformed shared features: expected x1 and x2 of shape (n, {shape}) and y"
-        if not shared["x1"].shape[0] == shared["x2"].shape[0] == shared["y"].shape[0]:
-            return "malformed shared features: x1, x2 and y differ in length"
+        copies = self.copy_keys()
+        if set(shared.keys()) != {*copies, "y"} or any(tuple(shared[k].shape[1:]) != shape for k in copies):
+            return f"malformed shared features: expected {', '.join(copies)} of shape (n, {shape}) and y"
+        if len({shared[k].shape[0] for k in (*copies, "y")}) != 1:
+            return f"malformed shared features: {', '.join(copies)} and y differ in length"
         bad = non_finite(shared)
         return f"returned NaN/Inf in shared '{bad}'" if bad else None
 
@@ -146,19 +146,20 @@ class FedFedMixin:
         messages, replies = self._send(grid, sorted(self.node_of), arrays, config)
         accepted = self.accept_replies(0, replies, check=self._share_problem)
         self._require("sharing", accepted)
-        self.pool = {k: np.concatenate([a.content["shared"][k].numpy() for a in accepted]) for k in POOL_KEYS}
+        self.pool = {k: np.concatenate([a.content["shared"][k].numpy() for a in accepted]) for k in (*self.copy_keys(), "y")}
         self.pool["y"] = self.pool["y"].astype(np.int64)
         self.pool_digest = pool_digest(self.pool)
         upload = {a.client_id: payload_bytes(RecordDict({"shared": a.content["shared"]})) for a in accepted}
         s = self.cfg.strategy
         record = {"phase": SHARE, "pool_samples": int(len(self.pool["y"])), "pool_bytes": int(sum(v.nbytes for v in self.pool.values())),
                   "upload_bytes_per_client": upload, "bytes_down": sum(payload_bytes(m.content) for m in messages),
-                  "share_noise_std1": float(s.share_noise_std1), "share_noise_std2": float(s.share_noise_std2),
+                  "share_noise_std": [float(v) for v in s.share_noise_std],
                   "round_time_s": time.time() - t0}
         with log_file.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        show(f"[share] pool of {record['pool_samples']} samples x 2 noised copies ({record['pool_bytes'] / 2**20:.1f}MB) "
-             f"from {len(accepted)} clients, sigma={record['share_noise_std1']}/{record['share_noise_std2']}")
+        sigmas = record["share_noise_std"]
+        show(f"[share] pool of {record['pool_samples']} samples x {len(sigmas)} noised copies ({record['pool_bytes'] / 2**20:.1f}MB) "
+             f"from {len(accepted)} clients, sigma={'/'.join(str(v) for v in sigmas)}")
 
     def broadcast_pool(self, grid: Grid, log_file) -> None:
         """Send the global shared set to every client, once; each keeps it for the rest of the run."""
@@ -180,6 +181,10 @@ class FedFedMixin:
         with log_file.open("a") as f:
             f.write(json.dumps(record) + "\n")
         show(f"[receive] shared set sent once to {len(received)}/{len(messages)} clients ({record['bytes_down'] / 2**20:.1f}MB in all)")
+
+    def copy_keys(self) -> tuple[str, ...]:
+        """The record keys of the shared copies, one per entry of ``share_noise_std``."""
+        return shared_copy_keys(len(self.cfg.strategy.share_noise_std))
 
     def _dataset(self):
         return dataset_from_config(self.cfg)

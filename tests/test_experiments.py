@@ -60,6 +60,21 @@ def test_named_experiment_holds_its_sweep_and_the_command_line_wins():
         plan_sweep(["+experiment=nosuch"])
 
 
+def test_strategy_options_reach_only_their_strategy():
+    """A named experiment's `strategy_options.<name>` keys apply to that strategy alone, beat its own
+    `setting`, and lose to the command line."""
+    from fedsim.config import compose
+
+    plain = compose(["+experiment=repro_fedfed_alpha005", "strategy=fedavg"])
+    assert "generator_width" not in plain.strategy and "strategy_options" not in plain
+    fedfed = compose(["+experiment=repro_fedfed_alpha005", "strategy=fedfed"])
+    assert (fedfed.strategy.generator_width, fedfed.strategy.distill_rounds, fedfed.strategy.distill_clients) == (16, 15, None)
+    mine = compose(["+experiment=repro_fedfed_alpha005", "strategy=fedfed", "strategy.distill_rounds=3"])
+    assert mine.strategy.distill_rounds == 3 and mine.strategy.generator_width == 16
+    with pytest.raises(ConfigError, match="strategy_options.nosuch: no such strategy"):
+        compose(["+experiment=repro_fedfed_alpha005", "strategy=fedfed", "+strategy_options.nosuch.x=1"])
+
+
 def test_sweep_options_are_checked(capsys):
     assert main(["run", "--jobs", "2", "seed=0"]) == 2
     assert "--jobs runs sweeps: add -m" in capsys.readouterr().err

@@ -20,8 +20,9 @@ from tests.conftest import comparable, read_metrics
 FEDFED = ["strategy=fedfed", "strategy.distill_rounds=2"]
 
 
-def share_from(make_cfg, sigma: float, client_id: int = 0):
-    cfg = make_cfg(*FEDFED, f"strategy.share_noise_std1={sigma}", f"strategy.share_noise_std2={2 * sigma}")
+def share_from(make_cfg, sigma: float, client_id: int = 0, copies: int = 2):
+    levels = ",".join(str(k * sigma) for k in range(1, copies + 1))
+    cfg = make_cfg(*FEDFED, f"strategy.share_noise_std=[{levels}]")
     runtime = ClientRuntime(OmegaConf.to_container(cfg, resolve=True))
     client = runtime.client(client_id)
     torch.manual_seed(0)
@@ -53,6 +54,15 @@ def test_share_noise_follows_sigma_per_copy(make_cfg):
         assert abs(noise.std().item() - sigma) < 0.01 and abs(noise.mean().item()) < 0.01
         # a fresh draw per sample, not one noise image broadcast over the batch
         assert (noise[0] - noise[1]).abs().mean() > 0.1
+
+
+def test_one_shared_copy_per_noise_level(make_cfg):
+    clean = share_from(make_cfg, 0.0, copies=3)[0]
+    noisy = share_from(make_cfg, 0.1, copies=3)[0]
+    assert set(noisy.keys()) == {"x1", "x2", "x3", "y"}
+    for key, sigma in (("x1", 0.1), ("x2", 0.2), ("x3", 0.3)):
+        noise = torch.from_numpy(noisy[key].numpy()).float() - torch.from_numpy(clean[key].numpy()).float()
+        assert abs(noise.std().item() - sigma) < 0.01
 
 
 def test_generator_loss_has_the_official_balance():

@@ -278,9 +278,14 @@ def test_fixed_point_inversion_undoes_a_known_generator():
     x_s = x - Blur()(x)[0]
     recovered = fixed_point_inversion(Blur(), x_s, steps=500, lr=0.05)
     assert psnr(recovered, x).mean() > 35 > psnr(x_s.clamp(0, 1), x).mean() + 20
-    combined, sigma = combine_copies(x_s + 0.15, x_s - 0.25, 0.15, 0.25)  # inverse-variance weights 1/0.0225, 1/0.0625
+    combined, sigma = combine_copies([x_s + 0.15, x_s - 0.25], [0.15, 0.25])  # inverse-variance weights 1/0.0225, 1/0.0625
     assert sigma == pytest.approx((1 / (1 / 0.0225 + 1 / 0.0625)) ** 0.5)
     torch.testing.assert_close(combined, x_s + (0.15 / 0.0225 - 0.25 / 0.0625) / (1 / 0.0225 + 1 / 0.0625))
+    three, sigma3 = combine_copies([x_s + 0.1, x_s - 0.1, x_s + 0.4], [0.5, 0.5, 1.0])  # weights 4, 4, 1
+    assert sigma3 == pytest.approx(1 / 3)
+    torch.testing.assert_close(three, x_s + 0.4 / 9)
+    exact, sigma0 = combine_copies([x_s + 1, x_s], [0.3, 0.0])  # a noiseless copy is the signal
+    assert sigma0 == 0.0 and torch.equal(exact, x_s)
 
 
 def test_fedfed_shared_features_are_attacked(make_cfg):

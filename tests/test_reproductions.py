@@ -11,12 +11,12 @@ spec.loader.exec_module(reproductions)
 def test_verdict_reads_the_interval_in_the_claimed_direction():
     above, below, straddles = {"ci_low": 0.01, "ci_high": 0.05}, {"ci_low": -0.05, "ci_high": -0.01}, {"ci_low": -0.01, "ci_high": 0.02}
     verdict = reproductions.verdict
-    assert verdict(above, "x", "test_accuracy", 3, 50) == "reproduced"
-    assert verdict(below, "x", "test_accuracy", 3, 50).startswith("not reproduced")
-    assert verdict(straddles, "x", "test_accuracy", 5, 50).startswith("inconclusive")
-    assert verdict(below, "x", "update_dissimilarity", 3, 50) == "reproduced"  # lower is the claimed direction
-    assert verdict(above, "x", "test_accuracy", 2, 50).startswith("incomplete")
-    assert verdict(above, "x", "test_accuracy", 3, 30).startswith("incomplete")
+    assert verdict(above, "test_accuracy", 3, 50) == "reproduced"
+    assert verdict(below, "test_accuracy", 3, 50).startswith("not reproduced")
+    assert verdict(straddles, "test_accuracy", 5, 50).startswith("inconclusive")
+    assert verdict(below, "update_dissimilarity", 3, 50) == "reproduced"  # lower is the claimed direction
+    assert verdict(above, "test_accuracy", 2, 50).startswith("incomplete")
+    assert verdict(above, "test_accuracy", 3, 30).startswith("incomplete")
 
 
 def test_committed_page_is_what_render_writes(tmp_path, monkeypatch):

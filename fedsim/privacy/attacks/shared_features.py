@@ -36,12 +36,15 @@ def decoder(channels: int, width: int = 32) -> nn.Module:
     )
 
 
-def combine_copies(x1: torch.Tensor, x2: torch.Tensor, s1: float, s2: float) -> tuple[torch.Tensor, float]:
-    """Inverse-variance weighted mean of two noised copies of one signal, and its noise std."""
-    if s1 == 0 or s2 == 0:
-        return (x1, 0.0) if s1 == 0 else (x2, 0.0)
-    w1, w2 = 1 / s1**2, 1 / s2**2
-    return (w1 * x1 + w2 * x2) / (w1 + w2), (1 / (w1 + w2)) ** 0.5
+def combine_copies(copies: list[torch.Tensor], sigmas: list[float]) -> tuple[torch.Tensor, float]:
+    """Inverse-variance weighted mean of noised copies of one signal (independent noise of std
+    ``sigmas``), and the noise std of that mean; a noiseless copy is the signal itself."""
+    for copy, sigma in zip(copies, sigmas):
+        if sigma == 0:
+            return copy, 0.0
+    weights = [1 / sigma**2 for sigma in sigmas]
+    total = sum(weights)
+    return sum(w * copy for w, copy in zip(weights, copies)) / total, (1 / total) ** 0.5
 
 
 def fixed_point_inversion(generator: nn.Module, x_s: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
@@ -72,14 +75,15 @@ class SharedFeatureInversion:
     def observe(self, view: ClientView) -> AttackResult | None:
         if "shared" not in view.reply.array_records or "arrays" not in view.sent.array_records:
             return None
-        from clients.fedfed import distillation_pair
+        from clients.fedfed import distillation_pair, shared_copy_keys
 
         env, s = view.env, view.env.cfg.strategy
         data = env.data.dataset
         generator = torch_generator(self.seed, "attack-fedfed", view.client_id)
         pair = distillation_pair(env, view.sent["arrays"]).cpu().eval()
-        copies = [torch.from_numpy(view.reply["shared"][k].numpy()).float()[: self.max_samples] for k in ("x1", "x2")]
-        shared, sigma = combine_copies(*copies, float(s.share_noise_std1), float(s.share_noise_std2))
+        sigmas = [float(v) for v in s.share_noise_std]
+        copies = [torch.from_numpy(view.reply["shared"][k].numpy()).float()[: self.max_samples] for k in shared_copy_keys(len(sigmas))]
+        shared, sigma = combine_copies(copies, sigmas)
         originals = env.data.x[: len(shared)].float() / 255.0
         net = decoder(data.input_shape[0])
         optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
