@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
+from fedsim import __version__
+from fedsim.errors import ConfigError, FedsimError
 from fedsim.records import from_numpy, to_numpy
 
 
@@ -39,20 +41,33 @@ def _arrays(tree: Any) -> Any:
 
 
 def save_checkpoint(folder: Path, ckpt: Checkpoint) -> Path:
+    """Write the checkpoint of ``ckpt.server_round`` atomically (a temporary file, then a rename):
+    if writing fails (a full disk), the previous checkpoint stays intact and the error is one line."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"round_{ckpt.server_round:06d}.pt"
     tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "round": ckpt.server_round,
-            "arrays": _tensors(to_numpy(ckpt.arrays)),
-            "strategy": _tensors(ckpt.strategy_state),
-            "privacy": _tensors(ckpt.privacy_state),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
+    data = {
+        "round": ckpt.server_round,
+        "arrays": _tensors(to_numpy(ckpt.arrays)),
+        "strategy": _tensors(ckpt.strategy_state),
+        "privacy": _tensors(ckpt.privacy_state),
+        "fedsim_version": __version__,
+    }
+    try:
+        torch.save(data, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch reports a failed write as RuntimeError
+        tmp.unlink(missing_ok=True)
+        kept = sorted(folder.glob("round_*.pt"))
+        previous = f"the checkpoint of round {int(kept[-1].stem.split('_')[1])} is intact" if kept else "no earlier checkpoint"
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+        raise FedsimError(f"cannot write the checkpoint of round {ckpt.server_round} to {folder} ({reason}); {previous}: "
+                          f"free space and continue with resume={folder.parent}") from None
     return path
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
 
 
 def latest_checkpoint(folder: Path) -> Checkpoint | None:
@@ -60,6 +75,10 @@ def latest_checkpoint(folder: Path) -> Checkpoint | None:
     if not paths:
         return None
     data = torch.load(paths[-1], weights_only=True)
+    written = str(data.get("fedsim_version", "0"))
+    if version_tuple(written) > version_tuple(__version__):
+        raise ConfigError(f"resume={folder.parent}: its checkpoint was written by fedsim {written}, newer than this "
+                          f"fedsim {__version__}; resume it with that version or newer")
     return Checkpoint(
         int(data["round"]), from_numpy(_arrays(data["arrays"])), _arrays(data["strategy"]), _arrays(data.get("privacy", {}))
     )

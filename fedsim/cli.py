@@ -36,7 +36,8 @@ Examples:
 
 
 def _run_help() -> str:
-    from fedsim.config import GROUPS, compose, group_options
+    from fedsim.config import GROUPS, group_options
+    from fedsim.validation import compose_run
 
     lines = [
         "usage: python -m fedsim run [key=value ...] [--cfg job]",
@@ -46,7 +47,7 @@ def _run_help() -> str:
         "config groups (pick with group=option):",
     ]
     lines += [f"  {g:<10} {', '.join(group_options(g))}" for g in (*GROUPS, "logger", "experiment")]
-    lines += ["", "composed default config:", OmegaConf.to_yaml(compose([]))]
+    lines += ["", "composed default config:", OmegaConf.to_yaml(compose_run([]))]
     return "\n".join(lines)
 
 
@@ -64,7 +65,7 @@ def _take_option(args: list[str], names: tuple[str, ...]) -> tuple[list[str], st
 
 
 def cmd_run(args: list[str]) -> int:
-    from fedsim.config import compose
+    from fedsim.validation import compose_run
 
     if "--help" in args or "-h" in args:
         print(_run_help())
@@ -90,7 +91,7 @@ def cmd_run(args: list[str]) -> int:
     for arg in args:
         if arg.startswith("-"):
             raise FedsimError(f"unknown option '{arg}': `python -m fedsim run` takes key=value overrides, -m (sweep), --cfg job or --help")
-    cfg = compose(args)
+    cfg = compose_run(args)
     if show_cfg:
         print(OmegaConf.to_yaml(cfg))
         return 0
@@ -103,21 +104,21 @@ def cmd_run(args: list[str]) -> int:
 
 
 def cmd_attack(args: list[str]) -> int:
-    from fedsim.config import compose_attack
+    from fedsim.validation import compose_attack_run
 
     if "--help" in args or "-h" in args:
         from fedsim.config import group_options
 
         print("usage: python -m fedsim attack [key=value ...]\n")
         print("\n".join(f"  {g:<8} {', '.join(group_options(g))}" for g in ("attack", "defence", "model", "dataset")))
-        print("\ndefault config:\n" + OmegaConf.to_yaml(compose_attack([])))
+        print("\ndefault config:\n" + OmegaConf.to_yaml(compose_attack_run([])))
         return 0
     for arg in args:
         if arg.startswith("-"):
             raise FedsimError(f"unknown option '{arg}': `python -m fedsim attack` takes key=value overrides or --help")
     from fedsim.privacy.evaluate import run_attack
 
-    run_attack(compose_attack(args))
+    run_attack(compose_attack_run(args))
     return 0
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from fedsim.errors import ConfigError
+from fedsim.params import all_keys, suggest
 
 CONFIG_DIR = Path(os.environ.get("FEDSIM_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
 GROUPS = ("strategy", "dataset", "model", "partition", "backend", "attack", "defence")
@@ -19,8 +20,9 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-def explain_hydra_error(err: Exception) -> str:
-    """Turn a Hydra/OmegaConf exception into one line naming the bad override and the fix."""
+def explain_hydra_error(err: Exception, known_keys: Callable[[], list[str]] | None = None) -> str:
+    """Turn a Hydra/OmegaConf exception into one line naming the bad override and the fix;
+    ``known_keys`` lists the valid keys, for a suggestion when a key is unknown."""
     text = str(err)
     missing = re.search(r"Could not find '(\w+)/([^']+)'", text)
     if missing and (CONFIG_DIR / missing.group(1)).is_dir():
@@ -28,7 +30,12 @@ def explain_hydra_error(err: Exception) -> str:
         return f"unknown {group} '{option}': choose one of {', '.join(group_options(group))}"
     key = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
     if key:
-        return f"unknown config key '{key.group(1)}': see `python -m fedsim run --cfg job` for the valid keys"
+        given = re.search(r"use \+(\S+)", text)
+        shown = given.group(1) if given else key.group(1)
+        hint = suggest(key.group(1), known_keys()) if known_keys else ""
+        if not hint:
+            hint = "; see `python -m fedsim run --cfg job` for the valid keys"
+        return f"{shown}: no such key{hint}"
     parse = re.search(r"Error parsing override '([^']+)'", text)
     if parse:
         return f"cannot parse override '{parse.group(1)}': write overrides as key=value (e.g. num_rounds=10)"
@@ -99,7 +106,8 @@ def _hydra_compose(overrides: list[str], name: str = "config") -> DictConfig:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
             return hydra_compose(name, overrides=overrides)
     except Exception as err:  # Hydra raises several unrelated exception types for bad input
-        raise ConfigError(explain_hydra_error(err)) from None
+        choices = [o for o in overrides if override_key(o) in (*GROUPS, "experiment")]
+        raise ConfigError(explain_hydra_error(err, lambda: all_keys(_hydra_compose(choices, name)))) from None
 
 
 def override_key(item: str) -> str:
@@ -136,59 +144,29 @@ def strategy_setting(setting: list[str], overrides: list[str]) -> list[str]:
     return [s for s in setting if override_key(s) not in user and override_key(s).split(".")[0] not in groups]
 
 
-_INT_AT_LEAST = {
-    "num_rounds": 1,
-    "num_clients": 1,
-    "clients_per_round": 1,
-    "min_clients": 1,
-    "local_epochs": 1,
-    "batch_size": 1,
-    "eval_every": 1,
-    "eval_batch_size": 1,
-    "checkpoint_every": 0,
-    "seed": 0,
-}
-_POSITIVE = {"optimizer.lr": 0.0, "optimizer.lr_decay": 0.0, "round_timeout": 0.0, "connect_timeout": 0.0}
-_NON_NEGATIVE = {"optimizer.momentum", "optimizer.weight_decay", "backend.num_cpus", "backend.num_gpus"}
-
-
 def _get(cfg: DictConfig, dotted: str) -> Any:
     return OmegaConf.select(cfg, dotted, default=None)
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check types and ranges of the keys the engine relies on."""
-    for key, low in _INT_AT_LEAST.items():
-        value = _get(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"{key}={value!r} is invalid: expected an integer >= {low}")
-    for key in list(_POSITIVE) + sorted(_NON_NEGATIVE):
-        value = _get(cfg, key)
-        if value is None and key.startswith("backend."):
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}={value!r} is invalid: expected a number")
-        if (key in _POSITIVE and value <= 0) or value < 0:
-            raise ConfigError(f"{key}={value!r} is invalid: expected a number {'> 0' if key in _POSITIVE else '>= 0'}")
-    if cfg.clients_per_round > cfg.num_clients:
-        raise ConfigError(
-            f"clients_per_round={cfg.clients_per_round} exceeds num_clients={cfg.num_clients}: lower it or add clients"
-        )
-    if cfg.min_clients > cfg.clients_per_round:
-        raise ConfigError(
-            f"min_clients={cfg.min_clients} exceeds clients_per_round={cfg.clients_per_round}: a round could never succeed"
-        )
-    if cfg.optimizer.name not in ("sgd", "adam"):
-        raise ConfigError(f"optimizer.name={cfg.optimizer.name!r} is invalid: choose sgd or adam")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device)):
-        raise ConfigError(f"device={cfg.device!r} is invalid: choose auto, cpu, cuda or cuda:N")
-    if cfg.attack.name != "none":
-        every, clients = cfg.attack.get("every"), cfg.attack.get("clients")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ConfigError(f"attack.every={every!r} is invalid: expected an integer >= 1 (attack every N-th round)")
-        if clients is not None and (isinstance(clients, (str, int)) or not all(isinstance(c, int) for c in clients)):
-            raise ConfigError(f"attack.clients={clients!r} is invalid: expected null (every sampled client) or a list of client ids, e.g. [0,3]")
+    """Check the core keys and groups against their schemas (``fedsim.schema``): types, ranges,
+    finite numbers, no unknown keys. Plug-in groups (strategy, attack, defence) are checked by
+    ``fedsim.validation``, which knows them."""
+    from fedsim import schema
+    from fedsim.params import check
+
     for group in GROUPS:
         name = _get(cfg, f"{group}.name")
         if name not in group_options(group):
             raise ConfigError(f"{group}.name={name!r} is invalid: choose one of {', '.join(group_options(group))}")
+    check("", schema.Run, cfg, ignore=(*GROUPS, "optimizer", "deploy", "logger"))
+    check("optimizer", schema.Optimizer, cfg.optimizer)
+    check("deploy", schema.Deploy, cfg.deploy)
+    check("model", schema.MODELS[cfg.model.name], cfg.model)
+    check("dataset", schema.Dataset, cfg.dataset)
+    check("partition", schema.PARTITIONS[cfg.partition.name], cfg.partition)
+    check("backend", schema.BACKENDS[cfg.backend.name], cfg.backend)
+    for name, node in (cfg.get("logger") or {}).items():
+        if name not in schema.LOGGERS:
+            raise ConfigError(f"logger.{name}: no such logger; choose among {', '.join(schema.LOGGERS)}")
+        check(f"logger.{name}", schema.LOGGERS[name], node)

@@ -21,21 +21,31 @@ model are candidates.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Literal
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from fedsim.errors import ConfigError, RoundFailedError
+from fedsim.params import spec
 from fedsim.records import from_numpy, record_bytes, to_numpy
 from fedsim.seeding import rng
-from fedsim.strategy import ClientReply, FedsimStrategy
+from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
 
 log = logging.getLogger("fedsim")
 
 PEER_PREFIX = "peer-"
 TOPOLOGIES = ("none", "ring", "full", "random")
+
+
+@dataclass(kw_only=True)
+class PeerParams(StrategyParams):
+    """Keys of the peer-to-peer strategies (D-PSGD, local, DisPFL, SCooL)."""
+
+    topology: Literal["none", "ring", "full", "random"] = spec("who exchanges models with whom")
+    num_neighbours: int = spec("peers each client exchanges with per round, random topology", ge=0)
 
 
 def peer_records(content: RecordDict) -> dict[int, ArrayRecord]:

@@ -16,10 +16,11 @@ from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
 from clients.base import LocalData
+from fedsim import __version__
 from fedsim.backends import run_inprocess, run_ray
 from fedsim.checkpoint import latest_checkpoint
 from fedsim.client_app import make_client_app, resolve_device
-from fedsim.config import override_key
+from fedsim.config import override_key, validate
 from fedsim.data import dataset_from_config, make_partition
 from fedsim.data.partition import label_histograms
 from fedsim.errors import ConfigError
@@ -33,6 +34,7 @@ from fedsim.results import RunDirectory, new_run_dir
 from fedsim.seeding import seed_torch
 from fedsim.server_loop import RoundLoop
 from fedsim.tracking import RunLogger, loggers_from_config
+from fedsim.validation import check_plugins
 from strategies import load_strategy_class
 
 log = logging.getLogger("fedsim")
@@ -80,12 +82,31 @@ def resume_config(run_dir: str | Path, overrides: DictConfig | None = None) -> D
     return cfg
 
 
+RESUME_MAY_CHANGE = ("num_rounds", "verbose", "resume", "device")
+
+
 def resume_from_command_line(cfg: DictConfig, args: list[str]) -> DictConfig:
     """``resume=<dir>`` on the command line: the saved config, with ``num_rounds`` raised only when
-    the user typed it (the default must not lengthen a resumed run)."""
+    the user typed it (the default must not lengthen a resumed run). Any other key typed with a value
+    different from the saved run's (e.g. another strategy) is an error: a resumed run keeps its config."""
     typed = any(override_key(a) == "num_rounds" for a in args)
     resumed = resume_config(cfg.resume, cfg if typed else None)
+    for arg in args:
+        key = override_key(arg)
+        if key in RESUME_MAY_CHANGE or key == "experiment":
+            continue
+        path = f"{key}.name" if key in resumed and isinstance(resumed[key], DictConfig) and "name" in resumed[key] else key
+        given, saved = OmegaConf.select(cfg, path, default=None), OmegaConf.select(resumed, path, default=None)
+        if given != saved:
+            raise ConfigError(f"{arg}: the run in {cfg.resume} has {key}={saved}, and a resumed run keeps its config "
+                              "(only num_rounds may be raised); drop the override or start a new run")
     resumed.verbose = cfg.verbose
+    resumed.device = cfg.device
+    try:
+        validate(resumed)
+        check_plugins(resumed)
+    except ConfigError as err:
+        raise ConfigError(f"resume={cfg.resume}: its config.yaml does not fit this fedsim {__version__} ({err})") from None
     return resumed
 
 

@@ -21,6 +21,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from fedsim.errors import ConfigError
+
+
+def make_folder(path: Path, exist_ok: bool = True) -> None:
+    """``path.mkdir(parents=True)``; a folder that cannot be created is one ConfigError line."""
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+    except FileExistsError:
+        raise
+    except OSError as err:
+        raise ConfigError(f"cannot create the folder {path} ({err.strerror}); choose a writable run_dir or runs_root") from None
+
 
 def new_run_dir(root: str | Path, strategy: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -29,7 +41,7 @@ def new_run_dir(root: str | Path, strategy: str) -> Path:
     while path.exists():
         suffix += 1
         path = Path(root) / f"{stamp}-{strategy}-{suffix}"
-    path.mkdir(parents=True)
+    make_folder(path, exist_ok=False)
     return path
 
 
@@ -43,7 +55,7 @@ def integer_round_axis(ax: Any) -> None:
 class RunDirectory:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path)
 
     @property
     def metrics_file(self) -> Path:

@@ -26,9 +26,21 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedsim.errors import RoundFailedError
-from fedsim.results import RunDirectory
+from fedsim.params import spec
 from fedsim.records import non_finite, shape_mismatch, weighted_average
+from fedsim.results import RunDirectory
 from fedsim.seeding import rng
+
+
+@dataclass(kw_only=True)
+class StrategyParams:
+    """The keys every ``configs/strategy/*.yaml`` has; each strategy module's ``Params`` extends it
+    with its own (types, ranges and meaning: ``fedsim.params``)."""
+
+    name: str = spec("strategy")
+    client: str = spec("module under clients/ holding the client update")
+    setting: list[str] | None = spec("overrides for the setting the strategy is meant for", default=None)
+
 
 log = logging.getLogger("fedsim")
 

@@ -12,9 +12,13 @@ mask (``fedsim/sparse.py``), which is what ``p2p_bytes`` counts.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 from flwr.app import ArrayRecord
 
-from fedsim.decentralized import PeerToPeerStrategy
+from fedsim.decentralized import PeerParams, PeerToPeerStrategy
+from fedsim.params import spec
 from fedsim.sparse import decode_sparse
 
 
@@ -26,6 +30,14 @@ class DisPFL(PeerToPeerStrategy):
         except ValueError as err:
             return f"a malformed sparse model: {err}"
         return None
+
+
+@dataclass(kw_only=True)
+class Params(PeerParams):
+    density: float = spec("fraction of kernel weights each personal mask keeps", gt=0, le=1)
+    anneal_factor: float = spec("initial prune-and-regrow rate", ge=0, le=1)
+    anneal_rounds: int | None = spec("length of the annealing schedule; null = num_rounds", ge=1)
+    regrow: Literal["random", "gradient"] = spec("how pruned weights are regrown")
 
 
 STRATEGY = DisPFL

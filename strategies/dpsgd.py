@@ -10,6 +10,14 @@ of every peer link (``fedsim/decentralized.py``); evaluation is per client on it
 
 from __future__ import annotations
 
-from fedsim.decentralized import PeerToPeerStrategy
+from dataclasses import dataclass
+
+from fedsim.decentralized import PeerParams, PeerToPeerStrategy
+
+
+@dataclass(kw_only=True)
+class Params(PeerParams):
+    """D-PSGD's keys are the topology's."""
+
 
 STRATEGY = PeerToPeerStrategy

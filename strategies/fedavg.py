@@ -6,11 +6,18 @@ by the average of the returned weights, weighted by local sample counts. All of 
 :class:`fedsim.strategy.FedsimStrategy`'s default behaviour.
 """
 
-from fedsim.strategy import FedsimStrategy
+from dataclasses import dataclass
+
+from fedsim.strategy import FedsimStrategy, StrategyParams
 
 
 class FedAvg(FedsimStrategy):
     """Federated averaging."""
+
+
+@dataclass(kw_only=True)
+class Params(StrategyParams):
+    """FedAvg has no keys of its own."""
 
 
 STRATEGY = FedAvg

@@ -25,8 +25,9 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 import numpy as np
 import torch
@@ -36,11 +37,12 @@ from flwr.serverapp import Grid
 from clients.fedfed import DISTILL, RECEIVE, SHARE, TRAIN, DistillationPair, shared_copy_keys
 from fedsim.data import dataset_from_config
 from fedsim.errors import ConfigError, FedsimError
+from fedsim.params import spec
 from fedsim.progress import show
 from fedsim.records import model_to_record, non_finite, payload_bytes, weighted_average
 from fedsim.results import RunDirectory
 from fedsim.seeding import rng, seed_torch
-from fedsim.strategy import FedsimStrategy
+from fedsim.strategy import FedsimStrategy, StrategyParams
 from strategies import load_strategy_class
 
 log = logging.getLogger("fedsim")
@@ -202,6 +204,37 @@ def fedfed_strategy_class(base_name: str) -> type[FedsimStrategy]:
         raise ConfigError(f"strategy.base={base_name!r} is invalid: FedFed plugs into {', '.join(BASES)}")
     base = load_strategy_class(base_name)
     return type(f"FedFed[{base.__name__}]", (FedFedMixin, base), {})
+
+
+@dataclass(kw_only=True)
+class Params(StrategyParams):
+    base: Literal["fedavg", "fedprox", "scaffold", "fednova"] = spec("the FL algorithm FedFed plugs into")
+    mu: float = spec("FedProx proximal weight (base=fedprox)", ge=0)
+    server_lr: float = spec("SCAFFOLD global step size (base=scaffold)", gt=0)
+    distill_rounds: int = spec("rounds of generator training", ge=1)
+    distill_clients: int | None = spec("clients per distillation round; null = every client", ge=1)
+    distill_epochs: int = spec("local epochs per distillation round", ge=1)
+    distill_lr: float = spec("AdamW step size of the distillation", gt=0)
+    distill_weight_decay: float = spec("AdamW weight decay", ge=0)
+    mixup_alpha: float = spec("mixup Beta(alpha, alpha) of the classifier warm-up; 0 = off", ge=0)
+    generator_width: int = spec("channels of the generator", ge=2)
+    generator_latent: int | None = spec("latent size; null = as wide as the encoder output", ge=1)
+    weight_recon: float = spec("weight of the reconstruction term", ge=0)
+    weight_ce: float = spec("weight of the CE on the noised views", ge=0)
+    weight_kl: float = spec("weight of the KL term", ge=0)
+    weight_xce: float = spec("weight of the CE on x", ge=0)
+    label_skew_boost: float = spec("factor on ce, kl and xce for label-skewed clients", ge=0)
+    view_noise_std1: float = spec("noise std of the first view in distillation", ge=0)
+    view_noise_std2: float = spec("noise std of the second view in distillation", ge=0)
+    share_noise_std: list[float] = spec("one shared copy per entry, with Gaussian noise of that std", ge=0)
+
+    @staticmethod
+    def validate(node: Any) -> str | None:
+        if len(node["share_noise_std"]) < 1:
+            return "share_noise_std=[]: give at least one noise level (official: [0.2, 0.25])"
+        if node["generator_width"] % 2:
+            return f"generator_width={node['generator_width']}: must be even (the encoder halves it)"
+        return None
 
 
 def STRATEGY(cfg: Any, param_keys: list[str]) -> FedsimStrategy:

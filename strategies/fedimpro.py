@@ -20,6 +20,7 @@ metrics (``update_dissimilarity``) for every strategy.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -29,10 +30,10 @@ from flwr.serverapp import Grid
 
 from fedsim.data import dataset_from_config
 from fedsim.models import model_from_config, split_model
+from fedsim.params import spec
 from fedsim.records import from_numpy, non_finite
 from fedsim.seeding import torch_generator
-from fedsim.strategy import ClientReply, FedsimStrategy
-
+from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
 
 STATS = ("mean", "std")
 
@@ -98,6 +99,16 @@ class FedImpro(FedsimStrategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "stats" in state:
             self.stats = {k: np.asarray(v) for k, v in state["stats"].items()}
+
+
+@dataclass(kw_only=True)
+class Params(StrategyParams):
+    split_at: int | None = spec("feature layers in the low part; null = mid-network", ge=1)
+    feature_std_max: float = spec("cap on the std of synthetic features", ge=0)
+    stats_reference_count: float = spec("a batch moves a class's estimate by n_c / this", gt=0)
+    stats_noise_std: float = spec("noise std on the shared per-class statistics", ge=0)
+    lambda_ramp_rounds: float = spec("synthetic-feature loss weight = round / this", gt=0)
+    lambda_max: float | None = spec("cap on that weight; null = uncapped", ge=0)
 
 
 STRATEGY = FedImpro

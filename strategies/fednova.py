@@ -10,11 +10,13 @@ Buffers (e.g. BatchNorm statistics) are averaged as in FedAvg.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from fedsim.records import from_numpy, to_numpy, weighted_average
-from fedsim.strategy import ClientReply, FedsimStrategy
+from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
 
 
 class FedNova(FedsimStrategy):
@@ -41,6 +43,11 @@ class FedNova(FedsimStrategy):
             direction = sum(pi * (x64 - r.content["arrays"][key].numpy()) / ai for pi, ai, r in zip(p, a, replies))
             new[key] = (x64 - tau_eff * direction).astype(value.dtype)
         return from_numpy(new), self.aggregate_metrics(replies)
+
+
+@dataclass(kw_only=True)
+class Params(StrategyParams):
+    """FedNova has no keys of its own."""
 
 
 STRATEGY = FedNova

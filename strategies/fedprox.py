@@ -8,12 +8,14 @@ Flower's own FedProx does the same on the server; this one adds fedsim's samplin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from fedsim.strategy import FedsimStrategy
+from fedsim.params import spec
+from fedsim.strategy import FedsimStrategy, StrategyParams
 
 
 class FedProx(FedsimStrategy):
@@ -22,6 +24,11 @@ class FedProx(FedsimStrategy):
     ) -> Iterable[Message]:
         config["proximal-mu"] = float(self.cfg.strategy.mu)
         return super().configure_train(server_round, arrays, config, grid)
+
+
+@dataclass(kw_only=True)
+class Params(StrategyParams):
+    mu: float = spec("FedProx proximal weight", ge=0)
 
 
 STRATEGY = FedProx

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Literal
 
 import numpy as np
 import torch
@@ -46,11 +47,12 @@ from fedsim.client_app import resolve_device
 from fedsim.data import ImageDataset, dataset_from_config
 from fedsim.errors import ConfigError, FedsimError
 from fedsim.models import model_from_config
+from fedsim.params import spec
 from fedsim.progress import show
 from fedsim.records import load_record, model_to_record, payload_bytes, weighted_average
 from fedsim.results import RunDirectory
 from fedsim.seeding import rng, seed_torch, torch_generator
-from fedsim.strategy import ClientReply, FedsimStrategy
+from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
 
 log = logging.getLogger("fedsim")
 SELECTIONS = ("saliency", "all")
@@ -276,6 +278,35 @@ class FedSA(FedsimStrategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.selected = [int(p) for p in state.get("selected", [])]
         self.probabilities = {int(k): list(v) for k, v in state.get("probabilities", {}).items()}
+
+
+@dataclass(kw_only=True)
+class TeacherParams:
+    epochs: int = spec("epochs each party trains its teacher", ge=0)
+    lr: float = spec("teacher learning rate", gt=0)
+    paths: list[str] | None = spec("one teacher state_dict file per party, loaded instead of training")
+    random: list[int] = spec("party ids whose teacher stays at random init (useless teachers)", ge=0)
+
+
+@dataclass(kw_only=True)
+class Params(StrategyParams):
+    tasks: list[list[int]] | None = spec("the student's task(s): class lists; null = every class", ge=0)
+    probe_per_class: int = spec("labeled probe images per class", ge=1)
+    probe_epochs: int = spec("student epochs on the probe set before amalgamation", ge=0)
+    adapt_epochs: int = spec("task-adaptation epochs before every test", ge=0)
+    probe_lr: float = spec("Adam step size on the probe set", gt=0)
+    selection: Literal["saliency", "all"] = spec("teacher selection")
+    num_selected: int = spec("teachers drawn per task at each selection", ge=1)
+    sample: bool = spec("draw by selection probability (true) or take the most similar")
+    select_every: int = spec("rounds between selections", ge=1)
+    teachers: dict = spec("the teacher parties (epochs, lr, paths, random)")
+
+    @staticmethod
+    def validate(node: Any) -> str | None:
+        from fedsim.params import check
+
+        check("strategy.teachers", TeacherParams, node["teachers"])
+        return None
 
 
 STRATEGY = FedSA

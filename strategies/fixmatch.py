@@ -3,11 +3,20 @@ baseline. The server is FedAvg, weighted by all local samples; ``clients/fixmatc
 labels and on confident pseudo-labels of unlabeled data.
 """
 
-from fedsim.strategy import FedsimStrategy
+from dataclasses import dataclass
+
+from fedsim.params import spec
+from fedsim.strategy import FedsimStrategy, StrategyParams
 
 
 class FedAvgFixMatch(FedsimStrategy):
     """FedAvg over FixMatch clients."""
+
+
+@dataclass(kw_only=True)
+class Params(StrategyParams):
+    threshold: float = spec("confidence for a pseudo-label", ge=0, le=1)
+    unlabeled_weight: float = spec("weight of the pseudo-label loss", ge=0)
 
 
 STRATEGY = FedAvgFixMatch

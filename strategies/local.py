@@ -8,6 +8,14 @@ ICML 2022, and SCooL, Li et al., ICML 2023): a decentralized strategy with no li
 
 from __future__ import annotations
 
-from fedsim.decentralized import PeerToPeerStrategy
+from dataclasses import dataclass
+
+from fedsim.decentralized import PeerParams, PeerToPeerStrategy
+
+
+@dataclass(kw_only=True)
+class Params(PeerParams):
+    """Local training: the topology is none."""
+
 
 STRATEGY = PeerToPeerStrategy

@@ -10,13 +10,15 @@ Buffers (e.g. BatchNorm statistics) are averaged as in FedAvg. Clients keep thei
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from fedsim.params import spec
 from fedsim.records import from_numpy, to_numpy, weighted_average
-from fedsim.strategy import ClientReply, FedsimStrategy
+from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
 
 
 class Scaffold(FedsimStrategy):
@@ -56,6 +58,11 @@ class Scaffold(FedsimStrategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "control" in state:
             self.control = from_numpy(state["control"])
+
+
+@dataclass(kw_only=True)
+class Params(StrategyParams):
+    server_lr: float = spec("SCAFFOLD global step size eta_g", gt=0)
 
 
 STRATEGY = Scaffold

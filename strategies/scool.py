@@ -24,15 +24,17 @@ fix_graph_epoch/mask_fraction), which bounds the traffic.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedsim.decentralized import PeerToPeerStrategy, peer_records
+from fedsim.decentralized import PeerParams, PeerToPeerStrategy, peer_records
 from fedsim.errors import ConfigError
+from fedsim.params import spec
 from fedsim.seeding import rng
 from fedsim.strategy import ClientReply
 
@@ -226,6 +228,20 @@ class SCooL(PeerToPeerStrategy):
             if name in state:
                 setattr(self, name, state[name])
         self.fixed = {int(c): [int(j) for j in peers] for c, peers in self.fixed.items()}
+
+
+@dataclass(kw_only=True)
+class Params(PeerParams):
+    prior: Literal["dirac", "sbm", "attention"] = spec("prior of the cooperation graph")
+    fix_graph_round: int = spec("round after which each client keeps its strongest peers", ge=0)
+    likelihood_scale: float = spec("temperature of the data-likelihood term", gt=0)
+    likelihood_samples: int = spec("local samples each received model is scored on", ge=1)
+    reg_weight: float = spec("weight of the graph regulariser", ge=0)
+    sbm_blocks: int = spec("blocks of the stochastic block model", ge=1)
+    sbm_iterations: int = spec("mean-field / M-step iterations per round", ge=1)
+    attention_dim: int = spec("query/key size of the attention prior", ge=1)
+    attention_lr: float = spec("Adam step size of the attention prior", gt=0)
+    attention_steps: int = spec("Adam steps per round", ge=0)
 
 
 STRATEGY = SCooL

@@ -10,15 +10,17 @@ strategy state.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from clients.twinsight import unsupervised_model
 from fedsim.data import dataset_from_config
+from fedsim.params import spec
 from fedsim.records import from_numpy, model_to_record, to_numpy, weighted_average
 from fedsim.seeding import seed_torch
-from fedsim.strategy import ClientReply, FedsimStrategy
+from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
 
 
 class TwinSight(FedsimStrategy):
@@ -47,6 +49,16 @@ class TwinSight(FedsimStrategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "unsupervised" in state:
             self.unsupervised = from_numpy(state["unsupervised"])
+
+
+@dataclass(kw_only=True)
+class Params(StrategyParams):
+    contrastive_weight: float = spec("weight of the unsupervised model's InfoNCE", ge=0)
+    np_weight: float = spec("weight of the neighbourhood-preserving constraint", ge=0)
+    temperature: float = spec("InfoNCE temperature", gt=0)
+    projection_dim: int = spec("SimCLR projector output size", ge=1)
+    pseudo_label_weight: float = spec("weight of pseudo-labels on unlabeled data", ge=0)
+    threshold: float = spec("confidence for a pseudo-label", ge=0, le=1)
 
 
 STRATEGY = TwinSight

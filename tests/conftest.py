@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.config import compose
+from fedsim.validation import compose_run
 
 FAST = [
     "backend=inprocess",
@@ -29,7 +29,7 @@ def make_cfg(tmp_path: Path):
     """Compose a fast test config; later overrides win."""
 
     def make(*overrides: str, name: str = "run"):
-        return compose(FAST + [f"run_dir={tmp_path / name}", f"runs_root={tmp_path}"] + list(overrides))
+        return compose_run(FAST + [f"run_dir={tmp_path / name}", f"runs_root={tmp_path}"] + list(overrides))
 
     return make
 

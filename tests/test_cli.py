@@ -34,10 +34,10 @@ def test_cfg_job_prints_composed_config(capsys):
     [
         ("strategy=nosuch", "unknown strategy 'nosuch': choose one of dispfl, dpsgd, fedavg, fedfed, fedimpro, fednova, fedprox, fedsa, fixmatch, local, scaffold, scool, twinsight"),
         ("dataset=imagenet", "unknown dataset 'imagenet': choose one of cifar10"),
-        ("num_rounds=abc", "num_rounds='abc' is invalid: expected an integer >= 1"),
-        ("nosuchkey=1", "unknown config key 'nosuchkey'"),
+        ("num_rounds=abc", "num_rounds='abc': expected an integer (FL rounds)"),
+        ("nosuchkey=1", "nosuchkey=1: no such key"),
         ("clients_per_round=50", "clients_per_round=50 exceeds num_clients=10"),
-        ("optimizer.lr=-1", "optimizer.lr=-1 is invalid"),
+        ("optimizer.lr=-1", "optimizer.lr=-1: must be > 0 (local learning rate)"),
         ("num_rounds", "cannot parse override 'num_rounds'"),
         ("resume=/nonexistent/run", "resume=/nonexistent/run: no config.yaml there"),
     ],

@@ -191,14 +191,14 @@ def serve(cfg: DictConfig) -> int:
 
 
 def cmd_server(args: list[str]) -> int:
-    from fedsim.config import compose
+    from fedsim.validation import compose_run
     from fedsim.engine import resume_from_command_line
 
     if "--help" in args or "-h" in args:
         print("usage: python -m fedsim server [key=value ...]   (the run config, plus deploy.* below)\n")
-        print(OmegaConf.to_yaml(compose([]).deploy))
+        print(OmegaConf.to_yaml(compose_run([]).deploy))
         return 0
-    cfg = compose(args)
+    cfg = compose_run(args)
     if cfg.resume:
         cfg = resume_from_command_line(cfg, args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the SuperLink on `kill` too

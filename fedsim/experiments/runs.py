@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
+from fedsim.config import CONFIG_DIR
 from fedsim.errors import ConfigError
 
 # Keys that say where or how a run was executed, not what was run: never a reason to group apart.
@@ -48,6 +49,17 @@ def is_bookkeeping(key: str) -> bool:
     return any(key == b or key.startswith(b + ".") for b in BOOKKEEPING)
 
 
+def own_strategy_keys(strategy: dict) -> dict:
+    """The strategy node without keys its option file (configs/strategy/<name>.yaml) does not
+    define: runs composed before per-strategy ``strategy_options`` recorded an experiment's keys for
+    every strategy of a sweep, e.g. FedImpro's schedule on the FedAvg runs, which FedAvg never read."""
+    path = CONFIG_DIR / "strategy" / f"{strategy.get('name')}.yaml"
+    if not path.is_file():
+        return strategy
+    own = set(OmegaConf.to_container(OmegaConf.load(path)))
+    return {k: v for k, v in strategy.items() if k in own}
+
+
 def load_runs(paths: list[str]) -> RunTable:
     """Configs and per-round metrics of every run under ``paths`` (runs that logged no round are left out)."""
     configs, metrics = [], []
@@ -56,6 +68,7 @@ def load_runs(paths: list[str]) -> RunTable:
         if not rows:
             continue
         config = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"), resolve=True)
+        config["strategy"] = own_strategy_keys(config["strategy"])
         flat = pd.json_normalize(config, sep=".")
         flat.index = [str(run)]
         configs.append(flat)

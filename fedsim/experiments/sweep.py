@@ -185,6 +185,18 @@ class SweepRunner:
         return 1 if failed else 0
 
 
+def check_jobs(plan: Any) -> None:
+    """Compose and check every job's config before any job starts: a bad value anywhere in the
+    sweep is one line naming the job, not a failure an hour in."""
+    from fedsim.validation import compose_run
+
+    for job in plan.jobs:
+        try:
+            compose_run(list(job.overrides))
+        except ConfigError as err:
+            raise ConfigError(f"sweep job {job.name}: {err}") from None
+
+
 def run_sweep(args: list[str], jobs: int = 1) -> int:
     """``python -m fedsim run -m <args>``: plan the jobs, find or create the sweep dir, run it."""
     from fedsim.experiments.plan import plan_sweep
@@ -198,6 +210,7 @@ def run_sweep(args: list[str], jobs: int = 1) -> int:
         show(f"continuing sweep {folder}")
     else:
         plan = plan_sweep(args)
+        check_jobs(plan)
         folder = find_unfinished(Path(plan.runs_root) / "sweeps", plan)
         if folder is not None:
             manifest = Manifest.load(folder)

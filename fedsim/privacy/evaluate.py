@@ -18,18 +18,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from torch.nn import functional as F
 from omegaconf import DictConfig, OmegaConf
+from torch.nn import functional as F
 
 from fedsim.checkpoint import latest_checkpoint
 from fedsim.data import dataset_from_config
 from fedsim.errors import ConfigError
 from fedsim.models import model_from_config
-from fedsim.privacy.attacks import INVERSIONS, inversion_from_options, SCHEDULE_KEYS
+from fedsim.privacy.attacks import INVERSIONS, SCHEDULE_KEYS, inversion_from_options
 from fedsim.privacy.attacks.base import ImageSpace, score_images
 from fedsim.privacy.attacks.observation import Observation, attacker_copy, observe_update
 from fedsim.privacy.defences import defence_from_config
-from fedsim.privacy.defences.dp import CentralDP, DPSGD
+from fedsim.privacy.defences.dp import DPSGD, CentralDP
 from fedsim.privacy.report import save_grid, table
 from fedsim.records import load_record
 from fedsim.seeding import rng, seed_torch, torch_generator

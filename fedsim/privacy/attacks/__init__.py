@@ -6,9 +6,11 @@ and, where it reconstructs images, the images for the grid.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 from fedsim.errors import ConfigError, build_option
+from fedsim.params import spec
 from fedsim.privacy.attacks.base import Attack
 from fedsim.privacy.attacks.gradient_inversion import APRIL, DLG, AnalyticFC, InvertingGradients
 from fedsim.privacy.attacks.membership import MembershipInference
@@ -30,8 +32,30 @@ OBSERVERS: dict[str, Callable[..., Attack]] = {
     "statistics_inversion": StatisticsInversion,
     "membership": MembershipInference,
 }
-# Keys of the attack group that select when and whom to attack, not how.
-SCHEDULE_KEYS = ("name", "every", "clients", "num_images", "lpips_home")
+
+
+@dataclass(kw_only=True)
+class AttackSchedule:
+    """Keys of the attack group that select when and whom to attack, not how."""
+
+    name: str = spec("attack")
+    every: int = spec("attack every N-th round", ge=1, default=1)
+    clients: list[int] | None = spec("client ids attacked; null = every sampled client", ge=0, default=None)
+    num_images: int = spec("images per attacked client", ge=1, default=1)
+    lpips_home: str | None = spec("folder of the LPIPS weights (offline)", default=None)
+
+
+SCHEDULE_KEYS = tuple(f.name for f in fields(AttackSchedule))
+
+
+def attack_schemas(name: str) -> tuple[type, type]:
+    """(the schedule schema, the schema of the attack's own keys: its class) of attack ``name``."""
+    if name in INVERSIONS:
+        method = INVERSIONS[name]
+        return AttackSchedule, DLG if name == "idlg" else method  # type: ignore[return-value]
+    if name in OBSERVERS:
+        return AttackSchedule, OBSERVERS[name]  # type: ignore[return-value]
+    raise ConfigError(f"unknown attack '{name}': choose one of {', '.join(sorted({**INVERSIONS, **OBSERVERS}))}")
 
 
 def inversion_from_options(name: str, options: dict[str, Any]):

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from fedsim.errors import ConfigError
+from fedsim.params import spec
 from fedsim.privacy.attacks.base import ImageSpace
 from fedsim.privacy.attacks.labels import recover_labels
 from fedsim.privacy.attacks.observation import Observation, Tensors, last_linear, replay, target_of
@@ -68,8 +70,8 @@ class Reconstruction:
 class GradientInversion:
     """Shared set-up: how many images to recover, their labels, and what to match."""
 
-    labels: str = "auto"  # iDLG label strategy: auto | single | top-k | count
-    unroll_limit: int = 32  # replay local training when the client held at most this many samples
+    labels: Literal["auto", "single", "top-k", "count"] = spec("label recovery (iDLG-style)", default="auto")
+    unroll_limit: int = spec("replay local training when the client held at most this many samples", ge=0, default=32)
 
     def plan(self, obs: Observation, n: int, space: ImageSpace, generator: torch.Generator):
         """(unroll, n, labels, target): replay the local steps when the sample count allows, else
@@ -115,8 +117,8 @@ class APRIL(GradientInversion):
 
 @dataclass
 class DLG(GradientInversion):
-    iterations: int = 300  # L-BFGS iterations
-    idlg: bool = False  # labels from the gradient's signs (iDLG) instead of optimised soft labels
+    iterations: int = spec("L-BFGS iterations", ge=1, default=300)
+    idlg: bool = spec("labels from the gradient's signs (iDLG) instead of optimised soft labels", default=False)
 
     def reconstruct(self, obs: Observation, n: int, space: ImageSpace, generator: torch.Generator) -> Reconstruction:
         unroll, n, labels, target = self.plan(obs, n, space, generator)
@@ -142,13 +144,13 @@ class DLG(GradientInversion):
 
 @dataclass
 class InvertingGradients(GradientInversion):
-    iterations: int = 300
-    restarts: int = 1
-    lr: float = 0.1
-    tv: float = 1e-4  # weight of the total-variation prior
-    signed: bool = True
-    position_weight: float = 0.0  # ViTs: extra cosine term on the position-embedding gradient
-    adaptive: bool = False  # against MJP: replay with the jigsawed slots read off the update
+    iterations: int = spec("Adam iterations", ge=1, default=300)
+    restarts: int = spec("random restarts", ge=1, default=1)
+    lr: float = spec("Adam step size", gt=0, default=0.1)
+    tv: float = spec("weight of the total-variation prior", ge=0, default=1e-4)
+    signed: bool = spec("signed gradients (as in Geiping et al.)", default=True)
+    position_weight: float = spec("ViTs: extra cosine term on the position-embedding gradient", ge=0, default=0.0)
+    adaptive: bool = spec("against MJP: replay with the jigsawed slots read off the update", default=False)
 
     def objective(self, replayed: Tensors, target: Tensors, x: torch.Tensor) -> torch.Tensor:
         loss = cosine_distance(replayed, target) + self.tv * total_variation(x)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from fedsim.params import spec
 from fedsim.privacy.attacks.base import AttackResult, ClientView, received_model
 from fedsim.privacy.metrics import membership_scores
 from fedsim.seeding import torch_generator
@@ -30,7 +31,7 @@ def membership_signals(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor)
 
 @dataclass
 class MembershipInference:
-    max_samples: int = 500
+    max_samples: int = spec("members and non-members scored", ge=1, default=500)
     seed: int = 0
 
     def observe(self, view: ClientView) -> AttackResult | None:

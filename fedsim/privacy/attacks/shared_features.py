@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedsim.params import spec
 from fedsim.privacy.attacks.base import AttackResult, ClientView
 from fedsim.privacy.metrics import psnr, ssim
 from fedsim.seeding import torch_generator
@@ -65,11 +66,11 @@ def fixed_point_inversion(generator: nn.Module, x_s: torch.Tensor, steps: int, l
 
 @dataclass
 class SharedFeatureInversion:
-    decoder_steps: int = 300
-    fixed_point_steps: int = 300
-    fixed_point_lr: float = 0.01
-    batch_size: int = 64
-    max_samples: int = 256  # client samples scored
+    decoder_steps: int = spec("training steps of the decoder on public data", ge=0, default=300)
+    fixed_point_steps: int = spec("Adam steps of the fixed-point inversion", ge=0, default=300)
+    fixed_point_lr: float = spec("Adam step size of the fixed-point inversion", gt=0, default=0.01)
+    batch_size: int = spec("decoder batch size", ge=1, default=64)
+    max_samples: int = spec("client samples scored", ge=1, default=256)
     seed: int = 0
 
     def observe(self, view: ClientView) -> AttackResult | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from fedsim.models import split_model
+from fedsim.params import spec
 from fedsim.privacy.attacks.base import AttackResult, ClientView, ImageSpace, received_model, score_images
 from fedsim.privacy.attacks.gradient_inversion import total_variation
 from fedsim.seeding import torch_generator
@@ -20,11 +21,11 @@ from fedsim.seeding import torch_generator
 
 @dataclass
 class StatisticsInversion:
-    iterations: int = 200
-    lr: float = 0.1
-    tv: float = 1e-3
-    images_per_class: int = 4
-    max_classes: int = 3  # the client's classes with most samples
+    iterations: int = spec("Adam iterations", ge=1, default=200)
+    lr: float = spec("Adam step size", gt=0, default=0.1)
+    tv: float = spec("weight of the total-variation prior", ge=0, default=1e-3)
+    images_per_class: int = spec("images reconstructed per class", ge=1, default=4)
+    max_classes: int = spec("the client's classes with most samples attacked", ge=1, default=3)
     seed: int = 0
 
     def observe(self, view: ClientView) -> AttackResult | None:

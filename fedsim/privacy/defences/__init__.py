@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedsim.errors import ConfigError, build_option
-from fedsim.privacy.defences.dp import CentralDP, DPSGD, LocalDP
+from fedsim.privacy.defences.dp import DPSGD, CentralDP, LocalDP
 from fedsim.privacy.defences.mjp import MJP
 from fedsim.privacy.defences.pruning import GradientPruning
 

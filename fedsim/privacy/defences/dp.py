@@ -31,6 +31,7 @@ from flwr.app import ArrayRecord
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from fedsim.errors import ConfigError
+from fedsim.params import spec
 from fedsim.privacy.defences.update import Tensors, clip, float_update, with_update
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
@@ -46,9 +47,9 @@ def epsilon(releases: list[tuple[float, int]], noise_multiplier: float, delta: f
 
 @dataclass
 class GaussianMechanism:
-    clip: float = 1.0
-    noise_multiplier: float = 1.0
-    delta: float = 1e-5
+    clip: float = spec("clipping norm", gt=0, default=1.0)
+    noise_multiplier: float = spec("noise std / clipping norm", ge=0, default=1.0)
+    delta: float = spec("delta of the reported (epsilon, delta)", gt=0, lt=1, default=1e-5)
 
     def __post_init__(self) -> None:
         if self.clip <= 0 or self.noise_multiplier < 0 or not 0 < self.delta < 1:

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedsim.params import spec
+
 
 @dataclass
 class MJP:
-    ratio: float = 0.1  # fraction of patches jigsawed in training
-    prob: float = 0.5  # probability a training step is jigsawed
-    aux_weight: float = 0.01  # weight of the dense absolute localisation loss
-    eval_ratio: float = 0.9  # jigsaw ratio of the victim's image in privacy evaluations
+    ratio: float = spec("fraction of patches jigsawed in training", ge=0, le=1, default=0.1)
+    prob: float = spec("probability a training step is jigsawed", ge=0, le=1, default=0.5)
+    aux_weight: float = spec("weight of the dense absolute localisation loss", ge=0, default=0.01)
+    eval_ratio: float = spec("jigsaw ratio of the victim's image in privacy evaluations", ge=0, le=1, default=0.9)
 
     def model_options(self) -> dict[str, float | str]:
         return {"position_embedding": "mjp", "mjp_ratio": self.ratio, "mjp_prob": self.prob, "mjp_aux_weight": self.aux_weight}

@@ -9,7 +9,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedsim.errors import ConfigError
-
+from fedsim.params import spec
 from fedsim.privacy.defences.update import Tensors, float_update, with_update
 
 
@@ -27,7 +27,7 @@ def prune(update: Tensors, ratio: float) -> Tensors:
 
 @dataclass
 class GradientPruning:
-    ratio: float = 0.9
+    ratio: float = spec("fraction of the smallest-magnitude update entries zeroed", ge=0, lt=1, default=0.9)
 
     def __post_init__(self) -> None:
         if not 0 <= self.ratio < 1:
