@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from fedsim.client_state import ClientStateStore
 from fedsim.data import ImageDataset
+from fedsim.data.augment import shift_flip
 from fedsim.evaluation import evaluate
 from fedsim.hooks import local_training
 from fedsim.models import auxiliary_loss
@@ -40,10 +41,20 @@ class LocalData:
         order = torch.randperm(len(self.y), generator=generator) if generator is not None else torch.arange(len(self.y))
         return iter(order.split(batch_size))
 
-    def batches(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None):
-        """Yield normalised (x, y) batches; shuffled when a generator is given."""
+    def batches(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None, augment: bool = False):
+        """Yield normalised (x, y) batches; shuffled when a generator is given; with ``augment``, each
+        image randomly cropped and flipped (:func:`fedsim.data.augment.shift_flip`, drawn from ``generator``)."""
         for idx in self.index_batches(batch_size, generator):
-            yield self.dataset.normalize(self.x[idx]).to(device, non_blocking=True), self.y[idx].to(device, non_blocking=True)
+            x = self.x[idx]
+            if augment and generator is not None:
+                x = shift_flip(x, generator, self.dataset.hflip)
+            yield self.dataset.normalize(x).to(device, non_blocking=True), self.y[idx].to(device, non_blocking=True)
+
+
+def augmented(cfg: Any) -> bool:
+    """Whether the run augments local training batches (``augment=shift_flip``; runs saved before
+    the key existed did not)."""
+    return str(cfg.get("augment", "none")) == "shift_flip"
 
 
 @dataclass
@@ -124,8 +135,8 @@ class Client:
         """Called after the optimizer step (e.g. to re-apply a sparsity mask)."""
 
     def batches(self, config: ConfigRecord, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The (x, y) minibatches of one local epoch."""
-        return self.env.data.batches(int(config["batch-size"]), self.env.device, generator)
+        """The (x, y) minibatches of one local epoch (augmented as the run's ``augment`` says)."""
+        return self.env.data.batches(int(config["batch-size"]), self.env.device, generator, augmented(self.env.cfg))
 
     # -- the update -------------------------------------------------------------------------
     def train(self, content: RecordDict, server_round: int) -> RecordDict:

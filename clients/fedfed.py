@@ -26,7 +26,9 @@ The server tells the phase in the config record (``fedfed-phase``):
 - ``train``: the base algorithm's own update (``strategy.base``). Each round the client draws, per
   copy, as many items as it has samples, class-balanced, from the kept set; every local step trains
   on a batch of local images and the matching batch of shared items of each copy (1:1:1 with the
-  official two copies), all with random crop and flip, and plain CE over the concatenation.
+  official two copies), and plain CE over the concatenation. The run's ``augment`` applies to all
+  three parts, as to the base algorithm's own batches, so that FedFed and its base see the same
+  augmentation (the official code crops and flips every algorithm's images: ``augment=shift_flip``).
 
 Shared x_s enter the classifier as ``x_s / std`` (the linear part of the dataset normalisation),
 so that x_s + x_r normalised equals x normalised.
@@ -44,7 +46,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from clients import load_client_class
-from clients.base import Client, ClientEnv
+from clients.base import Client, ClientEnv, augmented
 from fedsim.data.augment import shift_flip
 from fedsim.models import model_from_config
 from fedsim.models.generator import FeatureGenerator, kl_divergence
@@ -154,12 +156,17 @@ class FedFedMixin:
         draws = rng(env.cfg.seed, "fedfed-draw", server_round, env.client_id)  # once per round, as official
         keys = shared_copy_keys(len(env.cfg.strategy.share_noise_std))
         copies = [balanced_draw(pool_y, n, draws, data.num_classes) for _ in keys]
+        augment = augmented(env.cfg)
+
+        def view(x: torch.Tensor) -> torch.Tensor:
+            return shift_flip(x, generator, data.hflip) if augment else x.float()
+
         for idx in env.data.index_batches(size, generator):
-            parts = [data.normalize(shift_flip(env.data.x[idx], generator, data.hflip))]
+            parts = [data.normalize(view(env.data.x[idx]))]
             labels = [env.data.y[idx]]
             for key, drawn in zip(keys, copies):
                 chosen = torch.from_numpy(drawn[idx.numpy()])
-                parts.append(data.scale_difference(shift_flip(self.pool[key][chosen].float(), generator, data.hflip)))
+                parts.append(data.scale_difference(view(self.pool[key][chosen])))
                 labels.append(self.pool["y"][chosen])
             yield torch.cat(parts).to(env.device), torch.cat(labels).to(env.device)
 

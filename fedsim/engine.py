@@ -79,6 +79,8 @@ def resume_config(run_dir: str | Path, overrides: DictConfig | None = None) -> D
             cfg[group] = {"name": "none"}
     if "logger" not in cfg:
         cfg.logger = {"csv": {"file": "metrics.csv"}}
+    if "augment" not in cfg:  # runs saved before the key existed trained without augmentation
+        cfg.augment = "none"
     return cfg
 
 

@@ -40,6 +40,7 @@ class Run:
     min_clients: int = spec("fewest usable replies for a round to count", ge=1)
     local_epochs: int = spec("local epochs per round", ge=1)
     batch_size: int = spec("local batch size", ge=1)
+    augment: Literal["none", "shift_flip"] = spec("augmentation of local training batches")
     eval_every: int = spec("evaluate the global model every N rounds", ge=1)
     eval_batch_size: int = spec("evaluation batch size", ge=1)
     checkpoint_every: int = spec("checkpoint every N rounds; 0 = only the last", ge=0)

@@ -4,6 +4,8 @@ import json
 import sys
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
 from fedsim.engine import resume_config, run
 from tests import faulty_client
@@ -134,3 +136,22 @@ def test_clients_that_never_reply_are_reported(make_cfg, monkeypatch):
     for record in read_metrics(path):
         assert record["clients_ok"] == 3 and not record.get("failed")
         assert record["dropped"] == [{"client": 0, "reason": "no reply within round_timeout=5s"}]
+
+
+def test_augment_applies_to_every_algorithms_batches(make_cfg):
+    """augment=shift_flip crops and flips each local batch (same labels, other pixels); none leaves them."""
+    from clients.base import Client
+    from fedsim.client_app import ClientRuntime
+    from flwr.app import ConfigRecord
+
+    batches = {}
+    for augment in ("none", "shift_flip"):
+        cfg = make_cfg("strategy=fedprox", f"augment={augment}")
+        client = ClientRuntime(OmegaConf.to_container(cfg, resolve=True)).client(0)
+        assert isinstance(client, Client)
+        config = ConfigRecord({"batch-size": 16})
+        batches[augment] = next(client.batches(config, torch.Generator().manual_seed(0)))
+    (x0, y0), (x1, y1) = batches["none"], batches["shift_flip"]
+    assert torch.equal(y0, y1) and x0.shape == x1.shape and not torch.equal(x0, x1)
+    idx = torch.randperm(len(client.env.data), generator=torch.Generator().manual_seed(0))[:16]
+    torch.testing.assert_close(x0, client.env.data.dataset.normalize(client.env.data.x[idx]))
