@@ -21,6 +21,7 @@ model are candidates.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal
 
@@ -28,7 +29,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedsim.errors import ConfigError, RoundFailedError
+from fedsim.errors import RoundFailedError
 from fedsim.params import spec
 from fedsim.records import from_numpy, record_bytes, to_numpy
 from fedsim.seeding import rng
@@ -37,7 +38,6 @@ from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
 log = logging.getLogger("fedsim")
 
 PEER_PREFIX = "peer-"
-TOPOLOGIES = ("none", "ring", "full", "random")
 
 
 @dataclass(kw_only=True)
@@ -76,9 +76,6 @@ class PeerToPeerStrategy(FedsimStrategy):
 
     def __init__(self, cfg: Any, param_keys: list[str]) -> None:
         super().__init__(cfg, param_keys)
-        topology = str(cfg.strategy.topology)
-        if topology not in TOPOLOGIES:
-            raise ConfigError(f"strategy.topology={topology}: choose one of {', '.join(TOPOLOGIES)}")
         self.shared: dict[int, ArrayRecord] = {}
         self.initial: ArrayRecord | None = None
         self.links: list[tuple[int, int, int]] = []
@@ -140,6 +137,10 @@ class PeerToPeerStrategy(FedsimStrategy):
                 log.warning("round %d: client %d did not evaluate its model", server_round, cid)
                 continue
             m = reply.content["metrics"]
+            if not all(isinstance(m.get(k), (int, float)) and math.isfinite(m[k]) for k in ("accuracy", "loss")) \
+                    or not 0.0 <= float(m["accuracy"]) <= 1.0:
+                log.warning("round %d: client %d reported an invalid evaluation (accuracy, loss): left out", server_round, cid)
+                continue
             if int(m.get("num-examples", 0)) > 0:
                 accuracy[str(cid)] = float(m["accuracy"])
                 losses.append(float(m["loss"]))

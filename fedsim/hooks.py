@@ -22,7 +22,6 @@ from flwr.app import Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedsim.errors import FedsimError
-
 from fedsim.seeding import torch_generator
 
 log = logging.getLogger("fedsim")

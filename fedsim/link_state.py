@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from flwr.app import Message
-from flwr.supercore.date import now
 from flwr.server.superlink.linkstate import linkstate_factory
 from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+from flwr.supercore.date import now
 
 
 class NodeIndexedLinkState(InMemoryLinkState):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -51,6 +54,17 @@ def shape_mismatch(reference: ArrayRecord, candidate: ArrayRecord) -> str | None
     for key, ref in reference.items():
         if tuple(candidate[key].shape) != tuple(ref.shape):
             return f"array '{key}' has shape {tuple(candidate[key].shape)}, expected {tuple(ref.shape)}"
+        if candidate[key].dtype != ref.dtype:
+            return f"array '{key}' has dtype {candidate[key].dtype}, expected {ref.dtype}"
+    return None
+
+
+def non_finite_metric(metrics: Any) -> str | None:
+    """Name of the first metric that is a non-finite number (or holds one), or None."""
+    for key, value in metrics.items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            return key
     return None
 
 

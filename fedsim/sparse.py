@@ -31,12 +31,19 @@ def encode_sparse(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tenso
     return from_numpy(out)
 
 
-def decode_sparse(record: ArrayRecord, shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def decode_sparse(
+    record: ArrayRecord, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(dense weights with zeros outside the masks, masks as float tensors) from an encoded record;
-    ``shapes`` are the model's tensor shapes. Raises ValueError naming what does not fit."""
+    ``shapes`` are the model's tensor shapes and ``dtypes``, when given, their dtypes. Raises
+    ValueError naming what does not fit."""
     weights, masks = {}, {}
     expected = set()
     for name, shape in shapes.items():
+        want = (dtypes or {}).get(name)
+        sent = record[name + VALUES] if name + VALUES in record else record[name] if name in record else None
+        if want is not None and sent is not None and str(sent.dtype) != str(want):
+            raise ValueError(f"'{name}' has dtype {sent.dtype}, expected {want}")
         numel = int(np.prod(shape))
         if name + MASK in record:
             expected |= {name + VALUES, name + MASK}

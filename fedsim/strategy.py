@@ -16,6 +16,7 @@ needs on top:
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -27,7 +28,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedsim.errors import RoundFailedError
 from fedsim.params import spec
-from fedsim.records import non_finite, shape_mismatch, weighted_average
+from fedsim.records import non_finite, non_finite_metric, shape_mismatch, weighted_average
 from fedsim.results import RunDirectory
 from fedsim.seeding import rng
 
@@ -193,13 +194,29 @@ class FedsimStrategy(FlowerFedAvg):
         accepted, self.dropped = [], []
         for msg in replies:
             cid = self.client_of(msg.metadata.src_node_id)
-            problem = client_error(msg) if msg.has_error() else check(msg)
+            if cid < 0:
+                problem = "a node that never answered the handshake"
+            else:
+                problem = client_error(msg) if msg.has_error() else check(msg)
             if problem is None:
+                self.trust_examples(server_round, cid, msg.content)
                 accepted.append(ClientReply(cid, msg.content))
                 continue
             self.dropped.append({"client": cid, "reason": problem})
             log.warning("round %d: dropped client %d: %s", server_round, cid, problem)
         return sorted(accepted, key=lambda r: r.client_id)
+
+    def trust_examples(self, server_round: int, client_id: int, content: RecordDict) -> None:
+        """A reply weighs at most what the server knows the client holds (its partition size in
+        simulation, the size it declared at the handshake in deployment): a larger claim is cut to
+        that, with a warning naming the client."""
+        if "metrics" not in content.metric_records or client_id not in self.num_examples:
+            return
+        claimed, known = content["metrics"].get("num-examples"), self.num_examples[client_id]
+        if isinstance(claimed, (int, float)) and claimed > known:
+            log.warning("round %d: client %d claims %s examples, more than the %d it holds: weighted as %d",
+                        server_round, client_id, claimed, known, known)
+            content["metrics"]["num-examples"] = known
 
     # The reply's ArrayRecord that holds the client's model.
     model_record = "arrays"
@@ -210,8 +227,12 @@ class FedsimStrategy(FlowerFedAvg):
         content = msg.content
         if self.model_record not in content.array_records or "metrics" not in content.metric_records:
             return f"malformed reply: needs an '{self.model_record}' ArrayRecord and a 'metrics' MetricRecord"
-        if int(content["metrics"].get("num-examples", 0)) <= 0:
-            return "malformed reply: 'num-examples' missing or not positive"
+        examples = content["metrics"].get("num-examples", 0)
+        if not isinstance(examples, (int, float)) or not math.isfinite(examples) or examples <= 0:
+            return "malformed reply: 'num-examples' missing or not a positive number"
+        bad_metric = non_finite_metric(content["metrics"])
+        if bad_metric:
+            return f"returned a non-finite metric '{bad_metric}'"
         mismatch = self.model_problem(content[self.model_record])
         if mismatch:
             return f"returned {mismatch}"

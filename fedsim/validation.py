@@ -31,9 +31,19 @@ def strategy_params(name: str) -> type:
     return params
 
 
+def check_with_run(schema: type, cfg: DictConfig) -> None:
+    """A schema's ``validate_run(cfg)``, if it has one: what it needs of the rest of the run (e.g. a model)."""
+    hook = getattr(schema, "validate_run", None)
+    message = hook(cfg) if callable(hook) else None
+    if message:
+        raise ConfigError(message)
+
+
 def check_plugins(cfg: DictConfig) -> None:
     """Check ``strategy``, ``attack`` and ``defence`` against their schemas."""
-    check("strategy", strategy_params(str(cfg.strategy.name)), cfg.strategy)
+    params = strategy_params(str(cfg.strategy.name))
+    check("strategy", params, cfg.strategy)
+    check_with_run(params, cfg)
     check_privacy(cfg)
 
 
@@ -44,8 +54,10 @@ def check_privacy(cfg: DictConfig) -> None:
         check("attack", schedule, {k: v for k, v in cfg.attack.items() if k in SCHEDULE_KEYS})
         own = {k: v for k, v in cfg.attack.items() if k not in SCHEDULE_KEYS}
         check("attack", method, own, ignore=ATTACK_INTERNAL)
+        check_with_run(method, cfg)
     if cfg.defence.name != "none":
         check("defence", DEFENCES[str(cfg.defence.name)], cfg.defence, ignore=("name",))
+        check_with_run(DEFENCES[str(cfg.defence.name)], cfg)
 
 
 def writable_ancestor_problem(path: Path) -> str | None:

@@ -139,6 +139,11 @@ class FedFedMixin:
             return f"malformed shared features: expected {', '.join(copies)} of shape (n, {shape}) and y"
         if len({shared[k].shape[0] for k in (*copies, "y")}) != 1:
             return f"malformed shared features: {', '.join(copies)} and y differ in length"
+        if any(shared[k].dtype != "float16" for k in copies) or shared["y"].dtype != "int64":
+            return f"malformed shared features: expected float16 {', '.join(copies)} and int64 y"
+        labels, classes = shared["y"].numpy(), self._dataset().num_classes
+        if labels.size and not (0 <= labels.min() and labels.max() < classes):
+            return f"malformed shared features: labels outside 0..{classes - 1}"
         bad = non_finite(shared)
         return f"returned NaN/Inf in shared '{bad}'" if bad else None
 

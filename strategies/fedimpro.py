@@ -83,8 +83,12 @@ class FedImpro(FedsimStrategy):
         shape = self.stats["mean"].shape
         if set(stats.keys()) != set(STATS) or any(tuple(stats[k].shape) != shape for k in STATS):
             return f"malformed feature-stats: expected mean and std of shape {shape}"
+        if any(stats[k].dtype != self.stats[k].dtype for k in STATS):
+            return f"malformed feature-stats: expected dtype {self.stats['mean'].dtype}"
         bad = non_finite(stats)
-        return f"returned NaN/Inf in feature-stats '{bad}'" if bad else None
+        if bad:
+            return f"returned NaN/Inf in feature-stats '{bad}'"
+        return "malformed feature-stats: a negative std" if (stats["std"].numpy() < 0).any() else None
 
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
         arrays, metrics = super().aggregate(server_round, replies)

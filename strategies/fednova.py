@@ -22,8 +22,9 @@ from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
 class FedNova(FedsimStrategy):
     def reply_problem(self, msg: Message) -> str | None:
         problem = super().reply_problem(msg)
-        if problem is None and not float(msg.content["metrics"].get("tau-eff", 0.0)) > 0.0:
-            return "malformed reply: FedNova needs a positive 'tau-eff' metric"
+        tau = msg.content["metrics"].get("tau-eff", 0.0) if problem is None else 0.0
+        if problem is None and not (isinstance(tau, (int, float)) and 0.0 < tau < float("inf")):
+            return "malformed reply: FedNova needs a positive, finite 'tau-eff' metric"
         return problem
 
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:

@@ -55,7 +55,6 @@ from fedsim.seeding import rng, seed_torch, torch_generator
 from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
 
 log = logging.getLogger("fedsim")
-SELECTIONS = ("saliency", "all")
 
 
 def target_tasks(tasks: Any, num_classes: int) -> list[list[int]]:
@@ -169,11 +168,6 @@ class StudentTasks:
 class FedSA(FedsimStrategy):
     def __init__(self, cfg: Any, param_keys: list[str]) -> None:
         super().__init__(cfg, param_keys)
-        s = cfg.strategy
-        if str(s.selection) not in SELECTIONS:
-            raise ConfigError(f"strategy.selection={s.selection}: choose one of {', '.join(SELECTIONS)}")
-        if int(s.num_selected) < 1 or int(s.select_every) < 1:
-            raise ConfigError("strategy.num_selected and strategy.select_every must be at least 1")
         self.student = StudentTasks(cfg, dataset_from_config(cfg))
         self.selected: list[int] = []  # party ids, with multiplicity (their weights in averaging)
         self.probabilities: dict[int, list[float]] = {}  # task -> selection probability per party
@@ -213,8 +207,12 @@ class FedSA(FedsimStrategy):
     def metrics_problem(self, msg: Message) -> str | None:
         if "metrics" not in msg.content.metric_records:
             return "malformed reply: needs a 'metrics' MetricRecord"
-        bad = [k for k, v in msg.content["metrics"].items() if isinstance(v, float) and not np.isfinite(v)]
-        return f"returned non-finite metric '{bad[0]}'" if bad else None
+        metrics = msg.content["metrics"]
+        bad = [k for k, v in metrics.items() if isinstance(v, float) and not np.isfinite(v)]
+        if bad:
+            return f"returned non-finite metric '{bad[0]}'"
+        outside = [k for k, v in metrics.items() if k.startswith("similarity-") and not -1.0 <= float(v) <= 1.0]  # cosine
+        return f"returned '{outside[0]}' outside [-1, 1]" if outside else None
 
     def write_log(self, record: dict[str, Any]) -> None:
         if self.log_file is not None:
@@ -300,6 +298,13 @@ class Params(StrategyParams):
     sample: bool = spec("draw by selection probability (true) or take the most similar")
     select_every: int = spec("rounds between selections", ge=1)
     teachers: dict = spec("the teacher parties (epochs, lr, paths, random)")
+
+    @staticmethod
+    def validate_run(cfg: Any) -> str | None:
+        """Grad-CAM saliency needs a spatial feature map."""
+        if cfg.model.name not in ("cnn", "resnet18"):
+            return f"strategy=fedsa needs a convolutional model for its Grad-CAM saliency: use model=cnn or resnet18 (got model={cfg.model.name})"
+        return None
 
     @staticmethod
     def validate(node: Any) -> str | None:

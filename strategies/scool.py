@@ -33,12 +33,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from fedsim.decentralized import PeerParams, PeerToPeerStrategy, peer_records
-from fedsim.errors import ConfigError
 from fedsim.params import spec
 from fedsim.seeding import rng
 from fedsim.strategy import ClientReply
-
-PRIORS = ("dirac", "sbm", "attention")
 
 
 def sbm_update(
@@ -82,8 +79,6 @@ class SCooL(PeerToPeerStrategy):
     def __init__(self, cfg: Any, param_keys: list[str]) -> None:
         super().__init__(cfg, param_keys)
         s, n = cfg.strategy, int(cfg.num_clients)
-        if s.prior not in PRIORS:
-            raise ConfigError(f"strategy.prior={s.prior}: choose one of {', '.join(PRIORS)}")
         self.posterior = np.full((n, n), np.nan)  # last reported q(W_i.) rows
         self.fixed: dict[int, list[int]] = {}
         r = rng(cfg.seed, "scool-init")

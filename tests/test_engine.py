@@ -140,9 +140,10 @@ def test_clients_that_never_reply_are_reported(make_cfg, monkeypatch):
 
 def test_augment_applies_to_every_algorithms_batches(make_cfg):
     """augment=shift_flip crops and flips each local batch (same labels, other pixels); none leaves them."""
+    from flwr.app import ConfigRecord
+
     from clients.base import Client
     from fedsim.client_app import ClientRuntime
-    from flwr.app import ConfigRecord
 
     batches = {}
     for augment in ("none", "shift_flip"):

@@ -5,15 +5,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from flwr.app import ConfigRecord, RecordDict
 from omegaconf import OmegaConf
 
 from clients.fedfed import SHARE, DistillationPair, balanced_draw, label_skewed, mosaic, recon_weight
-from fedsim.models.generator import kl_divergence
 from fedsim.client_app import ClientRuntime
 from fedsim.engine import resume_config, run
 from fedsim.errors import ConfigError
+from fedsim.models.generator import kl_divergence
 from fedsim.records import model_to_record
-from flwr.app import ConfigRecord, RecordDict
 from strategies.fedfed import STRATEGY
 from tests.conftest import comparable, read_metrics
 

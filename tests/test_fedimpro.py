@@ -3,14 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import MetricRecord, RecordDict
 
 from clients.fedimpro import RunningClassStats
 from fedsim.engine import run
 from fedsim.models import build_model, split_model
 from fedsim.records import from_numpy
 from fedsim.strategy import ClientReply, update_dissimilarity
-from flwr.app import MetricRecord, RecordDict
 from strategies.fedimpro import average_feature_stats, lambda_schedule
 from tests.conftest import read_metrics
 

@@ -25,7 +25,7 @@ def fedsa_log(path) -> list[dict]:
 
 
 def test_setting_applies_unless_overridden(make_cfg):
-    cfg = make_cfg("strategy=fedsa")
+    cfg = make_cfg("strategy=fedsa", "model=cnn")
     assert cfg.partition.name == "iid"  # the test's own partition=iid wins over FedSA's shards
     assert cfg.min_clients == 1 and cfg.optimizer.name == "adam"
     from fedsim.config import compose

@@ -13,6 +13,7 @@ import torch
 from fedsim.data import load_dataset
 from fedsim.engine import run
 from fedsim.models import build_model
+from fedsim.models.vit import block_mask
 from fedsim.privacy.attacks.base import ImageSpace, score_images
 from fedsim.privacy.attacks.gradient_inversion import DLG, AnalyticFC, InvertingGradients
 from fedsim.privacy.attacks.labels import largest_remainder, recover_labels
@@ -21,7 +22,6 @@ from fedsim.privacy.defences.dp import CentralDP, LocalDP, PrivacyLedger, epsilo
 from fedsim.privacy.defences.pruning import prune
 from fedsim.privacy.defences.update import global_norm
 from fedsim.privacy.metrics import label_accuracy, match, membership_scores, psnr, ssim
-from fedsim.models.vit import block_mask
 from tests.conftest import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,7 +26,7 @@ PARAMS = ["w", "b"]
 
 def make(strategy_cls):
     s = strategy_cls(CFG, PARAMS)
-    s.set_clients({cid: 100 + cid for cid in range(4)}, {cid: 10 for cid in range(4)})
+    s.set_clients({cid: 100 + cid for cid in range(4)}, {cid: 100 for cid in range(4)})
     return s
 
 

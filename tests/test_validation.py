@@ -45,6 +45,10 @@ from tests.conftest import FAST
         ("backend=simulation backend.num_gpus=-1", "backend.num_gpus=-1: must be >= 0"),
         ("logger=[csv,tensorboard] logger.tensorboard.flush_secs=0", "logger.tensorboard.flush_secs=0: must be > 0"),
         ("deploy.port=70000", "deploy.port=70000: must be <= 65535"),
+        # what a plug-in needs of the rest of the run
+        ("strategy=fedsa model=mlp", "strategy=fedsa needs a convolutional model"),
+        ("defence=dp_sgd model=resnet18", "defence=dp_sgd cannot wrap model=resnet18"),
+        ("attack=april", "attack=april needs model=vit_tiny"),
         # unknown keys name the closest valid one
         ("strategy=fedprox strategy.mux=0.1", "strategy.mux=0.1: no such key; did you mean strategy.mu?"),
         ("num_round=3", "num_round=3: no such key; did you mean num_rounds?"),
@@ -70,8 +74,9 @@ def test_every_option_file_fits_its_schema():
     for group in ("dataset", "partition", "backend", "defence"):
         for option in group_options(group):
             compose_run([f"{group}={option}"])
+    needs = {"analytic": ["model=mlp"], "april": ["model=vit_tiny"]}
     for attack in group_options("attack"):
-        compose_run([f"attack={attack}"])
+        compose_run([f"attack={attack}", *needs.get(attack, [])])
     compose_run(["logger=[csv,tensorboard,mlflow]"])
 
 

@@ -12,7 +12,6 @@ Debian's ``dataset-fashion-mnist`` package, and only then asks torchvision to do
 from __future__ import annotations
 
 import pickle
-
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path

@@ -191,8 +191,8 @@ def serve(cfg: DictConfig) -> int:
 
 
 def cmd_server(args: list[str]) -> int:
-    from fedsim.validation import compose_run
     from fedsim.engine import resume_from_command_line
+    from fedsim.validation import compose_run
 
     if "--help" in args or "-h" in args:
         print("usage: python -m fedsim server [key=value ...]   (the run config, plus deploy.* below)\n")

@@ -56,8 +56,8 @@ def legend(report: Report, paths: list[str]) -> str:
     ]
     if options.baseline:
         lines.append(
-            f"Δ = paired difference to the baseline run with the same seed and otherwise the same config, mean and "
-            f"95% Student-t interval over seeds; * = the interval excludes 0."
+            "Δ = paired difference to the baseline run with the same seed and otherwise the same config, mean and "
+            "95% Student-t interval over seeds; * = the interval excludes 0."
         )
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -85,6 +85,11 @@ class GradientInversion:
 
 @dataclass
 class AnalyticFC(GradientInversion):
+    @staticmethod
+    def validate_run(cfg: Any) -> str | None:
+        """The closed form needs a fully connected first layer with bias."""
+        return None if cfg.model.name == "mlp" else f"attack=analytic needs model=mlp (got model={cfg.model.name})"
+
     def reconstruct(self, obs: Observation, n: int, space: ImageSpace, generator: torch.Generator) -> Reconstruction:
         first = next(m for m in obs.model.modules() if any(True for _ in m.parameters(recurse=False)))
         if not isinstance(first, nn.Linear) or first.bias is None:
@@ -100,6 +105,11 @@ class AnalyticFC(GradientInversion):
 
 @dataclass
 class APRIL(GradientInversion):
+    @staticmethod
+    def validate_run(cfg: Any) -> str | None:
+        """APRIL inverts a ViT's position-embedding gradient."""
+        return None if cfg.model.name == "vit_tiny" else f"attack=april needs model=vit_tiny (got model={cfg.model.name})"
+
     def reconstruct(self, obs: Observation, n: int, space: ImageSpace, generator: torch.Generator) -> Reconstruction:
         positions = [k for k in obs.update if k.endswith("pos_embed")]
         patch_weights = [k for k in obs.update if "patch_embed" in k and k.endswith("weight")]
@@ -151,6 +161,13 @@ class InvertingGradients(GradientInversion):
     signed: bool = spec("signed gradients (as in Geiping et al.)", default=True)
     position_weight: float = spec("ViTs: extra cosine term on the position-embedding gradient", ge=0, default=0.0)
     adaptive: bool = spec("against MJP: replay with the jigsawed slots read off the update", default=False)
+
+    @staticmethod
+    def validate_run(cfg: Any) -> str | None:
+        """The adaptive attack targets MJP."""
+        if cfg.attack.get("adaptive") and (cfg.model.name != "vit_tiny" or cfg.defence.name != "mjp"):
+            return "attack.adaptive=true targets MJP: use model=vit_tiny defence=mjp"
+        return None
 
     def objective(self, replayed: Tensors, target: Tensors, x: torch.Tensor) -> torch.Tensor:
         loss = cosine_distance(replayed, target) + self.tv * total_variation(x)

@@ -84,6 +84,13 @@ class LocalDP(GaussianMechanism):
 class DPSGD(GaussianMechanism):
     """Per-example clipping and Gaussian noise on every local step (Abadi et al. 2016, via Opacus)."""
 
+    @staticmethod
+    def validate_run(cfg: Any) -> str | None:
+        """Opacus computes per-example gradients, which BatchNorm mixes across the batch."""
+        if cfg.model.name == "resnet18":
+            return "defence=dp_sgd cannot wrap model=resnet18 (BatchNorm mixes examples): use model=cnn, mlp or vit_tiny"
+        return None
+
     @contextmanager
     def training(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch_size: int) -> Iterator[torch.optim.Optimizer]:
         from opacus import GradSampleModule

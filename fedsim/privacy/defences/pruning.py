@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 from flwr.app import ArrayRecord
 
-from fedsim.errors import ConfigError
 from fedsim.params import spec
 from fedsim.privacy.defences.update import Tensors, float_update, with_update
 
@@ -28,10 +27,6 @@ def prune(update: Tensors, ratio: float) -> Tensors:
 @dataclass
 class GradientPruning:
     ratio: float = spec("fraction of the smallest-magnitude update entries zeroed", ge=0, lt=1, default=0.9)
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.ratio < 1:
-            raise ConfigError(f"defence.ratio={self.ratio} is invalid: expected 0 <= ratio < 1")
 
     def transform_update(self, update: Tensors, generator: torch.Generator) -> Tensors:
         return prune(update, self.ratio)
