@@ -52,6 +52,8 @@ class Run:
     run_dir: str | None = spec("this run's directory; null = <runs_root>/<timestamp>-<strategy>")
     resume: str | None = spec("a run directory to continue from its last checkpoint")
     verbose: bool = spec("show Flower's and Ray's logs")
+    dataset_info: dict | None = spec("the dataset's format, which `fedsim server` adds for devices with their own images",
+                                     default=None)
 
     @staticmethod
     def validate(node: Any) -> str | None:
@@ -68,15 +70,11 @@ class Run:
 
 # -- models ----------------------------------------------------------------------------------------
 @dataclass(kw_only=True)
-class CNN:
-    name: str = spec("model")
-    hidden: int = spec("width of the fully connected layer", ge=1)
+class HiddenWidth:
+    """The FedAvg paper's CNN (its fully connected layer) and 2NN (each hidden layer)."""
 
-
-@dataclass(kw_only=True)
-class MLP:
     name: str = spec("model")
-    hidden: int = spec("width of each hidden layer", ge=1)
+    hidden: int = spec("width of the hidden fully connected layer(s)", ge=1)
 
 
 @dataclass(kw_only=True)
@@ -102,7 +100,7 @@ class ViTTiny:
         return None
 
 
-MODELS: dict[str, type] = {"cnn": CNN, "mlp": MLP, "resnet18": ResNet18, "vit_tiny": ViTTiny}
+MODELS: dict[str, type] = {"cnn": HiddenWidth, "mlp": HiddenWidth, "resnet18": ResNet18, "vit_tiny": ViTTiny}
 
 
 # -- data ------------------------------------------------------------------------------------------

@@ -72,9 +72,11 @@ def rounds_done(run_dir: Path) -> list[dict]:
 def test_three_clients_over_tls_match_the_simulation(federation):
     tmp, server, client = federation
     srv = server("num_rounds=3", "round_timeout=120")
-    for k in range(3):
-        client(k)
+    clients = [client(0), client(1), client(2, None, "--keep-waiting")]
     assert srv.wait(timeout=400) == 0, (tmp / "server.log").read_text()[-3000:]
+    for proc in clients[:2]:  # the run's end ends its clients ...
+        assert proc.wait(timeout=60) == 0
+    assert clients[2].poll() is None  # ... except one told to wait for the next run
     deployed = rounds_done(tmp / "run")
     simulated = read_metrics(run(compose([*RUN, "num_rounds=3", "backend=inprocess", f"run_dir={tmp / 'sim'}"])))
     assert [r["round"] for r in deployed] == [1, 2, 3] and all(r["clients_ok"] == 3 for r in deployed)
@@ -124,10 +126,20 @@ def test_a_client_with_an_unknown_key_is_refused(federation):
     tmp, server, client = federation
     server("num_rounds=1", "connect_timeout=60")
     rogue, _ = make_node_keys(tmp / "rogue", "rogue")
-    proc = client(0, str(rogue), "--connect-timeout", "15")
+    proc = client(0, str(rogue), "--connect-timeout", "15", "--max-retries", "1")
+    assert proc.wait(timeout=120) == 2
+    log = (tmp / "client0.log").read_text()
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("fedsim: error: client 0: the server at --server") and "refused this device" in last
+    assert "after 2 attempts" in last and "Traceback" not in log and "Exit Code" not in log  # Flower's logs: supernode.log
+
+
+def test_a_client_without_a_server_gives_up_with_one_line(federation):
+    tmp, _, client = federation
+    proc = client(0, None, "--connect-timeout", "3", "--max-retries", "1")
     assert proc.wait(timeout=120) == 2
     last = (tmp / "client0.log").read_text().strip().splitlines()[-1]
-    assert last.startswith("fedsim: error: client 0:") and "refused" in last
+    assert last.startswith("fedsim: error: client 0: nothing answers at --server") and "after 2 attempts" in last
 
 
 def test_a_restarted_server_resumes_from_its_checkpoint(federation):

@@ -36,7 +36,7 @@ def run_with(make_cfg, monkeypatch, strategy: str, modes: dict[int, str], name: 
     monkeypatch.setitem(sys.modules, "clients.hostile", hostile_client)
     monkeypatch.setattr(hostile_client, "REAL", real)
     monkeypatch.setattr(hostile_client, "MODES", modes)
-    cfg = make_cfg(f"strategy={strategy}", "strategy.client=hostile", "num_rounds=2", "num_clients=6", "clients_per_round=5",
+    cfg = make_cfg(f"strategy={strategy}", "strategy.client=hostile", "num_rounds=1", "num_clients=6", "clients_per_round=5",
                    *SETTINGS.get(strategy, []), name=name)
     return run(cfg)
 

@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from flwr.app import Context, Message
+from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import OmegaConf
@@ -35,6 +35,21 @@ def serve(grid: Grid, context: Context) -> None:
     t0 = time.time()
     job.serve(grid)
     job.finish(time.time() - t0)
+    announce_run_end(grid)
+
+
+RUN_ENDED = "fedsim-run-ended"  # the config flag of the last message, and the marker file a node writes
+
+
+def announce_run_end(grid: Grid, timeout: float = 30.0) -> None:
+    """Tell every connected node that the run is over (``fedsim client`` then exits 0)."""
+    content = RecordDict({"config": ConfigRecord({RUN_ENDED: 1})})
+    messages = [Message(content, dst_node_id=node, message_type=MessageType.QUERY) for node in grid.get_node_ids()]
+    list(grid.send_and_receive(messages, timeout=timeout))
+
+
+def state_dir(node_config: dict) -> Path:
+    return Path(str(node_config.get("state-dir", Path.home() / ".fedsim" / "client"))).expanduser().resolve()
 
 
 def node_run_config(run_config: str, node_config: dict) -> dict:
@@ -44,7 +59,7 @@ def node_run_config(run_config: str, node_config: dict) -> dict:
         cfg["data_root"] = str(node_config["data-root"])
     if "data-dir" in node_config:
         cfg["data_dir"] = str(node_config["data-dir"])
-    cfg["run_dir"] = str(Path(str(node_config.get("state-dir", Path.home() / ".fedsim" / "client"))).expanduser().resolve())
+    cfg["run_dir"] = str(state_dir(node_config))
     return cfg
 
 
@@ -64,6 +79,9 @@ client_app = ClientApp()
 
 @client_app.query()
 def query(msg: Message, context: Context) -> Message:
+    if "config" in msg.content.config_records and msg.content["config"].get(RUN_ENDED):
+        (state_dir(dict(context.node_config)) / RUN_ENDED).write_text(str(context.run_id))  # `fedsim client` watches it
+        return Message(RecordDict({"metrics": MetricRecord({"run-ended": 1})}), reply_to=msg)
     return _app_for(context)(msg, context)
 
 

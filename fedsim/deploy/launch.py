@@ -216,7 +216,10 @@ def client_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root-certificates", help="the CA certificate of the server's TLS (ca.crt)")
     parser.add_argument("--auth-key", help="this device's private key (its .pub must be registered with the server)")
     parser.add_argument("--insecure", action="store_true", help="plain HTTP, no authentication (local trials only)")
-    parser.add_argument("--connect-timeout", type=float, default=120.0, help="seconds to keep retrying to join the server")
+    parser.add_argument("--connect-timeout", type=float, default=120.0, help="seconds each attempt waits for an unreachable server")
+    parser.add_argument("--max-retries", type=int, default=3, help="attempts after the first when the server is unreachable or refuses this device")
+    parser.add_argument("--keep-waiting", action="store_true", help="stay connected for the next run when a run ends (as a SuperNode does)")
+    parser.add_argument("--verbose", action="store_true", help="show Flower's and gRPC's logs (otherwise in <state-dir>/client-K/supernode.log)")
     return parser
 
 
@@ -226,7 +229,8 @@ def supernode_command(opts: argparse.Namespace) -> list[str]:
     for key, value in (("data-root", opts.data_root), ("data-dir", opts.data_dir)):
         if value:
             node_config.append(f"{key}='{Path(value).expanduser().resolve()}'")
-    command = [flower_tool("flower-supernode"), "--superlink", opts.server, "--node-config", " ".join(node_config), "--port", str(free_port())]
+    command = [flower_tool("flower-supernode"), "--superlink", opts.server, "--node-config", " ".join(node_config), "--port", str(free_port()),
+               "--max-wait-time", str(opts.connect_timeout)]
     if opts.insecure:
         command.append("--insecure")
     else:
@@ -241,24 +245,84 @@ def supernode_command(opts: argparse.Namespace) -> list[str]:
     return command
 
 
+TLS_FAILURES = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "ssl_transport", "SSL_ERROR", "Handshake failed")
+
+
+def reachable(server: str, timeout: float = 3.0) -> bool:
+    """Whether something accepts TCP connections at ``host:port``."""
+    host, _, port = server.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def refusal_cause(log_text: str, server: str) -> str:
+    """One line for why a SuperNode gave up: from its log where Flower names the TLS failure, else
+    from whether the server's port answers (it does: the server refused this device)."""
+    if any(n in log_text for n in TLS_FAILURES):
+        return "the TLS handshake failed: --root-certificates must be the CA (ca.crt) of the server's certificate"
+    if not reachable(server):
+        return f"nothing answers at --server {server}: check the address and that the server runs"
+    return ("the server at --server {0} refused this device: register the public key of --auth-key with the server "
+            "(deploy.credentials/nodes/), and check that --root-certificates is the server's CA").format(server)
+
+
+def run_supernode(command: list[str], env: dict[str, str], log_path: Path, verbose: bool, ended: Path | None) -> int | None:
+    """Run one SuperNode until it exits (its exit code) or, with ``ended`` given, until the run it
+    serves announces its end (None: it was stopped)."""
+    with log_path.open("a") as log_file:
+        out = None if verbose else log_file
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+        try:
+            while proc.poll() is None:
+                if ended is not None and ended.exists():
+                    proc.terminate()
+                    try:
+                        proc.wait(timeout=15)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                    return None
+                time.sleep(0.5)
+            return proc.returncode
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
 def cmd_client(args: list[str]) -> int:
+    """A SuperNode for the run at ``--server``: exits 0 when the run ends (``--keep-waiting``: stays
+    for the next), and after ``--max-retries`` failed attempts exits 2 with one line naming the cause."""
+    from fedsim.deploy.apps import RUN_ENDED
+
     opts = client_parser().parse_args(args)
+    if opts.max_retries < 0:
+        raise ConfigError(f"--max-retries {opts.max_retries} is invalid: expected an integer >= 0")
     command = supernode_command(opts)
     if opts.insecure:
         print(INSECURE_WARNING.format(opts.server), file=sys.stderr, flush=True)
     state = Path(opts.state_dir).expanduser().resolve() / f"client-{opts.partition_id}"
     state.mkdir(parents=True, exist_ok=True)
     env = flower_env(state / "flower")
-    deadline = time.time() + opts.connect_timeout
+    log_path, ended = state / "supernode.log", state / RUN_ENDED
+    ended.unlink(missing_ok=True)
+    attempt = 0
     while True:
+        attempt += 1
         print(f"client {opts.partition_id}: connecting to {opts.server}", flush=True)
-        code = subprocess.run(command, env=env).returncode
-        # flower-supernode gives up (status 1) when the SuperLink is not up yet or refuses its key
-        if code == 0 or code < 0:
+        start = log_path.stat().st_size if log_path.exists() else 0
+        code = run_supernode(command, env, log_path, opts.verbose, None if opts.keep_waiting else ended)
+        if code is None:
+            print(f"client {opts.partition_id}: the server's run ended", flush=True)
+            return 0
+        if code <= 0:
             return code
-        if time.time() > deadline:
-            raise FedsimError(
-                f"client {opts.partition_id}: the SuperLink at {opts.server} was unreachable or refused this device for "
-                f"{opts.connect_timeout:.0f}s: check --server, that the server runs, and that this device's public key is registered there"
-            )
+        with log_path.open() as f:
+            f.seek(start)
+            cause = refusal_cause(f.read(), opts.server)
+        if attempt > opts.max_retries:
+            where = "" if opts.verbose else f"; Flower's log: {log_path}"
+            raise FedsimError(f"client {opts.partition_id}: {cause} (gave up after {attempt} attempts{where})")
+        print(f"client {opts.partition_id}: attempt {attempt} of {opts.max_retries + 1}: {cause}", flush=True)
         time.sleep(3.0)
