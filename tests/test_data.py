@@ -8,7 +8,7 @@ import torch
 from fedsim.data import load_dataset
 from fedsim.data.datasets import DEBIAN_FASHION_MNIST
 from fedsim.data.idx import read_idx
-from fedsim.errors import DataError
+from fedsim.errors import ConfigError, DataError
 
 
 def write_idx(path, array: np.ndarray) -> None:
@@ -27,8 +27,24 @@ def test_read_idx_rejects_truncated_file(tmp_path):
     images = np.zeros((5, 2, 2), dtype=np.uint8)
     header = bytes([0, 0, 0x08, 3]) + b"".join(struct.pack(">I", d) for d in images.shape)
     (tmp_path / "bad").write_bytes(header + b"\x00" * 7)
-    with pytest.raises(ValueError, match="truncated"):
+    with pytest.raises(ConfigError, match="truncated"):
         read_idx(tmp_path / "bad")
+
+
+def test_a_corrupt_dataset_file_is_one_line(tmp_path, capsys):
+    """A cut-off gzip (an interrupted copy) names the file instead of a traceback."""
+    from fedsim.cli import main
+
+    folder = tmp_path / "FashionMNIST" / "raw"
+    folder.mkdir(parents=True)
+    for name, shape in (("train-images-idx3-ubyte", (60, 28, 28)), ("train-labels-idx1-ubyte", (60,)),
+                        ("t10k-images-idx3-ubyte", (10, 28, 28)), ("t10k-labels-idx1-ubyte", (10,))):
+        write_idx(folder / f"{name}.gz", np.zeros(shape, dtype=np.uint8))
+    whole = (folder / "train-images-idx3-ubyte.gz").read_bytes()
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(whole[: len(whole) // 2])
+    assert main(["run", f"data_root={tmp_path}", f"runs_root={tmp_path}/runs", "backend=inprocess", "num_rounds=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train-images-idx3-ubyte.gz cannot be read" in err
 
 
 def test_fashion_mnist_from_data_root(tmp_path):
