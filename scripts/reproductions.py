@@ -4,7 +4,7 @@
     python scripts/reproductions.py render
 
 ``collect`` copies each finished run's config.yaml, metrics.jsonl and summary.json (no checkpoints)
-and the sweep's manifest into docs/reproductions/<experiment>/. ``render`` runs `fedsim report` on
+and the sweep's manifest (manifests/<sweep>.json) into docs/reproductions/<experiment>/. ``render`` runs `fedsim report` on
 those folders for every claim of docs/reproductions/claims.yaml, writes each comparison's
 report.md/.csv/.png under docs/reproductions/claim_<id>/, decides the verdict from the paired
 95% interval, and writes docs/REPRODUCTIONS.md plus the summary table between the reproduction
@@ -46,7 +46,9 @@ def collect(sweep: Path) -> Path:
         for name in KEPT:
             shutil.copy2(sweep / job["run_dir"] / name, out / name)
         kept += 1
-    (target / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    manifests = target / "manifests"  # one per sweep: an experiment may be run in parts (e.g. more seeds later)
+    manifests.mkdir(exist_ok=True)
+    (manifests / f"{sweep.name}.json").write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"{target}: {kept} of {len(manifest['jobs'])} runs kept")
     return target
 
