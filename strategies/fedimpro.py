@@ -111,7 +111,7 @@ class Params(StrategyParams):
     feature_std_max: float = spec("cap on the std of synthetic features", ge=0)
     stats_reference_count: float = spec("a batch moves a class's estimate by n_c / this", gt=0)
     stats_noise_std: float = spec("noise std on the shared per-class statistics", ge=0)
-    lambda_ramp_rounds: float = spec("synthetic-feature loss weight = round / this", gt=0)
+    lambda_ramp_rounds: int = spec("synthetic-feature loss weight = round / this", ge=1)
     lambda_max: float | None = spec("cap on that weight; null = uncapped", ge=0)
 
 
