@@ -224,8 +224,8 @@ def test_any_override_runs_or_is_one_line_naming_its_key(case, tmp_path_factory)
 
 @pytest.mark.slow
 def test_any_override_long_profile():
-    """The same property with 300 cases."""
-    env = {**os.environ, "FEDSIM_PROPERTY_EXAMPLES": "300"}
+    """The same property with 150 cases."""
+    env = {**os.environ, "FEDSIM_PROPERTY_EXAMPLES": "150"}
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::test_any_override_runs_or_is_one_line_naming_its_key"],
                          env=env, capture_output=True, text=True, timeout=5400)
     assert out.returncode == 0, out.stdout[-3000:]
