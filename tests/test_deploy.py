@@ -69,6 +69,18 @@ def rounds_done(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def flower_processes_of(state: Path) -> list[int]:
+    """Live processes (a SuperNode, its ClientApps) whose Flower home is in a client's state folder."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"FLWR_HOME={state}".encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
 def test_three_clients_over_tls_match_the_simulation(federation):
     tmp, server, client = federation
     srv = server("num_rounds=3", "round_timeout=120")
@@ -77,6 +89,7 @@ def test_three_clients_over_tls_match_the_simulation(federation):
     for proc in clients[:2]:  # the run's end ends its clients ...
         assert proc.wait(timeout=60) == 0
     assert clients[2].poll() is None  # ... except one told to wait for the next run
+    assert not flower_processes_of(tmp / "devices" / "client-0") and not flower_processes_of(tmp / "devices" / "client-1")
     deployed = rounds_done(tmp / "run")
     simulated = read_metrics(run(compose([*RUN, "num_rounds=3", "backend=inprocess", f"run_dir={tmp / 'sim'}"])))
     assert [r["round"] for r in deployed] == [1, 2, 3] and all(r["clients_ok"] == 3 for r in deployed)

@@ -10,6 +10,7 @@ trains with the strategy's client code on the device's data.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -269,6 +270,47 @@ def refusal_cause(log_text: str, server: str) -> str:
             "(deploy.credentials/nodes/), and check that --root-certificates is the server's CA").format(server)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first), read from /proc; empty where there is no /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we read
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        children = parents.get(queue.pop(0), [])
+        found += children
+        queue += children
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not ended, not a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_process_tree(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stop ``proc`` and every process it started (a SuperNode's ClientApp processes outlive it
+    otherwise): SIGTERM to all, SIGKILL to what is left after ``timeout`` seconds."""
+    tree = descendants(proc.pid)
+    for pid in [proc.pid, *tree]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + timeout
+    while time.time() < deadline and (proc.poll() is None or any(map(running, tree))):
+        time.sleep(0.2)
+    for pid in [proc.pid, *tree]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
 def run_supernode(command: list[str], env: dict[str, str], log_path: Path, verbose: bool, ended: Path | None) -> int | None:
     """Run one SuperNode until it exits (its exit code) or, with ``ended`` given, until the run it
     serves announces its end (None: it was stopped)."""
@@ -278,17 +320,11 @@ def run_supernode(command: list[str], env: dict[str, str], log_path: Path, verbo
         try:
             while proc.poll() is None:
                 if ended is not None and ended.exists():
-                    proc.terminate()
-                    try:
-                        proc.wait(timeout=15)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
                     return None
                 time.sleep(0.5)
             return proc.returncode
         finally:
-            if proc.poll() is None:
-                proc.kill()
+            stop_process_tree(proc)
 
 
 def cmd_client(args: list[str]) -> int:
