@@ -153,8 +153,15 @@ class Client:
         return self.test_metrics(self.env.model)
 
     def test_metrics(self, model: nn.Module) -> RecordDict:
-        result = evaluate(model, self.env.test, int(self.env.cfg.eval_batch_size), self.env.device)
-        return RecordDict({"metrics": MetricRecord({"accuracy": result["accuracy"], "loss": result["loss"], "num-examples": len(self.env.test)})})
+        """Accuracy and loss on the own test split, and ``subset-accuracy``: the argmax over the
+        labels of the client's training data only (where it has labeled data)."""
+        env = self.env
+        classes = [int(c) for c in torch.unique(env.data.y)] if len(env.data) else None
+        result = evaluate(model, env.test, int(env.cfg.eval_batch_size), env.device, classes=classes)
+        metrics = MetricRecord({"accuracy": result["accuracy"], "loss": result["loss"], "num-examples": len(env.test)})
+        if "subset_accuracy" in result:
+            metrics["subset-accuracy"] = result["subset_accuracy"]
+        return RecordDict({"metrics": metrics})
 
     def metrics(self, stats: TrainStats) -> MetricRecord:
         return MetricRecord({"num-examples": stats.examples, "train-loss": stats.loss, "num-steps": stats.steps})
@@ -167,6 +174,7 @@ class Client:
         model.train()
         total, steps = 0.0, 0
         base_optimizer = self.optimizer(model, float(config["lr"]))
+        clip_norm = None if cfg.optimizer.clip_norm is None else float(cfg.optimizer.clip_norm)
         with local_training(env.defence, model, base_optimizer, int(config["batch-size"])) as optimizer:
             for _ in range(int(config["local-epochs"])):
                 for x, y in self.batches(config, generator):
@@ -174,6 +182,8 @@ class Client:
                     loss = self.batch_loss(model, x, y) + auxiliary_loss(model)
                     loss.backward()
                     self.before_step(model)
+                    if clip_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
                     optimizer.step()
                     self.after_step(model)
                     total += loss.item()

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from clients.base import TrainStats
-from clients.peer import PeerClient, State
+from clients.peer import PeerClient, State, part, prefixed
 from fedsim.seeding import torch_generator
 from fedsim.sparse import decode_sparse, encode_sparse
 
@@ -83,15 +83,6 @@ def prune_and_regrow(
         grow = candidates[torch.argsort(gradient.flatten()[candidates].abs(), descending=True, stable=True)[:k]]
     flat[grow] = 1.0
     return flat.view_as(mask)
-
-
-def part(state: State, prefix: str) -> State:
-    """The tensors of ``state`` stored under ``prefix``, without it."""
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def prefixed(prefix: str, tensors: State) -> State:
-    return {prefix + k: v for k, v in tensors.items()}
 
 
 class DisPFLClient(PeerClient):

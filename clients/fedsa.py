@@ -5,10 +5,11 @@ A party holds a teacher pre-trained on its own task and data. It answers three k
 
 - ``teacher``: prepare the teacher once (train it on the party's own labeled data, load it from
   ``strategy.teachers.paths[party]``, or keep it at random init for parties listed in
-  ``strategy.teachers.random``: a deliberately useless teacher) and report its accuracy on the
+  ``strategy.teachers.random``, or train it on the party's images with shuffled labels for parties
+  in ``strategy.teachers.shuffled``: deliberately useless teachers) and report its accuracy on the
   party's own test split;
 - ``select``: given the student and the student owner's probe images, compare the Grad-CAM
-  saliency maps of teacher and student on each image and return the mean similarity per target
+  saliency maps of teacher and student (at ``strategy.saliency_layer``) on each image and return the mean similarity per target
   task (scalars only);
 - ``amalgamate``: train a copy of the student so that a 1x1-conv translator of its last conv
   feature map matches the teacher's (FitNets hint loss, MSE) on the party's own images, and return
@@ -17,9 +18,11 @@ A party holds a teacher pre-trained on its own task and data. It answers three k
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
@@ -31,34 +34,40 @@ from fedsim.errors import ConfigError
 from fedsim.evaluation import evaluate
 from fedsim.models import model_from_config, split_model
 from fedsim.records import load_record, model_to_record
-from fedsim.seeding import seed_torch
+from fedsim.seeding import seed_torch, torch_generator
 
 TEACHER, SELECT, AMALGAMATE = "teacher", "select", "amalgamate"
 
 
-def conv_split(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[nn.Sequential, nn.Sequential]:
-    """(low, high) of ``model`` split after its last feature layer whose output is a spatial map
-    (N, C, h, w) with h * w > 1: the layer FedSA's saliency and hint losses look at."""
+def conv_split(model: nn.Module, input_shape: tuple[int, ...], layer: str = "last") -> tuple[nn.Sequential, nn.Sequential]:
+    """(low, high) of ``model`` split after a feature layer whose output is a spatial map (N, C, h, w):
+    ``last``: the last one with h * w > 1 (where the hint loss looks); ``intermediate``: the last one
+    at a higher resolution than that (the stage before the last, as the official Grad-CAM
+    target_layer, layer3 of a ResNet), or the last one where there is no earlier stage."""
     layers = list(model.features.children())
     x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
-    last = None
+    spatial: list[tuple[int, int]] = []  # (split index, h * w)
     with torch.no_grad():
         was_training = model.training
         model.eval()
-        for i, layer in enumerate(layers):
-            x = layer(x)
+        for i, module in enumerate(layers):
+            x = module(x)
             if x.dim() == 4 and x.shape[2] * x.shape[3] > 1:
-                last = i + 1
+                spatial.append((i + 1, x.shape[2] * x.shape[3]))
         model.train(was_training)
-    if last is None:
+    if not spatial:
         raise ConfigError(f"FedSA needs a convolutional model: {type(model).__name__} has no spatial feature map (use model=cnn or resnet18)")
+    last, final_size = spatial[-1]
+    if layer == "intermediate":
+        earlier = [i for i, size in spatial if size > final_size]
+        last = earlier[-1] if earlier else last
     return split_model(model, last)
 
 
-def gradcam(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM maps (N, H, W) of ``model``'s predicted class on ``x``, each scaled to [0, 1] and
-    upsampled to the input size (Selvaraju et al., 2017)."""
-    low, high = conv_split(model, tuple(x.shape[1:]))
+def gradcam(model: nn.Module, x: torch.Tensor, layer: str = "intermediate") -> torch.Tensor:
+    """Grad-CAM maps (N, H, W) of ``model``'s predicted class on ``x`` at ``layer`` (see
+    :func:`conv_split`), each scaled to [0, 1] and upsampled to the input size (Selvaraju et al., 2017)."""
+    low, high = conv_split(model, tuple(x.shape[1:]), layer)
     model.eval()
     feats = low(x).detach().requires_grad_(True)
     logits = high(feats)
@@ -91,6 +100,14 @@ def hint_loss(student_low: nn.Module, translator: nn.Module, teacher_low: nn.Mod
     with torch.no_grad():
         target = teacher_low(x)
     return F.mse_loss(translator(student_low(x)), target)
+
+
+def shuffled_labels(env: Any) -> Any:
+    """The party's environment with its labels permuted at random (seeded): a teacher trained on it
+    fits noise, the useless teacher of FedSA's selection test (its images, hence its low-level
+    features, stay those of real data)."""
+    order = torch.randperm(len(env.data.y), generator=torch_generator(env.cfg.seed, "fedsa-shuffle", env.client_id))
+    return dataclasses.replace(env, data=dataclasses.replace(env.data, y=env.data.y[order]))
 
 
 class FedSAParty(Client):
@@ -130,6 +147,8 @@ class FedSAParty(Client):
                 if not path.is_file():
                     raise ConfigError(f"strategy.teachers.paths[{env.client_id}]={path} does not exist: pass a teacher state_dict file")
                 model.load_state_dict(torch.load(path, map_location=env.device, weights_only=True))
+            elif env.client_id in list(teachers.shuffled or []):
+                Client(shuffled_labels(env)).fit(model, config, server_round=0)  # a teacher that learned nothing true
             elif env.client_id not in list(teachers.random or []):
                 Client(env).fit(model, config, server_round=0)  # plain supervised training on the party's task
             self.teacher_file.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +166,8 @@ class FedSAParty(Client):
         load_record(student, content["arrays"])
         x = torch.from_numpy(content["probe"]["x"].numpy()).to(self.env.device)
         task = torch.from_numpy(content["probe"]["task"].numpy()).to(self.env.device)
-        similarity = saliency_similarity(gradcam(student, x), gradcam(self.teacher, x))
+        layer = str(self.env.cfg.strategy.saliency_layer)
+        similarity = saliency_similarity(gradcam(student, x, layer), gradcam(self.teacher, x, layer))
         metrics = {f"similarity-{int(t)}": float(similarity[task == t].mean()) for t in task.unique()}
         metrics["num-examples"] = len(self.env.data)
         return RecordDict({"metrics": MetricRecord(metrics)})

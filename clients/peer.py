@@ -39,6 +39,16 @@ def weighted_mix(states: list[State], weights: list[float]) -> State:
     return mixed
 
 
+def part(state: State, prefix: str) -> State:
+    """The tensors of ``state`` stored under ``prefix``, without it."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def prefixed(prefix: str, tensors: State) -> State:
+    """``tensors`` with ``prefix`` before every key (several state dicts kept in one state)."""
+    return {prefix + k: v for k, v in tensors.items()}
+
+
 def is_finite(state: State) -> bool:
     return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 

@@ -11,7 +11,8 @@ what the relay moved.
 
 Evaluation is personalized: every client evaluates its own model on its own test split
 (``personal_test_split``); ``test_accuracy`` is the mean over clients, ``personal_accuracy`` the
-per-client figures.
+per-client figures, ``subset_accuracy`` the mean accuracy with each client's argmax taken over the
+labels it holds only (the official SCooL score, which inflates accuracy: report both).
 
 Topologies (``strategy.topology``): ``none`` (local training only), ``ring``, ``full``, ``random``
 (``strategy.num_neighbours`` peers drawn per client and round). Only peers that have shared a
@@ -21,15 +22,12 @@ model are candidates.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal
 
-import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedsim.errors import RoundFailedError
 from fedsim.params import spec
 from fedsim.records import from_numpy, record_bytes, to_numpy
 from fedsim.seeding import rng
@@ -123,34 +121,14 @@ class PeerToPeerStrategy(FedsimStrategy):
     # -- personalized evaluation ------------------------------------------------------------------
     def evaluate_round(self, server_round: int, arrays: ArrayRecord, grid: Grid, evaluate: Callable) -> dict[str, Any]:
         """Every client evaluates its own model on its own test split (there is no global model)."""
-        messages = []
-        for cid, node in sorted(self.node_of.items()):
-            content = RecordDict({"config": ConfigRecord({"server-round": server_round})})
-            if cid not in self.shared and self.initial is not None:
-                content["arrays"] = self.initial
-            messages.append(Message(content, dst_node_id=node, message_type=MessageType.EVALUATE, group_id=f"eval-{server_round}"))
-        accuracy: dict[str, float] = {}
-        losses: list[float] = []
-        for reply in grid.send_and_receive(messages, timeout=self.cfg.round_timeout):
-            cid = self.client_of(reply.metadata.src_node_id)
-            if reply.has_error() or "metrics" not in reply.content.metric_records:
-                log.warning("round %d: client %d did not evaluate its model", server_round, cid)
-                continue
-            m = reply.content["metrics"]
-            if not all(isinstance(m.get(k), (int, float)) and math.isfinite(m[k]) for k in ("accuracy", "loss")) \
-                    or not 0.0 <= float(m["accuracy"]) <= 1.0:
-                log.warning("round %d: client %d reported an invalid evaluation (accuracy, loss): left out", server_round, cid)
-                continue
-            if int(m.get("num-examples", 0)) > 0:
-                accuracy[str(cid)] = float(m["accuracy"])
-                losses.append(float(m["loss"]))
-        if not accuracy:
-            raise RoundFailedError(f"round {server_round}: no client evaluated its personal model")
-        return {
-            "accuracy": float(np.mean(list(accuracy.values()))),
-            "loss": float(np.mean(losses)),
-            "personal_accuracy": dict(sorted(accuracy.items(), key=lambda kv: int(kv[0]))),
-        }
+
+        def content(client_id: int) -> RecordDict:
+            own = RecordDict({"config": ConfigRecord({"server-round": server_round})})
+            if client_id not in self.shared and self.initial is not None:
+                own["arrays"] = self.initial
+            return own
+
+        return self.evaluate_on_clients(server_round, grid, content)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

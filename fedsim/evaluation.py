@@ -16,16 +16,26 @@ if TYPE_CHECKING:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: LocalData, batch_size: int, device: torch.device) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` on ``data``."""
+def evaluate(
+    model: nn.Module, data: LocalData, batch_size: int, device: torch.device, classes: list[int] | None = None
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``data``; with ``classes``, also
+    ``subset_accuracy``: the argmax taken over those classes only (SCooL's official accuracy, which
+    scores a client's model among the labels it holds)."""
     model.eval()
-    loss_sum, correct = 0.0, 0
+    loss_sum, correct, subset_correct = 0.0, 0, 0
+    subset = torch.tensor(sorted(classes), device=device) if classes else None
     for x, y in data.batches(batch_size, device):
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
+        if subset is not None:
+            subset_correct += (subset[logits[:, subset].argmax(1)] == y).sum().item()
     n = max(len(data), 1)
-    return {"accuracy": correct / n, "loss": loss_sum / n}
+    result = {"accuracy": correct / n, "loss": loss_sum / n}
+    if subset is not None:
+        result["subset_accuracy"] = subset_correct / n
+    return result
 
 
 class ServerEvaluator:

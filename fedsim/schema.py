@@ -19,6 +19,7 @@ class Optimizer:
     lr_decay: float = spec("lr of round t = lr * lr_decay^(t-1)", gt=0)
     momentum: float = spec("SGD momentum", ge=0, lt=1)
     weight_decay: float = spec("L2 weight decay", ge=0)
+    clip_norm: float | None = spec("clip each local step's gradient to this L2 norm; null = no clipping", gt=0)
 
 
 @dataclass(kw_only=True)
@@ -42,6 +43,7 @@ class Run:
     batch_size: int = spec("local batch size", ge=1)
     augment: Literal["none", "shift_flip"] = spec("augmentation of local training batches")
     eval_every: int = spec("evaluate the global model every N rounds", ge=1)
+    evaluation: Literal["global", "personal"] = spec("global: the global model on the test set; personal: on each client's own test split")
     eval_batch_size: int = spec("evaluation batch size", ge=1)
     checkpoint_every: int = spec("checkpoint every N rounds; 0 = only the last", ge=0)
     round_timeout: float = spec("seconds to wait for replies", gt=0)

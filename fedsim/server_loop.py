@@ -153,7 +153,8 @@ class RoundLoop:
             try:
                 new_arrays, metrics = self.strategy.aggregate_train(server_round, replies)
                 arrays = new_arrays
-                record["train_loss"] = float(metrics["train-loss"])
+                if "train-loss" in metrics:  # a round where nobody trained (FedSA's selection none) has none
+                    record["train_loss"] = float(metrics["train-loss"])
                 record.update({k.replace("-", "_"): v for k, v in metrics.items() if k not in ("train-loss",)})
             except RoundFailedError as err:
                 record["failed"] = str(err)

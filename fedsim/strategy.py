@@ -130,8 +130,49 @@ class FedsimStrategy(FlowerFedAvg):
         self, server_round: int, arrays: ArrayRecord, grid: Grid, evaluate: Callable[[ArrayRecord], dict[str, float]]
     ) -> dict[str, Any]:
         """Test metrics of a round ('accuracy', 'loss' and any extras): the global model on the
-        held-out test set by default; strategies without one ask their clients."""
+        held-out test set (``evaluation=global``) or on every client's own test split
+        (``evaluation=personal``, the score of personalized FL); strategies without a global model
+        ask their clients."""
+        if self.cfg.evaluation == "personal":
+            config = ConfigRecord({"server-round": server_round})
+            return self.evaluate_on_clients(server_round, grid, lambda _: RecordDict({"config": config, "arrays": arrays}))
         return evaluate(arrays)
+
+    def evaluate_on_clients(self, server_round: int, grid: Grid, content_for: Callable[[int], RecordDict]) -> dict[str, Any]:
+        """Every client evaluates on its own test split what ``content_for(client)`` sends it:
+        'accuracy' and 'loss' are the means over clients, 'personal_accuracy' the per-client
+        figures, 'subset_accuracy' the mean accuracy with each client's argmax over the labels it
+        holds (SCooL's official score, which inflates accuracy: report both)."""
+        messages = [Message(content_for(cid), dst_node_id=node, message_type=MessageType.EVALUATE, group_id=f"eval-{server_round}")
+                    for cid, node in sorted(self.node_of.items())]
+        accuracy: dict[str, float] = {}
+        losses: list[float] = []
+        subset: list[float] = []
+        for reply in grid.send_and_receive(messages, timeout=self.cfg.round_timeout):
+            cid = self.client_of(reply.metadata.src_node_id)
+            if reply.has_error() or "metrics" not in reply.content.metric_records:
+                log.warning("round %d: client %d did not evaluate its model", server_round, cid)
+                continue
+            m = reply.content["metrics"]
+            if not all(isinstance(m.get(k), (int, float)) and math.isfinite(m[k]) for k in ("accuracy", "loss")) \
+                    or not 0.0 <= float(m["accuracy"]) <= 1.0:
+                log.warning("round %d: client %d reported an invalid evaluation (accuracy, loss): left out", server_round, cid)
+                continue
+            if int(m.get("num-examples", 0)) > 0:
+                accuracy[str(cid)] = float(m["accuracy"])
+                losses.append(float(m["loss"]))
+                if isinstance(m.get("subset-accuracy"), float) and 0.0 <= m["subset-accuracy"] <= 1.0:
+                    subset.append(float(m["subset-accuracy"]))
+        if not accuracy:
+            raise RoundFailedError(f"round {server_round}: no client evaluated its model")
+        result: dict[str, Any] = {
+            "accuracy": float(np.mean(list(accuracy.values()))),
+            "loss": float(np.mean(losses)),
+            "personal_accuracy": dict(sorted(accuracy.items(), key=lambda kv: int(kv[0]))),
+        }
+        if len(subset) == len(accuracy):
+            result["subset_accuracy"] = float(np.mean(subset))
+        return result
 
     def sample_clients(self, server_round: int, purpose: str = "sample") -> list[int]:
         """``clients_per_round`` client ids drawn from (seed, purpose, round), among the clients that

@@ -3,7 +3,7 @@
     python scripts/reproductions.py collect runs/sweeps/<timestamp>-repro_fedimpro
     python scripts/reproductions.py render
 
-``collect`` copies each finished run's config.yaml, metrics.jsonl and summary.json (no checkpoints)
+``collect`` copies each finished run's config.yaml, metrics.jsonl, summary.json and partition.json (no checkpoints)
 and the sweep's manifest (manifests/<sweep>.json) into docs/reproductions/<experiment>/. ``render`` runs `fedsim report` on
 those folders for every claim of docs/reproductions/claims.yaml, writes each comparison's
 report.md/.csv/.png under docs/reproductions/claim_<id>/, decides the verdict from the paired
@@ -28,7 +28,7 @@ from fedsim.experiments.runs import load_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "reproductions"
-KEPT = ("config.yaml", "metrics.jsonl", "summary.json")
+KEPT = ("config.yaml", "metrics.jsonl", "summary.json", "partition.json")
 MIN_SEEDS, MIN_ROUNDS = 3, 50
 README_START, README_END = "<!-- reproductions:start -->", "<!-- reproductions:end -->"
 
@@ -44,7 +44,8 @@ def collect(sweep: Path) -> Path:
         out = target / job["run_dir"]
         out.mkdir(exist_ok=True)
         for name in KEPT:
-            shutil.copy2(sweep / job["run_dir"] / name, out / name)
+            if (sweep / job["run_dir"] / name).is_file():
+                shutil.copy2(sweep / job["run_dir"] / name, out / name)
         kept += 1
     manifests = target / "manifests"  # one per sweep: an experiment may be run in parts (e.g. more seeds later)
     manifests.mkdir(exist_ok=True)
@@ -86,7 +87,7 @@ def render_claim(claim: dict) -> tuple[list[str], list[str]]:
         metrics = [metric] + [m for m in claim["metrics"] if m != metric]
         out = DOCS / f"claim_{claim['id']}" / f"{k + 1}-{metric}-vs-{'_'.join(comparison['baseline']).replace('=', '-')}"
         last = int(comparison.get("last", claim["last"]))
-        options = ReportOptions(metrics, [], list(comparison["baseline"]), None, last, claim["compare"], out)
+        options = ReportOptions(metrics, [], list(comparison["baseline"]), None, last, comparison.get("compare", claim["compare"]), out)
         title = comparison.get("label") or f"{comparison['better']} vs {' '.join(comparison['baseline'])}"
         title += f", `{metric}`"
         try:

@@ -25,7 +25,10 @@ what the student is scored on).
 
 Single-task: ``tasks: null`` (all classes of the dataset, one task). Multi-task: a list of class
 lists; the student has one output per class and task t is scored on its own classes' logits.
-``selection: all`` is the no-selection baseline (every teacher every round, equal weights).
+Baselines: ``selection: all`` (every teacher every round, equal weights), ``random`` (teachers drawn
+uniformly: the official select_random), ``none`` (no teacher: the student learns from its probe set
+only, the "scratch" student of the claim). Selection metrics per round: ``selection_probability_<t>``
+and ``selection_similarity_<t>`` (one entry per party; -1 where it did not answer).
 """
 
 from __future__ import annotations
@@ -171,6 +174,7 @@ class FedSA(FedsimStrategy):
         self.student = StudentTasks(cfg, dataset_from_config(cfg))
         self.selected: list[int] = []  # party ids, with multiplicity (their weights in averaging)
         self.probabilities: dict[int, list[float]] = {}  # task -> selection probability per party
+        self.similarity: dict[int, list[float]] = {}  # task -> saliency similarity per party, last selection
         self.traffic: dict[str, int] = {}
         self.log_file = None
 
@@ -222,9 +226,15 @@ class FedSA(FedsimStrategy):
     # -- selection ----------------------------------------------------------------------------------
     def select(self, server_round: int, arrays: ArrayRecord, grid: Grid) -> None:
         s, parties = self.cfg.strategy, sorted(self.node_of)
-        if s.selection == "all":
-            self.selected, self.traffic = parties, {}
-            self.probabilities = {t: [1.0 / len(parties)] * len(parties) for t in range(len(self.student.tasks))}
+        uniform = {t: [1.0 / len(parties)] * len(parties) for t in range(len(self.student.tasks))}
+        if s.selection in ("all", "none"):
+            self.selected, self.traffic, self.probabilities = (parties if s.selection == "all" else []), {}, uniform
+            return
+        if s.selection == "random":  # the official select_random baseline: teachers drawn uniformly
+            gen = rng(self.cfg.seed, "fedsa-random", server_round)
+            self.selected = [parties[i] for t in uniform for i in gen.choice(len(parties), size=int(s.num_selected), replace=True)]
+            self.traffic, self.probabilities = {}, uniform
+            self.write_log({"event": "selection", "round": server_round, "probabilities": uniform, "selected": self.selected})
             return
         config = ConfigRecord({"fedsa-phase": SELECT, "server-round": server_round})
         replies = self.ask(grid, parties, RecordDict({"arrays": arrays, "probe": self.student.probe_record(), "config": config}), server_round)
@@ -239,6 +249,7 @@ class FedSA(FedsimStrategy):
             self.selected += [answered[i] for i in chosen]
             self.probabilities[t] = [float(p[answered.index(c)]) if c in answered else 0.0 for c in parties]
             similarity[t] = dict(zip(answered, sim.tolist()))
+        self.similarity = {t: [float(v.get(c, float("nan"))) for c in parties] for t, v in similarity.items()}
         self.write_log({"event": "selection", "round": server_round, "similarity": similarity,
                         "probabilities": self.probabilities, "selected": self.selected})
 
@@ -248,11 +259,19 @@ class FedSA(FedsimStrategy):
         if not self.selected or (server_round - 1) % int(self.cfg.strategy.select_every) == 0:
             self.select(server_round, arrays, grid)
         self.global_arrays = arrays
+        if not self.selected:  # selection none: the student learns from its probe set only
+            return []
         config["server-round"] = server_round
         config["fedsa-phase"] = AMALGAMATE
         content = RecordDict({"arrays": arrays, "config": config})
         return [Message(content, dst_node_id=self.node_of[p], message_type=MessageType.TRAIN, group_id=str(server_round))
                 for p in sorted(set(self.selected))]
+
+    def aggregate_train(self, server_round: int, replies: list) -> tuple[ArrayRecord, MetricRecord]:
+        if self.cfg.strategy.selection == "none":  # no teacher was asked: the probe-trained student stays
+            assert self.global_arrays is not None
+            return self.global_arrays, MetricRecord({"selected-teachers": []})
+        return super().aggregate_train(server_round, replies)
 
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
         """Mean of the returned students, each weighted by how often its party was drawn."""
@@ -262,20 +281,41 @@ class FedSA(FedsimStrategy):
         metrics["selected-teachers"] = list(self.selected)
         for t, p in self.probabilities.items():
             metrics[f"selection-probability-{t}"] = p
+        for t, sim in self.similarity.items():  # per party; -1 (outside 0.5 + 0.5 cos's [0, 1]) where it did not answer
+            metrics[f"selection-similarity-{t}"] = [v if np.isfinite(v) else -1.0 for v in sim]
+        metrics.update(self.useless_teacher_metrics())
         if self.traffic:
             metrics["selection-bytes-down"], metrics["selection-bytes-up"] = self.traffic["down"], self.traffic["up"]
         return arrays, metrics
+
+    def useless_teacher_metrics(self) -> dict[str, float]:
+        """Where some teachers are useless by construction (``teachers.random`` / ``shuffled``): their
+        mean selection probability, and the margin min(useful) - max(useless) (> 0: every useless
+        teacher is ranked below every useful one), both averaged over tasks."""
+        t, parties = self.cfg.strategy.teachers, sorted(self.node_of)
+        useless = {int(p) for p in [*(t.random or []), *(t.shuffled or [])]} & set(parties)
+        if not useless or len(useless) == len(parties) or not self.probabilities:
+            return {}
+        margins, probabilities = [], []
+        for p in self.probabilities.values():
+            bad = [p[i] for i, c in enumerate(parties) if c in useless]
+            good = [p[i] for i, c in enumerate(parties) if c not in useless]
+            margins.append(min(good) - max(bad))
+            probabilities.append(float(np.mean(bad)))
+        return {"useless-teacher-margin": float(np.mean(margins)), "useless-teacher-probability": float(np.mean(probabilities))}
 
     def evaluate_round(self, server_round: int, arrays: ArrayRecord, grid: Grid, evaluate: Callable) -> dict[str, Any]:
         return self.student.adapted_score(arrays, f"fedsa-adapt-{server_round}")
 
     # -- checkpoints --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"selected": list(self.selected), "probabilities": {str(k): v for k, v in self.probabilities.items()}}
+        return {"selected": list(self.selected), "probabilities": {str(k): v for k, v in self.probabilities.items()},
+                "similarity": {str(k): v for k, v in self.similarity.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.selected = [int(p) for p in state.get("selected", [])]
         self.probabilities = {int(k): list(v) for k, v in state.get("probabilities", {}).items()}
+        self.similarity = {int(k): list(v) for k, v in state.get("similarity", {}).items()}
 
 
 @dataclass(kw_only=True)
@@ -284,6 +324,7 @@ class TeacherParams:
     lr: float = spec("teacher learning rate", gt=0)
     paths: list[str] | None = spec("one teacher state_dict file per party, loaded instead of training")
     random: list[int] = spec("party ids whose teacher stays at random init (useless teachers)", ge=0)
+    shuffled: list[int] = spec("party ids whose teacher trains on shuffled labels (useless teachers)", ge=0)
 
 
 @dataclass(kw_only=True)
@@ -293,7 +334,8 @@ class Params(StrategyParams):
     probe_epochs: int = spec("student epochs on the probe set before amalgamation", ge=0)
     adapt_epochs: int = spec("task-adaptation epochs before every test", ge=0)
     probe_lr: float = spec("Adam step size on the probe set", gt=0)
-    selection: Literal["saliency", "all"] = spec("teacher selection")
+    selection: Literal["saliency", "random", "all", "none"] = spec("teacher selection")
+    saliency_layer: Literal["intermediate", "last"] = spec("feature map whose Grad-CAM the selection compares")
     num_selected: int = spec("teachers drawn per task at each selection", ge=1)
     sample: bool = spec("draw by selection probability (true) or take the most similar")
     select_every: int = spec("rounds between selections", ge=1)

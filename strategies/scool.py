@@ -3,18 +3,35 @@ ICML 2023, arXiv:2306.09595; official code github.com/ShuangtongLi/SCooL).
 
 Decentralized, personalized. A cooperation graph W (row i: how much client i learns from each
 peer) is latent, with a graphical-model prior p(W); models and graph are fitted by variational
-EM (``clients/scool.py`` for the client side):
-- E-step (each active client i, on the models it receives): q(W_i.) over {i} + candidates is
-  proportional to exp(prior_ij - loss_i(theta_j) / likelihood_scale), loss_i(theta_j) being
-  the mean cross-entropy of peer j's model on a sample of i's data (how well j explains i's data);
-- M-step: theta_i <- sum_j W_ij theta_j (the exact minimiser of the graph-weighted regulariser),
-  then local SGD on loss_i + reg_weight/2 * sum_{j != i} W_ij ||theta_i - theta_j||^2.
-The prior (``strategy.prior``), fitted by the server from the posteriors the clients report:
+EM (``clients/scool.py`` for the client side). Each active client i scores the models it
+receives on its own training data (loss_i(theta_j): how well peer j's model explains i's data),
+forms its row W_i. from those losses and the prior logits the server sends, and mixes.
+Two variants (``strategy.variant``):
+- ``official`` (default; as github.com/ShuangtongLi/SCooL, SCooL_SBM.py / SBM.py /
+  SCooL_ATTENTION.py): SBM edges W_ij = sigmoid((prior log-odds_ij - loss_i(theta_j)) /
+  likelihood_scale), row-normalised over self and peers (attention: softmax of prior logits minus
+  loss / likelihood_scale, as the fedsim variant); losses on one batch of ``batch_size`` samples (the official test_fast); update
+  mixing theta_i <- theta_i(start) + sum_j W_ij delta_j, delta_j = peer j's last trained minus
+  start model, then plain local SGD (no regulariser). SBM prior: memberships re-initialised every
+  round and fitted by ``sbm_iterations`` mean-field passes to the loss matrix, block link
+  probabilities fixed at 0.8 / 0.2; pairs not observed (after the graph is fixed) are left out of
+  the fit (the official code scores them as loss 0, a perfect fit: not copied).
+- ``fedsim`` (this project's first reading of the paper): W_i. = softmax(E[log B] - loss /
+  likelihood_scale) on ``likelihood_samples`` samples; model mixing theta_i <- sum_j W_ij theta_j
+  (the minimiser of the graph-weighted regulariser) then local SGD on loss_i + reg_weight/2 *
+  sum_{j != i} W_ij ||theta_i - theta_j||^2; SBM memberships and block probabilities refitted to
+  the reported rows and kept across rounds.
+Deliberate differences from the official code, both variants: client i's row uses its own data and
+the peers' models, loss_i(theta_j) (the official simulation, holding every model and dataset in one
+process, scores client i's model on client j's data, the transpose), since a decentralized client
+has no other client's data; the prior it uses is the one fitted to the previous round's losses (the
+official fits the current round's before mixing: one more message round per round); the personal
+model evaluated each round is the trained one, before the next round's mixing.
+The prior (``strategy.prior``):
 - ``dirac``: W is fixed to the uniform weights of the configured topology (no E-step): SCooL
   recovers D-PSGD with that graph;
-- ``sbm``: a stochastic block model with ``sbm_blocks`` blocks: block memberships phi and block
-  link probabilities B are updated by mean-field/M-steps from the reported graph; the prior
-  logit of edge i->j is E[log B_{z_i z_j}] = phi_i^T log(B) phi_j;
+- ``sbm``: a stochastic block model with ``sbm_blocks`` blocks (memberships phi, block link
+  probabilities B); prior logit of edge i->j: E[log B - log(1 - B)] (official) or E[log B] (fedsim);
 - ``attention``: prior logits q_i . k_j / sqrt(d) from learnt query/key maps of each client's
   model update (its classifier head's change since the common start), fitted to the posteriors.
 Before round ``fix_graph_round`` a client receives every peer that has shared a model; then the
@@ -29,11 +46,14 @@ from typing import Any, Iterable, Literal
 
 import numpy as np
 import torch
+from scipy.special import digamma
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from fedsim.decentralized import PeerParams, PeerToPeerStrategy, peer_records
 from fedsim.params import spec
+from fedsim.protocols import scool as protocol
+from fedsim.records import shape_mismatch
 from fedsim.seeding import rng
 from fedsim.strategy import ClientReply
 
@@ -70,6 +90,39 @@ def sbm_prior(phi: np.ndarray, blocks: np.ndarray) -> np.ndarray:
     return phi @ np.log(blocks) @ phi.T
 
 
+def sbm_log_odds(phi: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """N x N prior log-odds E[log B_{z_i z_j} - log(1 - B_{z_i z_j})] under the memberships phi
+    (the official SBM.optimize_W prior term)."""
+    return phi @ (np.log(blocks) - np.log1p(-blocks)) @ phi.T
+
+
+def sbm_fit_official(
+    y: np.ndarray, observed: np.ndarray, blocks: np.ndarray, scale: float, iterations: int, generator: np.random.Generator
+) -> np.ndarray:
+    """Memberships phi (N x K) fitted as the official SBM.variational_inference does, from fresh
+    random memberships each call: ``iterations`` times, edges W = sigmoid((log-odds + Y) / scale)
+    (Y = -loss, model i on client j, where ``observed``), then one mean-field update of every
+    phi_i in random order against W and the fixed block probabilities, and gamma_i = 1 + phi_i."""
+    n, k = len(y), len(blocks)
+    gamma = (2.0 / k) * (1.0 - generator.random((n, k)))
+    phi = np.stack([generator.dirichlet(np.maximum(g, 1e-3)) for g in gamma])
+    log_b, log_not_b = np.log(blocks), np.log1p(-blocks)
+    m = observed.astype(np.float64)
+    np.fill_diagonal(m, 0.0)
+    for _ in range(iterations):
+        w = 1.0 / (1.0 + np.exp(-(sbm_log_odds(phi, blocks) + np.where(observed, y, 0.0)) / scale))
+        for i in generator.permutation(n):
+            logits = (
+                (m[i] * w[i]) @ (phi @ log_b.T) + (m[:, i] * w[:, i]) @ (phi @ log_b)
+                + (m[i] * (1 - w[i])) @ (phi @ log_not_b.T) + (m[:, i] * (1 - w[:, i])) @ (phi @ log_not_b)
+                + digamma(gamma[i]) - digamma(gamma[i].sum())
+            )
+            phi[i] = np.exp(logits - logits.max())
+            phi[i] /= phi[i].sum()
+            gamma[i] = 1.0 + phi[i]
+    return phi
+
+
 def attention_logits(features: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """N x N attention scores (F q)(F k)^T / sqrt(d)."""
     return (features @ query) @ (features @ key).T / query.shape[1] ** 0.5
@@ -80,6 +133,7 @@ class SCooL(PeerToPeerStrategy):
         super().__init__(cfg, param_keys)
         s, n = cfg.strategy, int(cfg.num_clients)
         self.posterior = np.full((n, n), np.nan)  # last reported q(W_i.) rows
+        self.loss = np.full((n, n), np.nan)  # loss[j, i]: client i's last reported loss of peer j's model
         self.fixed: dict[int, list[int]] = {}
         r = rng(cfg.seed, "scool-init")
         self.phi = r.dirichlet(np.ones(int(s.sbm_blocks)), size=n)
@@ -97,6 +151,25 @@ class SCooL(PeerToPeerStrategy):
             return [c for c in self.fixed[client_id] if c in self.shared]
         return others
 
+    def model_of(self, client_id: int) -> ArrayRecord:
+        """The trained model ``client_id`` shared last (official variant: the ``model.`` part)."""
+        shared = self.shared[client_id]
+        return protocol.unpack(shared, protocol.MODEL) if self.cfg.strategy.variant == "official" else shared
+
+    def model_problem(self, record: ArrayRecord) -> str | None:
+        assert self.initial is not None or self.global_arrays is not None
+        reference = self.initial if self.initial is not None else self.global_arrays
+        if self.cfg.strategy.variant != "official":
+            return shape_mismatch(reference, record)
+        expected = {protocol.MODEL + k for k in reference.keys()} | {protocol.UPDATE + k for k in reference.keys()}
+        if set(record.keys()) != expected:
+            return f"a shared record without the official variant's '{protocol.MODEL}*' and '{protocol.UPDATE}*' arrays"
+        for prefix in (protocol.MODEL, protocol.UPDATE):
+            mismatch = shape_mismatch(reference, protocol.unpack(record, prefix))
+            if mismatch:
+                return f"'{prefix}' part whose {mismatch}"
+        return None
+
     def features(self) -> torch.Tensor:
         """Per client: its classifier head's change since the common start, L2-normalised (zeros
         for clients that have not shared a model)."""
@@ -106,7 +179,8 @@ class SCooL(PeerToPeerStrategy):
         rows = []
         for cid in range(int(self.cfg.num_clients)):
             if cid in self.shared:
-                delta = np.concatenate([self.shared[cid][k].numpy().ravel() for k in head]) - start
+                model = self.model_of(cid)
+                delta = np.concatenate([model[k].numpy().ravel() for k in head]) - start
                 rows.append(delta / max(np.linalg.norm(delta), 1e-12))
             else:
                 rows.append(np.zeros_like(start))
@@ -115,7 +189,7 @@ class SCooL(PeerToPeerStrategy):
     def prior_logits(self) -> np.ndarray:
         s, n = self.cfg.strategy, int(self.cfg.num_clients)
         if s.prior == "sbm":
-            return sbm_prior(self.phi, self.blocks)
+            return sbm_log_odds(self.phi, self.blocks) if s.variant == "official" else sbm_prior(self.phi, self.blocks)
         if s.prior == "attention" and self.query is not None and self.key is not None:
             with torch.no_grad():
                 return attention_logits(self.features(), torch.from_numpy(self.query), torch.from_numpy(self.key)).double().numpy()
@@ -145,9 +219,10 @@ class SCooL(PeerToPeerStrategy):
             return problem
         graph = msg.content["graph"]
         n = int(self.cfg.num_clients)
-        ids, weights = list(graph.get("ids", [])), list(graph.get("weights", []))
-        if len(ids) != len(weights) or any(not 0 <= int(i) < n for i in ids) or not np.all(np.isfinite(weights)):
-            return "malformed 'graph' record: needs 'ids' of clients and as many finite 'weights'"
+        ids, weights, losses = (list(graph.get(k, [])) for k in ("ids", "weights", "losses"))
+        if not len(ids) == len(weights) == len(losses) or any(not 0 <= int(i) < n for i in ids) \
+                or not np.all(np.isfinite(weights)) or not np.all(np.isfinite(losses)):
+            return "malformed 'graph' record: needs 'ids' of clients and as many finite 'weights' and 'losses'"
         return None
 
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
@@ -158,20 +233,28 @@ class SCooL(PeerToPeerStrategy):
             row = np.full(self.posterior.shape[1], np.nan)
             row[list(graph["ids"])] = list(graph["weights"])
             self.posterior[reply.client_id] = row
+            self.loss[list(graph["ids"]), reply.client_id] = list(graph["losses"])
         if reported:
-            self.fit_prior()
+            self.fit_prior(server_round)
             metrics["graph-self-weight"] = float(np.mean([r.content["graph"]["weights"][0] for r in reported]))
+            # the inferred graph: row i = client i's last reported weights (0 where it had none), row-major
+            metrics["graph-weights"] = [float(w) for w in np.nan_to_num(self.posterior, nan=0.0).ravel()]
         s = self.cfg.strategy
-        if s.prior != "dirac" and server_round == int(s.fix_graph_round):
-            self.fix_graph()
+        if s.prior != "dirac" and server_round >= int(s.fix_graph_round) and not self.fixed:
+            self.fix_graph()  # the first round from fix_graph_round on whose replies carry graph rows
         return arrays, metrics
 
-    def fit_prior(self) -> None:
-        """Refit the prior's parameters to the reported posterior rows."""
+    def fit_prior(self, server_round: int) -> None:
+        """Refit the prior's parameters to the reported losses (official) or posterior rows (fedsim)."""
         s = self.cfg.strategy
         observed = np.isfinite(self.posterior)
         np.fill_diagonal(observed, False)
-        if s.prior == "sbm":
+        if s.prior == "sbm" and s.variant == "official":
+            seen = np.isfinite(self.loss)
+            generator = rng(self.cfg.seed, "scool-sbm", server_round)
+            self.phi = sbm_fit_official(-np.nan_to_num(self.loss), seen, self.blocks, float(s.likelihood_scale),
+                                        int(s.sbm_iterations), generator)
+        elif s.prior == "sbm":
             # soft edges: each row's weights relative to its strongest peer
             peer = np.where(observed, self.posterior, 0.0)
             adjacency = peer / np.maximum(peer.max(1, keepdims=True), 1e-12)
@@ -213,13 +296,13 @@ class SCooL(PeerToPeerStrategy):
     # -- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state.update({"posterior": self.posterior, "fixed": self.fixed, "phi": self.phi, "blocks": self.blocks,
+        state.update({"posterior": self.posterior, "loss": self.loss, "fixed": self.fixed, "phi": self.phi, "blocks": self.blocks,
                       "query": self.query, "key": self.key})
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        for name in ("posterior", "fixed", "phi", "blocks", "query", "key"):
+        for name in ("posterior", "loss", "fixed", "phi", "blocks", "query", "key"):
             if name in state:
                 setattr(self, name, state[name])
         self.fixed = {int(c): [int(j) for j in peers] for c, peers in self.fixed.items()}
@@ -227,10 +310,11 @@ class SCooL(PeerToPeerStrategy):
 
 @dataclass(kw_only=True)
 class Params(PeerParams):
+    variant: Literal["official", "fedsim"] = spec("official: update mixing, sigmoid edges, SBM refit per round; fedsim: model mixing")
     prior: Literal["dirac", "sbm", "attention"] = spec("prior of the cooperation graph")
     fix_graph_round: int = spec("round after which each client keeps its strongest peers", ge=0)
     likelihood_scale: float = spec("temperature of the data-likelihood term", gt=0)
-    likelihood_samples: int = spec("local samples each received model is scored on", ge=1)
+    likelihood_samples: int | None = spec("local samples each received model is scored on; null = one batch", ge=1)
     reg_weight: float = spec("weight of the graph regulariser", ge=0)
     sbm_blocks: int = spec("blocks of the stochastic block model", ge=1)
     sbm_iterations: int = spec("mean-field / M-step iterations per round", ge=1)

@@ -14,9 +14,12 @@ from clients.dispfl import DisPFLClient, erk_densities, prune_and_regrow, random
 from fedsim.data import personal_test_split
 from fedsim.decentralized import PeerToPeerStrategy, link_metrics
 from fedsim.engine import resume_config, run
+from fedsim.experiments.graph import same_group_weight
+from fedsim.experiments.runs import load_runs
 from fedsim.records import from_numpy, payload_bytes
 from fedsim.sparse import decode_sparse, encode_sparse
-from strategies.scool import sbm_prior, sbm_update
+from clients.scool import mix_updates, official_row
+from strategies.scool import sbm_fit_official, sbm_log_odds, sbm_prior, sbm_update
 from tests.conftest import comparable, read_metrics
 
 TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 0, SUPERLINK_NODE_ID
@@ -170,3 +173,73 @@ def test_dense_dispfl_is_dpsgd(make_cfg):
     for a, b in zip(dense, dispfl):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
         assert a["personal_accuracy"] == pytest.approx(b["personal_accuracy"], rel=1e-6)
+
+
+def test_official_scool_edges_are_normalised_sigmoids_and_it_mixes_updates():
+    """SBM.optimize_W / output_W: W_j = sigmoid((prior_j - loss_j) / scale), row-normalised; then
+    theta <- start + sum_j W_j delta_j (SCooL_SBM.py's combinate_gradients on start)."""
+    prior, losses, scale = [1.0, -1.0, 0.5], [0.2, 2.0, 0.4], 2.0
+    edges = [1 / (1 + math.exp(-(p - l) / scale)) for p, l in zip(prior, losses)]
+    assert official_row(prior, losses, scale) == pytest.approx([e / sum(edges) for e in edges], rel=1e-12)
+    start = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    updates = [{"w": torch.tensor([0.5, 0.0])}, {"w": torch.tensor([-1.0, 4.0])}]
+    mixed = mix_updates(start, updates, [0.25, 0.75])
+    assert torch.allclose(mixed["w"], torch.tensor([1.0 + 0.125 - 0.75, 2.0 + 3.0])) and mixed["n"] == 3
+
+
+def test_official_sbm_fit_groups_clients_whose_models_fit_each_others_data():
+    """Loss matrix of two groups (models fit their own group's data): the refit puts the groups in
+    different blocks, and the prior log-odds are higher within a group than across. (With the
+    official 2 passes from a fresh random start the blocks are often not yet separated: the
+    official prior is weak, the likelihood term does most of the work.)"""
+    groups = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    loss = np.where(np.equal.outer(groups, groups), 0.3, 3.0)
+    observed = ~np.eye(8, dtype=bool)
+    blocks = np.full((2, 2), 0.2) + 0.6 * np.eye(2)
+    phi = sbm_fit_official(-loss, observed, blocks, scale=2.0, iterations=20, generator=np.random.default_rng(0))
+    z = phi.argmax(1)
+    assert len(set(z[:4])) == 1 and len(set(z[4:])) == 1 and z[0] != z[4]
+    prior = sbm_log_odds(phi, blocks)
+    assert prior[np.equal.outer(groups, groups) & observed].min() > prior[~np.equal.outer(groups, groups)].max()
+
+
+def test_official_scool_with_the_dirac_prior_is_dpsgd(make_cfg):
+    """All clients active, full graph, uniform weights: every start is the same, so mixing the
+    updates into it equals averaging the models (D-PSGD on the full graph)."""
+    every = [*PATHOLOGICAL, "clients_per_round=4", "num_rounds=3"]
+    dpsgd = read_metrics(run(make_cfg("strategy=dpsgd", "strategy.topology=full", *every, name="dpsgd")))
+    scool = read_metrics(run(make_cfg("strategy=scool", "strategy.prior=dirac", "strategy.topology=full", *every, name="scool")))
+    for a, b in zip(dpsgd, scool):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["personal_accuracy"] == pytest.approx(b["personal_accuracy"], abs=1e-6)
+    assert scool[-1]["p2p_bytes"] == 2 * dpsgd[-1]["p2p_bytes"]  # the model to score and the update to mix
+
+
+def test_same_group_weight_scores_a_graph_against_the_label_groups():
+    groups = [frozenset({0, 1}), frozenset({0, 1}), frozenset({2, 3}), frozenset({2, 3})]
+    perfect = np.array([[5, 1, 0, 0], [1, 5, 0, 0], [0, 0, 5, 1], [0, 0, 1, 5]], dtype=float)
+    assert same_group_weight(perfect, groups) == (1.0, pytest.approx(1 / 3))
+    blind = np.ones((4, 4))
+    assert same_group_weight(blind, groups) == (pytest.approx(1 / 3), pytest.approx(1 / 3))
+
+
+def test_scool_logs_its_graph_and_the_report_scores_it_against_the_true_groups(make_cfg):
+    """Shards of 2 classes over 10 clients: clients k and k+5 hold the same classes (the true groups).
+    Every client's row and label subset accuracy are logged; the report derives the graph's score."""
+    path = run(make_cfg("strategy=scool", *PATHOLOGICAL, "num_clients=10", "clients_per_round=10", "num_rounds=2"))
+    last = read_metrics(path)[-1]
+    assert len(last["graph_weights"]) == 100 and last["subset_accuracy"] >= last["test_accuracy"]
+    table = load_runs([str(path)]).metrics
+    share, chance = table["graph_same_group_weight"].iloc[-1], table["graph_same_group_chance"].iloc[-1]
+    assert chance == pytest.approx(1 / 9) and 0.0 <= share <= 1.0
+
+
+def test_personal_evaluation_scores_the_global_model_on_each_clients_split(make_cfg):
+    """evaluation=personal: FedAvg's global model on every client's own test split (personalized FL's
+    score, comparable with the decentralized strategies'); the subset accuracy is never below it."""
+    last = read_metrics(run(make_cfg(*PATHOLOGICAL, "evaluation=personal")))[-1]
+    assert set(last["personal_accuracy"]) == {"0", "1", "2", "3"}
+    assert last["test_accuracy"] == pytest.approx(np.mean(list(last["personal_accuracy"].values())))
+    assert last["subset_accuracy"] >= last["test_accuracy"]
+    whole = read_metrics(run(make_cfg(*PATHOLOGICAL, name="global")))[-1]
+    assert "personal_accuracy" not in whole and "subset_accuracy" not in whole

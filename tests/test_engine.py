@@ -156,3 +156,22 @@ def test_augment_applies_to_every_algorithms_batches(make_cfg):
     assert torch.equal(y0, y1) and x0.shape == x1.shape and not torch.equal(x0, x1)
     idx = torch.randperm(len(client.env.data), generator=torch.Generator().manual_seed(0))[:16]
     torch.testing.assert_close(x0, client.env.data.dataset.normalize(client.env.data.x[idx]))
+
+
+@pytest.mark.parametrize("clip_norm", [None, 1e-6])
+def test_clip_norm_bounds_every_local_step(make_cfg, clip_norm):
+    """optimizer.clip_norm (DisPFL's official clipping): with plain SGD a round moves the global model
+    by at most steps x lr x clip_norm; without it, far more."""
+    from fedsim.checkpoint import latest_checkpoint
+
+    cfg = make_cfg("num_rounds=1", "optimizer.momentum=0", "optimizer.weight_decay=0", "optimizer.lr=0.05",
+                   f"optimizer.clip_norm={'null' if clip_norm is None else clip_norm}", "checkpoint_every=1", name="one")
+    first = latest_checkpoint(run(cfg) / "checkpoints").arrays
+    cfg2 = make_cfg("num_rounds=2", "optimizer.momentum=0", "optimizer.weight_decay=0", "optimizer.lr=0.05",
+                    f"optimizer.clip_norm={'null' if clip_norm is None else clip_norm}", "checkpoint_every=1", name="two")
+    second = latest_checkpoint(run(cfg2) / "checkpoints").arrays
+    moved = sum(float(((second[k].numpy() - first[k].numpy()) ** 2).sum()) for k in first.keys()) ** 0.5
+    if clip_norm is None:
+        assert moved > 1e-2
+    else:
+        assert moved <= 100 * 0.05 * clip_norm

@@ -131,3 +131,37 @@ def test_fedsa_resumes_to_the_uninterrupted_metrics(make_cfg):
     path = run(make_cfg(*fixed, "num_rounds=2", name="cut"))
     run(resume_config(path, make_cfg("num_rounds=3")))
     assert comparable(read_metrics(path)) == comparable(full)
+
+
+def test_gradcam_layer_is_the_stage_before_the_last_map():
+    """The official target layer is the stage before the last (layer3 of a ResNet): for the FedAvg
+    CNN on 28x28 images, its 14x14 map; ``last`` is the 7x7 map the hint loss matches."""
+    from clients.fedsa import conv_split
+
+    model = build_model("cnn", (1, 28, 28), 10).eval()
+    x = torch.zeros(2, 1, 28, 28)
+    assert conv_split(model, (1, 28, 28), "intermediate")[0](x).shape[2:] == (14, 14)
+    assert conv_split(model, (1, 28, 28), "last")[0](x).shape[2:] == (7, 7)
+
+
+def test_a_teacher_on_shuffled_labels_is_useless_and_scored_per_party(make_cfg):
+    path = run(make_cfg(*FEDSA, "num_rounds=1", "strategy.teachers.shuffled=[0]", "strategy.teachers.epochs=10"))
+    accuracy = fedsa_log(path)[0]["teacher_accuracy_own_task"]
+    assert accuracy["0"] < 0.75 and min(accuracy[p] for p in ("1", "2", "3")) > 0.9  # 2 classes each: chance 0.5
+    metrics = read_metrics(path)[0]
+    assert len(metrics["selection_similarity_0"]) == 4 and all(0 <= s <= 1 for s in metrics["selection_similarity_0"])
+    assert len(metrics["selection_probability_0"]) == 4
+    p = metrics["selection_probability_0"]
+    assert metrics["useless_teacher_probability"] == pytest.approx(p[0])
+    assert metrics["useless_teacher_margin"] == pytest.approx(min(p[1:]) - p[0])
+
+
+def test_random_and_no_teacher_baselines(make_cfg):
+    drawn = read_metrics(run(make_cfg(*FEDSA, "strategy.selection=random", name="random")))
+    assert all(len(m["selected_teachers"]) == 2 and m["selection_probability_0"] == [0.25] * 4 for m in drawn)
+    assert "useless_teacher_margin" not in drawn[0]  # no teacher is useless by construction here
+    path = run(make_cfg(*FEDSA, "strategy.selection=none", name="none"))
+    assert all(m["clients_sampled"] == 0 and m["bytes_down"] == 0 and "train_loss" not in m for m in read_metrics(path))
+    first, second = (torch.load(path / "checkpoints" / f"round_00000{r}.pt", weights_only=False) for r in (1, 2))
+    student = [k for k in first["arrays"]]
+    assert student and all(np.array_equal(first["arrays"][k], second["arrays"][k]) for k in student)  # the student stays

@@ -142,7 +142,8 @@ NEEDS = {"strategy=fedsa": ["model=cnn"], "attack=april": ["model=vit_tiny", "ba
          "defence=mjp": ["model=vit_tiny"], "strategy=fedfed": ["strategy.distill_rounds=1"]}
 WORK = ("rounds", "epochs", "iterations", "steps", "restarts", "samples", "num_images", "images_per_class", "max_classes",
         "probe_per_class", "num_selected", "sbm_blocks", "width", "hidden", "dim", "depth", "heads", "projection_dim",
-        "generator", "likelihood", "num_neighbours", "num_cpus", "num_threads")
+        "generator", "likelihood", "num_neighbours", "num_cpus", "num_threads",
+        "unroll")  # unroll_limit: a gradient attack replays local training on up to that many samples
 SKIP = ("data_root", "runs_root", "run_dir", "resume", "deploy.", "logger", "device", "strategy.setting", "strategy.client",
         "dataset.download", "strategy.teachers.paths", "attack.lpips_home", "backend.ray_init_args",
         "backend.num_cpus", "backend.num_gpus")  # paths, network, and Ray start-up (checked by the schema tests above)

@@ -35,7 +35,7 @@ class ReportOptions:
 
 
 def lower_is_better(metric: str) -> bool:
-    return "loss" in metric or "dissimilarity" in metric
+    return "loss" in metric or "dissimilarity" in metric or "bytes" in metric
 
 
 def percent(metric: str) -> bool:

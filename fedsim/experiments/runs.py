@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from fedsim.config import CONFIG_DIR
 from fedsim.errors import ConfigError
+from fedsim.experiments.graph import graph_metrics
 
 # Keys that say where or how a run was executed, not what was run: never a reason to group apart.
 BOOKKEEPING = ("run_dir", "runs_root", "resume", "verbose", "data_root", "device", "round_timeout", "connect_timeout",
@@ -67,6 +68,7 @@ def load_runs(paths: list[str]) -> RunTable:
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         if not rows:
             continue
+        graph_metrics(run, rows)
         config = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"), resolve=True)
         config["strategy"] = own_strategy_keys(config["strategy"])
         flat = pd.json_normalize(config, sep=".")
