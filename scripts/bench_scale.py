@@ -30,22 +30,12 @@ import threading
 import time
 from pathlib import Path
 
+from fedsim.processes import descendants
+
 
 def tree_pids(root: int) -> list[int]:
     """``root`` and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
+    return [root, *descendants(root)]
 
 
 def pss_bytes(pid: int) -> int:

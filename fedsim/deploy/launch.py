@@ -25,6 +25,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fedsim.errors import ConfigError, FedsimError
+from fedsim.processes import descendants, running
 
 log = logging.getLogger("fedsim")
 CONNECTION = "fedsim"  # the SuperLink connection name in the run's Flower config
@@ -268,31 +269,6 @@ def refusal_cause(log_text: str, server: str) -> str:
         return f"nothing answers at --server {server}: check the address and that the server runs"
     return ("the server at --server {0} refused this device: register the public key of --auth-key with the server "
             "(deploy.credentials/nodes/), and check that --root-certificates is the server's CA").format(server)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children first), read from /proc; empty where there is no /proc."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended while we read
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, queue = [], [pid]
-    while queue:
-        children = parents.get(queue.pop(0), [])
-        found += children
-        queue += children
-    return found
-
-
-def running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (not ended, not a zombie)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def stop_process_tree(proc: subprocess.Popen, timeout: float = 15.0) -> None:
