@@ -4,7 +4,7 @@ Both run as fresh processes, timed from launch to exit (imports, data loading, s
 shutdown included), on the same workload: FedAvg, small CNN, Fashion-MNIST, Dirichlet(0.5)
 partition, every client trained each round for one local epoch, weighted averaging, and a
 test-set evaluation per round. The plain loop trains the clients one after another in one process
-with all cores; fedsim runs them on Flower's Ray simulation engine (one CPU per client actor).
+with all cores (``scripts/plain_fedavg.py``); fedsim runs them on Flower's Ray simulation engine (one CPU per client actor).
 
     python scripts/bench_overhead.py                      # 10 clients x 5 rounds
     python scripts/bench_overhead.py --clients 10 --rounds 2 --backend inprocess
@@ -18,54 +18,14 @@ client after another in one process (``backend=inprocess``): the ratio is what t
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-
-def plain_loop(clients: int, rounds: int, seed: int) -> float:
-    """The same FedAvg work in plain PyTorch; returns the final test accuracy."""
-    import torch
-    from torch.nn import functional as F
-
-    from fedsim.data import load_dataset, make_partition
-    from fedsim.models import build_model
-
-    ds = load_dataset("fashion_mnist")
-    splits = make_partition(ds.y_train.numpy(), clients, {"name": "dirichlet", "alpha": 0.5, "min_size": 10}, seed)
-    torch.manual_seed(seed)
-    model = build_model("cnn", ds.input_shape, ds.num_classes)
-    global_state = {k: v.clone() for k, v in model.state_dict().items()}
-    acc = 0.0
-    for _ in range(rounds):
-        states, sizes = [], []
-        for split in splits:
-            model.load_state_dict(global_state)
-            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-            x_all, y_all = ds.x_train[torch.from_numpy(split.labeled)], ds.y_train[torch.from_numpy(split.labeled)]
-            order = torch.randperm(len(y_all))
-            model.train()
-            for start in range(0, len(order), 32):
-                idx = order[start : start + 32]
-                opt.zero_grad()
-                F.cross_entropy(model(ds.normalize(x_all[idx])), y_all[idx]).backward()
-                opt.step()
-            states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-            sizes.append(len(y_all))
-        total = sum(sizes)
-        global_state = {
-            k: sum(s[k].double() * (n / total) for s, n in zip(states, sizes)).to(states[0][k].dtype) for k in states[0]
-        }
-        model.load_state_dict(global_state)
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for start in range(0, len(ds.y_test), 1000):
-                x = ds.normalize(ds.x_test[start : start + 1000])
-                correct += (model(x).argmax(1) == ds.y_test[start : start + 1000]).sum().item()
-        acc = correct / len(ds.y_test)
-    return acc
+FLOOR = Path(__file__).with_name("plain_fedavg.py")  # the same FedAvg work as a plain PyTorch loop
 
 
 def timed(cmd: list[str]) -> tuple[float, str]:
@@ -100,17 +60,16 @@ def main() -> None:
     parser.add_argument("--backend", default="simulation", choices=["simulation", "inprocess"])
     parser.add_argument("--strategies", nargs="+", default=[], help=f"also time these (or 'all': {' '.join(STRATEGIES)})")
     parser.add_argument("--samples", type=int, default=None, help="cap on samples per client for the per-strategy runs")
-    parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.plain:
-        print(f"accuracy {plain_loop(args.clients, args.rounds, args.seed):.4f}")
-        return
     strategies = STRATEGIES if args.strategies == ["all"] else args.strategies
 
     fedavg_work = [f"num_clients={args.clients}", f"clients_per_round={args.clients}", "partition=dirichlet", "partition.alpha=0.5"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        plain_s, plain_out = timed([sys.executable, __file__, "--plain", f"--clients={args.clients}", f"--rounds={args.rounds}"])
+        plain_s, plain_out = timed([sys.executable, str(FLOOR), "--model=cnn", "--partition=dirichlet", "--alpha=0.5",
+                                    f"--clients={args.clients}", f"--per-round={args.clients}", f"--rounds={args.rounds}",
+                                    f"--seed={args.seed}", "--evaluate-every-round"])
+        plain_out = f"accuracy {json.loads(plain_out)['accuracy']:.4f}"
         fedsim_s, fedsim_out = timed(fedsim_command("fedavg", args.backend, args, tmp, fedavg_work))
         print(f"workload: FedAvg, CNN, Fashion-MNIST, {args.clients} clients x {args.rounds} rounds x 1 epoch")
         print(f"plain PyTorch loop : {plain_s:8.1f} s   ({plain_out.strip()})")
