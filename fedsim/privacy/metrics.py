@@ -16,8 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from torchmetrics.functional.classification import binary_auroc, binary_roc
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 log = logging.getLogger("fedsim")
 
@@ -36,6 +34,10 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-image SSIM: 11-pixel Gaussian window, sigma 1.5, data range 1."""
+    # torchmetrics is imported where it is used: importing it (and torchvision's models with it)
+    # takes seconds, which every run would pay at start-up although only privacy attacks score images.
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return structural_similarity_index_measure(
         x.float(), y.float(), data_range=1.0, kernel_size=11, sigma=1.5, reduction="none"
     )
@@ -84,6 +86,8 @@ def label_accuracy(predicted: list[int] | torch.Tensor, true: list[int] | torch.
 
 def membership_scores(members: torch.Tensor, non_members: torch.Tensor, fpr: float = 0.01) -> dict[str, float]:
     """AUC and TPR at ``fpr`` of a score that is higher for members."""
+    from torchmetrics.functional.classification import binary_auroc, binary_roc  # see ssim(): imported where used
+
     scores = torch.cat([members, non_members]).double()
     target = torch.cat([torch.ones(len(members)), torch.zeros(len(non_members))]).long()
     fprs, tprs, _ = binary_roc(scores, target)
