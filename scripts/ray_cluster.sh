@@ -16,7 +16,7 @@ $RAY start --address="127.0.0.1:$PORT" --num-cpus="${WORKER_CPUS:-1}" --disable-
 $PY -c "import ray; ray.init(address='127.0.0.1:$PORT', logging_level='ERROR'); print('ray cluster:', len([n for n in ray.nodes() if n['Alive']]), 'nodes,', ray.cluster_resources().get('CPU'), 'CPUs'); ray.shutdown()"
 if [ "${1:-}" = "--bench-scale" ]; then
   shift
-  $PY scripts/bench_scale.py --ray-address "127.0.0.1:$PORT" "$@"
+  $PY scripts/bench_scale.py --backends simulation --ray-address "127.0.0.1:$PORT" "$@"
 else
   $PY -m fedsim run "+backend.ray_init_args.address=127.0.0.1:$PORT" "$@"
 fi
