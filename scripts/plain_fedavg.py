@@ -1,10 +1,10 @@
 """The floor of the benchmarks: FedAvg as a plain single-process PyTorch loop, no framework.
 
 Per round: draw the round's clients exactly as fedsim does (same seeded draw), and for each one
-load the global weights into one model, train one local epoch (SGD lr 0.01, momentum 0.9, weight
+load the global weights into one model, train one local epoch over the same seeded batch order (SGD lr 0.01, momentum 0.9, weight
 decay 1e-4, batch 32: fedsim's defaults) on its samples and add its weights, times its sample
-count, to a running sum; the weighted mean is the next global model. The partition is fedsim's
-(same seed, same split). Run as its own process so that its imports, threads and memory are its
+count, to a running sum; the weighted mean is the next global model. The partition and the
+initial model are fedsim's (same seeds), so both compute the same models up to float rounding. Run as its own process so that its imports, threads and memory are its
 own; prints one JSON line: per-round seconds, final test accuracy, peak RSS.
 
     python scripts/plain_fedavg.py --model mlp --partition iid --clients 10000 --per-round 1000 --rounds 3 --threads 1
@@ -28,11 +28,11 @@ def plain_fedavg(model_name: str, partition: dict, clients: int, per_round: int,
 
     from fedsim.data import load_dataset, make_partition
     from fedsim.models import build_model
-    from fedsim.seeding import rng
+    from fedsim.seeding import rng, seed_torch, torch_generator
 
     ds = load_dataset("fashion_mnist")
     splits = make_partition(ds.y_train.numpy(), clients, partition, seed)
-    torch.manual_seed(seed)
+    seed_torch(seed, "init")  # fedsim's seeded initial model
     model = build_model(model_name, ds.input_shape, ds.num_classes)
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     x_train = ds.normalize(ds.x_train)
@@ -60,7 +60,8 @@ def plain_fedavg(model_name: str, partition: dict, clients: int, per_round: int,
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
             idx = torch.from_numpy(np.asarray(splits[cid].labeled))
             x, y = x_train[idx], ds.y_train[idx]
-            for batch in torch.randperm(len(y)).split(32):
+            order = torch.randperm(len(y), generator=torch_generator(seed, "shuffle", server_round, cid))  # fedsim's batches
+            for batch in order.split(32):
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(model(x[batch]), y[batch]).backward()
                 opt.step()
