@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,13 +41,27 @@ from strategies import load_strategy_class
 log = logging.getLogger("fedsim")
 
 
+class StderrHandler(logging.StreamHandler):
+    """A stream handler writing to whatever ``sys.stderr`` is when a message is logged (a plain
+    StreamHandler keeps the stderr of the moment it was made: a later redirection would miss it or
+    write to a closed stream)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def quiet_logs(verbose: bool) -> None:
     """Keep Flower's and Ray's logging at warning level unless ``verbose``."""
     level = logging.DEBUG if verbose else logging.WARNING
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(level)
     if not logging.getLogger("fedsim").handlers:
-        handler = logging.StreamHandler()
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter("fedsim %(levelname)s: %(message)s"))
         logging.getLogger("fedsim").addHandler(handler)
         logging.getLogger("fedsim").propagate = False

@@ -175,3 +175,23 @@ def test_clip_norm_bounds_every_local_step(make_cfg, clip_norm):
         assert moved > 1e-2
     else:
         assert moved <= 100 * 0.05 * clip_norm
+
+
+def test_warnings_follow_a_redirected_stderr():
+    """fedsim's log handler writes to the stderr of the moment (the CLI's one-line contract is
+    checked by redirecting it), not the one it saw when it was made."""
+    import contextlib
+    import io
+    import logging
+
+    from fedsim.engine import quiet_logs
+
+    earlier = io.StringIO()
+    with contextlib.redirect_stderr(earlier):
+        quiet_logs(False)
+        logging.getLogger("fedsim").warning("first")
+    earlier.close()  # as a finished command's captured stderr
+    later = io.StringIO()
+    with contextlib.redirect_stderr(later):
+        logging.getLogger("fedsim").warning("second")
+    assert later.getvalue() == "fedsim WARNING: second\n"
