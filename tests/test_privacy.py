@@ -293,6 +293,7 @@ def test_fedfed_shared_features_are_attacked(make_cfg):
                                         "attack.decoder_steps=20", "attack.fixed_point_steps=20", "attack.max_samples=32", "num_rounds=1")))
     metrics = {k.removeprefix("attack_setup_"): v for k, v in records[0].items() if k.startswith("attack_setup_")}
     assert metrics["psnr"] == max(metrics["direct_psnr"], metrics["decoder_psnr"], metrics["fixed_point_psnr"]) > 0
+    assert 0 < metrics["reference_psnr"] < 40 and 0 < metrics["reference_ssim"] < 1  # the mean public image: no leakage
 
 
 def test_mjp_vit_trains_in_a_run(make_cfg):

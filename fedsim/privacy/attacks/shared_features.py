@@ -12,7 +12,9 @@ that reveals three ways:
 - ``fixed_point``: since G is known, x solves x - G(x) = x_s; the attack minimises
   ||x - G(x) - x_s||^2 over images x in [0, 1] (Adam from x_s + G(x_s)).
 
-``psnr``/``ssim`` report the strongest of the three (highest PSNR).
+``psnr``/``ssim`` report the strongest of the three (highest PSNR). ``reference_psnr``/``_ssim``
+score the mean public image, the best constant guess of an attacker who learns nothing from the
+shared features: the level below which a reconstruction reveals nothing about a client's images.
 """
 
 from __future__ import annotations
@@ -109,4 +111,7 @@ class SharedFeatureInversion:
             metrics[f"{name}_ssim"] = float(ssim(images, originals).mean())
         strongest = max(candidates, key=lambda name: metrics[f"{name}_psnr"])
         metrics["psnr"], metrics["ssim"] = metrics[f"{strongest}_psnr"], metrics[f"{strongest}_ssim"]
+        reference = (public.float() / 255.0).mean(0, keepdim=True).expand_as(originals)
+        metrics["reference_psnr"] = float(psnr(reference, originals).mean())
+        metrics["reference_ssim"] = float(ssim(reference.contiguous(), originals).mean())
         return AttackResult(metrics, originals[:8], candidates[strongest][:8])
