@@ -24,7 +24,7 @@ import yaml
 from fedsim.errors import ConfigError
 from fedsim.experiments.report import ReportOptions, build_report, lower_is_better, percent
 from fedsim.experiments.report_files import write_report
-from fedsim.experiments.runs import load_runs
+from fedsim.experiments.runs import as_text, load_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "reproductions"
@@ -67,6 +67,19 @@ def verdict(row: dict, metric: str, seeds: int, rounds: int) -> str:
     return "inconclusive (the interval contains 0)"
 
 
+def matching_group(better: list[str], groups: list[str], configs) -> str | None:
+    """The group label holding every ``key=value`` of ``better``. A key that no label names does not
+    vary among the runs (e.g. the runs that would set it otherwise are not committed yet): the runs
+    that have it must then all have the wanted value, else nothing matches."""
+    named = {item.split("=", 1)[0] for g in groups for item in g.split(", ")}
+    for item in better:
+        key, value = item.split("=", 1)
+        if key not in named and (key not in configs or value not in set(as_text(configs[[key]])[key]) - {""}):
+            return None
+    wanted = {item for item in better if item.split("=", 1)[0] in named}
+    return next((g for g in groups if wanted <= set(g.split(", "))), None)
+
+
 def fmt(value: float, metric: str) -> str:
     return f"{value * 100:.2f}" if percent(metric) else f"{value:.4g}"
 
@@ -88,7 +101,8 @@ def render_claim(claim: dict) -> tuple[list[str], list[str]]:
         out = DOCS / f"claim_{claim['id']}" / f"{k + 1}-{metric}-vs-{'_'.join(comparison['baseline']).replace('=', '-')}"
         last = int(comparison.get("last", claim["last"]))
         options = ReportOptions(metrics, [], list(comparison["baseline"]), None, last, comparison.get("compare", claim["compare"]), out)
-        title = comparison.get("label") or f"{comparison['better']} vs {' '.join(comparison['baseline'])}"
+        better = [comparison["better"]] if isinstance(comparison["better"], str) else list(comparison["better"])
+        title = comparison.get("label") or f"{', '.join(better)} vs {' '.join(comparison['baseline'])}"
         title += f", `{metric}`"
         try:
             report = build_report(runs, options)
@@ -98,8 +112,7 @@ def render_claim(claim: dict) -> tuple[list[str], list[str]]:
             continue
         _, table = write_report(report, [str(Path(d).relative_to(ROOT)) for d in dirs])
         rows_by_group = report.table.set_index("group")
-        better = [comparison["better"]] if isinstance(comparison["better"], str) else list(comparison["better"])
-        label = next((g for g in rows_by_group.index if set(better) <= set(g.split(", "))), None)
+        label = matching_group(better, list(rows_by_group.index), runs.configs)
         if label is None or "diff" not in rows_by_group:
             decision, ours = "not run yet", "-"
         else:
