@@ -107,6 +107,7 @@ def kill_client_during_round_2(tmp: Path, clients: list[subprocess.Popen], srv: 
                300, "the dead client to be reported")
 
 
+@pytest.mark.slow  # ~2 min: the default suite keeps one full deployment (TLS, three clients, run end)
 def test_a_killed_client_is_dropped_and_the_run_completes(federation):
     tmp, server, client = federation
     srv = server("num_rounds=3", "round_timeout=30")
@@ -155,6 +156,7 @@ def test_a_client_without_a_server_gives_up_with_one_line(federation):
     assert last.startswith("fedsim: error: client 0: nothing answers at --server") and "after 2 attempts" in last
 
 
+@pytest.mark.slow  # ~2.5 min
 def test_a_restarted_server_resumes_from_its_checkpoint(federation):
     tmp, server, client = federation
     first = server("num_rounds=4", "checkpoint_every=1")
