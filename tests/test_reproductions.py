@@ -31,3 +31,15 @@ def test_committed_page_is_what_render_writes(tmp_path, monkeypatch):
     finally:
         (root / "docs" / "REPRODUCTIONS.md").write_text(before)
         (root / "README.md").write_text(readme)
+
+
+def test_a_claimed_group_is_matched_on_the_keys_that_vary_and_the_values_the_runs_have():
+    import pandas as pd
+
+    groups = ["strategy=fedavg", "strategy=twinsight"]  # np_weight does not vary: only the twinsight runs have it
+    configs = pd.DataFrame({"strategy.name": ["fedavg", "twinsight"], "strategy.np_weight": [None, 1.0]})
+    match = reproductions.matching_group
+    assert match(["strategy=twinsight", "strategy.np_weight=1.0"], groups, configs) == "strategy=twinsight"
+    assert match(["strategy=twinsight", "strategy.np_weight=0.015625"], groups, configs) is None  # its runs are not there
+    both = ["strategy=twinsight, strategy.np_weight=0.015625", "strategy=twinsight, strategy.np_weight=1.0"]
+    assert match(["strategy=twinsight", "strategy.np_weight=1.0"], both, configs) == both[1]
