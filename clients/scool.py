@@ -49,6 +49,9 @@ def mix_updates(start: State, updates: list[State], weights: list[float]) -> Sta
     return mixed
 
 
+START = "start."  # the official variant's client state keeps the model it trained from (its update's origin)
+
+
 class SCooLClient(PeerClient):
     def official(self) -> bool:
         return self.env.cfg.strategy.variant == "official"
@@ -56,7 +59,7 @@ class SCooLClient(PeerClient):
     def initial_state(self, initial: State) -> State:
         if not self.official():
             return initial
-        return {**prefixed(protocol.MODEL, initial), **prefixed("start.", initial)}
+        return {**prefixed(protocol.MODEL, initial), **prefixed(START, initial)}
 
     def model_weights(self, state: State) -> State:
         return part(state, protocol.MODEL) if self.official() else state
@@ -86,7 +89,7 @@ class SCooLClient(PeerClient):
 
     def combine(self, state: State, peers: dict[int, ArrayRecord], content: RecordDict) -> State:
         own = self.model_weights(state)
-        self.start = part(state, "start.") if self.official() else own
+        self.start = part(state, START) if self.official() else own
         if not peers or "graph" not in content.config_records:
             self.start = own  # own weight 1: start + delta is the trained model
             return own
@@ -127,12 +130,12 @@ class SCooLClient(PeerClient):
 
     def next_state(self, model: nn.Module, state: State, server_round: int) -> State:
         trained = super().next_state(model, state, server_round)
-        return {**prefixed(protocol.MODEL, trained), **prefixed("start.", self.start)} if self.official() else trained
+        return {**prefixed(protocol.MODEL, trained), **prefixed(START, self.start)} if self.official() else trained
 
     def share(self, model: nn.Module, state: State) -> ArrayRecord:
         if not self.official():
             return super().share(model, state)
-        trained, start = part(state, protocol.MODEL), part(state, "start.")
+        trained, start = part(state, protocol.MODEL), part(state, START)
         return protocol.pack(trained, {k: v - start[k] if v.is_floating_point() else torch.zeros_like(v) for k, v in trained.items()})
 
 
