@@ -291,3 +291,13 @@ def test_missing_tracking_package_is_one_line(tmp_path, monkeypatch, capsys):
     assert main(["run", *FAST, "logger=tensorboard", f"run_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == 'fedsim: error: logger=tensorboard needs the \'tensorboard\' package: pip install "fedsim[tensorboard]"'
+
+
+def test_runs_keep_integer_keys_and_fill_keys_older_runs_lacked(tmp_path):
+    """An integer key stays '4' where other runs have null (it used to become 4.0 and match no
+    '--baseline k=4'); a top-level key a run's fedsim did not have yet reads as its default."""
+    fake_run(tmp_path / "a", 0, [0.5], partition={"labeled_clients": 4}, augment="none")
+    fake_run(tmp_path / "b", 0, [0.6], partition={"labeled_clients": None})  # written before `augment` existed
+    configs = load_runs([str(tmp_path)]).configs
+    assert sorted(map(str, configs["partition.labeled_clients"])) == ["4", "None"]
+    assert list(configs["augment"]) == ["none", "none"]

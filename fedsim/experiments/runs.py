@@ -61,9 +61,19 @@ def own_strategy_keys(strategy: dict) -> dict:
     return {k: v for k, v in strategy.items() if k in own}
 
 
+def base_defaults() -> dict:
+    """The top-level keys of configs/config.yaml that are not groups (seed, augment, optimizer.*,
+    ...), flattened: what a run saved before a key existed ran with (a new key's default keeps the
+    earlier behaviour)."""
+    base = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "config.yaml"))
+    base.pop("defaults", None)
+    return pd.json_normalize(base, sep=".").iloc[0].to_dict()
+
+
 def load_runs(paths: list[str]) -> RunTable:
     """Configs and per-round metrics of every run under ``paths`` (runs that logged no round are left out)."""
     configs, metrics = [], []
+    defaults = base_defaults()
     for run in find_run_dirs(paths):
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         if not rows:
@@ -72,13 +82,14 @@ def load_runs(paths: list[str]) -> RunTable:
         config = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"), resolve=True)
         config["strategy"] = own_strategy_keys(config["strategy"])
         flat = pd.json_normalize(config, sep=".")
+        for key in defaults.keys() - set(flat.columns):  # a key the run's fedsim did not have yet
+            flat[key] = [defaults[key]]
         flat.index = [str(run)]
-        configs.append(flat)
+        configs.append(flat.map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v))  # lists compare as text
         frame = pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in rows])
         frame.insert(0, "run", str(run))
         metrics.append(frame)
     if not configs:
         raise ConfigError(f"no run under {', '.join(paths)} has finished a round yet")
-    table = pd.concat(configs)
-    table = table.map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)  # lists compare as text
+    table = pd.concat([c.astype(object) for c in configs])  # an int stays an int where other runs lack the key
     return RunTable(table, pd.concat(metrics, ignore_index=True))
