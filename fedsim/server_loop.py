@@ -117,7 +117,8 @@ class RoundLoop:
         return own, lost
 
     def admit_new_nodes(self) -> None:
-        """Clients that connected since the last round (a restarted device rejoins on a new node)."""
+        """Clients that connected since the last round (a device that was not there at the start; a restarted
+        one comes back on its old node once Flower lets its key in again)."""
         known = set(self.strategy.node_of.values())
         new = sorted(n for n in self.grid.get_node_ids() if n not in known)
         if not new:

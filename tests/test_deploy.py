@@ -15,7 +15,7 @@ import pytest
 
 from fedsim.config import compose
 from fedsim.deploy.credentials import make_node_keys, make_tls
-from fedsim.deploy.launch import free_port
+from fedsim.deploy.launch import client_parser, free_port, retry_wait
 from fedsim.engine import run
 from tests.conftest import read_metrics
 
@@ -120,6 +120,15 @@ def test_a_killed_client_is_dropped_and_the_run_completes(federation):
         assert r["clients_ok"] == 2 and [d["client"] for d in r["dropped"]] == [2] and not r.get("failed")
 
 
+def test_default_retries_outlast_flowers_hold_on_a_restarted_devices_key():
+    """Flower refuses a key until its old session misses HEARTBEAT_PATIENCE heartbeats."""
+    from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
+
+    retries = client_parser().parse_args(["--server", "h:1", "--partition-id", "0"]).max_retries
+    assert sum(retry_wait(a) for a in range(1, retries + 1)) > HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL
+    assert [retry_wait(a) for a in (1, 2, 3)] == [3, 6, 12]
+
+
 @pytest.mark.slow
 def test_a_restarted_client_rejoins_a_later_round(federation):
     """Flower lets a key back in once its old session has expired (about a minute), so this runs long."""
@@ -134,6 +143,7 @@ def test_a_restarted_client_rejoins_a_later_round(federation):
     dropped_at = min(r["round"] for r in records if any(d["client"] == 2 for d in r.get("dropped", [])))
     assert all(r["clients_ok"] >= 2 for r in records)
     assert any(r["clients_ok"] == 3 for r in records if r["round"] > dropped_at)  # back after its restart
+    assert "retrying in" in (tmp / "client2.log").read_text()  # it was refused while its old session held the key
 
 
 def test_a_client_with_an_unknown_key_is_refused(federation):

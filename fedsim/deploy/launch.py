@@ -208,6 +208,17 @@ def cmd_server(args: list[str]) -> int:
 
 
 # -- client --------------------------------------------------------------------------------------
+RETRY_FIRST_WAIT = 3.0  # seconds before the second attempt; doubles per attempt up to RETRY_MAX_WAIT
+RETRY_MAX_WAIT = 60.0
+
+
+def retry_wait(attempt: int) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based). Flower keeps a device's key
+    taken until its old session misses two 30 s heartbeats, so a restarted device is refused for up
+    to a minute; the doubling waits of the default ``--max-retries`` span that."""
+    return min(RETRY_FIRST_WAIT * 2 ** (attempt - 1), RETRY_MAX_WAIT)
+
+
 def client_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fedsim client", description="Start a fedsim edge client (a Flower SuperNode).")
     parser.add_argument("--server", required=True, help="HOST:PORT of the fedsim server (its SuperLink)")
@@ -219,7 +230,9 @@ def client_parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth-key", help="this device's private key (its .pub must be registered with the server)")
     parser.add_argument("--insecure", action="store_true", help="plain HTTP, no authentication (local trials only)")
     parser.add_argument("--connect-timeout", type=float, default=120.0, help="seconds each attempt waits for an unreachable server")
-    parser.add_argument("--max-retries", type=int, default=3, help="attempts after the first when the server is unreachable or refuses this device")
+    parser.add_argument("--max-retries", type=int, default=5,
+                        help="attempts after the first when the server is unreachable or refuses this device, "
+                             f"{RETRY_FIRST_WAIT:g} s apart and doubling (the defaults span the minute a restarted device's old session holds its key)")
     parser.add_argument("--keep-waiting", action="store_true", help="stay connected for the next run when a run ends (as a SuperNode does)")
     parser.add_argument("--verbose", action="store_true", help="show Flower's and gRPC's logs (otherwise in <state-dir>/client-K/supernode.log)")
     return parser
@@ -336,5 +349,6 @@ def cmd_client(args: list[str]) -> int:
         if attempt > opts.max_retries:
             where = "" if opts.verbose else f"; Flower's log: {log_path}"
             raise FedsimError(f"client {opts.partition_id}: {cause} (gave up after {attempt} attempts{where})")
-        print(f"client {opts.partition_id}: attempt {attempt} of {opts.max_retries + 1}: {cause}", flush=True)
-        time.sleep(3.0)
+        wait = retry_wait(attempt)
+        print(f"client {opts.partition_id}: attempt {attempt} of {opts.max_retries + 1}: {cause}; retrying in {wait:g} s", flush=True)
+        time.sleep(wait)
