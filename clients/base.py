@@ -97,8 +97,31 @@ def optimizer_momentum(cfg: Any) -> float:
 
 
 def make_optimizer(model: nn.Module, cfg: Any, lr: float) -> torch.optim.Optimizer:
-    """The local optimizer named in ``cfg.optimizer`` (sgd or adam), at learning rate ``lr``."""
+    """The local optimizer named in ``cfg.optimizer`` (sgd or adam) over the trainable parameters
+    of ``model``, at learning rate ``lr``, with no state (momentum, moments) from earlier use.
+
+    Building a torch optimizer costs about as much as a small client's whole local step, so the
+    optimizer of the same parameters and config is kept and reset (its state cleared, ``lr`` set):
+    the same as a new one."""
     params = [p for p in model.parameters() if p.requires_grad]
+    key = (id(cfg), *map(id, params))
+    kept = _optimizers.pop(key, None)
+    if kept is None:
+        kept = (cfg, new_optimizer(params, cfg, lr))  # holding cfg and the parameters keeps their ids unique
+    _optimizers[key] = kept
+    while len(_optimizers) > 8:
+        _optimizers.pop(next(iter(_optimizers)))
+    optimizer = kept[1]
+    optimizer.state.clear()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return optimizer
+
+
+_optimizers: dict[tuple[int, ...], tuple[Any, torch.optim.Optimizer]] = {}  # the last used, oldest first
+
+
+def new_optimizer(params: list[nn.Parameter], cfg: Any, lr: float) -> torch.optim.Optimizer:
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.name == "adam":
@@ -109,12 +132,20 @@ def make_optimizer(model: nn.Module, cfg: Any, lr: float) -> torch.optim.Optimiz
 class Client:
     """FedAvg client: load the global model, train E local epochs, send the weights back."""
 
+    # Whether the client's unlabeled samples count in its weight (semi-supervised clients).
+    counts_unlabeled = False
+
     def __init__(self, env: ClientEnv) -> None:
         self.env = env
 
+    @classmethod
+    def train_examples(cls, labeled: int, unlabeled: int) -> int:
+        """Samples a client with these counts trains on (its weight in averaging), known without
+        building it: the labeled ones, plus the unlabeled ones where ``counts_unlabeled``."""
+        return labeled + (unlabeled if cls.counts_unlabeled else 0)
+
     def num_train_examples(self) -> int:
-        """Samples this client trains on (its weight in averaging): the labeled ones by default."""
-        return len(self.env.data)
+        return self.train_examples(len(self.env.data), len(self.env.unlabeled))
 
     # -- hooks for subclasses -------------------------------------------------------------
     def loss(self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ so that x_s + x_r normalised equals x normalised.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -289,6 +289,11 @@ def fedfed_client_class(base_name: str) -> type[Client]:
     return type(f"FedFed{base.__name__}", (FedFedMixin, base), {})
 
 
+def client_class(cfg: Any) -> type[Client]:
+    """The FedFed client class over the configured base algorithm's client (``strategy.base``)."""
+    return fedfed_client_class(str(cfg.strategy.base))
+
+
 def CLIENT(env: ClientEnv) -> Client:
     """The FedFed client over the configured base algorithm's client (``strategy.base``)."""
-    return fedfed_client_class(str(env.cfg.strategy.base))(env)
+    return client_class(env.cfg)(env)

@@ -32,9 +32,7 @@ def cycled_batches(n: int, size: int, generator: torch.Generator) -> Iterator[to
 
 class FixMatchClient(Client):
     UNLABELED = -1
-
-    def num_train_examples(self) -> int:
-        return len(self.env.data) + len(self.env.unlabeled)
+    counts_unlabeled = True
 
     def batches(self, config: ConfigRecord, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Raw uint8 batches of labeled samples followed by unlabeled ones (label -1)."""

@@ -20,37 +20,31 @@ import os
 from itertools import count
 from typing import Any, Callable, Iterable
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedsim.client_host import ClientHost
 from fedsim.link_state import node_indexed_link_state
+from fedsim.reduction import PartialSum
 
 ServerMain = Callable[[Grid], None]
 
 
-class InProcessGrid(Grid):
-    """A Grid whose nodes are ClientApp calls in this process (node id = client id + 1)."""
+class SimulatedGrid(Grid):
+    """A Grid over simulated nodes 1..N (node id = client id + 1) that knows each client's sample
+    count from the partition (``sizes``), so discovery needs no message per registered client, and
+    that can return summed train replies (:meth:`send_and_reduce`)."""
 
-    def __init__(self, client_app: ClientApp, num_nodes: int) -> None:
-        self.client_app = client_app
-        self.contexts = {
-            cid + 1: Context(
-                run_id=0,
-                node_id=cid + 1,
-                node_config={"partition-id": cid, "num-partitions": num_nodes},
-                state=RecordDict(),
-                run_config={},
-            )
-            for cid in range(num_nodes)
-        }
+    def __init__(self, sizes: dict[int, int]) -> None:
+        self.sizes = sizes
         self._ids = count()
         self._pending: dict[str, Message] = {}
 
-    def set_run(self, run: Run) -> None:  # the in-process grid serves exactly one run
+    def set_run(self, run: Run) -> None:  # a simulated grid serves exactly one run
         self._run = run
 
     @property
@@ -61,7 +55,11 @@ class InProcessGrid(Grid):
         return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl)
 
     def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
+        return range(1, len(self.sizes) + 1)
+
+    def directory(self) -> tuple[dict[int, int], dict[int, int]]:
+        """(client id -> node id, client id -> sample count), as the handshake would learn them."""
+        return {cid: cid + 1 for cid in self.sizes}, dict(self.sizes)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
@@ -72,24 +70,33 @@ class InProcessGrid(Grid):
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._deliver(self._pending.pop(key)) for key in message_ids if key in self._pending]
+        return self.send_and_receive([self._pending.pop(key) for key in message_ids if key in self._pending])
+
+    def send_and_reduce(self, messages: list[Message], param_keys: list[str], timeout: float | None = None) -> PartialSum:
+        """Deliver train ``messages`` that all carry the same global 'arrays' and return their
+        replies summed (:class:`~fedsim.reduction.PartialSum`)."""
+        raise NotImplementedError
+
+
+class InProcessGrid(SimulatedGrid):
+    """A Grid whose nodes are ClientApp calls in this process, one message after another."""
+
+    def __init__(self, client_app: ClientApp, sizes: dict[int, int]) -> None:
+        super().__init__(sizes)
+        self.host = ClientHost(client_app, len(sizes))
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages))
+        return self.host.deliver_all(list(messages))
 
-    def _deliver(self, msg: Message) -> Message:
-        context = self.contexts[msg.metadata.dst_node_id]
-        try:
-            return self.client_app(msg, context)
-        except Exception as err:  # a failing client becomes an error reply, as in Flower's runtimes
-            return Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+    def send_and_reduce(self, messages: list[Message], param_keys: list[str], timeout: float | None = None) -> PartialSum:
+        return self.host.reduce(messages, param_keys, self.sizes)
 
 
-def run_inprocess(main: ServerMain, client_app: ClientApp, num_clients: int) -> None:
+def run_inprocess(main: ServerMain, client_app: ClientApp, sizes: dict[int, int]) -> None:
     # Messages take their run and source ids from the process's task identity, which Flower's
     # runtimes set for the ServerApp; here this process is that runtime.
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 0, SUPERLINK_NODE_ID
-    main(InProcessGrid(client_app, num_clients))
+    main(InProcessGrid(client_app, sizes))
 
 
 def run_ray(main: ServerMain, client_app: ClientApp, num_clients: int, backend: Any, verbose: bool) -> None:

@@ -81,7 +81,7 @@ class ClientRuntime:
 
     @cached_property
     def client_class(self) -> type[Client]:
-        return load_client_class(self.cfg.strategy.client)
+        return load_client_class(self.cfg.strategy.client, self.cfg)
 
     def local_data(self, indices, test: bool = False) -> LocalData:
         idx = torch.from_numpy(indices)
@@ -104,6 +104,11 @@ class ClientRuntime:
             return train, LocalData(train.x[:0], train.y[:0], train.dataset), test
         split = self.splits[client_id]
         return self.local_data(split.labeled), self.local_data(split.unlabeled), self.local_data(self.test_splits[client_id], test=True)
+
+    def train_sizes(self) -> dict[int, int]:
+        """Client id -> the samples it trains on, from the partition (no client is built)."""
+        cls = self.client_class
+        return {cid: cls.train_examples(len(split.labeled), len(split.unlabeled)) for cid, split in enumerate(self.splits)}
 
     def client(self, client_id: int) -> Client:
         data, unlabeled, test = self.client_data(client_id)
@@ -133,7 +138,7 @@ def client_id_of(context: Context) -> int:
 
 def make_client_app(cfg: dict[str, Any]) -> ClientApp:
     """Build the ClientApp for a resolved run config (a plain dict, so it ships to Ray actors)."""
-    runtime = ClientRuntime(cfg)
+    runtime = shared_runtime(json.dumps(cfg, sort_keys=True))
     app = ClientApp(mods=client_mods(runtime.cfg, runtime.defence, lambda cid: runtime.client(cid).env, client_id_of))
 
     @app.query()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -20,7 +21,7 @@ from clients.base import LocalData
 from fedsim import __version__
 from fedsim.backends import run_inprocess, run_ray
 from fedsim.checkpoint import latest_checkpoint
-from fedsim.client_app import make_client_app, resolve_device
+from fedsim.client_app import make_client_app, resolve_device, shared_runtime
 from fedsim.config import override_key, validate
 from fedsim.data import dataset_from_config, make_partition
 from fedsim.data.partition import label_histograms
@@ -36,6 +37,7 @@ from fedsim.seeding import seed_torch
 from fedsim.server_loop import RoundLoop
 from fedsim.tracking import RunLogger, loggers_from_config
 from fedsim.validation import check_plugins
+from fedsim.worker_pool import run_pool
 from strategies import load_strategy_class
 
 log = logging.getLogger("fedsim")
@@ -226,12 +228,16 @@ def run(cfg: DictConfig) -> Path:
     job = server_job(cfg)
     t0 = time.time()
     show(job.banner())
-    client_app = make_client_app(OmegaConf.to_container(cfg, resolve=True))
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    client_app = make_client_app(cfg_dict)
+    sizes = shared_runtime(json.dumps(cfg_dict, sort_keys=True)).train_sizes()
     # Float results depend on the number of threads a reduction is split over: set it from config.
     # On Ray the server's own work (evaluation, aggregation) runs while the client actors wait.
     torch.set_num_threads(int(cfg.backend.get("num_threads", 0)) or os.cpu_count() or 1)
     if cfg.backend.name == "inprocess":
-        run_inprocess(job.serve, client_app, cfg.num_clients)
+        run_inprocess(job.serve, client_app, sizes)
+    elif cfg.backend.engine == "pool":
+        run_pool(job.serve, client_app, sizes, cfg.backend, bool(cfg.verbose))
     else:
         run_ray(job.serve, client_app, cfg.num_clients, cfg.backend, bool(cfg.verbose))
     return job.finish(time.time() - t0)

@@ -1,24 +1,129 @@
-"""Helpers around Flower records: model <-> ArrayRecord, payload sizes, validity checks."""
+"""Helpers around Flower records: model <-> ArrayRecord, payload sizes, validity checks.
+
+A Flower :class:`~flwr.app.Array` holds its values serialized (NumPy's ``.npy`` bytes) and parses
+them again on every ``numpy()``. Where sender and receiver share a process (a simulation's client
+and its aggregation, a worker's clients and the global model they all load) that round trip is
+most of a small client's cost, so fedsim reads arrays through :func:`tensor_of`, which parses an
+Array once, and its clients reply with :class:`TensorArray`, which serializes only when its bytes
+are needed (a message leaving for another machine).
+"""
 
 from __future__ import annotations
 
+import io
 import math
-from typing import Any
+import weakref
+from functools import lru_cache
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import nn
+
+_decoded: dict[int, torch.Tensor] = {}  # id(Array) -> its parsed values, dropped with the Array
+
+
+class TensorArray(Array):
+    """An :class:`~flwr.app.Array` that keeps its tensor and serializes it on first need.
+
+    Equal to the Array Flower would build from the same tensor (same dtype, shape, ``.npy`` bytes);
+    it pickles as the tensor alone, and deflates for the wire under Flower's own class name, so
+    that a receiver inflates a plain Array.
+    """
+
+    __qualname__ = "Array"
+
+    def __init__(self, tensor: torch.Tensor) -> None:  # pylint: disable=super-init-not-called
+        self.__dict__.update(dtype=numpy_dtype(tensor.dtype), shape=tuple(tensor.shape), stype="numpy.ndarray", _tensor=tensor)
+
+    @property  # type: ignore[override]
+    def data(self) -> bytes:
+        if "_data" not in self.__dict__:
+            self.__dict__["_data"] = Array(self._tensor.numpy()).data
+        return self.__dict__["_data"]
+
+    @data.setter
+    def data(self, value: bytes) -> None:
+        self.__dict__["_data"] = value
+
+    def numpy(self) -> np.ndarray:
+        return self._tensor.numpy().copy()
+
+    def num_bytes(self) -> int:
+        """Length of ``data`` without serializing."""
+        return npy_header_bytes(self.dtype, self.shape) + self._tensor.numel() * self._tensor.element_size()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k in ("dtype", "shape", "stype", "_tensor")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+@lru_cache(maxsize=None)
+def numpy_dtype(dtype: torch.dtype) -> str:
+    return str(torch.empty(0, dtype=dtype).numpy().dtype)
+
+
+@lru_cache(maxsize=None)
+def npy_header_bytes(dtype: str, shape: tuple[int, ...]) -> int:
+    """Bytes of the ``.npy`` header NumPy writes before an array of this dtype and shape."""
+    buffer = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.tell()
+
+
+def tensor_of(array: Array) -> torch.Tensor:
+    """The values of ``array`` as a CPU tensor, parsed once per Array: treat it as read-only."""
+    if isinstance(array, TensorArray):
+        return array._tensor
+    key = id(array)
+    found = _decoded.get(key)
+    if found is None:
+        found = _decoded[key] = torch.from_numpy(array.numpy())
+        weakref.finalize(array, _decoded.pop, key, None)
+    return found
+
+
+def tensor_record(tensors: dict[str, torch.Tensor]) -> ArrayRecord:
+    """An ArrayRecord of :class:`TensorArray` holding ``tensors`` (CPU tensors the record now owns)."""
+    record = ArrayRecord()  # filled item by item: ArrayRecord({...}) would serialize each Array
+    for key, tensor in tensors.items():
+        record[key] = TensorArray(tensor)
+    return record
 
 
 def model_to_record(model: nn.Module) -> ArrayRecord:
-    """The model's full state (parameters and buffers) as an ArrayRecord."""
-    return ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    """The model's full state (parameters and buffers) as an ArrayRecord (of copies)."""
+    return tensor_record({k: v.detach().to("cpu", copy=True) for k, v in model_state(model).items()})
 
 
 def load_record(model: nn.Module, record: ArrayRecord) -> None:
-    """Copy an ArrayRecord into the model in place (dtypes follow the model)."""
-    model.load_state_dict(record.to_torch_state_dict(), strict=True)
+    """Copy an ArrayRecord into the model in place (dtypes follow the model; the same keys, as
+    ``load_state_dict(strict=True)`` requires)."""
+    state = model_state(model)
+    values = {k: tensor_of(v) for k, v in record.items()}
+    if state.keys() != values.keys() or any(t.shape != values[k].shape for k, t in state.items()):
+        model.load_state_dict(values, strict=True)  # raises, naming the keys or shapes
+    with torch.no_grad():
+        for key, target in state.items():
+            target.copy_(values[key])
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict(keep_vars=True)`` (the parameters and buffers themselves), kept while the
+    model holds the same ones: building a state dict costs more than a small client's copy of it."""
+    tensors = (*map(id, model.parameters()), *map(id, model.buffers()))
+    found = _states.get(id(model))
+    if found is None or found[0] != tensors:
+        found = _states[id(model)] = (tensors, model.state_dict(keep_vars=True))
+        weakref.finalize(model, _states.pop, id(model), None)
+    return found[1]
+
+
+_states: dict[int, tuple[tuple[int, ...], dict[str, torch.Tensor]]] = {}  # id(model) -> (ids of its tensors, state)
 
 
 def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -31,7 +136,7 @@ def from_numpy(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 
 def record_bytes(record: ArrayRecord) -> int:
     """Bytes of an ArrayRecord's serialized arrays (what crosses the wire)."""
-    return sum(len(a.data) for a in record.values())
+    return sum(a.num_bytes() if isinstance(a, TensorArray) else len(a.data) for a in record.values())
 
 
 def payload_bytes(content: RecordDict) -> int:
@@ -68,11 +173,34 @@ def non_finite_metric(metrics: Any) -> str | None:
     return None
 
 
+def train_reply_problem(content: RecordDict, model_record: str, model_problem: Callable[[ArrayRecord], str | None]) -> str | None:
+    """Why a train reply's content cannot be aggregated, or None: its model ArrayRecord
+    ``model_record`` and 'metrics' present, a positive 'num-examples', finite metrics and arrays,
+    and no ``model_problem`` (keys, shapes against the global model)."""
+    if model_record not in content.array_records or "metrics" not in content.metric_records:
+        return f"malformed reply: needs an '{model_record}' ArrayRecord and a 'metrics' MetricRecord"
+    examples = content["metrics"].get("num-examples", 0)
+    if not isinstance(examples, (int, float)) or not math.isfinite(examples) or examples <= 0:
+        return "malformed reply: 'num-examples' missing or not a positive number"
+    bad_metric = non_finite_metric(content["metrics"])
+    if bad_metric:
+        return f"returned a non-finite metric '{bad_metric}'"
+    mismatch = model_problem(content[model_record])
+    if mismatch:
+        return f"returned {mismatch}"
+    for name, record in content.array_records.items():
+        bad = non_finite(record)
+        if bad:
+            return f"returned NaN/Inf in '{name}/{bad}'"
+    return None
+
+
 def non_finite(record: ArrayRecord) -> str | None:
     """Name of the first array holding NaN or Inf, or None."""
     for key, arr in record.items():
-        values = arr.numpy()
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
+        values = tensor_of(arr)
+        # A sum is finite when every term is (the exact test runs only where it is not: overflow).
+        if values.is_floating_point() and not math.isfinite(float(values.sum())) and not bool(torch.isfinite(values).all()):
             return key
     return None
 
@@ -83,12 +211,15 @@ def weighted_average(records: list[ArrayRecord], weights: list[float]) -> ArrayR
     Each array keeps its dtype; integer buffers (e.g. BatchNorm's step counter) are rounded.
     """
     total = float(sum(weights))
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, torch.Tensor] = {}
     for key in records[0].keys():
-        acc = None
+        acc = torch.zeros(tuple(records[0][key].shape), dtype=torch.float64)
         for record, w in zip(records, weights):
-            term = record[key].numpy().astype(np.float64) * (w / total)
-            acc = term if acc is None else acc + term
-        dtype = records[0][key].numpy().dtype
-        out[key] = (np.rint(acc) if dtype.kind in "iu" else acc).astype(dtype)
-    return from_numpy(out)
+            acc.add_(tensor_of(record[key]), alpha=w / total)
+        out[key] = cast_like(acc, tensor_of(records[0][key]).dtype)
+    return tensor_record(out)
+
+
+def cast_like(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A float64 accumulation back to a model dtype (integer buffers rounded)."""
+    return (values.round() if not dtype.is_floating_point else values).to(dtype)

@@ -143,6 +143,7 @@ class InProcess:
 
 @dataclass(kw_only=True)
 class Simulation(InProcess):
+    engine: Literal["pool", "flower"] = spec("pool: one Ray worker per num_cpus, many clients per task; flower: Flower's engine, one actor call per message")
     num_cpus: float = spec("CPUs per client actor", gt=0)
     num_gpus: float = spec("GPUs per client actor (fractions share one)", ge=0)
     ray_init_args: dict = spec("arguments of ray.init, e.g. {address: auto}")

@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedsim.backends import SimulatedGrid
 from fedsim.checkpoint import Checkpoint, save_checkpoint
 from fedsim.client_state import discard_after
 from fedsim.errors import FedsimError, RoundFailedError
@@ -23,8 +25,9 @@ from fedsim.privacy.defences.dp import PrivacyLedger
 from fedsim.privacy.report import round_means
 from fedsim.progress import round_line, show
 from fedsim.records import payload_bytes
+from fedsim.reduction import client_error
 from fedsim.results import RunDirectory
-from fedsim.strategy import FedsimStrategy, client_error
+from fedsim.strategy import FedsimStrategy
 from fedsim.tracking import RunLogger
 
 log = logging.getLogger("fedsim")
@@ -43,8 +46,20 @@ def handshake(grid: Grid, nodes: list[int], timeout: float) -> list[tuple[int, i
     return answers
 
 
+def shares_global_arrays(messages: list[Message]) -> bool:
+    """Whether every message carries the same 'arrays' record (the global model), and nothing else
+    per client: what :meth:`SimulatedGrid.send_and_reduce` sums against."""
+    if not messages or "arrays" not in messages[0].content.array_records:
+        return False
+    first = messages[0].content["arrays"]
+    return all(m.content["arrays"] is first and len(m.content.array_records) == 1 for m in messages)
+
+
 def discover_clients(grid: Grid, expected: int, timeout: float) -> tuple[dict[int, int], dict[int, int]]:
-    """Ask every connected node which client it hosts: (client id -> node id, client id -> #examples)."""
+    """Ask every connected node which client it hosts: (client id -> node id, client id -> #examples).
+    A simulated grid knows the answer from the partition, without a message per registered client."""
+    if isinstance(grid, SimulatedGrid):
+        return grid.directory()
     deadline = time.time() + timeout
     nodes = sorted(grid.get_node_ids())
     while len(nodes) < expected and time.time() < deadline:
@@ -129,6 +144,35 @@ class RoundLoop:
             node_of[cid], sizes[cid] = node, size
         self.strategy.set_clients(node_of, sizes)
 
+    def train_round(self, server_round: int, arrays: ArrayRecord, last_checkpoint: int, record: dict[str, Any]) -> ArrayRecord:
+        """Send the round's train messages, aggregate the replies into the next global arrays (the
+        same ones after a failed round) and note the round's traffic, replies and metrics in ``record``."""
+        messages = list(self.strategy.configure_train(server_round, arrays, self.train_config(server_round, last_checkpoint), self.grid))
+        record["clients_sampled"] = len(messages)
+        record.update(self.account_privacy(messages))
+        record["bytes_down"] = sum(payload_bytes(m.content) for m in messages)
+        lost: list[dict[str, Any]] = []
+        if isinstance(self.grid, SimulatedGrid) and self.strategy.reduces_train_replies() and shares_global_arrays(messages):
+            part = self.grid.send_and_reduce(messages, self.strategy.param_keys, timeout=self.cfg.round_timeout)
+            record["bytes_up"], answered = part.bytes_up, len(part.clients) + len(part.dropped)
+            aggregate = partial(self.strategy.aggregate_partial, server_round, part)
+        else:
+            replies, lost = self.unanswered(server_round, messages, list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout)))
+            record["bytes_up"], answered = sum(payload_bytes(r.content) for r in replies if not r.has_error()), len(replies)
+            aggregate = partial(self.strategy.aggregate_train, server_round, replies)
+        try:
+            arrays, metrics = aggregate()
+            if "train-loss" in metrics:  # a round where nobody trained (FedSA's selection none) has none
+                record["train_loss"] = float(metrics["train-loss"])
+            record.update({k.replace("-", "_"): v for k, v in metrics.items() if k not in ("train-loss",)})
+        except RoundFailedError as err:
+            record["failed"] = str(err)
+            log.warning("%s; the global model is kept as it was", err)
+        record["clients_ok"] = answered - len(self.strategy.dropped)
+        if self.strategy.dropped or lost:
+            record["dropped"] = self.strategy.dropped + lost
+        return arrays
+
     def run_rounds(self, arrays: ArrayRecord, start_round: int) -> ArrayRecord:
         """Run rounds ``start_round + 1 .. num_rounds`` from global ``arrays``; returns the final arrays."""
         cfg = self.cfg
@@ -142,27 +186,10 @@ class RoundLoop:
         last_checkpoint = start_round
         for server_round in range(start_round + 1, cfg.num_rounds + 1):
             t0 = time.time()
-            if server_round > start_round + 1:
+            if server_round > start_round + 1 and not isinstance(self.grid, SimulatedGrid):
                 self.admit_new_nodes()
             record: dict[str, Any] = {"round": server_round}
-            messages = list(self.strategy.configure_train(server_round, arrays, self.train_config(server_round, last_checkpoint), self.grid))
-            replies, lost = self.unanswered(server_round, messages, list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout)))
-            record["clients_sampled"] = len(messages)
-            record.update(self.account_privacy(messages))
-            record["bytes_down"] = sum(payload_bytes(m.content) for m in messages)
-            record["bytes_up"] = sum(payload_bytes(r.content) for r in replies if not r.has_error())
-            try:
-                new_arrays, metrics = self.strategy.aggregate_train(server_round, replies)
-                arrays = new_arrays
-                if "train-loss" in metrics:  # a round where nobody trained (FedSA's selection none) has none
-                    record["train_loss"] = float(metrics["train-loss"])
-                record.update({k.replace("-", "_"): v for k, v in metrics.items() if k not in ("train-loss",)})
-            except RoundFailedError as err:
-                record["failed"] = str(err)
-                log.warning("%s; the global model is kept as it was", err)
-            record["clients_ok"] = len(replies) - len(self.strategy.dropped)
-            if self.strategy.dropped or lost:
-                record["dropped"] = self.strategy.dropped + lost
+            arrays = self.train_round(server_round, arrays, last_checkpoint, record)
             if server_round % cfg.eval_every == 0 or server_round == cfg.num_rounds:
                 result = self.strategy.evaluate_round(server_round, arrays, self.grid, self.evaluate)
                 record["test_accuracy"], record["test_loss"] = result.pop("accuracy"), result.pop("loss")

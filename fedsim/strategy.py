@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
@@ -28,7 +29,8 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedsim.errors import RoundFailedError
 from fedsim.params import spec
-from fedsim.records import non_finite, non_finite_metric, shape_mismatch, weighted_average
+from fedsim.records import cast_like, shape_mismatch, tensor_of, tensor_record, train_reply_problem, weighted_average
+from fedsim.reduction import PartialSum, client_error
 from fedsim.results import RunDirectory
 from fedsim.seeding import rng
 
@@ -68,20 +70,15 @@ def update_dissimilarity(global_arrays: ArrayRecord, replies: list[ClientReply],
         return {}
     # One pass, no per-client copies (thousands of replies): sum_i p_i ||d_i - d||^2 = sum_i p_i ||d_i||^2 - ||d||^2.
     total = float(sum(r.num_examples for r in replies))
-    x = np.concatenate([global_arrays[k].numpy().astype(np.float64).ravel() for k in keys])
-    mean, second = np.zeros_like(x), 0.0
+    x = torch.cat([tensor_of(global_arrays[k]).double().ravel() for k in keys])
+    mean, second = torch.zeros_like(x), 0.0
     for r in replies:
-        d = np.concatenate([r.content["arrays"][k].numpy().ravel() for k in keys]) - x
-        mean += (r.num_examples / total) * d
+        d = torch.cat([tensor_of(r.content["arrays"][k]).ravel() for k in keys]) - x
+        mean.add_(d, alpha=r.num_examples / total)
         second += (r.num_examples / total) * float(d @ d)
     norm = float(mean @ mean)
     variance = max(second - norm, 0.0)
     return {"update-variance": variance, "update-dissimilarity": variance / max(norm, 1e-12)}
-
-
-def client_error(msg: Message) -> str:
-    """One line for a reply that carries an error instead of content."""
-    return f"client raised: {msg.error.reason.strip().splitlines()[-1] if msg.error.reason else msg.error.code}"
 
 
 class FedsimStrategy(FlowerFedAvg):
@@ -103,6 +100,7 @@ class FedsimStrategy(FlowerFedAvg):
         self.num_examples: dict[int, int] = {}
         self.dropped: list[dict[str, Any]] = []
         self._client_on: dict[int, int] = {}
+        self._eligible = np.zeros(0, dtype=np.int64)
         self.global_arrays: ArrayRecord | None = None
 
     # -- clients --------------------------------------------------------------------------------
@@ -110,6 +108,8 @@ class FedsimStrategy(FlowerFedAvg):
         """Client id -> hosting node id, and client id -> local sample count (from the handshake)."""
         self.node_of, self.num_examples = dict(node_of), dict(num_examples)
         self._client_on = {node: cid for cid, node in self.node_of.items()}
+        # What sampling draws from, built once (a round's cost grows with the clients it samples, not with N).
+        self._eligible = np.array(sorted(c for c in self.node_of if self.num_examples.get(c, 1) > 0), dtype=np.int64)
 
     def client_of(self, node: int) -> int:
         """The client id a node hosts (-1 for a node that never answered the handshake)."""
@@ -177,7 +177,7 @@ class FedsimStrategy(FlowerFedAvg):
     def sample_clients(self, server_round: int, purpose: str = "sample") -> list[int]:
         """``clients_per_round`` client ids drawn from (seed, purpose, round), among the clients that
         have samples to train on (e.g. not the unlabeled clients of a supervised baseline)."""
-        ids = sorted(c for c in self.node_of if self.num_examples.get(c, 1) > 0)
+        ids = self._eligible
         k = min(int(self.cfg.clients_per_round), len(ids))
         return sorted(int(c) for c in rng(self.cfg.seed, purpose, server_round).choice(ids, k, replace=False))
 
@@ -211,6 +211,41 @@ class FedsimStrategy(FlowerFedAvg):
             )
         arrays, metrics = self.aggregate(server_round, accepted)
         metrics.update(update_dissimilarity(self.global_arrays, accepted, self.param_keys))
+        return arrays, metrics
+
+    # Methods whose defaults make the aggregate a weighted mean of the replies' models and metrics.
+    MEAN_AGGREGATION = ("aggregate_train", "accept_replies", "reply_problem", "model_problem", "trust_examples",
+                        "aggregate", "aggregate_metrics", "aggregate_partial")
+
+    def reduces_train_replies(self) -> bool:
+        """Whether train replies may be summed where they are produced (:mod:`fedsim.reduction`)
+        and handed to :meth:`aggregate_partial` instead of one by one to :meth:`aggregate_train`:
+        true for a strategy that keeps FedAvg's aggregation (FedAvg, FedProx, FixMatch), false for
+        one that overrides any of it (SCAFFOLD, FedNova, ... and central DP's wrapper)."""
+        cls = type(self)
+        return all(getattr(cls, name, None) is getattr(FedsimStrategy, name) for name in self.MEAN_AGGREGATION)
+
+    def aggregate_partial(self, server_round: int, part: PartialSum) -> tuple[ArrayRecord, MetricRecord]:
+        """:meth:`aggregate_train` from the summed replies: the same weighted means (up to float
+        rounding) and update dissimilarity."""
+        self.dropped = list(part.dropped)
+        for entry in self.dropped:
+            log.warning("round %d: dropped client %d: %s", server_round, entry["client"], entry["reason"])
+        if len(part.clients) < self.cfg.min_clients:
+            raise RoundFailedError(
+                f"round {server_round}: only {len(part.clients)} usable replies, min_clients={self.cfg.min_clients}"
+            )
+        assert self.global_arrays is not None
+        mean = {k: v / part.examples for k, v in part.arrays.items()}
+        arrays = tensor_record({k: cast_like(v, tensor_of(self.global_arrays[k]).dtype) for k, v in mean.items()})
+        metrics = MetricRecord({k: [x / part.examples for x in v] if isinstance(v, list) else v / part.examples
+                                for k, v in part.metrics.items()})
+        metrics["num-examples"] = int(part.examples)
+        keys = [k for k in self.param_keys if k in mean]
+        if keys:
+            drift = sum(float((mean[k] - tensor_of(self.global_arrays[k])).pow(2).sum()) for k in keys)
+            variance = max(part.update_square / part.examples - drift, 0.0)
+            metrics.update({"update-variance": variance, "update-dissimilarity": variance / max(drift, 1e-12)})
         return arrays, metrics
 
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
@@ -265,23 +300,7 @@ class FedsimStrategy(FlowerFedAvg):
     def reply_problem(self, msg: Message) -> str | None:
         """Why a reply (one without an error) cannot be aggregated, or None. Subclasses add their
         own records' checks."""
-        content = msg.content
-        if self.model_record not in content.array_records or "metrics" not in content.metric_records:
-            return f"malformed reply: needs an '{self.model_record}' ArrayRecord and a 'metrics' MetricRecord"
-        examples = content["metrics"].get("num-examples", 0)
-        if not isinstance(examples, (int, float)) or not math.isfinite(examples) or examples <= 0:
-            return "malformed reply: 'num-examples' missing or not a positive number"
-        bad_metric = non_finite_metric(content["metrics"])
-        if bad_metric:
-            return f"returned a non-finite metric '{bad_metric}'"
-        mismatch = self.model_problem(content[self.model_record])
-        if mismatch:
-            return f"returned {mismatch}"
-        for name, record in content.array_records.items():
-            bad = non_finite(record)
-            if bad:
-                return f"returned NaN/Inf in '{name}/{bad}'"
-        return None
+        return train_reply_problem(msg.content, self.model_record, self.model_problem)
 
     def model_problem(self, record: ArrayRecord) -> str | None:
         """Why a returned model cannot stand in for the global one (keys, shapes), or None."""

@@ -104,12 +104,18 @@ def floor(clients: int, per_round: int, rounds: int) -> dict:
     return {"clients_per_s": per_round * len(times) / sum(times), "accuracy": result["accuracy"], "peak_gib": result["peak_rss_gib"]}
 
 
+# What each --backends choice runs: the simulation backend's pool engine (the default), Flower's own
+# simulation engine (one actor call per message; the design the pool engine replaced), in-process.
+BACKENDS = {"simulation": ["backend=simulation"], "simulation-flower": ["backend=simulation", "backend.engine=flower"],
+            "inprocess": ["backend=inprocess"]}
+
+
 def measure(clients: int, per_round: int, rounds: int, backend: str, cores: int, extra: list[str], root: Path,
             ray_address: str | None) -> dict:
     run_dir = root / f"{backend}-n{clients}-k{per_round}"
     cmd = [sys.executable, "-m", "fedsim", "run", "strategy=fedavg", "model=mlp", "partition=iid",
            f"num_clients={clients}", f"clients_per_round={per_round}", f"num_rounds={rounds}", f"eval_every={rounds}",
-           "checkpoint_every=0", "local_epochs=1", "batch_size=32", f"backend={backend}", "connect_timeout=600",
+           "checkpoint_every=0", "local_epochs=1", "batch_size=32", *BACKENDS[backend], "connect_timeout=600",
            f"backend.num_threads={cores}", f"run_dir={run_dir}", *extra]
     if ray_address:
         cmd.append(f"+backend.ray_init_args.address={ray_address}")
@@ -141,7 +147,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--per-round", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--backends", nargs="+", default=["simulation", "inprocess"], choices=["simulation", "inprocess"])
+    parser.add_argument("--backends", nargs="+", default=["simulation", "inprocess"], choices=list(BACKENDS),
+                        help="simulation-flower: Flower's simulation engine, for comparison (slow at large N)")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores the simulation backend uses (inprocess: 1)")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides, e.g. data_root=... backend.num_cpus=1")
     parser.add_argument("--ray-address", help="run on this running Ray cluster (HOST:PORT); memory then counts its processes too")
@@ -155,7 +162,7 @@ def main() -> None:
             print(f"N={n} registered, K={k} per round: the floor ...", flush=True)
             base = floor(n, k, args.rounds)
             for backend in args.backends:
-                cores = args.cores if backend == "simulation" else 1
+                cores = 1 if backend == "inprocess" else args.cores
                 print(f"N={n}, K={k}: fedsim {backend} on {cores} core(s) ...", flush=True)
                 row = measure(n, k, args.rounds, backend, cores, args.extra, root, args.ray_address)
                 row.update(floor_clients_per_s=base["clients_per_s"], floor_accuracy=base["accuracy"], floor_peak_gib=base["peak_gib"],
@@ -164,10 +171,10 @@ def main() -> None:
                 print("  " + ", ".join(f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}" for key, value in row.items()), flush=True)
     where = f" on the Ray cluster at {args.ray_address} (peak includes the cluster's processes)" if args.ray_address else ""
     print(f"\nFedAvg, MLP, Fashion-MNIST IID, {args.rounds} rounds{where}; floor: plain PyTorch loop, 1 thread; runs in {root}")
-    print(f"{'N':>7} {'K':>6} {'backend':>10} {'cores':>5} {'start s':>8} {'clients/s':>10} {'floor c/s':>10} {'ratio':>6} "
+    print(f"{'N':>7} {'K':>6} {'backend':>17} {'cores':>5} {'start s':>8} {'clients/s':>10} {'floor c/s':>10} {'ratio':>6} "
           f"{'peak GiB':>9} {'acc':>6} {'floor acc':>9} {'all ok':>7}")
     for r in rows:
-        print(f"{r['clients']:>7} {r['per_round']:>6} {r['backend']:>10} {r['cores']:>5} {r['startup_s']:>8.1f} {r['clients_per_s']:>10.1f} "
+        print(f"{r['clients']:>7} {r['per_round']:>6} {r['backend']:>17} {r['cores']:>5} {r['startup_s']:>8.1f} {r['clients_per_s']:>10.1f} "
               f"{r['floor_clients_per_s']:>10.1f} {r['ratio']:>6.2f} {r['peak_gib']:>9.2f} {r['accuracy']:>6.3f} {r['floor_accuracy']:>9.3f} {str(r['ok']):>7}")
     for backend in args.backends:
         for k in args.per_round:

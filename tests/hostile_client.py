@@ -11,6 +11,8 @@ tamper with never reach the server).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
 
@@ -33,6 +35,7 @@ def tampered(record: ArrayRecord, mode: str) -> ArrayRecord:
     return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
+@lru_cache(maxsize=None)
 def hostile_class(base: type) -> type:
     class Hostile(base):  # type: ignore[misc, valid-type]
         def train(self, content: RecordDict, server_round: int) -> RecordDict:
@@ -59,5 +62,9 @@ def hostile_class(base: type) -> type:
     return Hostile
 
 
+def client_class(cfg):
+    return hostile_class(load_client_class(REAL, cfg))
+
+
 def CLIENT(env):
-    return hostile_class(type(load_client_class(REAL)(env)))(env)
+    return client_class(env.cfg)(env)

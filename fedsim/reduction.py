@@ -1,0 +1,116 @@
+"""Train replies summed where they are produced.
+
+FedAvg's aggregate is a weighted mean, so a worker that trains many clients can send the server
+one running sum instead of one model per client: the server adds the workers' sums and divides
+once. :class:`ReplyReducer` is that sum, with the checks a strategy applies to every reply
+(:func:`fedsim.records.train_reply_problem`) done before a reply is added, the claimed sample
+count capped at what the client holds, and the second moment of the updates kept so that the
+update dissimilarity FedImpro's drift metric needs comes out as from the single replies.
+Strategies whose aggregation is not this mean get every reply instead
+(:meth:`fedsim.strategy.FedsimStrategy.reduces_train_replies`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Message
+
+from fedsim.records import payload_bytes, shape_mismatch, tensor_of, train_reply_problem
+
+
+def client_error(msg: Message) -> str:
+    """One line for a reply that carries an error instead of content."""
+    return f"client raised: {msg.error.reason.strip().splitlines()[-1] if msg.error.reason else msg.error.code}"
+
+
+@dataclass
+class PartialSum:
+    """What a set of clients' train replies adds to the round's aggregate.
+
+    ``arrays``: sum of n_i y_i per array (float64); ``examples``: sum of n_i; ``metrics``: sum of
+    n_i m_i per numeric metric; ``update_square``: sum of n_i ||y_i - x||^2 over the trainable arrays
+    (x the global model); ``clients``: ids of the replies added; ``dropped``: the replies left out
+    ({'client', 'reason'}); ``bytes_up``: the payload the replies carried.
+    """
+
+    arrays: dict[str, torch.Tensor] = field(default_factory=dict)
+    examples: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    update_square: float = 0.0
+    clients: list[int] = field(default_factory=list)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    bytes_up: int = 0
+
+    def merge(self, other: PartialSum) -> PartialSum:
+        """This sum plus ``other`` (in place)."""
+        for key, value in other.arrays.items():
+            if key in self.arrays:
+                self.arrays[key].add_(value)
+            else:
+                self.arrays[key] = value.clone()
+        add_metrics(self.metrics, other.metrics, 1.0)
+        self.examples += other.examples
+        self.update_square += other.update_square
+        self.clients += other.clients
+        self.dropped += other.dropped
+        self.bytes_up += other.bytes_up
+        return self
+
+
+def add_metrics(total: dict[str, Any], metrics: Any, weight: float) -> None:
+    """``total[k] += weight * metrics[k]`` for numeric metrics (lists element-wise)."""
+    for key, value in metrics.items():
+        if key == "num-examples":
+            continue
+        if isinstance(value, list):
+            scaled = [weight * float(v) for v in value]
+            total[key] = [a + b for a, b in zip(total[key], scaled)] if key in total else scaled
+        elif isinstance(value, (int, float)):
+            total[key] = total.get(key, 0.0) + weight * float(value)
+
+
+class ReplyReducer:
+    """A running :class:`PartialSum` of train replies against the global model ``reference``.
+
+    ``param_keys``: the trainable arrays (the update dissimilarity's domain); ``held``: client id ->
+    samples it holds (a larger claim weighs that much, as
+    :meth:`fedsim.strategy.FedsimStrategy.trust_examples` does).
+    """
+
+    model_record = "arrays"
+
+    def __init__(self, reference: ArrayRecord, param_keys: list[str], held: dict[int, int]) -> None:
+        self.reference = reference
+        self.param_keys = [k for k in param_keys if k in reference]
+        self.held = held
+        self.sum = PartialSum()
+
+    def add(self, client_id: int, reply: Message) -> None:
+        """Check a reply and add it, or record why it was left out."""
+        part = self.sum
+        if reply.has_error():
+            part.dropped.append({"client": client_id, "reason": client_error(reply)})
+            return
+        content = reply.content
+        problem = train_reply_problem(content, self.model_record, lambda record: shape_mismatch(self.reference, record))
+        if problem is not None:
+            part.dropped.append({"client": client_id, "reason": problem})
+            return
+        part.bytes_up += payload_bytes(content)
+        metrics = content["metrics"]
+        weight = float(min(metrics["num-examples"], self.held.get(client_id, metrics["num-examples"])))
+        arrays = content[self.model_record]
+        for key in arrays.keys():
+            values = tensor_of(arrays[key])
+            if key not in part.arrays:
+                part.arrays[key] = torch.zeros(values.shape, dtype=torch.float64)
+            part.arrays[key].add_(values, alpha=weight)
+        for key in self.param_keys:
+            delta = (tensor_of(arrays[key]) - tensor_of(self.reference[key])).view(-1)
+            part.update_square += weight * float(torch.dot(delta, delta))
+        add_metrics(part.metrics, metrics, weight)
+        part.examples += weight
+        part.clients.append(client_id)
