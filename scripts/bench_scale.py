@@ -104,6 +104,8 @@ def floor(clients: int, per_round: int, rounds: int) -> dict:
     return {"clients_per_s": per_round * len(times) / sum(times), "accuracy": result["accuracy"], "peak_gib": result["peak_rss_gib"]}
 
 
+TRAIN_SAMPLES = 60_000  # Fashion-MNIST's training set: the most clients an IID split can make
+
 # What each --backends choice runs: the simulation backend's pool engine (the default), Flower's own
 # simulation engine (one actor call per message; the design the pool engine replaced), in-process.
 BACKENDS = {"simulation": ["backend=simulation"], "simulation-flower": ["backend=simulation", "backend.engine=flower"],
@@ -156,6 +158,9 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     rows = []
     for n in args.clients:
+        if n > TRAIN_SAMPLES:
+            print(f"N={n} skipped: Fashion-MNIST has {TRAIN_SAMPLES} training samples and a partition gives every client at least one", flush=True)
+            continue
         for k in args.per_round:
             if k > n:
                 continue
