@@ -57,6 +57,21 @@ def augmented(cfg: Any) -> bool:
     return str(cfg.get("augment", "none")) == "shift_flip"
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """The run keys every local step reads, read out of the config once per run (a DictConfig
+    lookup costs about as much as a small client's forward pass)."""
+
+    seed: int
+    clip_norm: float | None
+    augment: bool
+
+    @classmethod
+    def of(cls, cfg: Any) -> TrainSettings:
+        clip = cfg.optimizer.get("clip_norm")
+        return cls(int(cfg.seed), None if clip is None else float(clip), augmented(cfg))
+
+
 @dataclass
 class ClientEnv:
     """Everything a client update can use; built once per client per process."""
@@ -70,6 +85,10 @@ class ClientEnv:
     device: torch.device
     state: ClientStateStore
     defence: Any = None  # the run's defence (fedsim.privacy.defences), if any
+    settings: TrainSettings | None = None  # the run's, where the runtime has read them (else from cfg)
+
+    def train_settings(self) -> TrainSettings:
+        return self.settings or TrainSettings.of(self.cfg)
 
 
 @dataclass
@@ -167,7 +186,7 @@ class Client:
 
     def batches(self, config: ConfigRecord, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The (x, y) minibatches of one local epoch (augmented as the run's ``augment`` says)."""
-        return self.env.data.batches(int(config["batch-size"]), self.env.device, generator, augmented(self.env.cfg))
+        return self.env.data.batches(int(config["batch-size"]), self.env.device, generator, self.env.train_settings().augment)
 
     # -- the update -------------------------------------------------------------------------
     def train(self, content: RecordDict, server_round: int) -> RecordDict:
@@ -199,13 +218,14 @@ class Client:
 
     def fit(self, model: nn.Module, config: ConfigRecord, server_round: int) -> TrainStats:
         """Run the configured local epochs on this client's data (seeded by run, round and client)."""
-        cfg, env = self.env.cfg, self.env
-        seed_torch(cfg.seed, "train", server_round, env.client_id)
-        generator = torch_generator(cfg.seed, "shuffle", server_round, env.client_id)
+        env = self.env
+        settings = env.train_settings()
+        seed_torch(settings.seed, "train", server_round, env.client_id)
+        generator = torch_generator(settings.seed, "shuffle", server_round, env.client_id)
         model.train()
         total, steps = 0.0, 0
         base_optimizer = self.optimizer(model, float(config["lr"]))
-        clip_norm = None if cfg.optimizer.clip_norm is None else float(cfg.optimizer.clip_norm)
+        clip_norm = settings.clip_norm
         with local_training(env.defence, model, base_optimizer, int(config["batch-size"])) as optimizer:
             for _ in range(int(config["local-epochs"])):
                 for x, y in self.batches(config, generator):

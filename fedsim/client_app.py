@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 from omegaconf import OmegaConf
 
 from clients import load_client_class
-from clients.base import Client, ClientEnv, LocalData
+from clients.base import Client, ClientEnv, LocalData, TrainSettings
 from fedsim.client_state import ClientStateStore
 from fedsim.data import dataset_from_config, make_partition, personal_test_split
 from fedsim.data.local_folder import dataset_format, load_device_data
@@ -80,6 +80,10 @@ class ClientRuntime:
         return defence_from_config(self.cfg.defence)
 
     @cached_property
+    def train_settings(self) -> TrainSettings:
+        return TrainSettings.of(self.cfg)
+
+    @cached_property
     def client_class(self) -> type[Client]:
         return load_client_class(self.cfg.strategy.client, self.cfg)
 
@@ -122,6 +126,7 @@ class ClientRuntime:
             device=self.device,
             state=ClientStateStore(Path(self.cfg.run_dir) / "client_state", client_id),
             defence=self.defence,
+            settings=self.train_settings,
         )
         return self.client_class(env)
 

@@ -81,16 +81,37 @@ class ReplyReducer:
     """
 
     model_record = "arrays"
+    # Replies summed in float32 before each addition to the float64 total: a float32 add costs an
+    # eighth of a mixed one, and 32 terms lose at most ~2e-6 of the block's sum (the global model is
+    # float32: its own rounding is 6e-8).
+    block_size = 32
 
     def __init__(self, reference: ArrayRecord, param_keys: list[str], held: dict[int, int]) -> None:
         self.reference = reference
         self.param_keys = [k for k in param_keys if k in reference]
         self.held = held
-        self.sum = PartialSum()
+        self._sum = PartialSum()
+        self._block: dict[str, torch.Tensor] = {}
+        self._in_block = 0
+
+    @property
+    def sum(self) -> PartialSum:
+        """The replies added so far."""
+        self._flush()
+        return self._sum
+
+    def _flush(self) -> None:
+        for key, block in self._block.items():
+            if key in self._sum.arrays:
+                self._sum.arrays[key].add_(block)
+            else:
+                self._sum.arrays[key] = block.double()
+            block.zero_()
+        self._in_block = 0
 
     def add(self, client_id: int, reply: Message) -> None:
         """Check a reply and add it, or record why it was left out."""
-        part = self.sum
+        part = self._sum
         if reply.has_error():
             part.dropped.append({"client": client_id, "reason": client_error(reply)})
             return
@@ -105,12 +126,14 @@ class ReplyReducer:
         arrays = content[self.model_record]
         for key in arrays.keys():
             values = tensor_of(arrays[key])
-            if key not in part.arrays:
-                part.arrays[key] = torch.zeros(values.shape, dtype=torch.float64)
-            part.arrays[key].add_(values, alpha=weight)
+            if key not in self._block:
+                self._block[key] = torch.zeros(values.shape, dtype=torch.float32)
+            self._block[key].add_(values, alpha=weight)
+        self._in_block += 1
+        if self._in_block == self.block_size:
+            self._flush()
         for key in self.param_keys:
-            delta = (tensor_of(arrays[key]) - tensor_of(self.reference[key])).view(-1)
-            part.update_square += weight * float(torch.dot(delta, delta))
+            part.update_square += weight * float(torch.dist(tensor_of(arrays[key]), tensor_of(self.reference[key]))) ** 2
         add_metrics(part.metrics, metrics, weight)
         part.examples += weight
         part.clients.append(client_id)

@@ -121,6 +121,12 @@ class Partition:
 
 
 @dataclass(kw_only=True)
+class IID(Partition):
+    samples_per_client: int | None = spec("each client draws this many samples from the whole training set, "
+                                          "independently of the others (clients overlap); null = a disjoint even split", ge=1)
+
+
+@dataclass(kw_only=True)
 class Dirichlet(Partition):
     alpha: float = spec("Dirichlet concentration of the label split", gt=0)
     min_size: int = spec("fewest samples a client may hold", ge=0)
@@ -131,7 +137,7 @@ class Shards(Partition):
     classes_per_client: int = spec("classes each client holds", ge=1)
 
 
-PARTITIONS: dict[str, type] = {"iid": Partition, "dirichlet": Dirichlet, "shards": Shards}
+PARTITIONS: dict[str, type] = {"iid": IID, "dirichlet": Dirichlet, "shards": Shards}
 
 
 # -- execution and tracking ------------------------------------------------------------------------

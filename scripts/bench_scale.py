@@ -1,7 +1,7 @@
 """Scale: FedAvg with thousands of registered clients, hundreds to thousands sampled per round.
 
 Each configuration is a fresh `python -m fedsim run` (FedAvg, MLP, Fashion-MNIST split IID into
-tiny client datasets: 60,000 / N samples each, one local epoch, one test-set evaluation at the end,
+tiny client datasets: 60,000 / N samples each (past N=60,000, 6 samples drawn per client: they overlap), one local epoch, one test-set evaluation at the end,
 no checkpoints), and beside it, in the same invocation, the floor: the same work as a plain
 single-process PyTorch loop with one thread (``scripts/plain_fedavg.py``: same partition, same
 sampled clients, same optimizer and batch size). The ratio printed is
@@ -93,10 +93,18 @@ class PeakMemory(threading.Thread):
 FLOOR = Path(__file__).with_name("plain_fedavg.py")
 
 
+def samples_per_client(clients: int) -> int | None:
+    """Past the dataset's size every client draws the samples a client holds at N=10,000, so that
+    the per-client work is the same (None: the disjoint even split)."""
+    return TRAIN_SAMPLES // 10_000 if clients > TRAIN_SAMPLES else None
+
+
 def floor(clients: int, per_round: int, rounds: int) -> dict:
     """The plain loop's clients/s over the rounds after the first, its accuracy and peak memory (one thread)."""
+    overlap = samples_per_client(clients)
     out = subprocess.run([sys.executable, str(FLOOR), "--model=mlp", "--partition=iid", f"--clients={clients}",
-                          f"--per-round={per_round}", f"--rounds={rounds}", "--threads=1"], capture_output=True, text=True)
+                          f"--per-round={per_round}", f"--rounds={rounds}", "--threads=1",
+                          *([f"--samples-per-client={overlap}"] if overlap else [])], capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"the floor failed at N={clients} K={per_round}:\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -104,7 +112,7 @@ def floor(clients: int, per_round: int, rounds: int) -> dict:
     return {"clients_per_s": per_round * len(times) / sum(times), "accuracy": result["accuracy"], "peak_gib": result["peak_rss_gib"]}
 
 
-TRAIN_SAMPLES = 60_000  # Fashion-MNIST's training set: the most clients an IID split can make
+TRAIN_SAMPLES = 60_000  # Fashion-MNIST's training set: the most clients a disjoint IID split can make
 
 # What each --backends choice runs: the simulation backend's pool engine (the default), Flower's own
 # simulation engine (one actor call per message; the design the pool engine replaced), in-process.
@@ -119,6 +127,8 @@ def measure(clients: int, per_round: int, rounds: int, backend: str, cores: int,
            f"num_clients={clients}", f"clients_per_round={per_round}", f"num_rounds={rounds}", f"eval_every={rounds}",
            "checkpoint_every=0", "local_epochs=1", "batch_size=32", *BACKENDS[backend], "connect_timeout=600",
            f"backend.num_threads={cores}", f"run_dir={run_dir}", *extra]
+    if samples_per_client(clients):
+        cmd.append(f"partition.samples_per_client={samples_per_client(clients)}")
     if ray_address:
         cmd.append(f"+backend.ray_init_args.address={ray_address}")
     t0 = time.perf_counter()
@@ -158,9 +168,9 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     rows = []
     for n in args.clients:
-        if n > TRAIN_SAMPLES:
-            print(f"N={n} skipped: Fashion-MNIST has {TRAIN_SAMPLES} training samples and a partition gives every client at least one", flush=True)
-            continue
+        if samples_per_client(n):
+            print(f"N={n} is more clients than Fashion-MNIST's {TRAIN_SAMPLES} training samples: each draws "
+                  f"{samples_per_client(n)} of them (partition.samples_per_client; clients overlap)", flush=True)
         for k in args.per_round:
             if k > n:
                 continue

@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--model", default="mlp")
     parser.add_argument("--partition", default="iid", choices=["iid", "dirichlet"])
     parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--samples-per-client", type=int, help="iid: every client draws this many samples (clients overlap)")
     parser.add_argument("--clients", type=int, required=True)
     parser.add_argument("--per-round", type=int, required=True)
     parser.add_argument("--rounds", type=int, default=3)
@@ -91,7 +92,8 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    partition = {"name": args.partition, "alpha": args.alpha, "min_size": 10} if args.partition == "dirichlet" else {"name": "iid"}
+    partition = {"name": args.partition, "alpha": args.alpha, "min_size": 10} if args.partition == "dirichlet" else \
+        {"name": "iid", "samples_per_client": args.samples_per_client}
     result = plain_fedavg(args.model, partition, args.clients, args.per_round, args.rounds, args.seed, args.evaluate_every_round)
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps(result))

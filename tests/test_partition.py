@@ -76,3 +76,16 @@ def test_max_samples_per_client_takes_a_subset_of_each_client():
         assert len(c.all) == min(30, len(f.all)) and set(c.all.tolist()) <= set(f.all.tolist())
     with pytest.raises(ConfigError, match="max_samples_per_client=0"):
         make_partition(LABELS, 5, {"name": "iid", "max_samples_per_client": 0}, seed=0)
+
+
+def test_overlapping_clients_outnumber_the_samples():
+    """partition.samples_per_client: every client draws its own distinct samples (cross-device scale)."""
+    labels = np.random.default_rng(0).integers(0, 10, 500)
+    cfg = {"name": "iid", "samples_per_client": 4}
+    splits = make_partition(labels, 2000, cfg, seed=3)
+    assert len(splits) == 2000 and all(len(s.labeled) == 4 and len(np.unique(s.labeled)) == 4 for s in splits)
+    assert all(s.labeled.max() < 500 for s in splits)
+    again = make_partition(labels, 2000, cfg, seed=3)
+    assert all(np.array_equal(a.labeled, b.labeled) for a, b in zip(splits, again))
+    with pytest.raises(ConfigError, match="samples_per_client"):
+        make_partition(labels, 2000, {"name": "iid"}, seed=3)

@@ -123,3 +123,25 @@ def test_pool_engine_matches_the_in_process_backend(make_cfg):
             assert p.keys() == q.keys()
             for key, value in q.items():
                 assert p[key] == (pytest.approx(value, rel=1e-4) if isinstance(value, float) else value), key
+
+
+def test_sums_over_many_blocks_match_the_weighted_mean():
+    """More replies than a float32 block holds: the float64 total takes every block."""
+    from fedsim.records import weighted_average
+
+    rng = np.random.default_rng(2)
+    reference = from_numpy(GLOBAL)
+    records, weights = [], []
+    reducer = ReplyReducer(reference, PARAMS, {})
+    sent = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=1, message_type=MessageType.TRAIN)
+    for cid in range(3 * ReplyReducer.block_size + 5):
+        arrays = {k: (v + rng.normal(size=v.shape)).astype(v.dtype) if v.dtype.kind == "f" else v for k, v in GLOBAL.items()}
+        n = int(rng.integers(1, 60))
+        records.append(from_numpy(arrays))
+        weights.append(n)
+        reducer.add(cid, Message(RecordDict({"arrays": from_numpy(arrays), "metrics": MetricRecord({"num-examples": n})}), reply_to=sent))
+    part = reducer.sum
+    expected = to_numpy(weighted_average(records, weights))
+    for key, value in part.arrays.items():
+        np.testing.assert_allclose((value / part.examples).numpy(), expected[key], rtol=1e-5, atol=1e-6)
+    assert part.examples == sum(weights) and len(part.clients) == len(weights)

@@ -32,6 +32,19 @@ def iid(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[
     return [np.sort(p) for p in np.array_split(rng.permutation(len(labels)), num_clients)]
 
 
+def overlapping(num_samples: int, num_clients: int, per_client: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Each client draws ``per_client`` distinct samples uniformly from all ``num_samples``,
+    independently of the other clients (so clients share samples): a cross-device federation with
+    more clients than the dataset has samples."""
+    if per_client > num_samples:
+        raise ConfigError(f"partition.samples_per_client={per_client} exceeds the {num_samples} training samples")
+    draws = np.sort(rng.integers(0, num_samples, size=(num_clients, per_client)), axis=1)
+    repeated = np.flatnonzero((np.diff(draws, axis=1) == 0).any(axis=1)) if per_client > 1 else []
+    for row in repeated:  # rare: a client drew a sample twice; it draws again without replacement
+        draws[row] = np.sort(rng.choice(num_samples, per_client, replace=False))
+    return list(draws)
+
+
 def dirichlet(
     labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator, min_size: int = 10
 ) -> list[np.ndarray]:
@@ -107,17 +120,20 @@ def split_labeled(
 def make_partition(labels: np.ndarray, num_clients: int, cfg: Mapping[str, Any], seed: int) -> list[ClientSplit]:
     """Split training labels among ``num_clients`` clients as ``cfg`` (the partition group) says.
 
-    ``cfg.max_samples_per_client`` keeps a seeded subset of at most that many samples per client
+    ``cfg.samples_per_client`` (iid only) lets every client draw that many samples from all of them
+    instead of splitting them (:func:`overlapping`). ``cfg.max_samples_per_client`` keeps a seeded subset of at most that many samples per client
     (data-scarce clients). ``cfg.labeled_ratio`` keeps that fraction of each client's data labeled; with
     ``cfg.labeled_clients = m`` the first m clients are fully labeled and the rest unlabeled.
     """
     labels = np.asarray(labels)
-    if num_clients < 1 or num_clients > len(labels):
-        raise ConfigError(f"num_clients={num_clients} must be between 1 and the {len(labels)} training samples")
-    rng = np.random.default_rng(seed)
     kind = cfg["name"]
+    per_client = cfg.get("samples_per_client") if kind == "iid" else None
+    if num_clients < 1 or (num_clients > len(labels) and per_client is None):
+        raise ConfigError(f"num_clients={num_clients} must be between 1 and the {len(labels)} training samples "
+                          "(more clients: partition=iid partition.samples_per_client=N, clients that overlap)")
+    rng = np.random.default_rng(seed)
     if kind == "iid":
-        parts = iid(labels, num_clients, rng)
+        parts = iid(labels, num_clients, rng) if per_client is None else overlapping(len(labels), num_clients, int(per_client), rng)
     elif kind == "dirichlet":
         parts = dirichlet(labels, num_clients, float(cfg["alpha"]), rng, int(cfg.get("min_size", 10)))
     elif kind == "shards":
