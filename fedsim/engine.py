@@ -230,14 +230,14 @@ def run(cfg: DictConfig) -> Path:
     show(job.banner())
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     client_app = make_client_app(cfg_dict)
-    sizes = shared_runtime(json.dumps(cfg_dict, sort_keys=True)).train_sizes()
+    sizes = shared_runtime(json.dumps(cfg_dict, sort_keys=True)).train_sizes  # client id -> samples, from the partition
     # Float results depend on the number of threads a reduction is split over: set it from config.
     # On Ray the server's own work (evaluation, aggregation) runs while the client actors wait.
     torch.set_num_threads(int(cfg.backend.get("num_threads", 0)) or os.cpu_count() or 1)
     if cfg.backend.name == "inprocess":
-        run_inprocess(job.serve, client_app, sizes)
+        run_inprocess(job.serve, client_app, sizes())
     elif cfg.backend.engine == "pool":
-        run_pool(job.serve, client_app, sizes, cfg.backend, bool(cfg.verbose))
+        run_pool(job.serve, client_app, sizes, cfg.backend, bool(cfg.verbose), cfg.num_clients)
     else:
         run_ray(job.serve, client_app, cfg.num_clients, cfg.backend, bool(cfg.verbose))
     return job.finish(time.time() - t0)

@@ -49,10 +49,10 @@ def handshake(grid: Grid, nodes: list[int], timeout: float) -> list[tuple[int, i
 def shares_global_arrays(messages: list[Message]) -> bool:
     """Whether every message carries the same 'arrays' record (the global model), and nothing else
     per client: what :meth:`SimulatedGrid.send_and_reduce` sums against."""
-    if not messages or "arrays" not in messages[0].content.array_records:
+    if not messages or list(messages[0].content.array_records) != ["arrays"]:
         return False
-    first = messages[0].content["arrays"]
-    return all(m.content["arrays"] is first and len(m.content.array_records) == 1 for m in messages)
+    first, names = messages[0].content["arrays"], set(messages[0].content.keys())
+    return all(m.content.get("arrays") is first and m.content.keys() == names for m in messages)
 
 
 def discover_clients(grid: Grid, expected: int, timeout: float) -> tuple[dict[int, int], dict[int, int]]:

@@ -25,7 +25,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import Error, Message
+from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsim.backends import SimulatedGrid
@@ -49,8 +49,13 @@ class ClientWorker:
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 0, 0
         self.host = ClientHost(client_app, num_clients)
 
-    def ready(self) -> bool:
-        return True
+    def prepare(self) -> None:
+        """Build what the clients share (dataset, partition, model) before the first round: the
+        handshake query of client 0 builds them."""
+        query = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=1, message_type=MessageType.QUERY)
+        reply = self.host.deliver(query)
+        if reply.has_error():
+            raise FedsimError(f"a simulation worker could not start its clients: {reply.error.reason}")
 
     def deliver_all(self, messages: list[Message]) -> list[Message]:
         return self.host.deliver_all(messages)
@@ -68,10 +73,11 @@ def batches(messages: list[Message], workers: int) -> list[list[Message]]:
 class WorkerPoolGrid(SimulatedGrid):
     """A Grid whose nodes are hosted by a pool of Ray actors (see the module docstring)."""
 
-    def __init__(self, client_app: ClientApp, sizes: dict[int, int], backend: Any, verbose: bool) -> None:
+    def __init__(self, client_app: ClientApp, sizes: Callable[[], dict[int, int]], backend: Any, verbose: bool, num_clients: int) -> None:
+        """``sizes`` (client id -> samples) is called once the workers are starting, so that its work
+        overlaps theirs."""
         import ray
 
-        super().__init__(sizes)
         init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose,
                                      "logging_level": logging.INFO if verbose else logging.ERROR}
         init_args.update(dict(backend.ray_init_args or {}))
@@ -88,8 +94,10 @@ class WorkerPoolGrid(SimulatedGrid):
             raise FedsimError(f"the Ray cluster has {cpus:g} CPUs (GPUs: {ray.available_resources().get('GPU', 0):g}) for workers "
                               f"of backend.num_cpus={per_worker:g}, backend.num_gpus={backend.num_gpus:g}: lower them")
         actor = ray.remote(ClientWorker).options(num_cpus=per_worker, num_gpus=float(backend.num_gpus), max_restarts=3)
-        self.workers = [actor.remote(client_app, len(sizes), max(1, int(per_worker))) for _ in range(count)]
-        ray.get([w.ready.remote() for w in self.workers])
+        self.workers = [actor.remote(client_app, num_clients, max(1, int(per_worker))) for _ in range(count)]
+        ready = [w.prepare.remote() for w in self.workers]  # each builds its runtime (data, partition, model) now
+        super().__init__(sizes())
+        ray.get(ready)
         self._ray = ray
 
     def _gather(self, tasks: list[Any], timeout: float | None) -> list[Any]:
@@ -137,7 +145,7 @@ class WorkerPoolGrid(SimulatedGrid):
         self._ray.shutdown()
 
 
-def run_pool(main: Any, client_app: ClientApp, sizes: dict[int, int], backend: Any, verbose: bool) -> None:
+def run_pool(main: Any, client_app: ClientApp, sizes: Callable[[], dict[int, int]], backend: Any, verbose: bool, num_clients: int) -> None:
     """Run the server's main function on a :class:`WorkerPoolGrid`."""
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -145,7 +153,7 @@ def run_pool(main: Any, client_app: ClientApp, sizes: dict[int, int], backend: A
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 0, SUPERLINK_NODE_ID
-    grid = WorkerPoolGrid(client_app, sizes, backend, verbose)
+    grid = WorkerPoolGrid(client_app, sizes, backend, verbose, num_clients)
     try:
         main(grid)
     finally:

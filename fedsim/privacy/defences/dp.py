@@ -28,7 +28,6 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from flwr.app import ArrayRecord
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from fedsim.errors import ConfigError
 from fedsim.params import spec
@@ -41,6 +40,8 @@ def epsilon(releases: list[tuple[float, int]], noise_multiplier: float, delta: f
     """Epsilon at ``delta`` of composed Gaussian releases [(sample rate, steps), ...]."""
     if not releases:
         return 0.0
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent  # opacus costs 2 s to import: only where DP is on
+
     rdp = sum(compute_rdp(q=q, noise_multiplier=noise_multiplier, steps=steps, orders=ORDERS) for q, steps in releases)
     return float(get_privacy_spent(orders=ORDERS, rdp=np.atleast_1d(rdp), delta=delta)[0])
 
