@@ -196,7 +196,8 @@ def server_job(cfg: DictConfig) -> ServerJob:
     splits = make_partition(dataset.y_train.numpy(), cfg.num_clients, cfg.partition, cfg.seed)
     run_dir = prepare_run_dir(cfg)
     run_dir.write_config(cfg)
-    run_dir.write_json("partition.json", partition_summary(cfg, dataset.y_train.numpy(), dataset.num_classes, splits))
+    run_dir.write_json("partition.json", partition_summary(cfg, dataset.y_train.numpy(), dataset.num_classes, splits),
+                       compact=cfg.num_clients > 1000)
 
     device = resolve_device(cfg.device)
     seed_torch(cfg.seed, "init")

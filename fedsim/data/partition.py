@@ -112,6 +112,9 @@ def split_labeled(
         ratio = 1.0 if labeled else 0.0
     else:
         ratio = float(labeled)
+    if ratio in (0.0, 1.0):  # all or none: the sorted part, whatever order a draw would give
+        whole = np.sort(part)
+        return ClientSplit(whole, whole[:0]) if ratio else ClientSplit(whole[:0], whole)
     shuffled = rng.permutation(part)
     k = int(round(ratio * len(part)))
     return ClientSplit(np.sort(shuffled[:k]), np.sort(shuffled[k:]))
@@ -157,7 +160,11 @@ def make_partition(labels: np.ndarray, num_clients: int, cfg: Mapping[str, Any],
 def label_histograms(labels: np.ndarray, splits: list[ClientSplit], num_classes: int) -> list[list[int]]:
     """Per-client count of each class over all of the client's samples."""
     labels = np.asarray(labels)
-    return [np.bincount(labels[s.all], minlength=num_classes).tolist() for s in splits]
+    sizes = np.array([len(s.labeled) + len(s.unlabeled) for s in splits], dtype=np.int64)
+    owner = np.repeat(np.arange(len(splits)), sizes)
+    held = np.concatenate([np.concatenate([s.labeled, s.unlabeled]) for s in splits]).astype(np.int64) if len(splits) else np.zeros(0, np.int64)
+    counts = np.bincount(owner * num_classes + labels[held], minlength=len(splits) * num_classes)
+    return counts.reshape(len(splits), num_classes).tolist()
 
 
 def personal_test_split(test_labels: np.ndarray, histograms: list[list[int]], rng: np.random.Generator) -> list[np.ndarray]:
@@ -166,13 +173,18 @@ def personal_test_split(test_labels: np.ndarray, histograms: list[list[int]], rn
     holds, so a client is tested on its own label distribution."""
     test_labels = np.asarray(test_labels)
     counts = np.asarray(histograms, dtype=np.float64)  # (clients, classes)
-    parts: list[list[int]] = [[] for _ in range(len(counts))]
+    owners, samples = [], []
     for c in range(counts.shape[1]):
         total = counts[:, c].sum()
         if total == 0:
             continue
         idx = rng.permutation(np.flatnonzero(test_labels == c))
         cuts = np.rint(np.cumsum(counts[:, c] / total) * len(idx)).astype(int)[:-1]
-        for part, chunk in zip(parts, np.split(idx, cuts)):
-            part.extend(chunk.tolist())
-    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+        owners.append(np.searchsorted(cuts, np.arange(len(idx)), side="right"))  # sample j goes to the client whose cut follows it
+        samples.append(idx)
+    if not owners:
+        return [np.zeros(0, dtype=np.int64) for _ in range(len(counts))]
+    owner, sample = np.concatenate(owners), np.concatenate(samples).astype(np.int64)
+    order = np.lexsort((sample, owner))
+    bounds = np.cumsum(np.bincount(owner, minlength=len(counts)))[:-1]
+    return np.split(sample[order], bounds)
