@@ -88,9 +88,15 @@ class ClientRuntime:
         return load_client_class(self.cfg.strategy.client, self.cfg)
 
     def local_data(self, indices, test: bool = False) -> LocalData:
-        idx = torch.from_numpy(indices)
         x, y = (self.dataset.x_test, self.dataset.y_test) if test else (self.dataset.x_train, self.dataset.y_train)
+        if len(indices) == 0:
+            return LocalData(x[:0], y[:0], self.dataset)  # views: nothing to copy
+        idx = torch.from_numpy(indices)
         return LocalData(x[idx], y[idx], self.dataset)
+
+    @cached_property
+    def state_root(self) -> Path:
+        return Path(self.cfg.run_dir) / "client_state"
 
     @cached_property
     def device_data(self) -> dict[str, LocalData] | None:
@@ -124,7 +130,7 @@ class ClientRuntime:
             test=test,
             model=self.model,
             device=self.device,
-            state=ClientStateStore(Path(self.cfg.run_dir) / "client_state", client_id),
+            state=ClientStateStore(self.state_root, client_id),
             defence=self.defence,
             settings=self.train_settings,
         )

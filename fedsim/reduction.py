@@ -120,10 +120,11 @@ class ReplyReducer:
         if problem is not None:
             part.dropped.append({"client": client_id, "reason": problem})
             return
+        arrays = content[self.model_record]
+        distances = [float(torch.dist(tensor_of(arrays[key]), tensor_of(self.reference[key]))) for key in self.param_keys]
         part.bytes_up += payload_bytes(content)
         metrics = content["metrics"]
         weight = float(min(metrics["num-examples"], self.held.get(client_id, metrics["num-examples"])))
-        arrays = content[self.model_record]
         for key in arrays.keys():
             values = tensor_of(arrays[key])
             if key not in self._block:
@@ -132,8 +133,7 @@ class ReplyReducer:
         self._in_block += 1
         if self._in_block == self.block_size:
             self._flush()
-        for key in self.param_keys:
-            part.update_square += weight * float(torch.dist(tensor_of(arrays[key]), tensor_of(self.reference[key]))) ** 2
+        part.update_square += weight * sum(d * d for d in distances)
         add_metrics(part.metrics, metrics, weight)
         part.examples += weight
         part.clients.append(client_id)
