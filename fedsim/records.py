@@ -14,7 +14,7 @@ import io
 import math
 import weakref
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 import torch
@@ -173,10 +173,12 @@ def non_finite_metric(metrics: Any) -> str | None:
     return None
 
 
-def train_reply_problem(content: RecordDict, model_record: str, model_problem: Callable[[ArrayRecord], str | None]) -> str | None:
+def train_reply_problem(content: RecordDict, model_record: str, model_problem: Callable[[ArrayRecord], str | None],
+                        checked_elsewhere: Collection[str] = ()) -> str | None:
     """Why a train reply's content cannot be aggregated, or None: its model ArrayRecord
-    ``model_record`` and 'metrics' present, a positive 'num-examples', finite metrics and arrays,
-    and no ``model_problem`` (keys, shapes against the global model)."""
+    ``model_record`` and 'metrics' present, a positive 'num-examples', finite metrics and arrays
+    (but the model's arrays named in ``checked_elsewhere``, whose finiteness the caller tests), and
+    no ``model_problem`` (keys, shapes against the global model)."""
     if model_record not in content.array_records or "metrics" not in content.metric_records:
         return f"malformed reply: needs an '{model_record}' ArrayRecord and a 'metrics' MetricRecord"
     examples = content["metrics"].get("num-examples", 0)
@@ -189,15 +191,17 @@ def train_reply_problem(content: RecordDict, model_record: str, model_problem: C
     if mismatch:
         return f"returned {mismatch}"
     for name, record in content.array_records.items():
-        bad = non_finite(record)
+        bad = non_finite(record, skip=checked_elsewhere if name == model_record else ())
         if bad:
             return f"returned NaN/Inf in '{name}/{bad}'"
     return None
 
 
-def non_finite(record: ArrayRecord) -> str | None:
-    """Name of the first array holding NaN or Inf, or None."""
+def non_finite(record: ArrayRecord, skip: Collection[str] = ()) -> str | None:
+    """Name of the first array (but those in ``skip``) holding NaN or Inf, or None."""
     for key, arr in record.items():
+        if key in skip:
+            continue
         values = tensor_of(arr)
         # A sum is finite when every term is (the exact test runs only where it is not: overflow).
         if values.is_floating_point() and not math.isfinite(float(values.sum())) and not bool(torch.isfinite(values).all()):

@@ -12,6 +12,7 @@ Strategies whose aggregation is not this mean get every reply instead
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,7 @@ class ReplyReducer:
     def __init__(self, reference: ArrayRecord, param_keys: list[str], held: dict[int, int]) -> None:
         self.reference = reference
         self.param_keys = [k for k in param_keys if k in reference]
+        self._params = frozenset(self.param_keys)
         self.held = held
         self._sum = PartialSum()
         self._block: dict[str, torch.Tensor] = {}
@@ -116,12 +118,17 @@ class ReplyReducer:
             part.dropped.append({"client": client_id, "reason": client_error(reply)})
             return
         content = reply.content
-        problem = train_reply_problem(content, self.model_record, lambda record: shape_mismatch(self.reference, record))
+        problem = train_reply_problem(content, self.model_record, lambda record: shape_mismatch(self.reference, record),
+                                      checked_elsewhere=self._params)
+        arrays = content[self.model_record] if problem is None else None
+        # The update's norm is finite exactly where the update is (the global model is): one pass for both.
+        distances = [] if arrays is None else [float(torch.dist(tensor_of(arrays[k]), tensor_of(self.reference[k]))) for k in self.param_keys]
+        if arrays is not None and not all(map(math.isfinite, distances)):
+            problem = train_reply_problem(content, self.model_record, lambda record: None)  # names the array
+            problem = problem or f"returned an update whose norm overflows float32 in '{self.model_record}'"
         if problem is not None:
             part.dropped.append({"client": client_id, "reason": problem})
             return
-        arrays = content[self.model_record]
-        distances = [float(torch.dist(tensor_of(arrays[key]), tensor_of(self.reference[key]))) for key in self.param_keys]
         part.bytes_up += payload_bytes(content)
         metrics = content["metrics"]
         weight = float(min(metrics["num-examples"], self.held.get(client_id, metrics["num-examples"])))
