@@ -24,7 +24,7 @@ import yaml
 from fedsim.errors import ConfigError
 from fedsim.experiments.report import ReportOptions, build_report, lower_is_better, percent
 from fedsim.experiments.report_files import write_report
-from fedsim.experiments.runs import as_text, load_runs
+from fedsim.experiments.runs import as_text, is_bookkeeping, load_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "reproductions"
@@ -84,6 +84,29 @@ def fmt(value: float, metric: str) -> str:
     return f"{value * 100:.2f}" if percent(metric) else f"{value:.4g}"
 
 
+def graph_section(runs, last: int) -> list[str]:
+    """Where runs inferred a cooperation graph (``graph_same_group_weight``): per run group, the share
+    of a client's peer weight on its own label group over the last ``last`` rounds (mean +- std over
+    seeds) beside what a graph blind to the grouping gives."""
+    metrics = runs.metrics
+    if "graph_same_group_weight" not in metrics or metrics["graph_same_group_weight"].isna().all():
+        return []
+    lines = ["### The inferred graph against the true grouping", "",
+             f"Share of each client's peer weight on clients holding its own label set (mean of the last {last} rounds):", "",
+             "| runs | n | same-group weight | blind graph |", "|---|---|---|---|"]
+    rows = metrics.dropna(subset=["graph_same_group_weight"])
+    per_run = rows.groupby("run").apply(lambda r: r.nlargest(last, "round")[["graph_same_group_weight", "graph_same_group_chance"]].mean())
+    inferred = as_text(runs.configs.loc[per_run.index])  # the runs that inferred a graph, and the keys they differ in
+    keys = [k for k in inferred.columns if not is_bookkeeping(k) and k != "seed" and inferred[k].nunique() > 1]
+    configs = inferred[keys]
+    labels = [", ".join(f"{k}={configs.loc[r, k]}" for k in keys) if keys else f"strategy={inferred.loc[r, 'strategy.name']}"
+              for r in per_run.index]
+    for label, group in per_run.groupby(labels):
+        lines.append(f"| {label} | {len(group)} | {group['graph_same_group_weight'].mean():.3f} +- {group['graph_same_group_weight'].std():.3f} "
+                     f"| {group['graph_same_group_chance'].mean():.3f} |")
+    return lines + [""]
+
+
 def render_claim(claim: dict) -> tuple[list[str], list[str]]:
     """(the claim's section of REPRODUCTIONS.md, its summary rows)."""
     dirs = [str(DOCS / e) for e in claim["experiments"] if (DOCS / e).is_dir()]
@@ -126,6 +149,7 @@ def render_claim(claim: dict) -> tuple[list[str], list[str]]:
         for warning in report.warnings:
             section.append(f"- warning: {warning}")
         rows.append(f"| {claim['id']} | {title} | {ours} | {decision} |")
+    section += graph_section(runs, int(claim["last"]))
     notes = DOCS / f"claim_{claim['id']}" / "notes.md"
     if notes.is_file():
         section += ["**Findings.**", "", notes.read_text().strip(), ""]

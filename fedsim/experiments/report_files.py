@@ -74,6 +74,8 @@ def plot_curves(report: Report, path: Path) -> None:
         curve = report.curves[name]
         for group in report.table["group"]:
             rows = curve[curve["group"] == group]
+            if rows.empty or not rows["count"].notna().any():  # a group without this metric (e.g. a graph only SCooL infers)
+                continue
             band = rows["std"].fillna(0.0)
             line, = ax.plot(rows["round"], rows["mean"], label=f"{group} (n={int(rows['count'].max())})")
             ax.fill_between(rows["round"], rows["mean"] - band, rows["mean"] + band, color=line.get_color(), alpha=0.2)
