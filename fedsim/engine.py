@@ -37,7 +37,7 @@ from fedsim.seeding import seed_torch
 from fedsim.server_loop import RoundLoop
 from fedsim.tracking import RunLogger, loggers_from_config
 from fedsim.validation import check_plugins
-from fedsim.worker_pool import run_pool
+from fedsim.worker_pool import WorkerPool, run_pool
 from strategies import load_strategy_class
 
 log = logging.getLogger("fedsim")
@@ -49,7 +49,7 @@ class StderrHandler(logging.StreamHandler):
     write to a closed stream)."""
 
     @property  # type: ignore[override]
-    def stream(self):  # noqa: D102
+    def stream(self):
         return sys.stderr
 
     @stream.setter
@@ -226,19 +226,26 @@ def server_job(cfg: DictConfig) -> ServerJob:
 
 def run(cfg: DictConfig) -> Path:
     """Run the federation ``cfg`` describes (simulated); returns the run directory."""
-    job = server_job(cfg)
-    t0 = time.time()
-    show(job.banner())
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     client_app = make_client_app(cfg_dict)
-    sizes = shared_runtime(json.dumps(cfg_dict, sort_keys=True)).train_sizes  # client id -> samples, from the partition
-    # Float results depend on the number of threads a reduction is split over: set it from config.
-    # On Ray the server's own work (evaluation, aggregation) runs while the client actors wait.
-    torch.set_num_threads(int(cfg.backend.get("num_threads", 0)) or os.cpu_count() or 1)
-    if cfg.backend.name == "inprocess":
-        run_inprocess(job.serve, client_app, sizes())
-    elif cfg.backend.engine == "pool":
-        run_pool(job.serve, client_app, sizes, cfg.backend, bool(cfg.verbose), cfg.num_clients)
-    else:
-        run_ray(job.serve, client_app, cfg.num_clients, cfg.backend, bool(cfg.verbose))
+    # The pool engine's workers start first: they boot while the server prepares its side.
+    pool = WorkerPool(client_app, cfg.num_clients, cfg.backend, bool(cfg.verbose)) \
+        if cfg.backend.name == "simulation" and cfg.backend.engine == "pool" else None
+    try:
+        job = server_job(cfg)
+        t0 = time.time()
+        show(job.banner())
+        sizes = shared_runtime(json.dumps(cfg_dict, sort_keys=True)).train_sizes()  # client id -> samples, from the partition
+        # Float results depend on the number of threads a reduction is split over: set it from config.
+        # On Ray the server's own work (evaluation, aggregation) runs while the client actors wait.
+        torch.set_num_threads(int(cfg.backend.get("num_threads", 0)) or os.cpu_count() or 1)
+        if pool is not None:
+            run_pool(job.serve, pool, sizes)
+        elif cfg.backend.name == "inprocess":
+            run_inprocess(job.serve, client_app, sizes)
+        else:
+            run_ray(job.serve, client_app, cfg.num_clients, cfg.backend, bool(cfg.verbose))
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return job.finish(time.time() - t0)

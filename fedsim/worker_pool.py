@@ -70,12 +70,14 @@ def batches(messages: list[Message], workers: int) -> list[list[Message]]:
     return [messages[i:i + size] for i in range(0, len(messages), size)]
 
 
-class WorkerPoolGrid(SimulatedGrid):
-    """A Grid whose nodes are hosted by a pool of Ray actors (see the module docstring)."""
+class WorkerPool:
+    """Ray and the client workers of a run, started as soon as the run's config is known: the
+    workers boot and build their runtimes (:meth:`ClientWorker.prepare`) while the server prepares
+    its own side."""
 
-    def __init__(self, client_app: ClientApp, sizes: Callable[[], dict[int, int]], backend: Any, verbose: bool, num_clients: int) -> None:
-        """``sizes`` (client id -> samples) is called once the workers are starting, so that its work
-        overlaps theirs."""
+    def __init__(self, client_app: ClientApp, num_clients: int, backend: Any, verbose: bool) -> None:
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         import ray
 
         init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose,
@@ -83,22 +85,36 @@ class WorkerPoolGrid(SimulatedGrid):
         init_args.update(dict(backend.ray_init_args or {}))
         if int(backend.get("num_threads", 0)) and "address" not in init_args:
             init_args.setdefault("num_cpus", int(backend.num_threads))
-        if not ray.is_initialized():
-            ray.init(**init_args)
-        cpus = float(ray.available_resources().get("CPU", 1.0))
-        per_worker = float(backend.num_cpus)
-        count = int(cpus // per_worker)
-        if backend.num_gpus:
-            count = min(count, int(float(ray.available_resources().get("GPU", 0.0)) // float(backend.num_gpus)))
-        if count < 1:
-            raise FedsimError(f"the Ray cluster has {cpus:g} CPUs (GPUs: {ray.available_resources().get('GPU', 0):g}) for workers "
-                              f"of backend.num_cpus={per_worker:g}, backend.num_gpus={backend.num_gpus:g}: lower them")
-        actor = ray.remote(ClientWorker).options(num_cpus=per_worker, num_gpus=float(backend.num_gpus), max_restarts=3)
-        self.workers = [actor.remote(client_app, num_clients, max(1, int(per_worker))) for _ in range(count)]
-        ready = [w.prepare.remote() for w in self.workers]  # each builds its runtime (data, partition, model) now
-        super().__init__(sizes())
-        ray.get(ready)
-        self._ray = ray
+        ray.init(**init_args)
+        self.ray = ray
+        try:
+            cpus = float(ray.available_resources().get("CPU", 1.0))
+            per_worker = float(backend.num_cpus)
+            count = int(cpus // per_worker)
+            if backend.num_gpus:
+                count = min(count, int(float(ray.available_resources().get("GPU", 0.0)) // float(backend.num_gpus)))
+            if count < 1:
+                raise FedsimError(f"the Ray cluster has {cpus:g} CPUs (GPUs: {ray.available_resources().get('GPU', 0):g}) for "
+                                  f"workers of backend.num_cpus={per_worker:g}, backend.num_gpus={backend.num_gpus:g}: lower them")
+            actor = ray.remote(ClientWorker).options(num_cpus=per_worker, num_gpus=float(backend.num_gpus), max_restarts=3)
+            self.workers = [actor.remote(client_app, num_clients, max(1, int(per_worker))) for _ in range(count)]
+            self.ready = [w.prepare.remote() for w in self.workers]
+        except BaseException:
+            ray.shutdown()
+            raise
+
+    def shutdown(self) -> None:
+        self.ray.shutdown()
+
+
+class WorkerPoolGrid(SimulatedGrid):
+    """A Grid whose nodes are hosted by a :class:`WorkerPool` (see the module docstring)."""
+
+    def __init__(self, pool: WorkerPool, sizes: dict[int, int]) -> None:
+        super().__init__(sizes)
+        pool.ray.get(pool.ready)
+        self.workers = pool.workers
+        self._ray = pool.ray
 
     def _gather(self, tasks: list[Any], timeout: float | None) -> list[Any]:
         """Results of ``tasks`` in order; an exception stands for a task that failed or timed out."""
@@ -141,20 +157,10 @@ class WorkerPoolGrid(SimulatedGrid):
             total.merge(result)
         return total
 
-    def shutdown(self) -> None:
-        self._ray.shutdown()
-
-
-def run_pool(main: Any, client_app: ClientApp, sizes: Callable[[], dict[int, int]], backend: Any, verbose: bool, num_clients: int) -> None:
-    """Run the server's main function on a :class:`WorkerPoolGrid`."""
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+def run_pool(main: Any, pool: WorkerPool, sizes: dict[int, int]) -> None:
+    """Run the server's main function on a :class:`WorkerPoolGrid` over ``pool``."""
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 0, SUPERLINK_NODE_ID
-    grid = WorkerPoolGrid(client_app, sizes, backend, verbose, num_clients)
-    try:
-        main(grid)
-    finally:
-        grid.shutdown()
+    main(WorkerPoolGrid(pool, sizes))
