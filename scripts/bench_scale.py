@@ -191,6 +191,13 @@ def main() -> None:
     for r in rows:
         print(f"{r['clients']:>7} {r['per_round']:>6} {r['backend']:>17} {r['cores']:>5} {r['startup_s']:>8.1f} {r['clients_per_s']:>10.1f} "
               f"{r['floor_clients_per_s']:>10.1f} {r['ratio']:>6.2f} {r['peak_gib']:>9.2f} {r['accuracy']:>6.3f} {r['floor_accuracy']:>9.3f} {str(r['ok']):>7}")
+    print("\nAs markdown (the README's table):\n")
+    print("| backend | registered N | per round K | cores | start-up s | clients/s | floor clients/s | ratio | peak GiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['backend']} | {r['clients']:,} | {r['per_round']:,} | {r['cores']} | {r['startup_s']:.1f} | {r['clients_per_s']:.0f} | "
+              f"{r['floor_clients_per_s']:.0f} | {r['ratio']:.2f} | {r['peak_gib']:.2f} |")
+    print()
     for backend in args.backends:
         for k in args.per_round:
             same_k = sorted((r for r in rows if r["per_round"] == k and r["backend"] == backend), key=lambda r: r["clients"])
