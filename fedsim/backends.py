@@ -1,6 +1,8 @@
 """Where the ServerApp's loop and the ClientApps run.
 
-- ``simulation``: Flower's simulation engine with its Ray backend. Flower 1.41 marks the public
+- ``simulation`` with ``backend.engine=pool`` (the default): long-lived Ray workers, each running a
+  batch of clients per round (:mod:`fedsim.worker_pool`, on the :class:`SimulatedGrid` below).
+- ``simulation`` with ``backend.engine=flower``: Flower's simulation engine with its Ray backend. Flower 1.41 marks the public
   ``flwr.simulation.run_simulation`` wrapper deprecated in favour of ``flwr run``; Flower's own
   simulation runtime (``flwr-simulation``) launches the engine through
   ``flwr.simulation.run_simulation._run_simulation``, and so does fedsim, which keeps runs
@@ -8,15 +10,16 @@
   :class:`~fedsim.link_state.NodeIndexedLinkState`, so the engine's cost per message does not grow
   with the number of registered clients.
 - ``inprocess``: an in-process :class:`~flwr.serverapp.Grid` that calls the ClientApp directly,
-  one message after another: no Ray, fast start-up, for tests and debugging.
+  one message after another: no Ray, fast start-up, for tests, debugging and single-core runs.
 
-Both hand the server's main function a Grid, as a deployed SuperLink does.
+All hand the server's main function a Grid, as a deployed SuperLink does.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from abc import abstractmethod
 from itertools import count
 from typing import Any, Callable, Iterable
 
@@ -72,10 +75,10 @@ class SimulatedGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self.send_and_receive([self._pending.pop(key) for key in message_ids if key in self._pending])
 
+    @abstractmethod
     def send_and_reduce(self, messages: list[Message], param_keys: list[str], timeout: float | None = None) -> PartialSum:
         """Deliver train ``messages`` that all carry the same global 'arrays' and return their
         replies summed (:class:`~fedsim.reduction.PartialSum`)."""
-        raise NotImplementedError
 
 
 class InProcessGrid(SimulatedGrid):

@@ -29,7 +29,7 @@ from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsim.backends import SimulatedGrid
-from fedsim.client_host import ClientHost
+from fedsim.client_host import ClientHost, client_of_node
 from fedsim.errors import FedsimError
 from fedsim.reduction import PartialSum
 
@@ -147,12 +147,12 @@ class WorkerPoolGrid(SimulatedGrid):
 
     def send_and_reduce(self, messages: list[Message], param_keys: list[str], timeout: float | None = None) -> PartialSum:
         groups = batches(messages, len(self.workers))
-        held = [{m.metadata.dst_node_id - 1: self.sizes[m.metadata.dst_node_id - 1] for m in g} for g in groups]
+        held = [{client_of_node(m.metadata.dst_node_id): self.sizes[client_of_node(m.metadata.dst_node_id)] for m in g} for g in groups]
         results = self._gather([w.reduce.remote(g, param_keys, h) for w, g, h in zip(self.workers, groups, held)], timeout)
         total = PartialSum()
         for group, result in zip(groups, results):
             if isinstance(result, Exception):
-                total.dropped += [{"client": m.metadata.dst_node_id - 1, "reason": str(result)} for m in group]
+                total.dropped += [{"client": client_of_node(m.metadata.dst_node_id), "reason": str(result)} for m in group]
                 continue
             total.merge(result)
         return total
