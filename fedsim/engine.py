@@ -226,6 +226,7 @@ def server_job(cfg: DictConfig) -> ServerJob:
 
 def run(cfg: DictConfig) -> Path:
     """Run the federation ``cfg`` describes (simulated); returns the run directory."""
+    prepare_run_dir(cfg)  # the clients' config carries the run directory (their state lives under it)
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     client_app = make_client_app(cfg_dict)
     # The pool engine's workers start first: they boot while the server prepares its side.

@@ -72,3 +72,15 @@ def test_resume_on_the_command_line_keeps_the_runs_rounds_unless_asked(tmp_path,
     assert [r["round"] for r in read_metrics(run_dir)] == [1, 2]
     assert main(["run", f"resume={run_dir}", "num_rounds=3"]) == 0
     assert [r["round"] for r in read_metrics(run_dir)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("backend", ["inprocess", "simulation"])
+def test_a_run_without_run_dir_trains_every_sampled_client(tmp_path, backend):
+    """The README's main job names no run directory: the clients must still find theirs."""
+    from tests.conftest import FAST, read_metrics
+
+    overrides = [o for o in FAST if not o.startswith("backend=")]
+    assert main(["run", *overrides, f"backend={backend}", "num_rounds=1", f"runs_root={tmp_path}"]) == 0
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    (record,) = read_metrics(run_dir)
+    assert record["clients_ok"] == record["clients_sampled"] == 3 and "failed" not in record
