@@ -28,13 +28,14 @@ from fedsim.data.partition import label_histograms
 from fedsim.errors import ConfigError
 from fedsim.evaluation import ServerEvaluator
 from fedsim.models import model_from_config
+from fedsim.privacy.audit import FinalModelAudit
 from fedsim.privacy.defences import defence_from_config
 from fedsim.privacy.defences.dp import PrivacyLedger
 from fedsim.progress import show
 from fedsim.records import model_to_record
 from fedsim.results import RunDirectory, new_run_dir
 from fedsim.seeding import seed_torch
-from fedsim.server_loop import RoundLoop
+from fedsim.server_loop import FinalRoundObserver, RoundLoop
 from fedsim.tracking import RunLogger, loggers_from_config
 from fedsim.validation import check_plugins
 from fedsim.worker_pool import WorkerPool, run_pool
@@ -154,9 +155,10 @@ class ServerJob:
     start_round: int
     ledger: PrivacyLedger | None
     loggers: list[RunLogger]
+    observers: list[FinalRoundObserver]
 
     def serve(self, grid: Grid) -> None:
-        loop = RoundLoop(grid, self.strategy, self.cfg, self.run_dir, self.evaluator, self.ledger, self.loggers)
+        loop = RoundLoop(grid, self.strategy, self.cfg, self.run_dir, self.evaluator, self.ledger, self.loggers, self.observers)
         loop.run_rounds(self.arrays, self.start_round)
 
     def banner(self, backend: str | None = None) -> str:
@@ -221,7 +223,8 @@ def server_job(cfg: DictConfig) -> ServerJob:
     test = LocalData(dataset.x_test, dataset.y_test, dataset)
     evaluator = ServerEvaluator(model, test, cfg.eval_batch_size, device)
     loggers = loggers_from_config(cfg, run_dir, start_round)
-    return ServerJob(cfg, run_dir, strategy, evaluator, arrays, start_round, ledger, loggers)
+    observers = [FinalModelAudit(cfg, dataset, splits, run_dir)] if cfg.attack.get("final_model") else []
+    return ServerJob(cfg, run_dir, strategy, evaluator, arrays, start_round, ledger, loggers, observers)
 
 
 def run(cfg: DictConfig) -> Path:

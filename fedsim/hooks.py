@@ -96,7 +96,7 @@ def attack_mod(attack_cfg: Any, run_cfg: Any, client_env: Callable[[int], Any], 
 def client_mods(cfg: Any, defence: Any, client_env: Callable[[int], Any], client_id: Callable[[Context], int]) -> list[Mod]:
     """The ClientApp mods of a run: the attack observer outermost, then the update defence."""
     mods: list[Mod] = []
-    if str(cfg.attack.name) != "none":
+    if str(cfg.attack.name) != "none" and not cfg.attack.get("final_model"):  # the final-model audit runs on the server
         mods.append(attack_mod(cfg.attack, cfg, client_env, client_id))
     if hasattr(defence, "transform"):
         mods.append(defence_mod(defence, int(cfg.seed), client_id))

@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
@@ -81,6 +81,13 @@ def discover_clients(grid: Grid, expected: int, timeout: float) -> tuple[dict[in
     return node_of, sizes
 
 
+class FinalRoundObserver(Protocol):
+    """Something that looks at the final global model once the last round is trained (e.g. a privacy audit)."""
+
+    def on_final_round(self, server_round: int, arrays: ArrayRecord) -> dict[str, float]:
+        """Metrics added to the last round's record."""
+
+
 @dataclass
 class RoundLoop:
     """Everything the loop needs; ``evaluate`` maps global arrays to {'accuracy', 'loss'}."""
@@ -92,6 +99,7 @@ class RoundLoop:
     evaluate: Callable[[ArrayRecord], dict[str, float]]
     ledger: PrivacyLedger | None = None  # DP accounting, when a DP defence is on
     loggers: list[RunLogger] = field(default_factory=list)  # experiment tracking (the `logger` config group)
+    observers: list[FinalRoundObserver] = field(default_factory=list)  # plugged in from above (fedsim.privacy.audit)
 
     def account_privacy(self, messages: list[Message]) -> dict[str, float]:
         """Add this round's DP releases to the ledger; the epsilon spent so far."""
@@ -197,6 +205,9 @@ class RoundLoop:
             if server_round == 1:  # leakage of what clients shared before round 1 (FedFed's sharing)
                 record.update(round_means(cfg.run_dir, 0, prefix="attack_setup_"))
             record.update(round_means(cfg.run_dir, server_round))
+            if server_round == cfg.num_rounds:
+                for observer in self.observers:
+                    record.update(observer.on_final_round(server_round, arrays))
             record["round_time_s"] = time.time() - t0
             self.run.append_metrics(record)
             for logger in self.loggers:

@@ -52,6 +52,7 @@ def check_privacy(cfg: DictConfig) -> None:
     if cfg.attack.name != "none":
         schedule, method = attack_schemas(str(cfg.attack.name))
         check("attack", schedule, {k: v for k, v in cfg.attack.items() if k in SCHEDULE_KEYS})
+        check_with_run(schedule, cfg)
         own = {k: v for k, v in cfg.attack.items() if k not in SCHEDULE_KEYS}
         check("attack", method, own, ignore=ATTACK_INTERNAL)
         check_with_run(method, cfg)

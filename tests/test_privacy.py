@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -417,3 +418,21 @@ def test_an_attack_that_cannot_apply_warns_and_leaves_training_alone(make_cfg):
         logging.getLogger("fedsim").removeHandler(collect)
     assert all(r["clients_ok"] == 3 and "attack_psnr" not in r for r in records)
     assert sum("APRIL closed form needs" in line for line in collect.lines) == 1  # one warning, not one per client
+
+
+@pytest.mark.parametrize("defence", ["none", "mjp"])
+def test_final_model_audit_inverts_single_image_gradients_of_the_trained_model(make_cfg, defence):
+    """attack.final_model: no round update is attacked; after the last round APRIL inverts one-image
+    gradients of the final ViT, exactly without a defence and no better than a random image under MJP."""
+    path = run(make_cfg("attack=april", "attack.final_model=true", "attack.num_images=3", "attack.clients=[1]",
+                        f"defence={defence}", "model=vit_tiny", "model.patch=2", "model.dim=24", "model.depth=1", "num_rounds=2"))
+    first, last = read_metrics(path)
+    assert not any(k.startswith("attack_") for k in first) and "attack_psnr" not in last
+    assert last["attack_final_label_accuracy"] == 1.0
+    if defence == "none":
+        assert last["attack_final_psnr"] > 60 > last["attack_final_reference_psnr"]  # APRIL's closed form is exact
+    else:
+        assert last["attack_final_psnr"] < last["attack_final_reference_psnr"] + 3
+    with (path / "attacks" / "final" / "metrics.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 3
+    assert (path / "attacks" / "final" / "grid.png").is_file()

@@ -50,6 +50,7 @@ from tests.conftest import FAST
         ("strategy=fedsa model=mlp", "strategy=fedsa needs a convolutional model"),
         ("defence=dp_sgd model=resnet18", "defence=dp_sgd cannot wrap model=resnet18"),
         ("attack=april", "attack=april needs model=vit_tiny"),
+        ("strategy=fedfed attack=feature_inversion +attack.final_model=true", "attack.final_model=true needs a gradient inversion"),
         # unknown keys name the closest valid one
         ("strategy=fedprox strategy.mux=0.1", "strategy.mux=0.1: no such key; did you mean strategy.mu?"),
         ("num_round=3", "num_round=3: no such key; did you mean num_rounds?"),

@@ -43,6 +43,16 @@ class AttackSchedule:
     clients: list[int] | None = spec("client ids attacked; null = every sampled client", ge=0, default=None)
     num_images: int = spec("images per attacked client", ge=1, default=1)
     lpips_home: str | None = spec("folder of the LPIPS weights (offline)", default=None)
+    final_model: bool = spec("attack the final global model through single-image gradients instead of the round updates "
+                             "(fedsim.privacy.audit)", default=False)
+
+    @staticmethod
+    def validate_run(cfg: Any) -> str | None:
+        """The final-model audit inverts gradients."""
+        if cfg.attack.get("final_model") and str(cfg.attack.name) not in INVERSIONS:
+            return (f"attack.final_model=true needs a gradient inversion (one of {', '.join(sorted(INVERSIONS))}); "
+                    f"attack={cfg.attack.name} observes what clients share during the rounds")
+        return None
 
 
 SCHEDULE_KEYS = tuple(f.name for f in fields(AttackSchedule))
