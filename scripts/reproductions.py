@@ -19,12 +19,14 @@ import shutil
 import sys
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from fedsim.errors import ConfigError
-from fedsim.experiments.report import ReportOptions, build_report, lower_is_better, percent
+from fedsim.experiments.report import (ReportOptions, baseline_runs, build_report, group_labels, lower_is_better, paired_difference,
+                                       percent, run_figures)
 from fedsim.experiments.report_files import write_report
-from fedsim.experiments.runs import as_text, is_bookkeeping, load_runs
+from fedsim.experiments.runs import as_text, load_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "reproductions"
@@ -54,17 +56,62 @@ def collect(sweep: Path) -> Path:
     return target
 
 
-def verdict(row: dict, metric: str, seeds: int, rounds: int) -> str:
-    """From the paired interval of the claimed-better group - baseline, in the direction the claim states."""
+def verdict(row: dict, claimed_lower: bool, seeds: int, rounds: int, margin: float = 0.0) -> str:
+    """From the paired interval of the claimed-better group - baseline, in the direction the claim
+    states; with a ``margin``, the claim is "no worse than ``margin``" (non-inferiority)."""
     if seeds < MIN_SEEDS or rounds < MIN_ROUNDS:
         return f"incomplete ({seeds} seeds, {rounds} rounds; the protocol asks {MIN_SEEDS} and {MIN_ROUNDS})"
-    sign = -1.0 if lower_is_better(metric) else 1.0
+    sign = -1.0 if claimed_lower else 1.0
     low, high = sorted((sign * row["ci_low"], sign * row["ci_high"]))
-    if low > 0:
+    if low > -margin:
         return "reproduced"
-    if high < 0:
-        return "not reproduced (the interval excludes 0 the other way)"
-    return "inconclusive (the interval contains 0)"
+    if high < -margin:
+        return "not reproduced (the interval excludes 0 the other way)" if margin == 0 else \
+            f"not reproduced (the interval lies beyond the margin of {margin:g})"
+    return "inconclusive (the interval contains 0)" if margin == 0 else f"inconclusive (the interval crosses the margin of {margin:g})"
+
+
+def level_check(runs, spec: dict) -> tuple[list[str], str, str]:
+    """Whether ``spec['metric']`` of the runs ``spec['runs']`` selects stays within ``spec['margin']`` of
+    ``spec['reference']`` measured in the same runs (e.g. an attack's PSNR against a random image's):
+    the 95% interval of the per-run difference (last round) must lie below the margin.
+    Returns (the section's lines, the summary's figure, the verdict)."""
+    mask, _ = baseline_runs(runs.configs, list(spec["runs"]))
+    metrics = runs.metrics[runs.metrics["run"].isin(runs.configs.index[mask])]
+    value = run_figures(metrics, spec["metric"], 1, None)
+    reference = run_figures(metrics, spec["reference"], 1, None)
+    both = value[["final", "rounds"]].join(reference["final"].rename("reference")).dropna()
+    row = paired_difference(both["final"].to_numpy(), both["reference"].to_numpy())
+    seeds, rounds, margin = int(row["pairs"]), int(both["rounds"].min()) if len(both) else 0, float(spec["margin"])
+    if seeds < MIN_SEEDS or rounds < MIN_ROUNDS:
+        decision = f"incomplete ({seeds} seeds, {rounds} rounds; the protocol asks {MIN_SEEDS} and {MIN_ROUNDS})"
+    elif row["ci_high"] < margin:
+        decision = "reproduced"
+    elif row["ci_low"] > margin:
+        decision = f"not reproduced (more than {margin:g} above the reference)"
+    else:
+        decision = f"inconclusive (the interval crosses the margin of {margin:g})"
+    figure = f"{row['diff']:.4g} [{row['ci_low']:.4g}, {row['ci_high']:.4g}] (n={seeds})"
+    lines = [f"### {spec['label']}", "", f"`{spec['metric']}` - `{spec['reference']}` in the same runs ({', '.join(spec['runs'])}), "
+             f"mean over seeds with its 95% interval: {figure}; the claim holds when the interval lies below {margin:g}.", "",
+             f"Verdict: **{decision}**.", ""]
+    return lines, figure, decision
+
+
+def group_table(runs, spec: dict) -> list[str]:
+    """Per run group (the keys its runs differ in): mean +- std over seeds of each of ``spec['metrics']``
+    (per run, the mean of its last ``spec['last']`` values)."""
+    last = int(spec.get("last", 1))
+    values = pd.DataFrame({m: run_figures(runs.metrics, m, last, None)["last"] for m in spec["metrics"]}).dropna(how="all")
+    if values.empty:
+        return []
+    labels = group_labels(runs.configs.loc[values.index], [])
+    lines = [f"### {spec['title']}", ""] + ([spec["text"].strip(), ""] if spec.get("text") else [])
+    lines += ["| runs | n | " + " | ".join(f"`{m}`" for m in spec["metrics"]) + " |", "|---" * (len(spec["metrics"]) + 2) + "|"]
+    for label, frame in values.groupby(labels, sort=False):
+        cells = [f"{cell(frame[m].mean(), m)} +- {cell(frame[m].std(), m)}" if frame[m].notna().any() else "-" for m in spec["metrics"]]
+        lines.append(f"| {label} | {len(frame)} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def matching_group(better: list[str], groups: list[str], configs) -> str | None:
@@ -84,27 +131,11 @@ def fmt(value: float, metric: str) -> str:
     return f"{value * 100:.2f}" if percent(metric) else f"{value:.4g}"
 
 
-def graph_section(runs, last: int) -> list[str]:
-    """Where runs inferred a cooperation graph (``graph_same_group_weight``): per run group, the share
-    of a client's peer weight on its own label group over the last ``last`` rounds (mean +- std over
-    seeds) beside what a graph blind to the grouping gives."""
-    metrics = runs.metrics
-    if "graph_same_group_weight" not in metrics or metrics["graph_same_group_weight"].isna().all():
-        return []
-    lines = ["### The inferred graph against the true grouping", "",
-             f"Share of each client's peer weight on clients holding its own label set (mean of the last {last} rounds):", "",
-             "| runs | n | same-group weight | blind graph |", "|---|---|---|---|"]
-    rows = metrics.dropna(subset=["graph_same_group_weight"])
-    per_run = rows.groupby("run").apply(lambda r: r.nlargest(last, "round")[["graph_same_group_weight", "graph_same_group_chance"]].mean())
-    inferred = as_text(runs.configs.loc[per_run.index])  # the runs that inferred a graph, and the keys they differ in
-    keys = [k for k in inferred.columns if not is_bookkeeping(k) and k != "seed" and inferred[k].nunique() > 1]
-    configs = inferred[keys]
-    labels = [", ".join(f"{k}={configs.loc[r, k]}" for k in keys) if keys else f"strategy={inferred.loc[r, 'strategy.name']}"
-              for r in per_run.index]
-    for label, group in per_run.groupby(labels):
-        lines.append(f"| {label} | {len(group)} | {group['graph_same_group_weight'].mean():.3f} +- {group['graph_same_group_weight'].std():.3f} "
-                     f"| {group['graph_same_group_chance'].mean():.3f} |")
-    return lines + [""]
+def cell(value: float, metric: str) -> str:
+    """A table entry: percent points for accuracies, three decimals below 1, two above."""
+    if percent(metric):
+        return f"{value * 100:.2f}"
+    return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
 
 
 def render_claim(claim: dict) -> tuple[list[str], list[str]]:
@@ -141,7 +172,8 @@ def render_claim(claim: dict) -> tuple[list[str], list[str]]:
         else:
             row = rows_by_group.loc[label].to_dict()
             seeds, rounds = int(row["pairs"]), int(row["rounds"])
-            decision = verdict(row, metric, seeds, rounds)
+            claimed_lower = comparison.get("claimed", "lower" if lower_is_better(metric) else "higher") == "lower"
+            decision = verdict(row, claimed_lower, seeds, rounds, float(comparison.get("margin", 0.0)))
             ours = (f"{fmt(row['diff'], metric)} [{fmt(row['ci_low'], metric)}, {fmt(row['ci_high'], metric)}] "
                     f"(n={seeds})")
         image = out.relative_to(DOCS.parent) / "report.png"
@@ -149,7 +181,16 @@ def render_claim(claim: dict) -> tuple[list[str], list[str]]:
         for warning in report.warnings:
             section.append(f"- warning: {warning}")
         rows.append(f"| {claim['id']} | {title} | {ours} | {decision} |")
-    section += graph_section(runs, int(claim["last"]))
+    for spec in claim.get("levels", []):
+        try:
+            lines, figure, decision = level_check(runs, spec)
+        except ConfigError as err:  # the runs it selects are not there yet
+            lines, figure, decision = [f"### {spec['label']}", "", f"Not run yet ({err}).", ""], "-", "not run yet"
+        section += lines
+        rows.append(f"| {claim['id']} | {spec['label']} | {figure} | {decision} |")
+    for spec in claim.get("tables", []):
+        table_runs = load_runs([str(DOCS / e) for e in spec["experiments"] if (DOCS / e).is_dir()]) if "experiments" in spec else runs
+        section += group_table(table_runs, spec)
     notes = DOCS / f"claim_{claim['id']}" / "notes.md"
     if notes.is_file():
         section += ["**Findings.**", "", notes.read_text().strip(), ""]

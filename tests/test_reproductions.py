@@ -11,12 +11,50 @@ spec.loader.exec_module(reproductions)
 def test_verdict_reads_the_interval_in_the_claimed_direction():
     above, below, straddles = {"ci_low": 0.01, "ci_high": 0.05}, {"ci_low": -0.05, "ci_high": -0.01}, {"ci_low": -0.01, "ci_high": 0.02}
     verdict = reproductions.verdict
-    assert verdict(above, "test_accuracy", 3, 50) == "reproduced"
-    assert verdict(below, "test_accuracy", 3, 50).startswith("not reproduced")
-    assert verdict(straddles, "test_accuracy", 5, 50).startswith("inconclusive")
-    assert verdict(below, "update_dissimilarity", 3, 50) == "reproduced"  # lower is the claimed direction
-    assert verdict(above, "test_accuracy", 2, 50).startswith("incomplete")
-    assert verdict(above, "test_accuracy", 3, 30).startswith("incomplete")
+    assert verdict(above, False, 3, 50) == "reproduced"
+    assert verdict(below, False, 3, 50).startswith("not reproduced")
+    assert verdict(straddles, False, 5, 50).startswith("inconclusive")
+    assert verdict(below, True, 3, 50) == "reproduced"  # lower is the claimed direction
+    assert verdict(above, False, 2, 50).startswith("incomplete")
+    assert verdict(above, False, 3, 30).startswith("incomplete")
+
+
+def test_a_margin_makes_the_claim_no_worse_than_the_margin():
+    verdict = reproductions.verdict
+    slightly_worse, much_worse = {"ci_low": -0.008, "ci_high": 0.003}, {"ci_low": -0.05, "ci_high": -0.02}
+    assert verdict(slightly_worse, False, 3, 50, margin=0.01) == "reproduced"
+    assert verdict(slightly_worse, False, 3, 50).startswith("inconclusive")
+    assert verdict(much_worse, False, 3, 50, margin=0.01).startswith("not reproduced")
+    assert verdict({"ci_low": -0.02, "ci_high": 0.0}, False, 3, 50, margin=0.01).startswith("inconclusive")
+
+
+def runs_table(final: dict[str, tuple[str, float, float]]):
+    """Runs ``name -> (defence, psnr, reference psnr)``, seed = order, 50 rounds."""
+    import pandas as pd
+
+    from fedsim.experiments.runs import RunTable
+
+    configs = pd.DataFrame({"defence.name": [v[0] for v in final.values()], "seed": list(range(len(final)))}, index=list(final))
+    rows = [{"run": name, "round": 50, "attack_final_psnr": psnr, "attack_final_reference_psnr": ref, "test_accuracy": 0.8}
+            for name, (_, psnr, ref) in final.items()]
+    return RunTable(configs, pd.DataFrame(rows))
+
+
+def test_a_level_check_holds_when_the_interval_lies_below_the_margin():
+    spec = {"runs": ["defence=mjp"], "metric": "attack_final_psnr", "reference": "attack_final_reference_psnr", "margin": 1.0, "label": "x"}
+    at_random = runs_table({"a": ("mjp", 7.1, 7.3), "b": ("mjp", 7.0, 6.9), "c": ("mjp", 7.4, 7.5), "d": ("none", 90.0, 7.0)})
+    assert reproductions.level_check(at_random, spec)[2] == "reproduced"
+    leaking = runs_table({"a": ("mjp", 12.1, 7.3), "b": ("mjp", 11.0, 6.9), "c": ("mjp", 12.4, 7.5)})
+    assert reproductions.level_check(leaking, spec)[2].startswith("not reproduced")
+    two_seeds = runs_table({"a": ("mjp", 7.1, 7.3), "b": ("mjp", 7.0, 6.9)})
+    assert reproductions.level_check(two_seeds, spec)[2].startswith("incomplete")
+
+
+def test_a_group_table_shows_each_groups_mean_and_spread():
+    table = runs_table({"a": ("mjp", 7.0, 7.3), "b": ("mjp", 9.0, 6.9), "c": ("none", 90.0, 7.0)})
+    lines = reproductions.group_table(table, {"title": "t", "metrics": ["test_accuracy", "attack_final_psnr"]})
+    assert "| defence=mjp | 2 | 80.00 +- 0.00 | 8.00 +- 1.41 |" in lines
+    assert any(line.startswith("| defence=none | 1 | 80.00") for line in lines)
 
 
 def test_committed_page_is_what_render_writes(tmp_path, monkeypatch):
