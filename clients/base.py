@@ -15,9 +15,7 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from torch import nn
 from torch.nn import functional as F
 
-from fedsim.client_state import ClientStateStore
-from fedsim.data import ImageDataset
-from fedsim.data.augment import shift_flip
+from fedsim.client_env import ClientEnv
 from fedsim.evaluation import evaluate
 from fedsim.hooks import local_training
 from fedsim.models import auxiliary_loss
@@ -26,93 +24,10 @@ from fedsim.seeding import seed_torch, torch_generator
 
 
 @dataclass
-class LocalData:
-    """One client's samples: uint8 images, labels, and the dataset they come from (its statistics)."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    dataset: ImageDataset
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def index_batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
-        """Index minibatches over the samples; shuffled when a generator is given."""
-        order = torch.randperm(len(self.y), generator=generator) if generator is not None else torch.arange(len(self.y))
-        return iter(order.split(batch_size))
-
-    def batches(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None, augment: bool = False):
-        """Yield normalised (x, y) batches; shuffled when a generator is given; with ``augment``, each
-        image randomly cropped and flipped (:func:`fedsim.data.augment.shift_flip`, drawn from ``generator``)."""
-        for idx in self.index_batches(batch_size, generator):
-            x = self.x[idx]
-            if augment and generator is not None:
-                x = shift_flip(x, generator, self.dataset.hflip)
-            yield self.dataset.normalize(x).to(device, non_blocking=True), self.y[idx].to(device, non_blocking=True)
-
-
-def augmented(cfg: Any) -> bool:
-    """Whether the run augments local training batches (``augment=shift_flip``; runs saved before
-    the key existed did not)."""
-    return str(cfg.get("augment", "none")) == "shift_flip"
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """The run keys every local step reads, read out of the config once per run (a DictConfig
-    lookup costs about as much as a small client's forward pass)."""
-
-    seed: int
-    clip_norm: float | None
-    augment: bool
-
-    @classmethod
-    def of(cls, cfg: Any) -> TrainSettings:
-        clip = cfg.optimizer.get("clip_norm")
-        return cls(int(cfg.seed), None if clip is None else float(clip), augmented(cfg))
-
-
-@dataclass
-class ClientEnv:
-    """Everything a client update can use; built once per client per process."""
-
-    client_id: int
-    cfg: Any  # the resolved run config (DictConfig)
-    data: LocalData  # labeled samples
-    unlabeled: LocalData  # samples whose labels the client may not use (semi-supervised splits)
-    test: LocalData  # the client's own test set (its label distribution), for personalized evaluation
-    model: nn.Module  # one instance per process, overwritten by the received weights each round
-    device: torch.device
-    state: ClientStateStore
-    defence: Any = None  # the run's defence (fedsim.privacy.defences), if any
-    settings: TrainSettings | None = None  # the run's, where the runtime has read them (else from cfg)
-
-    def train_settings(self) -> TrainSettings:
-        return self.settings or TrainSettings.of(self.cfg)
-
-
-@dataclass
 class TrainStats:
     loss: float
     steps: int
     examples: int
-
-
-def accumulation_norm(tau: int, momentum: float) -> float:
-    """l1 norm of the accumulation vector of tau SGD steps with heavy-ball momentum.
-
-    x_0 - x_tau = lr * sum_k a_k g_k with a_k = (1 - rho^(tau-k)) / (1 - rho); the sum of the a_k
-    is tau for plain SGD and [tau - rho (1 - rho^tau) / (1 - rho)] / (1 - rho) with momentum rho
-    (FedNova, Wang et al. 2020). Dividing a model change by lr * this gives the mean gradient.
-    """
-    if momentum == 0.0:
-        return float(tau)
-    return (tau - momentum * (1.0 - momentum**tau) / (1.0 - momentum)) / (1.0 - momentum)
-
-
-def optimizer_momentum(cfg: Any) -> float:
-    """Heavy-ball momentum of the configured local optimizer (0 for Adam)."""
-    return float(cfg.momentum) if cfg.name == "sgd" else 0.0
 
 
 def make_optimizer(model: nn.Module, cfg: Any, lr: float) -> torch.optim.Optimizer:

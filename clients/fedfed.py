@@ -42,35 +42,18 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
-from torch import nn
 from torch.nn import functional as F
 
 from clients import load_client_class
-from clients.base import Client, ClientEnv, augmented
+from clients.base import Client
+from fedsim.client_env import ClientEnv, augmented
 from fedsim.data.augment import shift_flip
-from fedsim.models import model_from_config
-from fedsim.models.generator import FeatureGenerator, kl_divergence
+from fedsim.models.generator import kl_divergence
+from fedsim.protocols.fedfed import DISTILL, RECEIVE, SHARE, DistillationPair, shared_copy_keys
 from fedsim.records import load_record, model_to_record
 from fedsim.seeding import rng, seed_torch, torch_generator
 
-DISTILL, SHARE, RECEIVE, TRAIN = "distill", "share", "receive", "train"
 CURRICULUM = ((10, 10.0), (20, 5.0))  # official: re x10 while the local epoch index < 10, x5 below 20
-
-
-def shared_copy_keys(copies: int) -> tuple[str, ...]:
-    """The record keys of the shared copies: x1, x2, ... (one per entry of ``share_noise_std``)."""
-    return tuple(f"x{k}" for k in range(1, copies + 1))
-
-
-class DistillationPair(nn.Module):
-    """G and the embedded classifier f, trained and averaged together in the distillation phase."""
-
-    def __init__(self, cfg, input_shape: tuple[int, int, int], num_classes: int) -> None:
-        super().__init__()
-        s = cfg.strategy
-        latent = None if s.generator_latent is None else int(s.generator_latent)
-        self.generator = FeatureGenerator(input_shape, int(s.generator_width), latent)
-        self.classifier = model_from_config(cfg, input_shape, num_classes)
 
 
 def distillation_pair(env: ClientEnv, arrays: ArrayRecord) -> DistillationPair:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from flwr.app import MetricRecord
 
-from clients.base import Client, TrainStats, accumulation_norm, optimizer_momentum
+from clients.base import Client, TrainStats
+from fedsim.numerics import accumulation_norm, optimizer_momentum
 
 
 class FedNovaClient(Client):

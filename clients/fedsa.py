@@ -33,10 +33,9 @@ from clients.base import Client, make_optimizer
 from fedsim.errors import ConfigError
 from fedsim.evaluation import evaluate
 from fedsim.models import model_from_config, split_model
+from fedsim.protocols.fedsa import AMALGAMATE, SELECT, TEACHER
 from fedsim.records import load_record, model_to_record
 from fedsim.seeding import seed_torch, torch_generator
-
-TEACHER, SELECT, AMALGAMATE = "teacher", "select", "amalgamate"
 
 
 def conv_split(model: nn.Module, input_shape: tuple[int, ...], layer: str = "last") -> tuple[nn.Sequential, nn.Sequential]:

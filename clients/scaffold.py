@@ -17,7 +17,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
 
-from clients.base import Client, accumulation_norm, optimizer_momentum
+from clients.base import Client
+from fedsim.numerics import accumulation_norm, optimizer_momentum
 from fedsim.records import load_record, model_to_record
 
 

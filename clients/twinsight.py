@@ -28,13 +28,9 @@ from torch.nn import functional as F
 
 from clients.base import make_optimizer
 from clients.fixmatch import FixMatchClient
-from fedsim.models import embedding, model_from_config
-from fedsim.models.projection import ProjectionModel
+from fedsim.models import embedding
+from fedsim.protocols.twinsight import unsupervised_model
 from fedsim.records import load_record, model_to_record
-
-
-def unsupervised_model(cfg, input_shape: tuple[int, int, int], num_classes: int) -> ProjectionModel:
-    return ProjectionModel(model_from_config(cfg, input_shape, num_classes), input_shape, int(cfg.strategy.projection_dim))
 
 
 def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:

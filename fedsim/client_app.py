@@ -10,24 +10,24 @@ actor with every message; a runtime arriving that way is this process's runtime 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from omegaconf import OmegaConf
 
-from clients import load_client_class
-from clients.base import Client, ClientEnv, LocalData, TrainSettings
+from fedsim.client_env import ClientEnv, ClientUpdate, TrainSettings
 from fedsim.client_state import ClientStateStore
 from fedsim.data import dataset_from_config, make_partition, personal_test_split
+from fedsim.data.local import LocalData
 from fedsim.data.local_folder import dataset_format, load_device_data
 from fedsim.data.partition import label_histograms
-from fedsim.hooks import client_mods
+from fedsim.hooks import Mod
 from fedsim.models import model_from_config
-from fedsim.privacy.defences import defence_from_config
 from fedsim.seeding import rng
 
 
@@ -37,14 +37,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@dataclass(frozen=True)
+class ClientPlugins:
+    """What the runtime takes from above (:mod:`fedsim.plugins`), as module-level functions so that a
+    runtime pickles by reference: a run's client class (``clients``), its defence and the ClientApp
+    mods (attack observers, update defences: ``fedsim.privacy``)."""
+
+    client_class: Callable[[str, Any], type]
+    defence: Callable[[Any], Any]
+    mods: Callable[[Any, Any, Callable[[int], ClientEnv], Callable[[Context], int]], list[Mod]]
+
+
 class ClientRuntime:
     """Per-process cache of what the clients of one run share."""
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: dict[str, Any], plugins: ClientPlugins) -> None:
         self._cfg_dict = cfg
+        self.plugins = plugins
 
     def __reduce__(self):
-        return shared_runtime, (json.dumps(self._cfg_dict, sort_keys=True),)
+        return shared_runtime, (json.dumps(self._cfg_dict, sort_keys=True), self.plugins)
 
     @cached_property
     def cfg(self):
@@ -77,15 +89,16 @@ class ClientRuntime:
 
     @cached_property
     def defence(self):
-        return defence_from_config(self.cfg.defence)
+        return self.plugins.defence(self.cfg.defence)
 
     @cached_property
     def train_settings(self) -> TrainSettings:
         return TrainSettings.of(self.cfg)
 
     @cached_property
-    def client_class(self) -> type[Client]:
-        return load_client_class(self.cfg.strategy.client, self.cfg)
+    def client_class(self) -> type:
+        """The run's client update class (``clients.<strategy.client>``)."""
+        return self.plugins.client_class(self.cfg.strategy.client, self.cfg)
 
     def local_data(self, indices, test: bool = False) -> LocalData:
         x, y = (self.dataset.x_test, self.dataset.y_test) if test else (self.dataset.x_train, self.dataset.y_train)
@@ -120,7 +133,7 @@ class ClientRuntime:
         cls = self.client_class
         return {cid: cls.train_examples(len(split.labeled), len(split.unlabeled)) for cid, split in enumerate(self.splits)}
 
-    def client(self, client_id: int) -> Client:
+    def client(self, client_id: int) -> ClientUpdate:
         data, unlabeled, test = self.client_data(client_id)
         env = ClientEnv(
             client_id=client_id,
@@ -138,19 +151,19 @@ class ClientRuntime:
 
 
 @lru_cache(maxsize=2)
-def shared_runtime(cfg_json: str) -> ClientRuntime:
+def shared_runtime(cfg_json: str, plugins: ClientPlugins) -> ClientRuntime:
     """This process's runtime of the run ``cfg_json`` describes (what an unpickled runtime becomes)."""
-    return ClientRuntime(json.loads(cfg_json))
+    return ClientRuntime(json.loads(cfg_json), plugins)
 
 
 def client_id_of(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-def make_client_app(cfg: dict[str, Any]) -> ClientApp:
+def make_client_app(cfg: dict[str, Any], plugins: ClientPlugins) -> ClientApp:
     """Build the ClientApp for a resolved run config (a plain dict, so it ships to Ray actors)."""
-    runtime = shared_runtime(json.dumps(cfg, sort_keys=True))
-    app = ClientApp(mods=client_mods(runtime.cfg, runtime.defence, lambda cid: runtime.client(cid).env, client_id_of))
+    runtime = shared_runtime(json.dumps(cfg, sort_keys=True), plugins)
+    app = ClientApp(mods=plugins.mods(runtime.cfg, runtime.defence, lambda cid: runtime.client(cid).env, client_id_of))
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:

@@ -17,25 +17,27 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
-from clients.base import LocalData
 from fedsim import __version__
 from fedsim.backends import run_inprocess, run_ray
 from fedsim.checkpoint import latest_checkpoint
-from fedsim.client_app import make_client_app, resolve_device, shared_runtime
+from fedsim.client_app import resolve_device
 from fedsim.config import override_key, validate
 from fedsim.data import dataset_from_config, make_partition
+from fedsim.data.local import LocalData
 from fedsim.data.partition import label_histograms
 from fedsim.errors import ConfigError
 from fedsim.evaluation import ServerEvaluator
 from fedsim.models import model_from_config
+from fedsim.plugins import client_app, runtime_of
 from fedsim.privacy.audit import FinalModelAudit
 from fedsim.privacy.defences import defence_from_config
 from fedsim.privacy.defences.dp import PrivacyLedger
+from fedsim.privacy.mods import AttackRoundMeans
 from fedsim.progress import show
 from fedsim.records import model_to_record
 from fedsim.results import RunDirectory, new_run_dir
 from fedsim.seeding import seed_torch
-from fedsim.server_loop import FinalRoundObserver, RoundLoop
+from fedsim.server_loop import RoundLoop, RoundObserver
 from fedsim.tracking import RunLogger, loggers_from_config
 from fedsim.validation import check_plugins
 from fedsim.worker_pool import WorkerPool, run_pool
@@ -155,7 +157,7 @@ class ServerJob:
     start_round: int
     ledger: PrivacyLedger | None
     loggers: list[RunLogger]
-    observers: list[FinalRoundObserver]
+    observers: list[RoundObserver]
 
     def serve(self, grid: Grid) -> None:
         loop = RoundLoop(grid, self.strategy, self.cfg, self.run_dir, self.evaluator, self.ledger, self.loggers, self.observers)
@@ -191,6 +193,15 @@ class ServerJob:
         return run_dir.path
 
 
+def round_observers(cfg: DictConfig, dataset: Any, splits: list, run_dir: RunDirectory) -> list[RoundObserver]:
+    """The privacy plug-ins' observers of a run's rounds: an attack's per-round leakage, or its audit of the final model."""
+    if str(cfg.attack.name) == "none":
+        return []
+    if cfg.attack.get("final_model"):
+        return [FinalModelAudit(cfg, dataset, splits, run_dir)]
+    return [AttackRoundMeans(str(run_dir.path))]
+
+
 def server_job(cfg: DictConfig) -> ServerJob:
     """Prepare the run directory, the global model (or the checkpoint to resume), strategy and evaluator."""
     quiet_logs(cfg.verbose)
@@ -223,7 +234,7 @@ def server_job(cfg: DictConfig) -> ServerJob:
     test = LocalData(dataset.x_test, dataset.y_test, dataset)
     evaluator = ServerEvaluator(model, test, cfg.eval_batch_size, device)
     loggers = loggers_from_config(cfg, run_dir, start_round)
-    observers = [FinalModelAudit(cfg, dataset, splits, run_dir)] if cfg.attack.get("final_model") else []
+    observers = round_observers(cfg, dataset, splits, run_dir)
     return ServerJob(cfg, run_dir, strategy, evaluator, arrays, start_round, ledger, loggers, observers)
 
 
@@ -231,24 +242,24 @@ def run(cfg: DictConfig) -> Path:
     """Run the federation ``cfg`` describes (simulated); returns the run directory."""
     prepare_run_dir(cfg)  # the clients' config carries the run directory (their state lives under it)
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
-    client_app = make_client_app(cfg_dict)
+    app = client_app(cfg_dict)
     # The pool engine's workers start first: they boot while the server prepares its side.
-    pool = WorkerPool(client_app, cfg.num_clients, cfg.backend, bool(cfg.verbose)) \
+    pool = WorkerPool(app, cfg.num_clients, cfg.backend, bool(cfg.verbose)) \
         if cfg.backend.name == "simulation" and cfg.backend.engine == "pool" else None
     try:
         job = server_job(cfg)
         t0 = time.time()
         show(job.banner())
-        sizes = shared_runtime(json.dumps(cfg_dict, sort_keys=True)).train_sizes()  # client id -> samples, from the partition
+        sizes = runtime_of(json.dumps(cfg_dict, sort_keys=True)).train_sizes()  # client id -> samples, from the partition
         # Float results depend on the number of threads a reduction is split over: set it from config.
         # On Ray the server's own work (evaluation, aggregation) runs while the client actors wait.
         torch.set_num_threads(int(cfg.backend.get("num_threads", 0)) or os.cpu_count() or 1)
         if pool is not None:
             run_pool(job.serve, pool, sizes)
         elif cfg.backend.name == "inprocess":
-            run_inprocess(job.serve, client_app, sizes)
+            run_inprocess(job.serve, app, sizes)
         else:
-            run_ray(job.serve, client_app, cfg.num_clients, cfg.backend, bool(cfg.verbose))
+            run_ray(job.serve, app, cfg.num_clients, cfg.backend, bool(cfg.verbose))
     finally:
         if pool is not None:
             pool.shutdown()

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from flwr.app import ArrayRecord
 from torch import nn
 from torch.nn import functional as F
 
+from fedsim.data.local import LocalData
 from fedsim.records import load_record
-
-if TYPE_CHECKING:
-    from clients.base import LocalData
 
 
 @torch.no_grad()

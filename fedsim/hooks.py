@@ -5,26 +5,19 @@ A client's local update runs inside two kinds of hooks, chosen by ``defence=...`
 
 - in training (:func:`local_training`): a defence may take over the optimizer step (DP-SGD's
   per-example clipping and noise);
-- on the reply (Flower ClientApp mods, :func:`client_mods`): a defence may transform the model
-  update before it leaves the client (local DP, pruning); an attack observer, the outermost mod,
-  then sees exactly what the server receives and records the leakage (metrics under
-  ``<run>/attacks/round_XXXX/``, which the server loop averages into metrics.jsonl, and a grid image).
+- on the reply: Flower ClientApp mods (:data:`Mod`), built by :mod:`fedsim.privacy.mods` and passed
+  into the ClientApp from above (:mod:`fedsim.plugins`).
 """
 
 from __future__ import annotations
 
-import logging
 from contextlib import nullcontext
 from typing import Any, Callable, ContextManager
 
 import torch
-from flwr.app import Context, Message, MessageType
+from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
-from fedsim.errors import FedsimError
-from fedsim.seeding import torch_generator
-
-log = logging.getLogger("fedsim")
 Mod = Callable[[Message, Context, ClientAppCallable], Message]
 
 
@@ -37,67 +30,3 @@ def local_training(defence: Any, model: torch.nn.Module, optimizer: torch.optim.
 
 def server_round_of(msg: Message) -> int:
     return int(msg.content["config"].get("server-round", 0)) if "config" in msg.content.config_records else 0
-
-
-def defence_mod(defence: Any, seed: int, client_id: Callable[[Context], int]) -> Mod:
-    """Transform the model update of every training reply (seeded by run, round and client)."""
-
-    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        reply = call_next(msg, context)
-        if msg.metadata.message_type != MessageType.TRAIN or reply.has_error():
-            return reply
-        if "arrays" in msg.content.array_records and "arrays" in reply.content.array_records:
-            generator = torch_generator(seed, "defence", server_round_of(msg), client_id(context))
-            reply.content["arrays"] = defence.transform(msg.content["arrays"], reply.content["arrays"], generator)
-        return reply
-
-    return mod
-
-
-def attack_mod(attack_cfg: Any, run_cfg: Any, client_env: Callable[[int], Any], client_id: Callable[[Context], int]) -> Mod:
-    """Observe the replies of the configured clients and rounds with the configured attack."""
-    from fedsim.privacy.attacks import attack_from_config  # clients import this module: attacks import clients
-    from fedsim.privacy.attacks.base import ClientView
-    from fedsim.privacy.report import round_folder, save_result
-
-    attack = attack_from_config(attack_cfg, int(run_cfg.seed))
-    every = int(attack_cfg.every)
-    targets = None if attack_cfg.clients is None else {int(c) for c in attack_cfg.clients}
-    warned: list[bool] = []
-
-    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        reply = call_next(msg, context)
-        cid, server_round = client_id(context), server_round_of(msg)
-        if msg.metadata.message_type != MessageType.TRAIN or reply.has_error() or server_round % every:
-            return reply
-        if targets is not None and cid not in targets:
-            return reply
-        view = ClientView(cid, server_round, msg.content, reply.content, client_env(cid))
-        try:
-            result = attack.observe(view)
-        except FedsimError as err:  # a misconfigured attack must not cost the client its round
-            if not warned:
-                warned.append(True)
-                log.warning("attack=%s on client %d, round %d: %s", attack_cfg.name, cid, server_round, err)
-            return reply
-        if result is None and not warned:
-            warned.append(True)
-            log.warning("attack=%s: the reply of client %d in round %d carries nothing this attack targets "
-                        "(it needs a model update, FedFed's shared features or FedImpro's statistics)", attack_cfg.name, cid, server_round)
-        if result is not None:
-            info = {"attack": str(attack_cfg.name), "round": server_round, "client": cid,
-                    "title": f"{attack_cfg.name}, round {server_round}, client {cid}"}
-            save_result(round_folder(run_cfg.run_dir, server_round), f"client_{cid:05d}", result, info)
-        return reply
-
-    return mod
-
-
-def client_mods(cfg: Any, defence: Any, client_env: Callable[[int], Any], client_id: Callable[[Context], int]) -> list[Mod]:
-    """The ClientApp mods of a run: the attack observer outermost, then the update defence."""
-    mods: list[Mod] = []
-    if str(cfg.attack.name) != "none" and not cfg.attack.get("final_model"):  # the final-model audit runs on the server
-        mods.append(attack_mod(cfg.attack, cfg, client_env, client_id))
-    if hasattr(defence, "transform"):
-        mods.append(defence_mod(defence, int(cfg.seed), client_id))
-    return mods

@@ -21,8 +21,6 @@ from fedsim.backends import SimulatedGrid
 from fedsim.checkpoint import Checkpoint, save_checkpoint
 from fedsim.client_state import discard_after
 from fedsim.errors import FedsimError, RoundFailedError
-from fedsim.privacy.defences.dp import PrivacyLedger
-from fedsim.privacy.report import round_means
 from fedsim.progress import round_line, show
 from fedsim.records import payload_bytes
 from fedsim.reduction import client_error
@@ -81,11 +79,22 @@ def discover_clients(grid: Grid, expected: int, timeout: float) -> tuple[dict[in
     return node_of, sizes
 
 
-class FinalRoundObserver(Protocol):
-    """Something that looks at the final global model once the last round is trained (e.g. a privacy audit)."""
+class RoundObserver(Protocol):
+    """Something plugged in from above that looks at each finished round (e.g. an attack's leakage, a
+    privacy audit of the final model) and adds its metrics to the round's record."""
 
-    def on_final_round(self, server_round: int, arrays: ArrayRecord) -> dict[str, float]:
-        """Metrics added to the last round's record."""
+    def observe_round(self, server_round: int, arrays: ArrayRecord, record: dict[str, Any]) -> None:
+        """Add metrics of round ``server_round`` (its global ``arrays``) to ``record``."""
+
+
+class PrivacyAccountant(Protocol):
+    """A DP defence's ledger (:class:`fedsim.privacy.defences.dp.PrivacyLedger`)."""
+
+    def account_round(self, sampled: list[int], num_examples: dict[int, int], cfg: Any) -> dict[str, float]:
+        """Add a round's releases; the privacy spent so far."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps."""
 
 
 @dataclass
@@ -97,18 +106,16 @@ class RoundLoop:
     cfg: Any
     run: RunDirectory
     evaluate: Callable[[ArrayRecord], dict[str, float]]
-    ledger: PrivacyLedger | None = None  # DP accounting, when a DP defence is on
+    ledger: PrivacyAccountant | None = None  # DP accounting, when a DP defence is on
     loggers: list[RunLogger] = field(default_factory=list)  # experiment tracking (the `logger` config group)
-    observers: list[FinalRoundObserver] = field(default_factory=list)  # plugged in from above (fedsim.privacy.audit)
+    observers: list[RoundObserver] = field(default_factory=list)  # plugged in from above (fedsim.privacy)
 
     def account_privacy(self, messages: list[Message]) -> dict[str, float]:
         """Add this round's DP releases to the ledger; the epsilon spent so far."""
         if self.ledger is None:
             return {}
         sampled = [self.strategy.client_of(m.metadata.dst_node_id) for m in messages]
-        for key, rate, steps in self.ledger.mechanism.round_releases(sampled, self.strategy.num_examples, self.cfg):
-            self.ledger.add(key, rate, steps)
-        return {"dp_epsilon": self.ledger.epsilon(), "dp_delta": float(self.ledger.mechanism.delta)}
+        return self.ledger.account_round(sampled, self.strategy.num_examples, self.cfg)
 
     def train_config(self, server_round: int, last_checkpoint: int) -> ConfigRecord:
         opt = self.cfg.optimizer
@@ -202,12 +209,8 @@ class RoundLoop:
                 result = self.strategy.evaluate_round(server_round, arrays, self.grid, self.evaluate)
                 record["test_accuracy"], record["test_loss"] = result.pop("accuracy"), result.pop("loss")
                 record.update(result)
-            if server_round == 1:  # leakage of what clients shared before round 1 (FedFed's sharing)
-                record.update(round_means(cfg.run_dir, 0, prefix="attack_setup_"))
-            record.update(round_means(cfg.run_dir, server_round))
-            if server_round == cfg.num_rounds:
-                for observer in self.observers:
-                    record.update(observer.on_final_round(server_round, arrays))
+            for observer in self.observers:
+                observer.observe_round(server_round, arrays, record)
             record["round_time_s"] = time.time() - t0
             self.run.append_metrics(record)
             for logger in self.loggers:

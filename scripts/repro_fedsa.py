@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 from repro_common import datasets_available, late_mean, repro_parser, run_fedsim
 
-from clients.base import LocalData
 from clients.fedsa import conv_split, hint_loss, translator_for
 from fedsim.config import compose
 from fedsim.data import dataset_from_config, make_partition
+from fedsim.data.local import LocalData
 from fedsim.models import model_from_config
 from fedsim.records import model_to_record
 from fedsim.seeding import seed_torch, torch_generator

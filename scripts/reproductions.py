@@ -23,8 +23,16 @@ import pandas as pd
 import yaml
 
 from fedsim.errors import ConfigError
-from fedsim.experiments.report import (ReportOptions, baseline_runs, build_report, group_labels, lower_is_better, paired_difference,
-                                       percent, run_figures)
+from fedsim.experiments.report import (
+    ReportOptions,
+    baseline_runs,
+    build_report,
+    group_labels,
+    lower_is_better,
+    paired_difference,
+    percent,
+    run_figures,
+)
 from fedsim.experiments.report_files import write_report
 from fedsim.experiments.runs import as_text, load_runs
 

@@ -34,11 +34,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from clients.fedfed import DISTILL, RECEIVE, SHARE, TRAIN, DistillationPair, shared_copy_keys
 from fedsim.data import dataset_from_config
 from fedsim.errors import ConfigError, FedsimError
 from fedsim.params import spec
 from fedsim.progress import show
+from fedsim.protocols.fedfed import DISTILL, RECEIVE, SHARE, TRAIN, DistillationPair, shared_copy_keys
 from fedsim.records import model_to_record, non_finite, payload_bytes, weighted_average
 from fedsim.results import RunDirectory
 from fedsim.seeding import rng, seed_torch

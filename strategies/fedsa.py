@@ -45,13 +45,13 @@ from flwr.serverapp import Grid
 from torch import nn
 from torch.nn import functional as F
 
-from clients.fedsa import AMALGAMATE, SELECT, TEACHER
 from fedsim.client_app import resolve_device
 from fedsim.data import ImageDataset, dataset_from_config
 from fedsim.errors import ConfigError, FedsimError
 from fedsim.models import model_from_config
 from fedsim.params import spec
 from fedsim.progress import show
+from fedsim.protocols.fedsa import AMALGAMATE, SELECT, TEACHER
 from fedsim.records import load_record, model_to_record, payload_bytes, weighted_average
 from fedsim.results import RunDirectory
 from fedsim.seeding import rng, seed_torch, torch_generator

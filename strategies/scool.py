@@ -46,9 +46,9 @@ from typing import Any, Iterable, Literal
 
 import numpy as np
 import torch
-from scipy.special import digamma
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+from scipy.special import digamma
 
 from fedsim.decentralized import PeerParams, PeerToPeerStrategy, peer_records
 from fedsim.params import spec

@@ -15,9 +15,9 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from clients.twinsight import unsupervised_model
 from fedsim.data import dataset_from_config
 from fedsim.params import spec
+from fedsim.protocols.twinsight import unsupervised_model
 from fedsim.records import from_numpy, model_to_record, to_numpy, weighted_average
 from fedsim.seeding import seed_torch
 from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams

@@ -11,6 +11,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.dispfl import DisPFLClient, erk_densities, prune_and_regrow, random_mask
+from clients.scool import mix_updates, official_row
 from fedsim.data import personal_test_split
 from fedsim.decentralized import PeerToPeerStrategy, link_metrics
 from fedsim.engine import resume_config, run
@@ -18,7 +19,6 @@ from fedsim.experiments.graph import same_group_weight
 from fedsim.experiments.runs import load_runs
 from fedsim.records import from_numpy, payload_bytes
 from fedsim.sparse import decode_sparse, encode_sparse
-from clients.scool import mix_updates, official_row
 from strategies.scool import sbm_fit_official, sbm_log_odds, sbm_prior, sbm_update
 from tests.conftest import comparable, read_metrics
 

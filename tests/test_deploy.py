@@ -191,10 +191,10 @@ def test_a_device_trains_on_its_own_image_folder(tmp_path, make_cfg):
     from omegaconf import OmegaConf
     from PIL import Image
 
-    from fedsim.client_app import ClientRuntime
     from fedsim.data import load_dataset
     from fedsim.data.local_folder import dataset_info
     from fedsim.deploy.apps import node_run_config
+    from fedsim.plugins import client_runtime
     from fedsim.records import model_to_record
 
     ds = load_dataset("digits")
@@ -205,7 +205,7 @@ def test_a_device_trains_on_its_own_image_folder(tmp_path, make_cfg):
     cfg = OmegaConf.to_container(make_cfg(), resolve=True)
     cfg["dataset_info"] = dataset_info(ds)
     cfg["dataset"]["name"] = "no-such-dataset"  # the device never loads the run's dataset
-    runtime = ClientRuntime(node_run_config(json.dumps(cfg), {"partition-id": 7, "data-dir": str(tmp_path / "device"), "state-dir": str(tmp_path / "state")}))
+    runtime = client_runtime(node_run_config(json.dumps(cfg), {"partition-id": 7, "data-dir": str(tmp_path / "device"), "state-dir": str(tmp_path / "state")}))
     client = runtime.client(7)
     assert client.num_train_examples() == 40 and len(client.env.test) == 0
     before = model_to_record(runtime.model)

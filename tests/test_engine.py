@@ -145,12 +145,12 @@ def test_augment_applies_to_every_algorithms_batches(make_cfg):
     from flwr.app import ConfigRecord
 
     from clients.base import Client
-    from fedsim.client_app import ClientRuntime
+    from fedsim.plugins import client_runtime
 
     batches = {}
     for augment in ("none", "shift_flip"):
         cfg = make_cfg("strategy=fedprox", f"augment={augment}")
-        client = ClientRuntime(OmegaConf.to_container(cfg, resolve=True)).client(0)
+        client = client_runtime(OmegaConf.to_container(cfg, resolve=True)).client(0)
         assert isinstance(client, Client)
         config = ConfigRecord({"batch-size": 16})
         batches[augment] = next(client.batches(config, torch.Generator().manual_seed(0)))

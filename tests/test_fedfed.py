@@ -8,11 +8,12 @@ import torch
 from flwr.app import ConfigRecord, RecordDict
 from omegaconf import OmegaConf
 
-from clients.fedfed import SHARE, DistillationPair, balanced_draw, label_skewed, mosaic, recon_weight
-from fedsim.client_app import ClientRuntime
+from clients.fedfed import balanced_draw, label_skewed, mosaic, recon_weight
 from fedsim.engine import resume_config, run
 from fedsim.errors import ConfigError
 from fedsim.models.generator import kl_divergence
+from fedsim.plugins import client_runtime
+from fedsim.protocols.fedfed import SHARE, DistillationPair
 from fedsim.records import model_to_record
 from tests.conftest import comparable, read_metrics
 
@@ -22,7 +23,7 @@ FEDFED = ["strategy=fedfed", "strategy.distill_rounds=2"]
 def share_from(make_cfg, sigma: float, client_id: int = 0, copies: int = 2):
     levels = ",".join(str(k * sigma) for k in range(1, copies + 1))
     cfg = make_cfg(*FEDFED, f"strategy.share_noise_std=[{levels}]")
-    runtime = ClientRuntime(OmegaConf.to_container(cfg, resolve=True))
+    runtime = client_runtime(OmegaConf.to_container(cfg, resolve=True))
     client = runtime.client(client_id)
     torch.manual_seed(0)
     pair = DistillationPair(cfg, runtime.dataset.input_shape, runtime.dataset.num_classes)

@@ -214,7 +214,7 @@ def test_attack_observes_each_round_and_reports_leakage(make_cfg):
 
 def test_observer_sees_the_defended_update(monkeypatch, make_cfg):
     """The attack mod wraps the defence mod: what it sees is what the server receives."""
-    import fedsim.privacy.attacks as attacks
+    import fedsim.privacy.mods as mods
 
     seen = []
 
@@ -223,7 +223,7 @@ def test_observer_sees_the_defended_update(monkeypatch, make_cfg):
             seen.append(view)
             return None
 
-    monkeypatch.setattr(attacks, "attack_from_config", lambda *a, **k: Recorder())
+    monkeypatch.setattr(mods, "attack_from_config", lambda *a, **k: Recorder())
     cfg = make_cfg("attack=membership", "defence=pruning", "defence.ratio=0.95", "num_rounds=1")
     run(cfg)
     assert seen

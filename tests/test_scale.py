@@ -19,9 +19,9 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid import InMemoryGrid
 
-from fedsim.client_app import ClientRuntime
 from fedsim.engine import run
 from fedsim.link_state import node_indexed_link_state
+from fedsim.plugins import client_runtime
 from tests.conftest import read_metrics
 
 
@@ -36,8 +36,8 @@ def test_a_thousand_clients_with_a_hundred_per_round(make_cfg):
 def test_a_runtime_shipped_to_a_process_is_built_once_there():
     """Ray ships the ClientApp (and its runtime) with every message: unpickling finds the process's runtime."""
     cfg = {"seed": 0, "device": "cpu"}
-    first, again = pickle.loads(pickle.dumps(ClientRuntime(cfg))), pickle.loads(pickle.dumps(ClientRuntime(dict(cfg))))
-    other = pickle.loads(pickle.dumps(ClientRuntime({**cfg, "seed": 1})))
+    first, again = pickle.loads(pickle.dumps(client_runtime(cfg))), pickle.loads(pickle.dumps(client_runtime(dict(cfg))))
+    other = pickle.loads(pickle.dumps(client_runtime({**cfg, "seed": 1})))
     assert first is again and first.cfg.seed == 0
     assert other is not first and other.cfg.seed == 1
 

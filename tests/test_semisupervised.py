@@ -84,8 +84,8 @@ def test_fixmatch_steps_pair_a_labeled_and_an_unlabeled_batch():
     import torch
     from flwr.app import ConfigRecord
 
-    from clients.base import LocalData
     from clients.fixmatch import FixMatchClient
+    from fedsim.data.local import LocalData
 
     labeled = LocalData(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10) % 3, None)
     unlabeled = LocalData(torch.arange(90, dtype=torch.uint8).view(90, 1, 1, 1).expand(90, 1, 2, 2).clone(), torch.zeros(90, dtype=torch.int64), None)

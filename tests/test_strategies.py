@@ -7,8 +7,8 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 from omegaconf import OmegaConf
 
-from clients.base import accumulation_norm
 from fedsim.errors import RoundFailedError
+from fedsim.numerics import accumulation_norm
 from fedsim.records import from_numpy, to_numpy
 from strategies.fedavg import FedAvg
 from strategies.fednova import FedNova

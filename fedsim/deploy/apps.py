@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import OmegaConf
 
-from fedsim.client_app import make_client_app
+from fedsim import plugins
 from fedsim.progress import show
 
 server_app = ServerApp()
@@ -70,7 +70,7 @@ def _app_for(context: Context) -> ClientApp:
     """The fedsim ClientApp for this run and node (built once per process)."""
     key = json.dumps([str(context.run_config["fedsim-config"]), dict(context.node_config)], sort_keys=True, default=str)
     if key not in _apps:
-        _apps[key] = make_client_app(node_run_config(str(context.run_config["fedsim-config"]), dict(context.node_config)))
+        _apps[key] = plugins.client_app(node_run_config(str(context.run_config["fedsim-config"]), dict(context.node_config)))
     return _apps[key]
 
 

@@ -11,7 +11,7 @@ from fedsim.errors import ConfigError, build_option
 from fedsim.models.cnn import FedAvgCNN
 from fedsim.models.mlp import MLP
 from fedsim.models.resnet import resnet18
-from fedsim.models.vit import ViT
+from fedsim.models.vit import ViT, mjp_options
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn": FedAvgCNN,
@@ -55,12 +55,10 @@ def split_model(model: nn.Module, at: int | None = None) -> tuple[nn.Sequential,
 
 def model_from_config(cfg: Any, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """The model a run config names: ``model.name`` with the group's other keys as options, and
-    the options a model-level defence sets (MJP position embeddings)."""
+    those ``defence=mjp`` sets (the ViT's MJP position embedding, :func:`fedsim.models.vit.mjp_options`)."""
     options = {k: v for k, v in cfg.model.items() if k != "name"}
     if cfg.get("defence") is not None and cfg.defence.name == "mjp":
-        from fedsim.privacy.defences import defence_from_config
-
-        options.update(defence_from_config(cfg.defence).model_options())
+        options.update(mjp_options(cfg.defence))
     return build_model(cfg.model.name, input_shape, num_classes, **options)
 
 

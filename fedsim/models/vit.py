@@ -16,6 +16,7 @@ compute per-example gradients.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -215,3 +216,9 @@ class ViT(nn.Module):
         if not isinstance(self.positions, MJPPositions):
             raise ValueError("jigsaw needs position_embedding=mjp")
         self.positions.forced = None if ratio is None else (ratio, generator)
+
+
+def mjp_options(defence: Any) -> dict[str, Any]:
+    """The ViT options of ``defence=mjp``'s settings (configs/defence/mjp.yaml)."""
+    return {"position_embedding": "mjp", "mjp_ratio": float(defence.ratio), "mjp_prob": float(defence.prob),
+            "mjp_aux_weight": float(defence.aux_weight)}

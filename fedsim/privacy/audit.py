@@ -45,9 +45,11 @@ class FinalModelAudit:
                               "attack fewer images or more clients")
         self.victims = torch.from_numpy(rng(cfg.seed, "attack-victims").choice(candidates, int(cfg.attack.num_images), replace=False))
 
-    def on_final_round(self, server_round: int, arrays: ArrayRecord) -> dict[str, float]:
-        """The audit's mean scores, as ``attack_final_<metric>``."""
+    def observe_round(self, server_round: int, arrays: ArrayRecord, record: dict[str, Any]) -> None:
+        """After the last round, the audit's mean scores as ``attack_final_<metric>``."""
         cfg = self.cfg
+        if server_round != cfg.num_rounds:
+            return
         model = model_from_config(cfg, self.dataset.input_shape, self.dataset.num_classes)
         load_record(model, arrays)
         model = model.to(resolve_device(cfg.device))
@@ -57,4 +59,4 @@ class FinalModelAudit:
                                 SINGLE_IMAGE_GRADIENT, int(cfg.seed), cfg.attack.get("lpips_home"))
         title = f"{cfg.attack.name} on the final {cfg.model.name} (round {server_round}), defence={cfg.defence.name}, one image per gradient"
         write_attack_files(self.run_dir.path / "attacks" / "final", attack, title)
-        return {f"attack_final_{k}": v for k, v in attack.means.items()}
+        record.update({f"attack_final_{k}": v for k, v in attack.means.items()})

@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from clients.base import accumulation_norm
+from fedsim.numerics import accumulation_norm
 
 Tensors = dict[str, torch.Tensor]
 

@@ -25,9 +25,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from clients.fedfed import distillation_pair
 from fedsim.params import spec
 from fedsim.privacy.attacks.base import AttackResult, ClientView
 from fedsim.privacy.metrics import psnr, ssim
+from fedsim.protocols.fedfed import shared_copy_keys
 from fedsim.seeding import torch_generator
 
 
@@ -78,8 +80,6 @@ class SharedFeatureInversion:
     def observe(self, view: ClientView) -> AttackResult | None:
         if "shared" not in view.reply.array_records or "arrays" not in view.sent.array_records:
             return None
-        from clients.fedfed import distillation_pair, shared_copy_keys
-
         env, s = view.env, view.env.cfg.strategy
         data = env.data.dataset
         generator = torch_generator(self.seed, "attack-fedfed", view.client_id)

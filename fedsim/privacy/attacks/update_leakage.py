@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from clients.base import optimizer_momentum
+from fedsim.numerics import optimizer_momentum
 from fedsim.privacy.attacks.base import AttackResult, ClientView, ImageSpace, received_model, score_images
 from fedsim.privacy.attacks.gradient_inversion import GradientInversion
 from fedsim.privacy.attacks.labels import largest_remainder

@@ -40,7 +40,10 @@ def epsilon(releases: list[tuple[float, int]], noise_multiplier: float, delta: f
     """Epsilon at ``delta`` of composed Gaussian releases [(sample rate, steps), ...]."""
     if not releases:
         return 0.0
-    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent  # opacus costs 2 s to import: only where DP is on
+    from opacus.accountants.analysis.rdp import (  # opacus costs 2 s to import: only where DP is on
+        compute_rdp,
+        get_privacy_spent,
+    )
 
     rdp = sum(compute_rdp(q=q, noise_multiplier=noise_multiplier, steps=steps, orders=ORDERS) for q, steps in releases)
     return float(get_privacy_spent(orders=ORDERS, rdp=np.atleast_1d(rdp), delta=delta)[0])
@@ -175,6 +178,12 @@ class PrivacyLedger:
     def add(self, key: str, rate: float, steps: int) -> None:
         per_rate = self.releases.setdefault(key, {})
         per_rate[rate] = per_rate.get(rate, 0) + steps
+
+    def account_round(self, sampled: list[int], num_examples: dict[int, int], cfg: Any) -> dict[str, float]:
+        """Add a round's releases (the clients ``sampled``); the epsilon spent so far and its delta."""
+        for key, rate, steps in self.mechanism.round_releases(sampled, num_examples, cfg):
+            self.add(key, rate, steps)
+        return {"dp_epsilon": self.epsilon(), "dp_delta": float(self.mechanism.delta)}
 
     def epsilon(self) -> float:
         """The largest epsilon over keys (the worst-off client)."""

@@ -1,5 +1,6 @@
 """Masked Jigsaw Puzzle (Ren et al., CVPR 2023) as a defence setting: it is a ViT position
-embedding (models/vit.py), so the defence only names the model options it sets."""
+embedding (models/vit.py), so the defence is its settings: the model reads them
+(:func:`fedsim.models.vit.mjp_options`), privacy evaluations read ``eval_ratio``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,3 @@ class MJP:
     prob: float = spec("probability a training step is jigsawed", ge=0, le=1, default=0.5)
     aux_weight: float = spec("weight of the dense absolute localisation loss", ge=0, default=0.01)
     eval_ratio: float = spec("jigsaw ratio of the victim's image in privacy evaluations", ge=0, le=1, default=0.9)
-
-    def model_options(self) -> dict[str, float | str]:
-        return {"position_embedding": "mjp", "mjp_ratio": self.ratio, "mjp_prob": self.prob, "mjp_aux_weight": self.aux_weight}

@@ -1,0 +1,70 @@
+"""What the client runtime gives every client update: its data, the shared model instance, its
+state store, the run's defence and settings (the contract between :mod:`fedsim.client_app` and the
+client modules under ``clients/``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from flwr.app import RecordDict
+from torch import nn
+
+from fedsim.client_state import ClientStateStore
+from fedsim.data.local import LocalData
+
+
+def augmented(cfg: Any) -> bool:
+    """Whether the run augments local training batches (``augment=shift_flip``; runs saved before
+    the key existed did not)."""
+    return str(cfg.get("augment", "none")) == "shift_flip"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The run keys every local step reads, read out of the config once per run (a DictConfig
+    lookup costs about as much as a small client's forward pass)."""
+
+    seed: int
+    clip_norm: float | None
+    augment: bool
+
+    @classmethod
+    def of(cls, cfg: Any) -> TrainSettings:
+        clip = cfg.optimizer.get("clip_norm")
+        return cls(int(cfg.seed), None if clip is None else float(clip), augmented(cfg))
+
+
+@dataclass
+class ClientEnv:
+    """Everything a client update can use; built once per client per process."""
+
+    client_id: int
+    cfg: Any  # the resolved run config (DictConfig)
+    data: LocalData  # labeled samples
+    unlabeled: LocalData  # samples whose labels the client may not use (semi-supervised splits)
+    test: LocalData  # the client's own test set (its label distribution), for personalized evaluation
+    model: nn.Module  # one instance per process, overwritten by the received weights each round
+    device: torch.device
+    state: ClientStateStore
+    defence: Any = None  # the run's defence (fedsim.privacy.defences), if any
+    settings: TrainSettings | None = None  # the run's, where the runtime has read them (else from cfg)
+
+    def train_settings(self) -> TrainSettings:
+        return self.settings or TrainSettings.of(self.cfg)
+
+
+class ClientUpdate(Protocol):
+    """What the client runtime calls on a client (``clients.base.Client`` implements it)."""
+
+    env: ClientEnv
+
+    def num_train_examples(self) -> int:
+        """Samples the client trains on (its weight in the aggregate)."""
+
+    def train(self, content: RecordDict, server_round: int) -> RecordDict:
+        """The reply to a train message."""
+
+    def evaluate(self, content: RecordDict, server_round: int) -> RecordDict:
+        """The reply to an evaluate message."""
