@@ -7,8 +7,9 @@ SCAFFOLD's control-variate correction) or :meth:`Client.train` (extra records).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
@@ -101,7 +102,9 @@ class Client:
 
     def batches(self, config: ConfigRecord, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The (x, y) minibatches of one local epoch (augmented as the run's ``augment`` says)."""
-        return self.env.data.batches(int(config["batch-size"]), self.env.device, generator, self.env.train_settings().augment)
+        return self.env.data.batches(
+            int(config["batch-size"]), self.env.device, generator, self.env.train_settings().augment
+        )
 
     # -- the update -------------------------------------------------------------------------
     def train(self, content: RecordDict, server_round: int) -> RecordDict:

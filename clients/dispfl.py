@@ -66,7 +66,11 @@ def random_mask(shape: tuple[int, ...], density: float, generator: torch.Generat
 
 
 def prune_and_regrow(
-    weights: torch.Tensor, mask: torch.Tensor, rate: float, generator: torch.Generator, gradient: torch.Tensor | None = None
+    weights: torch.Tensor,
+    mask: torch.Tensor,
+    rate: float,
+    generator: torch.Generator,
+    gradient: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Drop the ceil(rate * nnz) kept entries of smallest |weight|, regrow as many among the
     entries not kept after the drop (random, or largest |gradient|); nnz is unchanged."""

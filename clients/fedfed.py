@@ -36,8 +36,9 @@ so that x_s + x_r normalised equals x normalised.
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any, Iterator
+from collections.abc import Iterator
+from functools import cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,7 +129,9 @@ class FedFedMixin:
         digest = str(content["config"]["fedfed-pool"])
         self.pool = self.env.state.shared_payload(digest)
         if self.pool is None:
-            raise RuntimeError(f"FedFed: this client does not hold the shared set {digest[:12]} (it missed the broadcast)")
+            raise RuntimeError(
+                f"FedFed: this client does not hold the shared set {digest[:12]} (it missed the broadcast)"
+            )
         return super().train(content, server_round)
 
     def batches(self, config: ConfigRecord, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -159,7 +162,9 @@ class FedFedMixin:
         pair = distillation_pair(self.env, content["arrays"])
         seed_torch(env.cfg.seed, "fedfed-distill", server_round, env.client_id)
         generator = torch_generator(env.cfg.seed, "fedfed-distill-shuffle", server_round, env.client_id)
-        optimizer = torch.optim.AdamW(pair.parameters(), lr=float(config["lr"]), weight_decay=float(s.distill_weight_decay))
+        optimizer = torch.optim.AdamW(
+            pair.parameters(), lr=float(config["lr"]), weight_decay=float(s.distill_weight_decay)
+        )
         skewed = label_skewed(env.data.y, len(env.data.dataset.y_train) / env.cfg.num_clients)
         boost = float(s.label_skew_boost) if skewed else 1.0
         size = int(config["batch-size"])
@@ -173,8 +178,12 @@ class FedFedMixin:
                 self.mosaic_pretrain(pair, optimizer, size, generator, re)
             for idx in env.data.index_batches(size, generator):
                 parts = self.distill_losses(pair, idx, generator)
-                loss = (re * parts["recon"] + boost * float(s.weight_ce) * parts["ce_views"]
-                        + boost * float(s.weight_kl) * parts["kl"] + boost * float(s.weight_xce) * parts["ce_x"])
+                loss = (
+                    re * parts["recon"]
+                    + boost * float(s.weight_ce) * parts["ce_views"]
+                    + boost * float(s.weight_kl) * parts["kl"]
+                    + boost * float(s.weight_xce) * parts["ce_x"]
+                )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -192,7 +201,9 @@ class FedFedMixin:
         data = self.env.data.dataset
         return shift_flip(self.env.data.x[idx].float().div_(255.0), generator, data.hflip).to(self.env.device)
 
-    def warm_up_classifier(self, pair: DistillationPair, optimizer: torch.optim.Optimizer, size: int, generator: torch.Generator) -> None:
+    def warm_up_classifier(
+        self, pair: DistillationPair, optimizer: torch.optim.Optimizer, size: int, generator: torch.Generator
+    ) -> None:
         """One pass of f alone with mixup on augmented local images (official ``aug_classifier_train``)."""
         alpha, data = float(self.env.cfg.strategy.mixup_alpha), self.env.data.dataset
         pair.generator.requires_grad_(False)
@@ -208,7 +219,9 @@ class FedFedMixin:
             optimizer.step()
         pair.generator.requires_grad_(True)
 
-    def mosaic_pretrain(self, pair: DistillationPair, optimizer: torch.optim.Optimizer, size: int, generator: torch.Generator, re: float) -> None:
+    def mosaic_pretrain(
+        self, pair: DistillationPair, optimizer: torch.optim.Optimizer, size: int, generator: torch.Generator, re: float
+    ) -> None:
         """One pass of G alone on mosaics: re * MSE + kl * KL (official ``aug_VAE_train``)."""
         kl_weight = float(self.env.cfg.strategy.weight_kl)
         for idx in self.env.data.index_batches(size, generator):
@@ -221,14 +234,20 @@ class FedFedMixin:
             loss.backward()
             optimizer.step()
 
-    def distill_losses(self, pair: DistillationPair, idx: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def distill_losses(
+        self, pair: DistillationPair, idx: torch.Tensor, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         s, env, data = self.env.cfg.strategy, self.env, self.env.data.dataset
         x01 = self.augmented(idx, generator)
         y = env.data.y[idx].to(env.device)
         x_r, mu, logvar = pair.generator(x01)
         x_s = x01 - x_r
-        views = torch.cat([x_s + float(s.view_noise_std1) * torch.randn_like(x_s),
-                           x_s + float(s.view_noise_std2) * torch.randn_like(x_s)])
+        views = torch.cat(
+            [
+                x_s + float(s.view_noise_std1) * torch.randn_like(x_s),
+                x_s + float(s.view_noise_std2) * torch.randn_like(x_s),
+            ]
+        )
         return {
             "recon": F.mse_loss(x_r, x01),
             "ce_views": F.cross_entropy(pair.classifier(data.scale_difference(views)), torch.cat([y, y])),
@@ -263,10 +282,12 @@ class FedFedMixin:
         pool = content["shared"]
         digest = str(content["config"]["fedfed-pool"])
         self.env.state.keep_shared(digest, {k: torch.from_numpy(pool[k].numpy()) for k in pool.keys()})
-        return RecordDict({"metrics": MetricRecord({"num-examples": len(self.env.data), "pool-samples": int(pool["y"].shape[0])})})
+        return RecordDict(
+            {"metrics": MetricRecord({"num-examples": len(self.env.data), "pool-samples": int(pool["y"].shape[0])})}
+        )
 
 
-@lru_cache(maxsize=None)
+@cache
 def fedfed_client_class(base_name: str) -> type[Client]:
     base = load_client_class(base_name)
     return type(f"FedFed{base.__name__}", (FedFedMixin, base), {})

@@ -9,7 +9,8 @@ A party holds a teacher pre-trained on its own task and data. It answers three k
   in ``strategy.teachers.shuffled``: deliberately useless teachers) and report its accuracy on the
   party's own test split;
 - ``select``: given the student and the student owner's probe images, compare the Grad-CAM
-  saliency maps of teacher and student (at ``strategy.saliency_layer``) on each image and return the mean similarity per target
+  saliency maps of teacher and student (at ``strategy.saliency_layer``) on each image and return the mean similarity
+  per target
   task (scalars only);
 - ``amalgamate``: train a copy of the student so that a 1x1-conv translator of its last conv
   feature map matches the teacher's (FitNets hint loss, MSE) on the party's own images, and return
@@ -38,7 +39,9 @@ from fedsim.records import load_record, model_to_record
 from fedsim.seeding import seed_torch, torch_generator
 
 
-def conv_split(model: nn.Module, input_shape: tuple[int, ...], layer: str = "last") -> tuple[nn.Sequential, nn.Sequential]:
+def conv_split(
+    model: nn.Module, input_shape: tuple[int, ...], layer: str = "last"
+) -> tuple[nn.Sequential, nn.Sequential]:
     """(low, high) of ``model`` split after a feature layer whose output is a spatial map (N, C, h, w):
     ``last``: the last one with h * w > 1 (where the hint loss looks); ``intermediate``: the last one
     at a higher resolution than that (the stage before the last, as the official Grad-CAM
@@ -55,7 +58,10 @@ def conv_split(model: nn.Module, input_shape: tuple[int, ...], layer: str = "las
                 spatial.append((i + 1, x.shape[2] * x.shape[3]))
         model.train(was_training)
     if not spatial:
-        raise ConfigError(f"FedSA needs a convolutional model: {type(model).__name__} has no spatial feature map (use model=cnn or resnet18)")
+        raise ConfigError(
+            f"FedSA needs a convolutional model: {type(model).__name__} has no spatial feature map (use model=cnn or "
+            "resnet18)"
+        )
     last, final_size = spatial[-1]
     if layer == "intermediate":
         earlier = [i for i, size in spatial if size > final_size]
@@ -138,13 +144,21 @@ class FedSAParty(Client):
         teachers, env = self.env.cfg.strategy.teachers, self.env
         if not self.teacher_file.exists():
             seed_torch(env.cfg.seed, "fedsa-teacher", env.client_id)
-            model = model_from_config(env.cfg, env.data.dataset.input_shape, env.data.dataset.num_classes).to(env.device)
+            model = model_from_config(env.cfg, env.data.dataset.input_shape, env.data.dataset.num_classes).to(
+                env.device
+            )
             if teachers.paths:
                 if env.client_id >= len(teachers.paths):
-                    raise ConfigError(f"strategy.teachers.paths has {len(teachers.paths)} entries: party {env.client_id} has no checkpoint")
+                    raise ConfigError(
+                        f"strategy.teachers.paths has {len(teachers.paths)} entries: party {env.client_id} has no "
+                        "checkpoint"
+                    )
                 path = Path(teachers.paths[env.client_id])
                 if not path.is_file():
-                    raise ConfigError(f"strategy.teachers.paths[{env.client_id}]={path} does not exist: pass a teacher state_dict file")
+                    raise ConfigError(
+                        f"strategy.teachers.paths[{env.client_id}]={path} does not exist: pass a teacher state_dict "
+                        "file"
+                    )
                 model.load_state_dict(torch.load(path, map_location=env.device, weights_only=True))
             elif env.client_id in list(teachers.shuffled or []):
                 Client(shuffled_labels(env)).fit(model, config, server_round=0)  # a teacher that learned nothing true

@@ -13,7 +13,7 @@ among hundreds of pseudo-label steps.)
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from flwr.app import ConfigRecord
@@ -77,9 +77,9 @@ class FixMatchClient(Client):
         weak, strong = self.views(x)
         y = y.to(self.env.device)
         labeled = y != self.UNLABELED
-        return self.supervised_loss(model, weak[labeled], y[labeled]) + float(self.env.cfg.strategy.unlabeled_weight) * (
-            self.pseudo_label_loss(model, weak[~labeled], strong[~labeled])
-        )
+        return self.supervised_loss(model, weak[labeled], y[labeled]) + float(
+            self.env.cfg.strategy.unlabeled_weight
+        ) * (self.pseudo_label_loss(model, weak[~labeled], strong[~labeled]))
 
 
 CLIENT = FixMatchClient

@@ -41,7 +41,7 @@ def weighted_mix(states: list[State], weights: list[float]) -> State:
 
 def part(state: State, prefix: str) -> State:
     """The tensors of ``state`` stored under ``prefix``, without it."""
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def prefixed(prefix: str, tensors: State) -> State:
@@ -62,7 +62,9 @@ class PeerClient(Client):
         if saved is not None:
             return saved
         if "arrays" not in content.array_records:
-            raise ValueError(f"client {self.env.client_id} has no saved model and the message carries no initial 'arrays'")
+            raise ValueError(
+                f"client {self.env.client_id} has no saved model and the message carries no initial 'arrays'"
+            )
         return self.initial_state(content["arrays"].to_torch_state_dict())
 
     def initial_state(self, initial: State) -> State:
@@ -96,7 +98,9 @@ class PeerClient(Client):
         if is_finite(new_state):
             self.env.state.save(server_round, new_state, last_checkpoint=int(config["last-checkpoint"]))
         else:
-            log.warning("client %d: non-finite model after round %d, keeping the previous one", self.env.client_id, server_round)
+            log.warning(
+                "client %d: non-finite model after round %d, keeping the previous one", self.env.client_id, server_round
+            )
         return RecordDict({"shared": self.share(model, new_state), "metrics": self.metrics(stats)})
 
     def evaluate(self, content: RecordDict, server_round: int) -> RecordDict:

@@ -34,7 +34,9 @@ from fedsim.seeding import torch_generator
 
 def official_row(prior: list[float], losses: list[float], scale: float) -> list[float]:
     """Row-normalised sigmoid((prior - loss) / scale): the official SBM.optimize_W / output_W."""
-    edges = torch.sigmoid((torch.tensor(prior, dtype=torch.float64) - torch.tensor(losses, dtype=torch.float64)) / scale)
+    edges = torch.sigmoid(
+        (torch.tensor(prior, dtype=torch.float64) - torch.tensor(losses, dtype=torch.float64)) / scale
+    )
     return (edges / edges.sum()).tolist()
 
 
@@ -96,7 +98,9 @@ class SCooLClient(PeerClient):
         s, graph = self.env.cfg.strategy, content["graph"]
         ids = [int(i) for i in graph["ids"]]
         shared = [peers[j] for j in ids[1:]]
-        models = [own] + [(protocol.unpack(r, protocol.MODEL) if self.official() else r).to_torch_state_dict() for r in shared]
+        models = [own] + [
+            (protocol.unpack(r, protocol.MODEL) if self.official() else r).to_torch_state_dict() for r in shared
+        ]
         prior = [float(v) for v in graph["prior"]]
         losses = [0.0] * len(models)
         if bool(graph["use-likelihood"]):
@@ -105,7 +109,9 @@ class SCooLClient(PeerClient):
         if self.official() and s.prior == "sbm":
             weights = official_row(prior, losses, float(s.likelihood_scale))
         else:
-            logits = torch.tensor(prior, dtype=torch.float64) - torch.tensor(losses, dtype=torch.float64) / float(s.likelihood_scale)
+            logits = torch.tensor(prior, dtype=torch.float64) - torch.tensor(losses, dtype=torch.float64) / float(
+                s.likelihood_scale
+            )
             weights = torch.softmax(logits, dim=0).tolist()
         self.graph_row = ConfigRecord({"ids": ids, "weights": weights, "losses": losses})
         if self.official():
@@ -136,7 +142,9 @@ class SCooLClient(PeerClient):
         if not self.official():
             return super().share(model, state)
         trained, start = part(state, protocol.MODEL), part(state, START)
-        return protocol.pack(trained, {k: v - start[k] if v.is_floating_point() else torch.zeros_like(v) for k, v in trained.items()})
+        return protocol.pack(
+            trained, {k: v - start[k] if v.is_floating_point() else torch.zeros_like(v) for k, v in trained.items()}
+        )
 
 
 CLIENT = SCooLClient

@@ -2,7 +2,8 @@
 
 - ``simulation`` with ``backend.engine=pool`` (the default): long-lived Ray workers, each running a
   batch of clients per round (:mod:`fedsim.worker_pool`, on the :class:`SimulatedGrid` below).
-- ``simulation`` with ``backend.engine=flower``: Flower's simulation engine with its Ray backend. Flower 1.41 marks the public
+- ``simulation`` with ``backend.engine=flower``: Flower's simulation engine with its Ray backend. Flower 1.41 marks
+the public
   ``flwr.simulation.run_simulation`` wrapper deprecated in favour of ``flwr run``; Flower's own
   simulation runtime (``flwr-simulation``) launches the engine through
   ``flwr.simulation.run_simulation._run_simulation``, and so does fedsim, which keeps runs
@@ -20,8 +21,9 @@ from __future__ import annotations
 import logging
 import os
 from abc import abstractmethod
+from collections.abc import Callable, Iterable
 from itertools import count
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -76,7 +78,9 @@ class SimulatedGrid(Grid):
         return self.send_and_receive([self._pending.pop(key) for key in message_ids if key in self._pending])
 
     @abstractmethod
-    def send_and_reduce(self, messages: list[Message], param_keys: list[str], timeout: float | None = None) -> PartialSum:
+    def send_and_reduce(
+        self, messages: list[Message], param_keys: list[str], timeout: float | None = None
+    ) -> PartialSum:
         """Deliver train ``messages`` that all carry the same global 'arrays' and return their
         replies summed (:class:`~fedsim.reduction.PartialSum`)."""
 
@@ -91,7 +95,9 @@ class InProcessGrid(SimulatedGrid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.host.deliver_all(list(messages))
 
-    def send_and_reduce(self, messages: list[Message], param_keys: list[str], timeout: float | None = None) -> PartialSum:
+    def send_and_reduce(
+        self, messages: list[Message], param_keys: list[str], timeout: float | None = None
+    ) -> PartialSum:
         return self.host.reduce(messages, param_keys, self.sizes)
 
 

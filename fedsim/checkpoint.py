@@ -59,10 +59,14 @@ def save_checkpoint(folder: Path, ckpt: Checkpoint) -> Path:
     except (OSError, RuntimeError) as err:  # torch reports a failed write as RuntimeError
         tmp.unlink(missing_ok=True)
         kept = sorted(folder.glob("round_*.pt"))
-        previous = f"the checkpoint of round {int(kept[-1].stem.split('_')[1])} is intact" if kept else "no earlier checkpoint"
+        previous = (
+            f"the checkpoint of round {int(kept[-1].stem.split('_')[1])} is intact" if kept else "no earlier checkpoint"
+        )
         reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
-        raise FedsimError(f"cannot write the checkpoint of round {ckpt.server_round} to {folder} ({reason}); {previous}: "
-                          f"free space and continue with resume={folder.parent}") from None
+        raise FedsimError(
+            f"cannot write the checkpoint of round {ckpt.server_round} to {folder} ({reason}); {previous}: "
+            f"free space and continue with resume={folder.parent}"
+        ) from None
     return path
 
 
@@ -77,8 +81,13 @@ def latest_checkpoint(folder: Path) -> Checkpoint | None:
     data = torch.load(paths[-1], weights_only=True)
     written = str(data.get("fedsim_version", "0"))
     if version_tuple(written) > version_tuple(__version__):
-        raise ConfigError(f"resume={folder.parent}: its checkpoint was written by fedsim {written}, newer than this "
-                          f"fedsim {__version__}; resume it with that version or newer")
+        raise ConfigError(
+            f"resume={folder.parent}: its checkpoint was written by fedsim {written}, newer than this "
+            f"fedsim {__version__}; resume it with that version or newer"
+        )
     return Checkpoint(
-        int(data["round"]), from_numpy(_arrays(data["arrays"])), _arrays(data["strategy"]), _arrays(data.get("privacy", {}))
+        int(data["round"]),
+        from_numpy(_arrays(data["arrays"])),
+        _arrays(data["strategy"]),
+        _arrays(data.get("privacy", {})),
     )

@@ -6,7 +6,7 @@ User errors (bad override, unknown strategy, missing data) print one line and ex
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from omegaconf import OmegaConf
 
@@ -31,7 +31,8 @@ Examples:
   python -m fedsim run strategy=fedavg attack=inverting_gradients defence=local_dp
   python -m fedsim attack attack=inverting_gradients model=cnn defence=none batch_size=1 num_images=8
   python -m fedsim server strategy=fedavg num_clients=2 deploy.credentials=credentials
-  python -m fedsim client --server 127.0.0.1:8000 --partition-id 0 --root-certificates credentials/tls/ca.crt --auth-key credentials/nodes/node-0
+  python -m fedsim client --server 127.0.0.1:8000 --partition-id 0 --root-certificates credentials/tls/ca.crt
+  --auth-key credentials/nodes/node-0
 """
 
 
@@ -90,7 +91,10 @@ def cmd_run(args: list[str]) -> int:
         args = args[:i] + args[i + 2 :]
     for arg in args:
         if arg.startswith("-"):
-            raise FedsimError(f"unknown option '{arg}': `python -m fedsim run` takes key=value overrides, -m (sweep), --cfg job or --help")
+            raise FedsimError(
+                f"unknown option '{arg}': `python -m fedsim run` takes key=value overrides, -m (sweep), --cfg job or "
+                "--help"
+            )
     cfg = compose_run(args)
     if show_cfg:
         print(OmegaConf.to_yaml(cfg))

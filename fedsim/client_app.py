@@ -10,10 +10,11 @@ actor with every message; a runtime arriving that way is this process's runtime 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
@@ -126,12 +127,18 @@ class ClientRuntime:
             train, test = self.device_data["train"], self.device_data["test"]
             return train, LocalData(train.x[:0], train.y[:0], train.dataset), test
         split = self.splits[client_id]
-        return self.local_data(split.labeled), self.local_data(split.unlabeled), self.local_data(self.test_splits[client_id], test=True)
+        return (
+            self.local_data(split.labeled),
+            self.local_data(split.unlabeled),
+            self.local_data(self.test_splits[client_id], test=True),
+        )
 
     def train_sizes(self) -> dict[int, int]:
         """Client id -> the samples it trains on, from the partition (no client is built)."""
         cls = self.client_class
-        return {cid: cls.train_examples(len(split.labeled), len(split.unlabeled)) for cid, split in enumerate(self.splits)}
+        return {
+            cid: cls.train_examples(len(split.labeled), len(split.unlabeled)) for cid, split in enumerate(self.splits)
+        }
 
     def client(self, client_id: int) -> ClientUpdate:
         data, unlabeled, test = self.client_data(client_id)

@@ -31,8 +31,9 @@ class ClientHost:
         found = self.contexts.get(node_id)
         if found is None:
             node_config = {"partition-id": client_of_node(node_id), "num-partitions": self.num_clients}
-            found = self.contexts[node_id] = Context(run_id=0, node_id=node_id, node_config=node_config,
-                                                     state=RecordDict(), run_config={})
+            found = self.contexts[node_id] = Context(
+                run_id=0, node_id=node_id, node_config=node_config, state=RecordDict(), run_config={}
+            )
         return found
 
     def deliver(self, msg: Message) -> Message:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -73,7 +74,9 @@ def apply_strategy_options(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     options = data.pop(STRATEGY_OPTIONS) or {}
     unknown = sorted(set(options) - set(group_options("strategy")))
     if unknown:
-        raise ConfigError(f"{STRATEGY_OPTIONS}.{unknown[0]}: no such strategy; choose among {', '.join(group_options('strategy'))}")
+        raise ConfigError(
+            f"{STRATEGY_OPTIONS}.{unknown[0]}: no such strategy; choose among {', '.join(group_options('strategy'))}"
+        )
     given = {override_key(o) for o in overrides}
     for key, value in (options.get(cfg.strategy.name) or {}).items():
         if f"strategy.{key}" not in given:
@@ -92,7 +95,9 @@ def compose_attack(overrides: list[str]) -> DictConfig:
             raise ConfigError(f"{key}={cfg[key]!r} is invalid: expected an integer >= 1")
     for group in ("dataset", "model", "attack", "defence"):
         if cfg[group].name not in group_options(group):
-            raise ConfigError(f"{group}.name={cfg[group].name!r} is invalid: choose one of {', '.join(group_options(group))}")
+            raise ConfigError(
+                f"{group}.name={cfg[group].name!r} is invalid: choose one of {', '.join(group_options(group))}"
+            )
     return cfg
 
 

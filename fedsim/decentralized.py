@@ -22,8 +22,9 @@ model are candidates.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Literal
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -48,7 +49,9 @@ class PeerParams(StrategyParams):
 
 def peer_records(content: RecordDict) -> dict[int, ArrayRecord]:
     """The peers' shared records a message carries, by peer id."""
-    return {int(name[len(PEER_PREFIX):]): content[name] for name in content.array_records if name.startswith(PEER_PREFIX)}
+    return {
+        int(name[len(PEER_PREFIX) :]): content[name] for name in content.array_records if name.startswith(PEER_PREFIX)
+    }
 
 
 def link_metrics(links: list[tuple[int, int, int]]) -> dict[str, Any]:
@@ -91,10 +94,18 @@ class PeerToPeerStrategy(FedsimStrategy):
             n = int(self.cfg.num_clients)
             return [c for c in others if c in ((client_id - 1) % n, (client_id + 1) % n)]
         k = min(int(s.num_neighbours), len(others))
-        return sorted(int(c) for c in rng(self.cfg.seed, "peers", server_round, client_id).choice(others, k, replace=False)) if k else []
+        return (
+            sorted(
+                int(c) for c in rng(self.cfg.seed, "peers", server_round, client_id).choice(others, k, replace=False)
+            )
+            if k
+            else []
+        )
 
     # -- train ------------------------------------------------------------------------------------
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         if self.initial is None:
             self.initial = arrays
         self.links = []

@@ -117,18 +117,24 @@ def resume_from_command_line(cfg: DictConfig, args: list[str]) -> DictConfig:
         key = override_key(arg)
         if key in RESUME_MAY_CHANGE or key == "experiment":
             continue
-        path = f"{key}.name" if key in resumed and isinstance(resumed[key], DictConfig) and "name" in resumed[key] else key
+        path = (
+            f"{key}.name" if key in resumed and isinstance(resumed[key], DictConfig) and "name" in resumed[key] else key
+        )
         given, saved = OmegaConf.select(cfg, path, default=None), OmegaConf.select(resumed, path, default=None)
         if given != saved:
-            raise ConfigError(f"{arg}: the run in {cfg.resume} has {key}={saved}, and a resumed run keeps its config "
-                              "(only num_rounds may be raised); drop the override or start a new run")
+            raise ConfigError(
+                f"{arg}: the run in {cfg.resume} has {key}={saved}, and a resumed run keeps its config "
+                "(only num_rounds may be raised); drop the override or start a new run"
+            )
     resumed.verbose = cfg.verbose
     resumed.device = cfg.device
     try:
         validate(resumed)
         check_plugins(resumed)
     except ConfigError as err:
-        raise ConfigError(f"resume={cfg.resume}: its config.yaml does not fit this fedsim {__version__} ({err})") from None
+        raise ConfigError(
+            f"resume={cfg.resume}: its config.yaml does not fit this fedsim {__version__} ({err})"
+        ) from None
     return resumed
 
 
@@ -160,14 +166,17 @@ class ServerJob:
     observers: list[RoundObserver]
 
     def serve(self, grid: Grid) -> None:
-        loop = RoundLoop(grid, self.strategy, self.cfg, self.run_dir, self.evaluator, self.ledger, self.loggers, self.observers)
+        loop = RoundLoop(
+            grid, self.strategy, self.cfg, self.run_dir, self.evaluator, self.ledger, self.loggers, self.observers
+        )
         loop.run_rounds(self.arrays, self.start_round)
 
     def banner(self, backend: str | None = None) -> str:
         cfg = self.cfg
         return (
             f"fedsim: {cfg.strategy.name} on {cfg.dataset.name} ({cfg.model.name}), {cfg.num_clients} clients, "
-            f"{cfg.clients_per_round}/round, {cfg.num_rounds} rounds, backend={backend or cfg.backend.name} -> {self.run_dir.path}"
+            f"{cfg.clients_per_round}/round, {cfg.num_rounds} rounds, backend={backend or cfg.backend.name} -> "
+            f"{self.run_dir.path}"
         )
 
     def finish(self, seconds: float) -> Path:
@@ -194,7 +203,8 @@ class ServerJob:
 
 
 def round_observers(cfg: DictConfig, dataset: Any, splits: list, run_dir: RunDirectory) -> list[RoundObserver]:
-    """The privacy plug-ins' observers of a run's rounds: an attack's per-round leakage, or its audit of the final model."""
+    """The privacy plug-ins' observers of a run's rounds: an attack's per-round leakage, or its audit
+    of the final model."""
     if str(cfg.attack.name) == "none":
         return []
     if cfg.attack.get("final_model"):
@@ -209,8 +219,11 @@ def server_job(cfg: DictConfig) -> ServerJob:
     splits = make_partition(dataset.y_train.numpy(), cfg.num_clients, cfg.partition, cfg.seed)
     run_dir = prepare_run_dir(cfg)
     run_dir.write_config(cfg)
-    run_dir.write_json("partition.json", partition_summary(cfg, dataset.y_train.numpy(), dataset.num_classes, splits),
-                       compact=cfg.num_clients > 1000)
+    run_dir.write_json(
+        "partition.json",
+        partition_summary(cfg, dataset.y_train.numpy(), dataset.num_classes, splits),
+        compact=cfg.num_clients > 1000,
+    )
 
     device = resolve_device(cfg.device)
     seed_torch(cfg.seed, "init")
@@ -244,13 +257,18 @@ def run(cfg: DictConfig) -> Path:
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     app = client_app(cfg_dict)
     # The pool engine's workers start first: they boot while the server prepares its side.
-    pool = WorkerPool(app, cfg.num_clients, cfg.backend, bool(cfg.verbose)) \
-        if cfg.backend.name == "simulation" and cfg.backend.engine == "pool" else None
+    pool = (
+        WorkerPool(app, cfg.num_clients, cfg.backend, bool(cfg.verbose))
+        if cfg.backend.name == "simulation" and cfg.backend.engine == "pool"
+        else None
+    )
     try:
         job = server_job(cfg)
         t0 = time.time()
         show(job.banner())
-        sizes = runtime_of(json.dumps(cfg_dict, sort_keys=True)).train_sizes()  # client id -> samples, from the partition
+        sizes = runtime_of(
+            json.dumps(cfg_dict, sort_keys=True)
+        ).train_sizes()  # client id -> samples, from the partition
         # Float results depend on the number of threads a reduction is split over: set it from config.
         # On Ray the server's own work (evaluation, aggregation) runs while the client actors wait.
         torch.set_num_threads(int(cfg.backend.get("num_threads", 0)) or os.cpu_count() or 1)

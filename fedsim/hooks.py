@@ -11,8 +11,9 @@ A client's local update runs inside two kinds of hooks, chosen by ``defence=...`
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Any, Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 from flwr.app import Context, Message
@@ -21,7 +22,9 @@ from flwr.clientapp.typing import ClientAppCallable
 Mod = Callable[[Message, Context, ClientAppCallable], Message]
 
 
-def local_training(defence: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch_size: int) -> ContextManager[torch.optim.Optimizer]:
+def local_training(
+    defence: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch_size: int
+) -> AbstractContextManager[torch.optim.Optimizer]:
     """The optimizer local steps use: ``optimizer`` itself unless the defence replaces it."""
     if hasattr(defence, "training"):
         return defence.training(model, optimizer, batch_size)

@@ -12,8 +12,8 @@ simulations started inside it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from flwr.app import Message
 from flwr.server.superlink.linkstate import linkstate_factory

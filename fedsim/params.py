@@ -19,8 +19,9 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -52,8 +53,15 @@ class Rule:
         return None
 
 
-def spec(doc: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-         lt: float | None = None, default: Any = UNSET) -> Any:
+def spec(
+    doc: str,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    default: Any = UNSET,
+) -> Any:
     """A schema field: its meaning and bounds; no default (the YAML holds the value) unless given."""
     rule = Rule(doc, ge, gt, le, lt)
     if default is UNSET:
@@ -144,8 +152,11 @@ def check(prefix: str, schema: type, node: Mapping[str, Any] | DictConfig, ignor
     dotted = f"{prefix}." if prefix else ""
     for key in node:
         if key not in fields and key not in ignore:
-            raise ConfigError(f"{dotted}{key}={shown(node[key])}: no such key{suggest(str(key), list(fields))}"
-                              .replace("did you mean ", f"did you mean {dotted}"))
+            raise ConfigError(
+                f"{dotted}{key}={shown(node[key])}: no such key{suggest(str(key), list(fields))}".replace(
+                    "did you mean ", f"did you mean {dotted}"
+                )
+            )
     for name, field in fields.items():
         if name not in node:
             if field.default is UNSET and field.default_factory is UNSET:  # type: ignore[misc]

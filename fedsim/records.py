@@ -13,8 +13,9 @@ from __future__ import annotations
 import io
 import math
 import weakref
-from functools import lru_cache
-from typing import Any, Callable, Collection
+from collections.abc import Callable, Collection
+from functools import cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,9 @@ class TensorArray(Array):
     __qualname__ = "Array"
 
     def __init__(self, tensor: torch.Tensor) -> None:  # pylint: disable=super-init-not-called
-        self.__dict__.update(dtype=numpy_dtype(tensor.dtype), shape=tuple(tensor.shape), stype="numpy.ndarray", _tensor=tensor)
+        self.__dict__.update(
+            dtype=numpy_dtype(tensor.dtype), shape=tuple(tensor.shape), stype="numpy.ndarray", _tensor=tensor
+        )
 
     @property  # type: ignore[override]
     def data(self) -> bytes:
@@ -61,12 +64,12 @@ class TensorArray(Array):
         self.__dict__.update(state)
 
 
-@lru_cache(maxsize=None)
+@cache
 def numpy_dtype(dtype: torch.dtype) -> str:
     return str(torch.empty(0, dtype=dtype).numpy().dtype)
 
 
-@lru_cache(maxsize=None)
+@cache
 def npy_header_bytes(dtype: str, shape: tuple[int, ...]) -> int:
     """Bytes of the ``.npy`` header NumPy writes before an array of this dtype and shape."""
     buffer = io.BytesIO()
@@ -173,8 +176,12 @@ def non_finite_metric(metrics: Any) -> str | None:
     return None
 
 
-def train_reply_problem(content: RecordDict, model_record: str, model_problem: Callable[[ArrayRecord], str | None],
-                        checked_elsewhere: Collection[str] = ()) -> str | None:
+def train_reply_problem(
+    content: RecordDict,
+    model_record: str,
+    model_problem: Callable[[ArrayRecord], str | None],
+    checked_elsewhere: Collection[str] = (),
+) -> str | None:
     """Why a train reply's content cannot be aggregated, or None: its model ArrayRecord
     ``model_record`` and 'metrics' present, a positive 'num-examples', finite metrics and arrays
     (but the model's arrays named in ``checked_elsewhere``, whose finiteness the caller tests), and
@@ -204,7 +211,11 @@ def non_finite(record: ArrayRecord, skip: Collection[str] = ()) -> str | None:
             continue
         values = tensor_of(arr)
         # A sum is finite when every term is (the exact test runs only where it is not: overflow).
-        if values.is_floating_point() and not math.isfinite(float(values.sum())) and not bool(torch.isfinite(values).all()):
+        if (
+            values.is_floating_point()
+            and not math.isfinite(float(values.sum()))
+            and not bool(torch.isfinite(values).all())
+        ):
             return key
     return None
 

@@ -118,11 +118,19 @@ class ReplyReducer:
             part.dropped.append({"client": client_id, "reason": client_error(reply)})
             return
         content = reply.content
-        problem = train_reply_problem(content, self.model_record, lambda record: shape_mismatch(self.reference, record),
-                                      checked_elsewhere=self._params)
+        problem = train_reply_problem(
+            content,
+            self.model_record,
+            lambda record: shape_mismatch(self.reference, record),
+            checked_elsewhere=self._params,
+        )
         arrays = content[self.model_record] if problem is None else None
         # The update's norm is finite exactly where the update is (the global model is): one pass for both.
-        distances = [] if arrays is None else [float(torch.dist(tensor_of(arrays[k]), tensor_of(self.reference[k]))) for k in self.param_keys]
+        distances = (
+            []
+            if arrays is None
+            else [float(torch.dist(tensor_of(arrays[k]), tensor_of(self.reference[k]))) for k in self.param_keys]
+        )
         if arrays is not None and not all(map(math.isfinite, distances)):
             problem = train_reply_problem(content, self.model_record, lambda record: None)  # names the array
             problem = problem or f"returned an update whose norm overflows float32 in '{self.model_record}'"

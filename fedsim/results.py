@@ -31,7 +31,9 @@ def make_folder(path: Path, exist_ok: bool = True) -> None:
     except FileExistsError:
         raise
     except OSError as err:
-        raise ConfigError(f"cannot create the folder {path} ({err.strerror}); choose a writable run_dir or runs_root") from None
+        raise ConfigError(
+            f"cannot create the folder {path} ({err.strerror}); choose a writable run_dir or runs_root"
+        ) from None
 
 
 def new_run_dir(root: str | Path, strategy: str) -> Path:
@@ -75,7 +77,9 @@ class RunDirectory:
     def write_json(self, name: str, data: Any, compact: bool = False) -> None:
         """``data`` as indented JSON, or on one line with ``compact`` (the indented form of 100,000
         clients' records takes seconds: Python's JSON encoder is fast only without indentation)."""
-        (self.path / name).write_text((json.dumps(data, separators=(",", ":")) if compact else json.dumps(data, indent=1)) + "\n")
+        (self.path / name).write_text(
+            (json.dumps(data, separators=(",", ":")) if compact else json.dumps(data, indent=1)) + "\n"
+        )
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with self.metrics_file.open("a") as f:

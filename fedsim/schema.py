@@ -43,7 +43,9 @@ class Run:
     batch_size: int = spec("local batch size", ge=1)
     augment: Literal["none", "shift_flip"] = spec("augmentation of local training batches")
     eval_every: int = spec("evaluate the global model every N rounds", ge=1)
-    evaluation: Literal["global", "personal"] = spec("global: the global model on the test set; personal: on each client's own test split")
+    evaluation: Literal["global", "personal"] = spec(
+        "global: the global model on the test set; personal: on each client's own test split"
+    )
     eval_batch_size: int = spec("evaluation batch size", ge=1)
     checkpoint_every: int = spec("checkpoint every N rounds; 0 = only the last", ge=0)
     round_timeout: float = spec("seconds to wait for replies", gt=0)
@@ -54,19 +56,24 @@ class Run:
     run_dir: str | None = spec("this run's directory; null = <runs_root>/<timestamp>-<strategy>")
     resume: str | None = spec("a run directory to continue from its last checkpoint")
     verbose: bool = spec("show Flower's and Ray's logs")
-    dataset_info: dict | None = spec("the dataset's format, which `fedsim server` adds for devices with their own images",
-                                     default=None)
+    dataset_info: dict | None = spec(
+        "the dataset's format, which `fedsim server` adds for devices with their own images", default=None
+    )
 
     @staticmethod
     def validate(node: Any) -> str | None:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(node["device"])):
             return f"device={node['device']!r}: choose auto, cpu, cuda or cuda:N"
         if node["clients_per_round"] > node["num_clients"]:
-            return (f"clients_per_round={node['clients_per_round']} exceeds num_clients={node['num_clients']}: "
-                    "lower it or add clients")
+            return (
+                f"clients_per_round={node['clients_per_round']} exceeds num_clients={node['num_clients']}: "
+                "lower it or add clients"
+            )
         if node["min_clients"] > node["clients_per_round"]:
-            return (f"min_clients={node['min_clients']} exceeds clients_per_round={node['clients_per_round']}: "
-                    "a round could never succeed")
+            return (
+                f"min_clients={node['min_clients']} exceeds clients_per_round={node['clients_per_round']}: "
+                "a round could never succeed"
+            )
         return None
 
 
@@ -122,8 +129,11 @@ class Partition:
 
 @dataclass(kw_only=True)
 class IID(Partition):
-    samples_per_client: int | None = spec("each client draws this many samples from the whole training set, "
-                                          "independently of the others (clients overlap); null = a disjoint even split", ge=1)
+    samples_per_client: int | None = spec(
+        "each client draws this many samples from the whole training set, "
+        "independently of the others (clients overlap); null = a disjoint even split",
+        ge=1,
+    )
 
 
 @dataclass(kw_only=True)
@@ -149,7 +159,9 @@ class InProcess:
 
 @dataclass(kw_only=True)
 class Simulation(InProcess):
-    engine: Literal["pool", "flower"] = spec("pool: one Ray worker per num_cpus, many clients per task; flower: Flower's engine, one actor call per message")
+    engine: Literal["pool", "flower"] = spec(
+        "pool: one Ray worker per num_cpus, many clients per task; flower: Flower's engine, one actor call per message"
+    )
     num_cpus: float = spec("CPUs per client actor", gt=0)
     num_gpus: float = spec("GPUs per client actor (fractions share one)", ge=0)
     ray_init_args: dict = spec("arguments of ray.init, e.g. {address: auto}")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
@@ -33,7 +34,9 @@ log = logging.getLogger("fedsim")
 
 def handshake(grid: Grid, nodes: list[int], timeout: float) -> list[tuple[int, int, int]]:
     """Ask ``nodes`` which client each hosts: [(node id, client id, #examples)] of those that answer."""
-    query = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+    query = [
+        Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes
+    ]
     answers = []
     for reply in grid.send_and_receive(query, timeout=timeout):
         if reply.has_error():
@@ -128,7 +131,9 @@ class RoundLoop:
             }
         )
 
-    def unanswered(self, server_round: int, messages: list[Message], replies: list[Message]) -> tuple[list[Message], list[dict[str, Any]]]:
+    def unanswered(
+        self, server_round: int, messages: list[Message], replies: list[Message]
+    ) -> tuple[list[Message], list[dict[str, Any]]]:
         """(replies from the sampled clients, clients that sent none): those whose node the SuperLink
         reports unavailable (an error reply in its name) and those silent past ``round_timeout``."""
         sampled = {m.metadata.dst_node_id for m in messages}
@@ -139,9 +144,19 @@ class RoundLoop:
             node = node_of_message.get(reply.metadata.reply_to_message_id)
             if reply.metadata.src_node_id not in sampled and node is not None:
                 answered.add(node)
-                lost.append({"client": self.strategy.client_of(node), "reason": client_error(reply) if reply.has_error() else "reply from another node"})
+                lost.append(
+                    {
+                        "client": self.strategy.client_of(node),
+                        "reason": client_error(reply) if reply.has_error() else "reply from another node",
+                    }
+                )
         for node in sorted(sampled - answered):
-            lost.append({"client": self.strategy.client_of(node), "reason": f"no reply within round_timeout={self.cfg.round_timeout}s"})
+            lost.append(
+                {
+                    "client": self.strategy.client_of(node),
+                    "reason": f"no reply within round_timeout={self.cfg.round_timeout}s",
+                }
+            )
         for entry in lost:
             log.warning("round %d: dropped client %d: %s", server_round, entry["client"], entry["reason"])
         return own, lost
@@ -159,21 +174,36 @@ class RoundLoop:
             node_of[cid], sizes[cid] = node, size
         self.strategy.set_clients(node_of, sizes)
 
-    def train_round(self, server_round: int, arrays: ArrayRecord, last_checkpoint: int, record: dict[str, Any]) -> ArrayRecord:
+    def train_round(
+        self, server_round: int, arrays: ArrayRecord, last_checkpoint: int, record: dict[str, Any]
+    ) -> ArrayRecord:
         """Send the round's train messages, aggregate the replies into the next global arrays (the
         same ones after a failed round) and note the round's traffic, replies and metrics in ``record``."""
-        messages = list(self.strategy.configure_train(server_round, arrays, self.train_config(server_round, last_checkpoint), self.grid))
+        messages = list(
+            self.strategy.configure_train(
+                server_round, arrays, self.train_config(server_round, last_checkpoint), self.grid
+            )
+        )
         record["clients_sampled"] = len(messages)
         record.update(self.account_privacy(messages))
         record["bytes_down"] = sum(payload_bytes(m.content) for m in messages)
         lost: list[dict[str, Any]] = []
-        if isinstance(self.grid, SimulatedGrid) and self.strategy.reduces_train_replies() and shares_global_arrays(messages):
+        if (
+            isinstance(self.grid, SimulatedGrid)
+            and self.strategy.reduces_train_replies()
+            and shares_global_arrays(messages)
+        ):
             part = self.grid.send_and_reduce(messages, self.strategy.param_keys, timeout=self.cfg.round_timeout)
             record["bytes_up"], answered = part.bytes_up, len(part.clients) + len(part.dropped)
             aggregate = partial(self.strategy.aggregate_partial, server_round, part)
         else:
-            replies, lost = self.unanswered(server_round, messages, list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout)))
-            record["bytes_up"], answered = sum(payload_bytes(r.content) for r in replies if not r.has_error()), len(replies)
+            replies, lost = self.unanswered(
+                server_round, messages, list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
+            )
+            record["bytes_up"], answered = (
+                sum(payload_bytes(r.content) for r in replies if not r.has_error()),
+                len(replies),
+            )
             aggregate = partial(self.strategy.aggregate_train, server_round, replies)
         try:
             arrays, metrics = aggregate()
@@ -218,6 +248,8 @@ class RoundLoop:
             show(round_line(record, cfg.num_rounds))
             if cfg.checkpoint_every and (server_round % cfg.checkpoint_every == 0 or server_round == cfg.num_rounds):
                 privacy = self.ledger.state_dict() if self.ledger is not None else {}
-                save_checkpoint(self.run.checkpoints, Checkpoint(server_round, arrays, self.strategy.state_dict(), privacy))
+                save_checkpoint(
+                    self.run.checkpoints, Checkpoint(server_round, arrays, self.strategy.state_dict(), privacy)
+                )
                 last_checkpoint = server_round
         return arrays

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,16 +136,24 @@ class FedsimStrategy(FlowerFedAvg):
         ask their clients."""
         if self.cfg.evaluation == "personal":
             config = ConfigRecord({"server-round": server_round})
-            return self.evaluate_on_clients(server_round, grid, lambda _: RecordDict({"config": config, "arrays": arrays}))
+            return self.evaluate_on_clients(
+                server_round, grid, lambda _: RecordDict({"config": config, "arrays": arrays})
+            )
         return evaluate(arrays)
 
-    def evaluate_on_clients(self, server_round: int, grid: Grid, content_for: Callable[[int], RecordDict]) -> dict[str, Any]:
+    def evaluate_on_clients(
+        self, server_round: int, grid: Grid, content_for: Callable[[int], RecordDict]
+    ) -> dict[str, Any]:
         """Every client evaluates on its own test split what ``content_for(client)`` sends it:
         'accuracy' and 'loss' are the means over clients, 'personal_accuracy' the per-client
         figures, 'subset_accuracy' the mean accuracy with each client's argmax over the labels it
         holds (SCooL's official score, which inflates accuracy: report both)."""
-        messages = [Message(content_for(cid), dst_node_id=node, message_type=MessageType.EVALUATE, group_id=f"eval-{server_round}")
-                    for cid, node in sorted(self.node_of.items())]
+        messages = [
+            Message(
+                content_for(cid), dst_node_id=node, message_type=MessageType.EVALUATE, group_id=f"eval-{server_round}"
+            )
+            for cid, node in sorted(self.node_of.items())
+        ]
         accuracy: dict[str, float] = {}
         losses: list[float] = []
         subset: list[float] = []
@@ -154,9 +163,13 @@ class FedsimStrategy(FlowerFedAvg):
                 log.warning("round %d: client %d did not evaluate its model", server_round, cid)
                 continue
             m = reply.content["metrics"]
-            if not all(isinstance(m.get(k), (int, float)) and math.isfinite(m[k]) for k in ("accuracy", "loss")) \
-                    or not 0.0 <= float(m["accuracy"]) <= 1.0:
-                log.warning("round %d: client %d reported an invalid evaluation (accuracy, loss): left out", server_round, cid)
+            if (
+                not all(isinstance(m.get(k), (int, float)) and math.isfinite(m[k]) for k in ("accuracy", "loss"))
+                or not 0.0 <= float(m["accuracy"]) <= 1.0
+            ):
+                log.warning(
+                    "round %d: client %d reported an invalid evaluation (accuracy, loss): left out", server_round, cid
+                )
                 continue
             if int(m.get("num-examples", 0)) > 0:
                 accuracy[str(cid)] = float(m["accuracy"])
@@ -214,8 +227,16 @@ class FedsimStrategy(FlowerFedAvg):
         return arrays, metrics
 
     # Methods whose defaults make the aggregate a weighted mean of the replies' models and metrics.
-    MEAN_AGGREGATION = ("aggregate_train", "accept_replies", "reply_problem", "model_problem", "trust_examples",
-                        "aggregate", "aggregate_metrics", "aggregate_partial")
+    MEAN_AGGREGATION = (
+        "aggregate_train",
+        "accept_replies",
+        "reply_problem",
+        "model_problem",
+        "trust_examples",
+        "aggregate",
+        "aggregate_metrics",
+        "aggregate_partial",
+    )
 
     def reduces_train_replies(self) -> bool:
         """Whether train replies may be summed where they are produced (:mod:`fedsim.reduction`)
@@ -238,8 +259,12 @@ class FedsimStrategy(FlowerFedAvg):
         assert self.global_arrays is not None
         mean = {k: v / part.examples for k, v in part.arrays.items()}
         arrays = tensor_record({k: cast_like(v, tensor_of(self.global_arrays[k]).dtype) for k, v in mean.items()})
-        metrics = MetricRecord({k: [x / part.examples for x in v] if isinstance(v, list) else v / part.examples
-                                for k, v in part.metrics.items()})
+        metrics = MetricRecord(
+            {
+                k: [x / part.examples for x in v] if isinstance(v, list) else v / part.examples
+                for k, v in part.metrics.items()
+            }
+        )
         metrics["num-examples"] = int(part.examples)
         keys = [k for k in self.param_keys if k in mean]
         if keys:
@@ -290,8 +315,14 @@ class FedsimStrategy(FlowerFedAvg):
             return
         claimed, known = content["metrics"].get("num-examples"), self.num_examples[client_id]
         if isinstance(claimed, (int, float)) and claimed > known:
-            log.warning("round %d: client %d claims %s examples, more than the %d it holds: weighted as %d",
-                        server_round, client_id, claimed, known, known)
+            log.warning(
+                "round %d: client %d claims %s examples, more than the %d it holds: weighted as %d",
+                server_round,
+                client_id,
+                claimed,
+                known,
+                known,
+            )
             content["metrics"]["num-examples"] = known
 
     # The reply's ArrayRecord that holds the client's model.

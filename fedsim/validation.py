@@ -82,8 +82,10 @@ def check_environment(cfg: DictConfig) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError(f"device={device}: no CUDA GPU is visible here (torch.cuda.is_available() is False); "
-                              "use device=auto or device=cpu")
+            raise ConfigError(
+                f"device={device}: no CUDA GPU is visible here (torch.cuda.is_available() is False); "
+                "use device=auto or device=cpu"
+            )
         index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
         if index >= count:
             raise ConfigError(f"device={device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")

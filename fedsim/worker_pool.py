@@ -67,7 +67,7 @@ class ClientWorker:
 def batches(messages: list[Message], workers: int) -> list[list[Message]]:
     """``messages`` in at most ``workers`` contiguous batches of near-equal size."""
     size = math.ceil(len(messages) / max(workers, 1)) or 1
-    return [messages[i:i + size] for i in range(0, len(messages), size)]
+    return [messages[i : i + size] for i in range(0, len(messages), size)]
 
 
 class WorkerPool:
@@ -80,8 +80,11 @@ class WorkerPool:
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         import ray
 
-        init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose,
-                                     "logging_level": logging.INFO if verbose else logging.ERROR}
+        init_args: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": verbose,
+            "logging_level": logging.INFO if verbose else logging.ERROR,
+        }
         init_args.update(dict(backend.ray_init_args or {}))
         if int(backend.get("num_threads", 0)) and "address" not in init_args:
             init_args.setdefault("num_cpus", int(backend.num_threads))
@@ -94,9 +97,13 @@ class WorkerPool:
             if backend.num_gpus:
                 count = min(count, int(float(ray.available_resources().get("GPU", 0.0)) // float(backend.num_gpus)))
             if count < 1:
-                raise FedsimError(f"the Ray cluster has {cpus:g} CPUs (GPUs: {ray.available_resources().get('GPU', 0):g}) for "
-                                  f"workers of backend.num_cpus={per_worker:g}, backend.num_gpus={backend.num_gpus:g}: lower them")
-            actor = ray.remote(ClientWorker).options(num_cpus=per_worker, num_gpus=float(backend.num_gpus), max_restarts=3)
+                raise FedsimError(
+                    f"the Ray cluster has {cpus:g} CPUs (GPUs: {ray.available_resources().get('GPU', 0):g}) for "
+                    f"workers of backend.num_cpus={per_worker:g}, backend.num_gpus={backend.num_gpus:g}: lower them"
+                )
+            actor = ray.remote(ClientWorker).options(
+                num_cpus=per_worker, num_gpus=float(backend.num_gpus), max_restarts=3
+            )
             self.workers = [actor.remote(client_app, num_clients, max(1, int(per_worker))) for _ in range(count)]
             self.ready = [w.prepare.remote() for w in self.workers]
         except BaseException:
@@ -145,17 +152,27 @@ class WorkerPoolGrid(SimulatedGrid):
             replies += result
         return replies
 
-    def send_and_reduce(self, messages: list[Message], param_keys: list[str], timeout: float | None = None) -> PartialSum:
+    def send_and_reduce(
+        self, messages: list[Message], param_keys: list[str], timeout: float | None = None
+    ) -> PartialSum:
         groups = batches(messages, len(self.workers))
-        held = [{client_of_node(m.metadata.dst_node_id): self.sizes[client_of_node(m.metadata.dst_node_id)] for m in g} for g in groups]
-        results = self._gather([w.reduce.remote(g, param_keys, h) for w, g, h in zip(self.workers, groups, held)], timeout)
+        held = [
+            {client_of_node(m.metadata.dst_node_id): self.sizes[client_of_node(m.metadata.dst_node_id)] for m in g}
+            for g in groups
+        ]
+        results = self._gather(
+            [w.reduce.remote(g, param_keys, h) for w, g, h in zip(self.workers, groups, held)], timeout
+        )
         total = PartialSum()
         for group, result in zip(groups, results):
             if isinstance(result, Exception):
-                total.dropped += [{"client": client_of_node(m.metadata.dst_node_id), "reason": str(result)} for m in group]
+                total.dropped += [
+                    {"client": client_of_node(m.metadata.dst_node_id), "reason": str(result)} for m in group
+                ]
                 continue
             total.merge(result)
         return total
+
 
 def run_pool(main: Any, pool: WorkerPool, sizes: dict[int, int]) -> None:
     """Run the server's main function on a :class:`WorkerPoolGrid` over ``pool``."""

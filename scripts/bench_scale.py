@@ -1,12 +1,14 @@
 """Scale: FedAvg with thousands of registered clients, hundreds to thousands sampled per round.
 
 Each configuration is a fresh `python -m fedsim run` (FedAvg, MLP, Fashion-MNIST split IID into
-tiny client datasets: 60,000 / N samples each (past N=60,000, 6 samples drawn per client: they overlap), one local epoch, one test-set evaluation at the end,
+tiny client datasets: 60,000 / N samples each (past N=60,000, 6 samples drawn per client: they overlap), one local
+epoch, one test-set evaluation at the end,
 no checkpoints), and beside it, in the same invocation, the floor: the same work as a plain
 single-process PyTorch loop with one thread (``scripts/plain_fedavg.py``: same partition, same
 sampled clients, same optimizer and batch size). The ratio printed is
 fedsim clients/s / (floor clients/s x cores fedsim used): 1.0 is a framework that adds nothing to
-the loop and scales it perfectly over its cores. While it runs, the proportional set size (PSS: shared pages divided among the
+the loop and scales it perfectly over its cores. While it runs, the proportional set size (PSS: shared pages divided
+among the
 processes sharing them, so the sum is the real footprint) of the whole process tree (the server,
 Ray's daemons and actors) is sampled from /proc every 0.2 s. Prints per configuration: seconds to
 start (launch to the end of the client handshake), rounds/s and clients/s over the rounds after the
@@ -17,7 +19,8 @@ the smallest and the largest N at the same clients per round (what an idle clien
 On a running Ray cluster (``--ray-address``) the client actors belong to the cluster's daemons, not
 to the run: memory then adds every process of the cluster on this machine (its daemons included).
 
-    python scripts/bench_scale.py                                   # N in {1000, 10000, 100000} x K in {100, 1000}, both backends
+    python scripts/bench_scale.py                                   # N in {1000, 10000, 100000} x K in {100, 1000},
+    both backends
     python scripts/bench_scale.py --clients 1000 --per-round 100 --backends inprocess
     bash scripts/ray_cluster.sh --bench-scale --clients 1000 10000  # on a two-node Ray cluster (passes --ray-address)
 
@@ -102,31 +105,75 @@ def samples_per_client(clients: int) -> int | None:
 def floor(clients: int, per_round: int, rounds: int) -> dict:
     """The plain loop's clients/s over the rounds after the first, its accuracy and peak memory (one thread)."""
     overlap = samples_per_client(clients)
-    out = subprocess.run([sys.executable, str(FLOOR), "--model=mlp", "--partition=iid", f"--clients={clients}",
-                          f"--per-round={per_round}", f"--rounds={rounds}", "--threads=1",
-                          *([f"--samples-per-client={overlap}"] if overlap else [])], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(FLOOR),
+            "--model=mlp",
+            "--partition=iid",
+            f"--clients={clients}",
+            f"--per-round={per_round}",
+            f"--rounds={rounds}",
+            "--threads=1",
+            *([f"--samples-per-client={overlap}"] if overlap else []),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         sys.exit(f"the floor failed at N={clients} K={per_round}:\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     times = result["round_s"][1:] or result["round_s"]
-    return {"clients_per_s": per_round * len(times) / sum(times), "accuracy": result["accuracy"], "peak_gib": result["peak_rss_gib"]}
+    return {
+        "clients_per_s": per_round * len(times) / sum(times),
+        "accuracy": result["accuracy"],
+        "peak_gib": result["peak_rss_gib"],
+    }
 
 
 TRAIN_SAMPLES = 60_000  # Fashion-MNIST's training set: the most clients a disjoint IID split can make
 
 # What each --backends choice runs: the simulation backend's pool engine (the default), Flower's own
 # simulation engine (one actor call per message; the design the pool engine replaced), in-process.
-BACKENDS = {"simulation": ["backend=simulation"], "simulation-flower": ["backend=simulation", "backend.engine=flower"],
-            "inprocess": ["backend=inprocess"]}
+BACKENDS = {
+    "simulation": ["backend=simulation"],
+    "simulation-flower": ["backend=simulation", "backend.engine=flower"],
+    "inprocess": ["backend=inprocess"],
+}
 
 
-def measure(clients: int, per_round: int, rounds: int, backend: str, cores: int, extra: list[str], root: Path,
-            ray_address: str | None) -> dict:
+def measure(
+    clients: int,
+    per_round: int,
+    rounds: int,
+    backend: str,
+    cores: int,
+    extra: list[str],
+    root: Path,
+    ray_address: str | None,
+) -> dict:
     run_dir = root / f"{backend}-n{clients}-k{per_round}"
-    cmd = [sys.executable, "-m", "fedsim", "run", "strategy=fedavg", "model=mlp", "partition=iid",
-           f"num_clients={clients}", f"clients_per_round={per_round}", f"num_rounds={rounds}", f"eval_every={rounds}",
-           "checkpoint_every=0", "local_epochs=1", "batch_size=32", *BACKENDS[backend], "connect_timeout=600",
-           f"backend.num_threads={cores}", f"run_dir={run_dir}", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedsim",
+        "run",
+        "strategy=fedavg",
+        "model=mlp",
+        "partition=iid",
+        f"num_clients={clients}",
+        f"clients_per_round={per_round}",
+        f"num_rounds={rounds}",
+        f"eval_every={rounds}",
+        "checkpoint_every=0",
+        "local_epochs=1",
+        "batch_size=32",
+        *BACKENDS[backend],
+        "connect_timeout=600",
+        f"backend.num_threads={cores}",
+        f"run_dir={run_dir}",
+        *extra,
+    ]
     if samples_per_client(clients):
         cmd.append(f"partition.samples_per_client={samples_per_client(clients)}")
     if ray_address:
@@ -149,9 +196,19 @@ def measure(clients: int, per_round: int, rounds: int, backend: str, cores: int,
     round_time = sum(times) / len(times)
     startup = (first_round_at or t0) - t0 - metrics[0]["round_time_s"]
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"clients": clients, "per_round": per_round, "backend": backend, "cores": cores, "startup_s": startup,
-            "rounds_per_s": 1 / round_time, "clients_per_s": per_round / round_time, "peak_gib": peak / 2**30, "wall_s": total,
-            "accuracy": summary["final_test_accuracy"], "ok": all(m["clients_ok"] == per_round for m in metrics)}
+    return {
+        "clients": clients,
+        "per_round": per_round,
+        "backend": backend,
+        "cores": cores,
+        "startup_s": startup,
+        "rounds_per_s": 1 / round_time,
+        "clients_per_s": per_round / round_time,
+        "peak_gib": peak / 2**30,
+        "wall_s": total,
+        "accuracy": summary["final_test_accuracy"],
+        "ok": all(m["clients_ok"] == per_round for m in metrics),
+    }
 
 
 def main() -> None:
@@ -159,18 +216,30 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--per-round", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--backends", nargs="+", default=["simulation", "inprocess"], choices=list(BACKENDS),
-                        help="simulation-flower: Flower's simulation engine, for comparison (slow at large N)")
-    parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores the simulation backend uses (inprocess: 1)")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=["simulation", "inprocess"],
+        choices=list(BACKENDS),
+        help="simulation-flower: Flower's simulation engine, for comparison (slow at large N)",
+    )
+    parser.add_argument(
+        "--cores", type=int, default=os.cpu_count() or 1, help="cores the simulation backend uses (inprocess: 1)"
+    )
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides, e.g. data_root=... backend.num_cpus=1")
-    parser.add_argument("--ray-address", help="run on this running Ray cluster (HOST:PORT); memory then counts its processes too")
+    parser.add_argument(
+        "--ray-address", help="run on this running Ray cluster (HOST:PORT); memory then counts its processes too"
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     rows = []
     for n in args.clients:
         if samples_per_client(n):
-            print(f"N={n} is more clients than Fashion-MNIST's {TRAIN_SAMPLES} training samples: each draws "
-                  f"{samples_per_client(n)} of them (partition.samples_per_client; clients overlap)", flush=True)
+            print(
+                f"N={n} is more clients than Fashion-MNIST's {TRAIN_SAMPLES} training samples: each draws "
+                f"{samples_per_client(n)} of them (partition.samples_per_client; clients overlap)",
+                flush=True,
+            )
         for k in args.per_round:
             if k > n:
                 continue
@@ -180,32 +249,65 @@ def main() -> None:
                 cores = 1 if backend == "inprocess" else args.cores
                 print(f"N={n}, K={k}: fedsim {backend} on {cores} core(s) ...", flush=True)
                 row = measure(n, k, args.rounds, backend, cores, args.extra, root, args.ray_address)
-                row.update(floor_clients_per_s=base["clients_per_s"], floor_accuracy=base["accuracy"], floor_peak_gib=base["peak_gib"],
-                           ratio=row["clients_per_s"] / (base["clients_per_s"] * cores))
+                row.update(
+                    floor_clients_per_s=base["clients_per_s"],
+                    floor_accuracy=base["accuracy"],
+                    floor_peak_gib=base["peak_gib"],
+                    ratio=row["clients_per_s"] / (base["clients_per_s"] * cores),
+                )
                 rows.append(row)
-                print("  " + ", ".join(f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}" for key, value in row.items()), flush=True)
-    where = f" on the Ray cluster at {args.ray_address} (peak includes the cluster's processes)" if args.ray_address else ""
-    print(f"\nFedAvg, MLP, Fashion-MNIST IID, {args.rounds} rounds{where}; floor: plain PyTorch loop, 1 thread; runs in {root}")
-    print(f"{'N':>7} {'K':>6} {'backend':>17} {'cores':>5} {'start s':>8} {'clients/s':>10} {'floor c/s':>10} {'ratio':>6} "
-          f"{'peak GiB':>9} {'acc':>6} {'floor acc':>9} {'all ok':>7}")
+                print(
+                    "  "
+                    + ", ".join(
+                        f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}"
+                        for key, value in row.items()
+                    ),
+                    flush=True,
+                )
+    where = (
+        f" on the Ray cluster at {args.ray_address} (peak includes the cluster's processes)" if args.ray_address else ""
+    )
+    print(
+        f"\nFedAvg, MLP, Fashion-MNIST IID, {args.rounds} rounds{where}; floor: plain PyTorch loop, 1 thread; runs "
+        f"in {root}"
+    )
+    print(
+        f"{'N':>7} {'K':>6} {'backend':>17} {'cores':>5} {'start s':>8} {'clients/s':>10} {'floor c/s':>10} "
+        f"{'ratio':>6} "
+        f"{'peak GiB':>9} {'acc':>6} {'floor acc':>9} {'all ok':>7}"
+    )
     for r in rows:
-        print(f"{r['clients']:>7} {r['per_round']:>6} {r['backend']:>17} {r['cores']:>5} {r['startup_s']:>8.1f} {r['clients_per_s']:>10.1f} "
-              f"{r['floor_clients_per_s']:>10.1f} {r['ratio']:>6.2f} {r['peak_gib']:>9.2f} {r['accuracy']:>6.3f} {r['floor_accuracy']:>9.3f} {str(r['ok']):>7}")
+        print(
+            f"{r['clients']:>7} {r['per_round']:>6} {r['backend']:>17} {r['cores']:>5} {r['startup_s']:>8.1f} "
+            f"{r['clients_per_s']:>10.1f} "
+            f"{r['floor_clients_per_s']:>10.1f} {r['ratio']:>6.2f} {r['peak_gib']:>9.2f} {r['accuracy']:>6.3f} "
+            f"{r['floor_accuracy']:>9.3f} {str(r['ok']):>7}"
+        )
     print("\nAs markdown (the README's table):\n")
-    print("| backend | registered N | per round K | cores | start-up s | clients/s | floor clients/s | ratio | peak GiB |")
+    print(
+        "| backend | registered N | per round K | cores | start-up s | clients/s | floor clients/s | ratio | peak GiB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['backend']} | {r['clients']:,} | {r['per_round']:,} | {r['cores']} | {r['startup_s']:.1f} | {r['clients_per_s']:.0f} | "
-              f"{r['floor_clients_per_s']:.0f} | {r['ratio']:.2f} | {r['peak_gib']:.2f} |")
+        print(
+            f"| {r['backend']} | {r['clients']:,} | {r['per_round']:,} | {r['cores']} | {r['startup_s']:.1f} | "
+            f"{r['clients_per_s']:.0f} | "
+            f"{r['floor_clients_per_s']:.0f} | {r['ratio']:.2f} | {r['peak_gib']:.2f} |"
+        )
     print()
     for backend in args.backends:
         for k in args.per_round:
-            same_k = sorted((r for r in rows if r["per_round"] == k and r["backend"] == backend), key=lambda r: r["clients"])
+            same_k = sorted(
+                (r for r in rows if r["per_round"] == k and r["backend"] == backend), key=lambda r: r["clients"]
+            )
             if len(same_k) >= 2:
                 lo, hi = same_k[0], same_k[-1]
                 growth = (hi["peak_gib"] - lo["peak_gib"]) * 2**30 / (hi["clients"] - lo["clients"])
-                print(f"{backend}, K={k}: memory growth per registered client {growth / 1024:.1f} KiB "
-                      f"(N {lo['clients']} -> {hi['clients']}), start-up {lo['startup_s']:.1f} s -> {hi['startup_s']:.1f} s")
+                print(
+                    f"{backend}, K={k}: memory growth per registered client {growth / 1024:.1f} KiB "
+                    f"(N {lo['clients']} -> {hi['clients']}), start-up {lo['startup_s']:.1f} s -> "
+                    f"{hi['startup_s']:.1f} s"
+                )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ from fedsim.deploy.credentials import make_node_keys, make_tls
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="credentials")
-    parser.add_argument("--hosts", nargs="+", default=["localhost", "127.0.0.1"], help="names/IPs the SuperLink is reached at")
+    parser.add_argument(
+        "--hosts", nargs="+", default=["localhost", "127.0.0.1"], help="names/IPs the SuperLink is reached at"
+    )
     parser.add_argument("--nodes", type=int, default=3, help="SuperNode key pairs to create")
     args = parser.parse_args()
     out = Path(args.out)

@@ -23,8 +23,16 @@ from fedsim.privacy.report import table  # noqa: E402
 
 
 def attack(run_dir: Path, defence: str, method: str, args, out: Path) -> dict:
-    overrides = ["model=vit_tiny", f"defence={defence}", f"attack={method}", f"weights={run_dir}", f"num_images={args.images}",
-                 "batch_size=1", f"seed={args.seed}", f"data_root={args.data_root}"]
+    overrides = [
+        "model=vit_tiny",
+        f"defence={defence}",
+        f"attack={method}",
+        f"weights={run_dir}",
+        f"num_images={args.images}",
+        "batch_size=1",
+        f"seed={args.seed}",
+        f"data_root={args.data_root}",
+    ]
     if method == "inverting_gradients":
         overrides.append(f"attack.iterations={args.iterations}")
     return attack_fedsim(overrides, out)
@@ -37,9 +45,19 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=200, help="Inverting Gradients iterations")
     args = parser.parse_args()
     runs_root = Path(args.runs_root or "runs/privacy_mjp")
-    train = [f"num_rounds={args.rounds}", "model=vit_tiny", "partition=iid", "num_clients=10", "clients_per_round=5",
-             "partition.max_samples_per_client=2000", "optimizer.name=adam", "optimizer.lr=0.001",
-             f"seed={args.seed}", f"data_root={args.data_root}", *args.extra]
+    train = [
+        f"num_rounds={args.rounds}",
+        "model=vit_tiny",
+        "partition=iid",
+        "num_clients=10",
+        "clients_per_round=5",
+        "partition.max_samples_per_client=2000",
+        "optimizer.name=adam",
+        "optimizer.lr=0.001",
+        f"seed={args.seed}",
+        f"data_root={args.data_root}",
+        *args.extra,
+    ]
     rows = []
     for label, defence in (("ViT", "none"), ("ViT + MJP", "mjp")):
         summary = run_fedsim([*train, f"defence={defence}"], str(runs_root), f"vit-{defence}")
@@ -50,7 +68,10 @@ def main() -> None:
             row[f"{short} PSNR"], row[f"{short} SSIM"] = mean["psnr"], mean["ssim"]
         rows.append(row)
         print(table([row], list(row)), flush=True)
-    print(f"\nFashion-MNIST, FedAvg {args.rounds} rounds, ViT-Tiny (CPU size); attacks on {args.images} victim images, batch 1:")
+    print(
+        f"\nFashion-MNIST, FedAvg {args.rounds} rounds, ViT-Tiny (CPU size); attacks on {args.images} victim images, "
+        "batch 1:"
+    )
     print(table(rows, list(rows[0])))
     print(f"grids: {runs_root}/attack-*/grid.png")
 

@@ -41,7 +41,9 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for row in rows:
         ax.scatter(row["test_acc"], row["psnr"])
-        ax.annotate(row["defence"], (row["test_acc"], row["psnr"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            row["defence"], (row["test_acc"], row["psnr"]), fontsize=8, xytext=(4, 4), textcoords="offset points"
+        )
     ax.set(xlabel="test accuracy (utility)", ylabel="attack PSNR, dB (leakage)", title="privacy vs utility")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -56,21 +58,48 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000, help="samples per client in the training runs")
     args = parser.parse_args()
     root = Path(args.runs_root or "runs/privacy_sweep")
-    common = [f"num_rounds={args.rounds}", "strategy=fedavg", "model=cnn", f"partition.alpha={args.alpha}",
-              f"partition.max_samples_per_client={args.samples}", f"seed={args.seed}", f"data_root={args.data_root}", *args.extra]
+    common = [
+        f"num_rounds={args.rounds}",
+        "strategy=fedavg",
+        "model=cnn",
+        f"partition.alpha={args.alpha}",
+        f"partition.max_samples_per_client={args.samples}",
+        f"seed={args.seed}",
+        f"data_root={args.data_root}",
+        *args.extra,
+    ]
     rows = []
     for label, overrides in SETTINGS:
         name = label.replace(" ", "_").replace("%", "pct").replace("=", "")
         summary = run_fedsim([*common, *overrides], str(root), name)
         attacked = ["defence=none"] if "defence=central_dp" in overrides else overrides  # the server sees raw updates
-        mean = attack_fedsim([*attacked, "attack=inverting_gradients", f"attack.iterations={args.iterations}",
-                              f"weights={root / name}", f"num_images={args.images}", "batch_size=1",
-                              f"seed={args.seed}", f"data_root={args.data_root}"], root / f"attack-{name}")
+        mean = attack_fedsim(
+            [
+                *attacked,
+                "attack=inverting_gradients",
+                f"attack.iterations={args.iterations}",
+                f"weights={root / name}",
+                f"num_images={args.images}",
+                "batch_size=1",
+                f"seed={args.seed}",
+                f"data_root={args.data_root}",
+            ],
+            root / f"attack-{name}",
+        )
         eps = summary["metrics"][-1].get("dp_epsilon")
-        rows.append({"defence": label, "test_acc": summary["final_test_accuracy"], "psnr": mean["psnr"], "ssim": mean["ssim"],
-                     "epsilon": "-" if eps is None else f"{eps:.3g}"})
+        rows.append(
+            {
+                "defence": label,
+                "test_acc": summary["final_test_accuracy"],
+                "psnr": mean["psnr"],
+                "ssim": mean["ssim"],
+                "epsilon": "-" if eps is None else f"{eps:.3g}",
+            }
+        )
         print(table(rows[-1:], list(rows[-1])), flush=True)
-    print(f"\nFashion-MNIST, FedAvg CNN, {args.rounds} rounds; Inverting Gradients on {args.images} single-image updates:")
+    print(
+        f"\nFashion-MNIST, FedAvg CNN, {args.rounds} rounds; Inverting Gradients on {args.images} single-image updates:"
+    )
     print(table(rows, list(rows[0])))
     plot(rows, root / "privacy_vs_utility.png")
     print(f"plot: {root / 'privacy_vs_utility.png'}")

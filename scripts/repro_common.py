@@ -69,8 +69,16 @@ def repro_parser(doc: str) -> argparse.ArgumentParser:
 def common_setup(args: argparse.Namespace, name: str) -> tuple[str, list[str]]:
     """(runs root, overrides shared by every run: 10 clients, Dirichlet(alpha), CNN, seed, rounds)."""
     runs_root = args.runs_root or tempfile.mkdtemp(prefix=f"repro_{name}_")
-    overrides = [f"num_rounds={args.rounds}", "num_clients=10", "partition=dirichlet", f"partition.alpha={args.alpha}",
-                 f"seed={args.seed}", f"data_root={args.data_root}", "model=cnn", *args.extra]
+    overrides = [
+        f"num_rounds={args.rounds}",
+        "num_clients=10",
+        "partition=dirichlet",
+        f"partition.alpha={args.alpha}",
+        f"seed={args.seed}",
+        f"data_root={args.data_root}",
+        "model=cnn",
+        *args.extra,
+    ]
     return runs_root, overrides
 
 
@@ -78,7 +86,9 @@ def attack_fedsim(overrides: list[str], out_dir: Path) -> dict:
     """Run `python -m fedsim attack` with ``overrides`` (or reuse its summary); returns the mean scores."""
     summary = Path(out_dir) / "summary.json"
     if not summary.is_file():
-        proc = subprocess.run([sys.executable, "-m", "fedsim", "attack", *overrides, f"out_dir={out_dir}"], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "fedsim", "attack", *overrides, f"out_dir={out_dir}"], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             sys.exit(f"attack failed:\n{proc.stderr[-3000:]}")
     return json.loads(summary.read_text())["mean"]

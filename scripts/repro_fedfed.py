@@ -25,13 +25,25 @@ def main() -> None:
             for fedfed in (False, True):
                 strategy = ["strategy=fedfed", f"strategy.base={base}"] if fedfed else [f"strategy={base}"]
                 name = f"{dataset}-{base}{'-fedfed' if fedfed else ''}"
-                rows.append((dataset, f"{base}{' + FedFed' if fedfed else ''}", run_fedsim(common + [f"dataset={dataset}"] + strategy, runs_root, name)))
+                rows.append(
+                    (
+                        dataset,
+                        f"{base}{' + FedFed' if fedfed else ''}",
+                        run_fedsim(common + [f"dataset={dataset}"] + strategy, runs_root, name),
+                    )
+                )
 
-    print(f"\nDirichlet alpha={args.alpha}, 10 clients, {args.rounds} FL rounds, seed {args.seed}, CNN; runs in {runs_root}")
+    print(
+        f"\nDirichlet alpha={args.alpha}, 10 clients, {args.rounds} FL rounds, seed {args.seed}, CNN; runs in "
+        f"{runs_root}"
+    )
     print(f"{'dataset':<14} {'method':<20} {'final acc':>9} {'best acc':>9} {'late mean':>9} {'MB up+down':>11}")
     for dataset, method, s in rows:
         mb = (s["bytes_up"] + s["bytes_down"]) / 2**20
-        print(f"{dataset:<14} {method:<20} {s['final_test_accuracy']:>9.4f} {s['best_test_accuracy']:>9.4f} {late_mean(s):>9.4f} {mb:>11.1f}")
+        print(
+            f"{dataset:<14} {method:<20} {s['final_test_accuracy']:>9.4f} {s['best_test_accuracy']:>9.4f} "
+            f"{late_mean(s):>9.4f} {mb:>11.1f}"
+        )
     print("late mean: mean test accuracy over the second half of the rounds")
 
 

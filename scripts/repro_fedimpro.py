@@ -21,14 +21,30 @@ def main() -> None:
     rows = []
     for dataset in datasets_available(args.data_root):
         for strategy in ("fedavg", "fedimpro"):
-            rows.append((dataset, strategy, run_fedsim(common + [f"dataset={dataset}", f"strategy={strategy}"], runs_root, f"{dataset}-{strategy}")))
+            rows.append(
+                (
+                    dataset,
+                    strategy,
+                    run_fedsim(
+                        common + [f"dataset={dataset}", f"strategy={strategy}"], runs_root, f"{dataset}-{strategy}"
+                    ),
+                )
+            )
 
-    print(f"\nDirichlet alpha={args.alpha}, 10 clients, {args.rounds} rounds, seed {args.seed}, CNN; runs in {runs_root}")
-    print(f"{'dataset':<14} {'method':<10} {'final acc':>9} {'best acc':>9} {'late mean':>9} {'dissim. mean':>12} {'dissim. last':>12}")
+    print(
+        f"\nDirichlet alpha={args.alpha}, 10 clients, {args.rounds} rounds, seed {args.seed}, CNN; runs in {runs_root}"
+    )
+    print(
+        f"{'dataset':<14} {'method':<10} {'final acc':>9} {'best acc':>9} {'late mean':>9} {'dissim. mean':>12} "
+        f"{'dissim. last':>12}"
+    )
     for dataset, method, s in rows:
         dissim = [r["update_dissimilarity"] for r in s["metrics"] if "update_dissimilarity" in r]
-        print(f"{dataset:<14} {method:<10} {s['final_test_accuracy']:>9.4f} {s['best_test_accuracy']:>9.4f} {late_mean(s):>9.4f} "
-              f"{np.mean(dissim):>12.4f} {dissim[-1]:>12.4f}")
+        print(
+            f"{dataset:<14} {method:<10} {s['final_test_accuracy']:>9.4f} {s['best_test_accuracy']:>9.4f} "
+            f"{late_mean(s):>9.4f} "
+            f"{np.mean(dissim):>12.4f} {dissim[-1]:>12.4f}"
+        )
     print("late mean: mean test accuracy over the second half of the rounds")
 
 

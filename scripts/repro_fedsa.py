@@ -48,10 +48,14 @@ def centralized_amalgamation(overrides: list[str], teacher_dir: Path) -> dict:
     seed_torch(cfg.seed, "init")
     student = model_from_config(cfg, data.input_shape, data.num_classes).to(tasks.device)
     s = cfg.strategy
-    init = tasks.train_on_probe(model_to_record(student), int(s.probe_epochs), float(s.probe_lr), "fedsa-probe-init", fresh_head=False)
+    init = tasks.train_on_probe(
+        model_to_record(student), int(s.probe_epochs), float(s.probe_lr), "fedsa-probe-init", fresh_head=False
+    )
     student.load_state_dict(init.to_torch_state_dict())
     splits = make_partition(data.y_train.numpy(), cfg.num_clients, cfg.partition, cfg.seed)
-    parties = [LocalData(data.x_train[torch.from_numpy(sp.all)], data.y_train[torch.from_numpy(sp.all)], data) for sp in splits]
+    parties = [
+        LocalData(data.x_train[torch.from_numpy(sp.all)], data.y_train[torch.from_numpy(sp.all)], data) for sp in splits
+    ]
     teachers, translators = [], []
     seed_torch(cfg.seed, "centralized-translators")
     for k in range(len(parties)):
@@ -67,8 +71,10 @@ def centralized_amalgamation(overrides: list[str], teacher_dir: Path) -> dict:
         gen = torch_generator(cfg.seed, "centralized", epoch)
         streams = [list(p.batches(int(cfg.batch_size), tasks.device, gen)) for p in parties]
         for step in range(max(len(b) for b in streams)):
-            loss = sum(hint_loss(student_low, translators[k], teachers[k], streams[k][step % len(streams[k])][0])
-                       for k in range(len(parties)))
+            loss = sum(
+                hint_loss(student_low, translators[k], teachers[k], streams[k][step % len(streams[k])][0])
+                for k in range(len(parties))
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -77,18 +83,31 @@ def centralized_amalgamation(overrides: list[str], teacher_dir: Path) -> dict:
 
 def main() -> None:
     parser = repro_parser(__doc__)
-    parser.add_argument("--useless-teacher", type=int, default=0, help="party whose teacher is random in the second setting")
+    parser.add_argument(
+        "--useless-teacher", type=int, default=0, help="party whose teacher is random in the second setting"
+    )
     args = parser.parse_args()
     runs_root = args.runs_root or tempfile.mkdtemp(prefix="repro_fedsa_")
-    common = [f"num_rounds={args.rounds}", f"seed={args.seed}", f"data_root={args.data_root}", "strategy=fedsa", *args.extra]
-    settings = {"all teachers trained": [], f"teacher {args.useless_teacher} random": [f"strategy.teachers.random=[{args.useless_teacher}]"]}
+    common = [
+        f"num_rounds={args.rounds}",
+        f"seed={args.seed}",
+        f"data_root={args.data_root}",
+        "strategy=fedsa",
+        *args.extra,
+    ]
+    settings = {
+        "all teachers trained": [],
+        f"teacher {args.useless_teacher} random": [f"strategy.teachers.random=[{args.useless_teacher}]"],
+    }
     rows = []
     for dataset in datasets_available(args.data_root):
         for setting, extra in settings.items():
             tag = f"{dataset}-{'useless' if extra else 'trained'}"
             results = {}
             for method, overrides in METHODS.items():
-                results[method] = run_fedsim(common + [f"dataset={dataset}", *extra, *overrides], runs_root, f"{tag}-{method.replace(' ', '-')}")
+                results[method] = run_fedsim(
+                    common + [f"dataset={dataset}", *extra, *overrides], runs_root, f"{tag}-{method.replace(' ', '-')}"
+                )
             fedsa_dir = Path(runs_root) / f"{tag}-FedSA"
             log = map(json.loads, (fedsa_dir / "fedsa.jsonl").read_text().splitlines())
             alone = next(e for e in log if e["event"] == "student_alone")
@@ -96,8 +115,10 @@ def main() -> None:
             central = centralized_amalgamation(common + [f"dataset={dataset}", *extra], fedsa_dir / "teachers")
             rows.append((dataset, setting, alone, results, central))
 
-    print(f"\n5 teacher parties x 2 classes (3,000 images each), 10-class student, 5 probe images per class, "
-          f"{args.rounds} rounds, seed {args.seed}, CNN; runs in {runs_root}")
+    print(
+        f"\n5 teacher parties x 2 classes (3,000 images each), 10-class student, 5 probe images per class, "
+        f"{args.rounds} rounds, seed {args.seed}, CNN; runs in {runs_root}"
+    )
     print(f"{'dataset':<14} {'setting':<22} {'method':<24} {'final acc':>9} {'late mean':>9}")
     for dataset, setting, alone, results, central in rows:
         print(f"{dataset:<14} {setting:<22} {'student alone':<24} {alone['accuracy']:>9.4f} {'':>9}")

@@ -22,19 +22,36 @@ def main() -> None:
     parser.add_argument("--labeled-ratio", type=float, default=None)
     args = parser.parse_args()
 
-    split = ([f"partition.labeled_ratio={args.labeled_ratio}"] if args.labeled_ratio is not None
-             else [f"partition.labeled_clients={args.labeled_clients}"])
+    split = (
+        [f"partition.labeled_ratio={args.labeled_ratio}"]
+        if args.labeled_ratio is not None
+        else [f"partition.labeled_clients={args.labeled_clients}"]
+    )
     runs_root, common = common_setup(args, "twinsight")
     common += split
     rows = []
     for dataset in datasets_available(args.data_root):
         for strategy, label in METHODS.items():
-            rows.append((dataset, label, run_fedsim(common + [f"dataset={dataset}", f"strategy={strategy}"], runs_root, f"{dataset}-{strategy}")))
+            rows.append(
+                (
+                    dataset,
+                    label,
+                    run_fedsim(
+                        common + [f"dataset={dataset}", f"strategy={strategy}"], runs_root, f"{dataset}-{strategy}"
+                    ),
+                )
+            )
 
-    print(f"\nDirichlet alpha={args.alpha}, 10 clients, {' '.join(split)}, {args.rounds} rounds, seed {args.seed}, CNN; runs in {runs_root}")
+    print(
+        f"\nDirichlet alpha={args.alpha}, 10 clients, {' '.join(split)}, {args.rounds} rounds, seed {args.seed}, "
+        f"CNN; runs in {runs_root}"
+    )
     print(f"{'dataset':<14} {'method':<22} {'final acc':>9} {'best acc':>9} {'late mean':>9}")
     for dataset, method, s in rows:
-        print(f"{dataset:<14} {method:<22} {s['final_test_accuracy']:>9.4f} {s['best_test_accuracy']:>9.4f} {late_mean(s):>9.4f}")
+        print(
+            f"{dataset:<14} {method:<22} {s['final_test_accuracy']:>9.4f} {s['best_test_accuracy']:>9.4f} "
+            f"{late_mean(s):>9.4f}"
+        )
     print("late mean: mean test accuracy over the second half of the rounds")
 
 

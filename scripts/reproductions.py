@@ -4,7 +4,8 @@
     python scripts/reproductions.py render
 
 ``collect`` copies each finished run's config.yaml, metrics.jsonl, summary.json and partition.json (no checkpoints)
-and the sweep's manifest (manifests/<sweep>.json) into docs/reproductions/<experiment>/. ``render`` runs `fedsim report` on
+and the sweep's manifest (manifests/<sweep>.json) into docs/reproductions/<experiment>/. ``render`` runs `fedsim
+report` on
 those folders for every claim of docs/reproductions/claims.yaml, writes each comparison's
 report.md/.csv/.png under docs/reproductions/claim_<id>/, decides the verdict from the paired
 95% interval, and writes docs/REPRODUCTIONS.md plus the summary table between the reproduction
@@ -74,9 +75,16 @@ def verdict(row: dict, claimed_lower: bool, seeds: int, rounds: int, margin: flo
     if low > -margin:
         return "reproduced"
     if high < -margin:
-        return "not reproduced (the interval excludes 0 the other way)" if margin == 0 else \
-            f"not reproduced (the interval lies beyond the margin of {margin:g})"
-    return "inconclusive (the interval contains 0)" if margin == 0 else f"inconclusive (the interval crosses the margin of {margin:g})"
+        return (
+            "not reproduced (the interval excludes 0 the other way)"
+            if margin == 0
+            else f"not reproduced (the interval lies beyond the margin of {margin:g})"
+        )
+    return (
+        "inconclusive (the interval contains 0)"
+        if margin == 0
+        else f"inconclusive (the interval crosses the margin of {margin:g})"
+    )
 
 
 def level_check(runs, spec: dict) -> tuple[list[str], str, str]:
@@ -100,9 +108,15 @@ def level_check(runs, spec: dict) -> tuple[list[str], str, str]:
     else:
         decision = f"inconclusive (the interval crosses the margin of {margin:g})"
     figure = f"{row['diff']:.4g} [{row['ci_low']:.4g}, {row['ci_high']:.4g}] (n={seeds})"
-    lines = [f"### {spec['label']}", "", f"`{spec['metric']}` - `{spec['reference']}` in the same runs ({', '.join(spec['runs'])}), "
-             f"mean over seeds with its 95% interval: {figure}; the claim holds when the interval lies below {margin:g}.", "",
-             f"Verdict: **{decision}**.", ""]
+    lines = [
+        f"### {spec['label']}",
+        "",
+        f"`{spec['metric']}` - `{spec['reference']}` in the same runs ({', '.join(spec['runs'])}), "
+        f"mean over seeds with its 95% interval: {figure}; the claim holds when the interval lies below {margin:g}.",
+        "",
+        f"Verdict: **{decision}**.",
+        "",
+    ]
     return lines, figure, decision
 
 
@@ -110,14 +124,22 @@ def group_table(runs, spec: dict) -> list[str]:
     """Per run group (the keys its runs differ in): mean +- std over seeds of each of ``spec['metrics']``
     (per run, the mean of its last ``spec['last']`` values)."""
     last = int(spec.get("last", 1))
-    values = pd.DataFrame({m: run_figures(runs.metrics, m, last, None)["last"] for m in spec["metrics"]}).dropna(how="all")
+    values = pd.DataFrame({m: run_figures(runs.metrics, m, last, None)["last"] for m in spec["metrics"]}).dropna(
+        how="all"
+    )
     if values.empty:
         return []
     labels = group_labels(runs.configs.loc[values.index], [])
     lines = [f"### {spec['title']}", ""] + ([spec["text"].strip(), ""] if spec.get("text") else [])
-    lines += ["| runs | n | " + " | ".join(f"`{m}`" for m in spec["metrics"]) + " |", "|---" * (len(spec["metrics"]) + 2) + "|"]
+    lines += [
+        "| runs | n | " + " | ".join(f"`{m}`" for m in spec["metrics"]) + " |",
+        "|---" * (len(spec["metrics"]) + 2) + "|",
+    ]
     for label, frame in values.groupby(labels, sort=False):
-        cells = [f"{cell(frame[m].mean(), m)} +- {cell(frame[m].std(), m)}" if frame[m].notna().any() else "-" for m in spec["metrics"]]
+        cells = [
+            f"{cell(frame[m].mean(), m)} +- {cell(frame[m].std(), m)}" if frame[m].notna().any() else "-"
+            for m in spec["metrics"]
+        ]
         lines.append(f"| {label} | {len(frame)} | " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -150,8 +172,12 @@ def render_claim(claim: dict) -> tuple[list[str], list[str]]:
     """(the claim's section of REPRODUCTIONS.md, its summary rows)."""
     dirs = [str(DOCS / e) for e in claim["experiments"] if (DOCS / e).is_dir()]
     section = [f"## Claim {claim['id']}: {claim['title']}", "", f"**Paper.** {claim['paper']}", ""]
-    section += ["**Command.** " + "; ".join(f"`python -m fedsim run -m +experiment={e} --jobs 2`" for e in claim["experiments"])
-                + " (each file states the proxy's scale-down next to the paper's setting).", ""]
+    section += [
+        "**Command.** "
+        + "; ".join(f"`python -m fedsim run -m +experiment={e} --jobs 2`" for e in claim["experiments"])
+        + " (each file states the proxy's scale-down next to the paper's setting).",
+        "",
+    ]
     rows = []
     if not dirs:
         section += ["No runs committed yet.", ""]
@@ -160,9 +186,13 @@ def render_claim(claim: dict) -> tuple[list[str], list[str]]:
     for k, comparison in enumerate(claim["comparisons"]):
         metric = comparison["metric"]
         metrics = [metric] + [m for m in claim["metrics"] if m != metric]
-        out = DOCS / f"claim_{claim['id']}" / f"{k + 1}-{metric}-vs-{'_'.join(comparison['baseline']).replace('=', '-')}"
+        out = (
+            DOCS / f"claim_{claim['id']}" / f"{k + 1}-{metric}-vs-{'_'.join(comparison['baseline']).replace('=', '-')}"
+        )
         last = int(comparison.get("last", claim["last"]))
-        options = ReportOptions(metrics, [], list(comparison["baseline"]), None, last, comparison.get("compare", claim["compare"]), out)
+        options = ReportOptions(
+            metrics, [], list(comparison["baseline"]), None, last, comparison.get("compare", claim["compare"]), out
+        )
         better = [comparison["better"]] if isinstance(comparison["better"], str) else list(comparison["better"])
         title = comparison.get("label") or f"{', '.join(better)} vs {' '.join(comparison['baseline'])}"
         title += f", `{metric}`"
@@ -182,10 +212,20 @@ def render_claim(claim: dict) -> tuple[list[str], list[str]]:
             seeds, rounds = int(row["pairs"]), int(row["rounds"])
             claimed_lower = comparison.get("claimed", "lower" if lower_is_better(metric) else "higher") == "lower"
             decision = verdict(row, claimed_lower, seeds, rounds, float(comparison.get("margin", 0.0)))
-            ours = (f"{fmt(row['diff'], metric)} [{fmt(row['ci_low'], metric)}, {fmt(row['ci_high'], metric)}] "
-                    f"(n={seeds})")
+            ours = (
+                f"{fmt(row['diff'], metric)} [{fmt(row['ci_low'], metric)}, {fmt(row['ci_high'], metric)}] (n={seeds})"
+            )
         image = out.relative_to(DOCS.parent) / "report.png"
-        section += [f"### {title}", "", table, "", f"Verdict: **{decision}**.", "", f"![{title}]({image.as_posix()})", ""]
+        section += [
+            f"### {title}",
+            "",
+            table,
+            "",
+            f"Verdict: **{decision}**.",
+            "",
+            f"![{title}]({image.as_posix()})",
+            "",
+        ]
         for warning in report.warnings:
             section.append(f"- warning: {warning}")
         rows.append(f"| {claim['id']} | {title} | {ours} | {decision} |")
@@ -197,7 +237,11 @@ def render_claim(claim: dict) -> tuple[list[str], list[str]]:
         section += lines
         rows.append(f"| {claim['id']} | {spec['label']} | {figure} | {decision} |")
     for spec in claim.get("tables", []):
-        table_runs = load_runs([str(DOCS / e) for e in spec["experiments"] if (DOCS / e).is_dir()]) if "experiments" in spec else runs
+        table_runs = (
+            load_runs([str(DOCS / e) for e in spec["experiments"] if (DOCS / e).is_dir()])
+            if "experiments" in spec
+            else runs
+        )
         section += group_table(table_runs, spec)
     notes = DOCS / f"claim_{claim['id']}" / "notes.md"
     if notes.is_file():

@@ -26,7 +26,11 @@ class DisPFL(PeerToPeerStrategy):
     def model_problem(self, record: ArrayRecord) -> str | None:
         assert self.initial is not None
         try:
-            decode_sparse(record, {k: tuple(v.shape) for k, v in self.initial.items()}, {k: v.dtype for k, v in self.initial.items()})
+            decode_sparse(
+                record,
+                {k: tuple(v.shape) for k, v in self.initial.items()},
+                {k: v.dtype for k, v in self.initial.items()},
+            )
         except ValueError as err:
             return f"a malformed sparse model: {err}"
         return None

@@ -5,8 +5,8 @@ Before ordinary FL, clients train a feature-distillation generator G with an emb
 under FedAvg for ``distill_rounds`` rounds (official: 15, every client each round;
 ``distill_clients`` samples fewer). Every client then shares, once, noised copies of the
 performance-sensitive part x_s = x - G(x) of its samples, one per entry of ``share_noise_std``
-(official: two, std 0.2 and 0.25, noise drawn per sample), and the server pools them into the global shared set (kept in the run
-directory as ``shared_pool.pt``: exactly what the server received, which the privacy tools
+(official: two, std 0.2 and 0.25, noise drawn per sample), and the server pools them into the global
+shared set (kept in the run directory as ``shared_pool.pt``: exactly what the server received, which the privacy tools
 inspect). The server sends that set to every client once (``receive``); clients keep it.
 FL then runs the base algorithm ``strategy.base`` (FedAvg, FedProx, SCAFFOLD or FedNova)
 unchanged, except that every local step also trains on class-balanced items of each shared copy
@@ -25,9 +25,10 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, Iterable, Literal
+from functools import cache
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -81,9 +82,15 @@ class FedFedMixin:
         self.broadcast_pool(grid, log_file)
         torch.save({k: torch.from_numpy(v) for k, v in self.pool.items()}, pool_file)
 
-    def _send(self, grid: Grid, clients: list[int], arrays: ArrayRecord, config: ConfigRecord) -> tuple[list[Message], list[Message]]:
+    def _send(
+        self, grid: Grid, clients: list[int], arrays: ArrayRecord, config: ConfigRecord
+    ) -> tuple[list[Message], list[Message]]:
         messages = [
-            Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=self.node_of[cid], message_type=MessageType.TRAIN)
+            Message(
+                RecordDict({"arrays": arrays, "config": config}),
+                dst_node_id=self.node_of[cid],
+                message_type=MessageType.TRAIN,
+            )
             for cid in clients
         ]
         return messages, list(grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
@@ -91,7 +98,8 @@ class FedFedMixin:
     def _require(self, phase: str, accepted: list) -> None:
         if len(accepted) < self.cfg.min_clients:
             raise FedsimError(
-                f"FedFed {phase}: only {len(accepted)} usable replies (min_clients={self.cfg.min_clients}); see the warnings above"
+                f"FedFed {phase}: only {len(accepted)} usable replies (min_clients={self.cfg.min_clients}); see the "
+                "warnings above"
             )
 
     def distill(self, grid: Grid, log_file) -> ArrayRecord:
@@ -103,22 +111,35 @@ class FedFedMixin:
             t0 = time.time()
             self.global_arrays = arrays
             config = ConfigRecord(
-                {"fedfed-phase": DISTILL, "server-round": r, "lr": float(s.distill_lr),
-                 "local-epochs": int(s.distill_epochs), "batch-size": int(self.cfg.batch_size)}
+                {
+                    "fedfed-phase": DISTILL,
+                    "server-round": r,
+                    "lr": float(s.distill_lr),
+                    "local-epochs": int(s.distill_epochs),
+                    "batch-size": int(self.cfg.batch_size),
+                }
             )
             messages, replies = self._send(grid, self.distill_clients(r), arrays, config)
             accepted = self.accept_replies(r, replies, check=lambda m: FedsimStrategy.reply_problem(self, m))
             self._require(f"distillation round {r}", accepted)
             arrays = weighted_average([a.content["arrays"] for a in accepted], [a.num_examples for a in accepted])
             metrics = self.aggregate_metrics(accepted)
-            record = {"phase": DISTILL, "round": r, "clients_ok": len(accepted),
-                      "bytes_down": sum(payload_bytes(m.content) for m in messages),
-                      "bytes_up": sum(payload_bytes(m.content) for m in replies if not m.has_error()),
-                      **{k.replace("-", "_"): v for k, v in metrics.items()}, "round_time_s": time.time() - t0}
+            record = {
+                "phase": DISTILL,
+                "round": r,
+                "clients_ok": len(accepted),
+                "bytes_down": sum(payload_bytes(m.content) for m in messages),
+                "bytes_up": sum(payload_bytes(m.content) for m in replies if not m.has_error()),
+                **{k.replace("-", "_"): v for k, v in metrics.items()},
+                "round_time_s": time.time() - t0,
+            }
             with log_file.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            show(f"[distill {r}/{rounds}] loss {record['train_loss']:.4f} (recon {record['distill_recon']:.4f}, "
-                 f"ce_views {record['distill_ce_views']:.4f}) | clients {len(accepted)}/{len(messages)} | {record['round_time_s']:.1f}s")
+            show(
+                f"[distill {r}/{rounds}] loss {record['train_loss']:.4f} (recon {record['distill_recon']:.4f}, "
+                f"ce_views {record['distill_ce_views']:.4f}) | clients {len(accepted)}/{len(messages)} | "
+                f"{record['round_time_s']:.1f}s"
+            )
         return arrays
 
     def distill_clients(self, distill_round: int) -> list[int]:
@@ -127,7 +148,9 @@ class FedFedMixin:
         ids = sorted(self.node_of)
         if chosen is None or int(chosen) >= len(ids):
             return ids
-        return sorted(int(c) for c in rng(self.cfg.seed, "fedfed-distill", distill_round).choice(ids, int(chosen), replace=False))
+        return sorted(
+            int(c) for c in rng(self.cfg.seed, "fedfed-distill", distill_round).choice(ids, int(chosen), replace=False)
+        )
 
     def _share_problem(self, msg: Message) -> str | None:
         if "shared" not in msg.content.array_records:
@@ -153,20 +176,30 @@ class FedFedMixin:
         messages, replies = self._send(grid, sorted(self.node_of), arrays, config)
         accepted = self.accept_replies(0, replies, check=self._share_problem)
         self._require("sharing", accepted)
-        self.pool = {k: np.concatenate([a.content["shared"][k].numpy() for a in accepted]) for k in (*self.copy_keys(), "y")}
+        self.pool = {
+            k: np.concatenate([a.content["shared"][k].numpy() for a in accepted]) for k in (*self.copy_keys(), "y")
+        }
         self.pool["y"] = self.pool["y"].astype(np.int64)
         self.pool_digest = pool_digest(self.pool)
         upload = {a.client_id: payload_bytes(RecordDict({"shared": a.content["shared"]})) for a in accepted}
         s = self.cfg.strategy
-        record = {"phase": SHARE, "pool_samples": int(len(self.pool["y"])), "pool_bytes": int(sum(v.nbytes for v in self.pool.values())),
-                  "upload_bytes_per_client": upload, "bytes_down": sum(payload_bytes(m.content) for m in messages),
-                  "share_noise_std": [float(v) for v in s.share_noise_std],
-                  "round_time_s": time.time() - t0}
+        record = {
+            "phase": SHARE,
+            "pool_samples": int(len(self.pool["y"])),
+            "pool_bytes": int(sum(v.nbytes for v in self.pool.values())),
+            "upload_bytes_per_client": upload,
+            "bytes_down": sum(payload_bytes(m.content) for m in messages),
+            "share_noise_std": [float(v) for v in s.share_noise_std],
+            "round_time_s": time.time() - t0,
+        }
         with log_file.open("a") as f:
             f.write(json.dumps(record) + "\n")
         sigmas = record["share_noise_std"]
-        show(f"[share] pool of {record['pool_samples']} samples x {len(sigmas)} noised copies ({record['pool_bytes'] / 2**20:.1f}MB) "
-             f"from {len(accepted)} clients, sigma={'/'.join(str(v) for v in sigmas)}")
+        show(
+            f"[share] pool of {record['pool_samples']} samples x {len(sigmas)} noised copies "
+            f"({record['pool_bytes'] / 2**20:.1f}MB) "
+            f"from {len(accepted)} clients, sigma={'/'.join(str(v) for v in sigmas)}"
+        )
 
     def broadcast_pool(self, grid: Grid, log_file) -> None:
         """Send the global shared set to every client, once; each keeps it for the rest of the run."""
@@ -175,19 +208,35 @@ class FedFedMixin:
         config = ConfigRecord({"fedfed-phase": RECEIVE, "server-round": 0, "fedfed-pool": self.pool_digest})
         shared = ArrayRecord({k: torch.from_numpy(v) for k, v in self.pool.items()})
         messages = [
-            Message(RecordDict({"shared": shared, "config": config}), dst_node_id=self.node_of[cid], message_type=MessageType.TRAIN)
+            Message(
+                RecordDict({"shared": shared, "config": config}),
+                dst_node_id=self.node_of[cid],
+                message_type=MessageType.TRAIN,
+            )
             for cid in sorted(self.node_of)
         ]
         replies = list(grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
         received = [r for r in replies if not r.has_error()]
         for reply in replies:
             if reply.has_error():
-                log.warning("client %d did not keep the shared set: %s", self.client_of(reply.metadata.src_node_id), reply.error.reason)
-        record = {"phase": RECEIVE, "clients_ok": len(received), "bytes_down": sum(payload_bytes(m.content) for m in messages),
-                  "pool_digest": self.pool_digest, "round_time_s": time.time() - t0}
+                log.warning(
+                    "client %d did not keep the shared set: %s",
+                    self.client_of(reply.metadata.src_node_id),
+                    reply.error.reason,
+                )
+        record = {
+            "phase": RECEIVE,
+            "clients_ok": len(received),
+            "bytes_down": sum(payload_bytes(m.content) for m in messages),
+            "pool_digest": self.pool_digest,
+            "round_time_s": time.time() - t0,
+        }
         with log_file.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        show(f"[receive] shared set sent once to {len(received)}/{len(messages)} clients ({record['bytes_down'] / 2**20:.1f}MB in all)")
+        show(
+            f"[receive] shared set sent once to {len(received)}/{len(messages)} clients "
+            f"({record['bytes_down'] / 2**20:.1f}MB in all)"
+        )
 
     def copy_keys(self) -> tuple[str, ...]:
         """The record keys of the shared copies, one per entry of ``share_noise_std``."""
@@ -197,13 +246,15 @@ class FedFedMixin:
         return dataset_from_config(self.cfg)
 
     # -- phase B: the base algorithm with shared samples ---------------------------------------
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         config["fedfed-phase"] = TRAIN
         config["fedfed-pool"] = self.pool_digest
         return super().configure_train(server_round, arrays, config, grid)
 
 
-@lru_cache(maxsize=None)
+@cache
 def fedfed_strategy_class(base_name: str) -> type[FedsimStrategy]:
     if base_name not in BASES:
         raise ConfigError(f"strategy.base={base_name!r} is invalid: FedFed plugs into {', '.join(BASES)}")

@@ -20,8 +20,9 @@ metrics (``update_dissimilarity``) for every strategy.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,9 @@ STATS = ("mean", "std")
 
 def average_feature_stats(records: list[ArrayRecord]) -> dict[str, np.ndarray]:
     """Uniform average of the clients' per-class means and stds (the official server's rule)."""
-    return {key: np.mean([r[key].numpy().astype(np.float64) for r in records], axis=0).astype(np.float32) for key in STATS}
+    return {
+        key: np.mean([r[key].numpy().astype(np.float64) for r in records], axis=0).astype(np.float32) for key in STATS
+    }
 
 
 def lambda_schedule(server_round: int, ramp_rounds: int, cap: float | None) -> float:
@@ -61,7 +64,9 @@ class FedImpro(FedsimStrategy):
         std = float(cfg.strategy.feature_std_max) if cfg.strategy.feature_std_max is not None else 1.0
         self.stats = {"mean": torch.rand((c, dim), generator=start).numpy(), "std": np.full((c, dim), std, np.float32)}
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         s = self.cfg.strategy
         cap = None if s.lambda_max is None else float(s.lambda_max)
         self.current_lambda = lambda_schedule(server_round, int(s.lambda_ramp_rounds), cap)

@@ -8,8 +8,8 @@ Flower's own FedProx does the same on the server; this one adds fedsim's samplin
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid

@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -119,7 +120,9 @@ class StudentTasks:
         x = self.data.normalize(self.data.x_test[torch.from_numpy(idx)])
         return ArrayRecord({"x": x.contiguous(), "task": torch.from_numpy(task)})
 
-    def train_on_probe(self, arrays: ArrayRecord, epochs: int, lr: float, purpose: str, fresh_head: bool) -> ArrayRecord:
+    def train_on_probe(
+        self, arrays: ArrayRecord, epochs: int, lr: float, purpose: str, fresh_head: bool
+    ) -> ArrayRecord:
         """Fine-tune ``arrays`` on every task's probe set (Adam); optionally with a new last layer."""
         model = self.model
         load_record(model, arrays)
@@ -182,16 +185,28 @@ class FedSA(FedsimStrategy):
     def setup(self, grid: Grid, run: RunDirectory) -> None:
         self.log_file = run.path / "fedsa.jsonl"
         t = self.cfg.strategy.teachers
-        config = ConfigRecord({"fedsa-phase": TEACHER, "server-round": 0, "lr": float(t.lr),
-                               "local-epochs": int(t.epochs), "batch-size": int(self.cfg.batch_size)})
+        config = ConfigRecord(
+            {
+                "fedsa-phase": TEACHER,
+                "server-round": 0,
+                "lr": float(t.lr),
+                "local-epochs": int(t.epochs),
+                "batch-size": int(self.cfg.batch_size),
+            }
+        )
         replies = self.ask(grid, sorted(self.node_of), RecordDict({"config": config}))
         teachers = {r.client_id: float(r.content["metrics"]["teacher-accuracy"]) for r in replies}
         self.write_log({"event": "teachers", "teacher_accuracy_own_task": teachers})
-        show("[fedsa] teachers ready; accuracy on their own tasks: " + ", ".join(f"{k}: {v:.3f}" for k, v in teachers.items()))
+        show(
+            "[fedsa] teachers ready; accuracy on their own tasks: "
+            + ", ".join(f"{k}: {v:.3f}" for k, v in teachers.items())
+        )
 
     def initial_arrays(self, arrays: ArrayRecord) -> ArrayRecord:
         s = self.cfg.strategy
-        arrays = self.student.train_on_probe(arrays, int(s.probe_epochs), float(s.probe_lr), "fedsa-probe-init", fresh_head=False)
+        arrays = self.student.train_on_probe(
+            arrays, int(s.probe_epochs), float(s.probe_lr), "fedsa-probe-init", fresh_head=False
+        )
         alone = self.student.adapted_score(arrays, "fedsa-adapt-0")
         self.write_log({"event": "student_alone", **alone})
         show(f"[fedsa] student trained alone on the probe set: accuracy {alone['accuracy']:.4f}")
@@ -201,8 +216,10 @@ class FedSA(FedsimStrategy):
         """Send ``content`` to ``parties``; the replies that carry metrics (failures are logged)."""
         messages = [Message(content, dst_node_id=self.node_of[p], message_type=MessageType.TRAIN) for p in parties]
         replies = list(grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
-        self.traffic = {"down": sum(payload_bytes(m.content) for m in messages),
-                        "up": sum(payload_bytes(r.content) for r in replies if not r.has_error())}
+        self.traffic = {
+            "down": sum(payload_bytes(m.content) for m in messages),
+            "up": sum(payload_bytes(r.content) for r in replies if not r.has_error()),
+        }
         accepted = self.accept_replies(server_round, replies, check=self.metrics_problem)
         if not accepted:
             raise FedsimError("FedSA: no party answered (see the warnings above); check the client logs")
@@ -215,7 +232,9 @@ class FedSA(FedsimStrategy):
         bad = [k for k, v in metrics.items() if isinstance(v, float) and not np.isfinite(v)]
         if bad:
             return f"returned non-finite metric '{bad[0]}'"
-        outside = [k for k, v in metrics.items() if k.startswith("similarity-") and not -1.0 <= float(v) <= 1.0]  # cosine
+        outside = [
+            k for k, v in metrics.items() if k.startswith("similarity-") and not -1.0 <= float(v) <= 1.0
+        ]  # cosine
         return f"returned '{outside[0]}' outside [-1, 1]" if outside else None
 
     def write_log(self, record: dict[str, Any]) -> None:
@@ -232,12 +251,21 @@ class FedSA(FedsimStrategy):
             return
         if s.selection == "random":  # the official select_random baseline: teachers drawn uniformly
             gen = rng(self.cfg.seed, "fedsa-random", server_round)
-            self.selected = [parties[i] for t in uniform for i in gen.choice(len(parties), size=int(s.num_selected), replace=True)]
+            self.selected = [
+                parties[i] for t in uniform for i in gen.choice(len(parties), size=int(s.num_selected), replace=True)
+            ]
             self.traffic, self.probabilities = {}, uniform
-            self.write_log({"event": "selection", "round": server_round, "probabilities": uniform, "selected": self.selected})
+            self.write_log(
+                {"event": "selection", "round": server_round, "probabilities": uniform, "selected": self.selected}
+            )
             return
         config = ConfigRecord({"fedsa-phase": SELECT, "server-round": server_round})
-        replies = self.ask(grid, parties, RecordDict({"arrays": arrays, "probe": self.student.probe_record(), "config": config}), server_round)
+        replies = self.ask(
+            grid,
+            parties,
+            RecordDict({"arrays": arrays, "probe": self.student.probe_record(), "config": config}),
+            server_round,
+        )
         answered = [r.client_id for r in replies]
         gen = rng(self.cfg.seed, "fedsa-select", server_round)
         self.selected, self.probabilities, similarity = [], {}, {}
@@ -245,16 +273,27 @@ class FedSA(FedsimStrategy):
             sim = np.array([float(r.content["metrics"][f"similarity-{t}"]) for r in replies])
             p = selection_probabilities(sim)
             k = int(s.num_selected)
-            chosen = gen.choice(len(answered), size=k, replace=True, p=p) if s.sample else np.argsort(-p, kind="stable")[:k]
+            chosen = (
+                gen.choice(len(answered), size=k, replace=True, p=p) if s.sample else np.argsort(-p, kind="stable")[:k]
+            )
             self.selected += [answered[i] for i in chosen]
             self.probabilities[t] = [float(p[answered.index(c)]) if c in answered else 0.0 for c in parties]
             similarity[t] = dict(zip(answered, sim.tolist()))
         self.similarity = {t: [float(v.get(c, float("nan"))) for c in parties] for t, v in similarity.items()}
-        self.write_log({"event": "selection", "round": server_round, "similarity": similarity,
-                        "probabilities": self.probabilities, "selected": self.selected})
+        self.write_log(
+            {
+                "event": "selection",
+                "round": server_round,
+                "similarity": similarity,
+                "probabilities": self.probabilities,
+                "selected": self.selected,
+            }
+        )
 
     # -- rounds -------------------------------------------------------------------------------------
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self.traffic = {}
         if not self.selected or (server_round - 1) % int(self.cfg.strategy.select_every) == 0:
             self.select(server_round, arrays, grid)
@@ -264,8 +303,10 @@ class FedSA(FedsimStrategy):
         config["server-round"] = server_round
         config["fedsa-phase"] = AMALGAMATE
         content = RecordDict({"arrays": arrays, "config": config})
-        return [Message(content, dst_node_id=self.node_of[p], message_type=MessageType.TRAIN, group_id=str(server_round))
-                for p in sorted(set(self.selected))]
+        return [
+            Message(content, dst_node_id=self.node_of[p], message_type=MessageType.TRAIN, group_id=str(server_round))
+            for p in sorted(set(self.selected))
+        ]
 
     def aggregate_train(self, server_round: int, replies: list) -> tuple[ArrayRecord, MetricRecord]:
         if self.cfg.strategy.selection == "none":  # no teacher was asked: the probe-trained student stays
@@ -302,15 +343,21 @@ class FedSA(FedsimStrategy):
             good = [p[i] for i, c in enumerate(parties) if c not in useless]
             margins.append(min(good) - max(bad))
             probabilities.append(float(np.mean(bad)))
-        return {"useless-teacher-margin": float(np.mean(margins)), "useless-teacher-probability": float(np.mean(probabilities))}
+        return {
+            "useless-teacher-margin": float(np.mean(margins)),
+            "useless-teacher-probability": float(np.mean(probabilities)),
+        }
 
     def evaluate_round(self, server_round: int, arrays: ArrayRecord, grid: Grid, evaluate: Callable) -> dict[str, Any]:
         return self.student.adapted_score(arrays, f"fedsa-adapt-{server_round}")
 
     # -- checkpoints --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"selected": list(self.selected), "probabilities": {str(k): v for k, v in self.probabilities.items()},
-                "similarity": {str(k): v for k, v in self.similarity.items()}}
+        return {
+            "selected": list(self.selected),
+            "probabilities": {str(k): v for k, v in self.probabilities.items()},
+            "similarity": {str(k): v for k, v in self.similarity.items()},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.selected = [int(p) for p in state.get("selected", [])]
@@ -345,7 +392,10 @@ class Params(StrategyParams):
     def validate_run(cfg: Any) -> str | None:
         """Grad-CAM saliency needs a spatial feature map."""
         if cfg.model.name not in ("cnn", "resnet18"):
-            return f"strategy=fedsa needs a convolutional model for its Grad-CAM saliency: use model=cnn or resnet18 (got model={cfg.model.name})"
+            return (
+                "strategy=fedsa needs a convolutional model for its Grad-CAM saliency: "
+                f"use model=cnn or resnet18 (got model={cfg.model.name})"
+            )
         return None
 
     @staticmethod

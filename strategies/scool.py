@@ -10,7 +10,8 @@ Two variants (``strategy.variant``):
 - ``official`` (default; as github.com/ShuangtongLi/SCooL, SCooL_SBM.py / SBM.py /
   SCooL_ATTENTION.py): SBM edges W_ij = sigmoid((prior log-odds_ij - loss_i(theta_j)) /
   likelihood_scale), row-normalised over self and peers (attention: softmax of prior logits minus
-  loss / likelihood_scale, as the fedsim variant); losses on one batch of ``batch_size`` samples (the official test_fast); update
+  loss / likelihood_scale, as the fedsim variant); losses on one batch of ``batch_size`` samples (the official
+  test_fast); update
   mixing theta_i <- theta_i(start) + sum_j W_ij delta_j, delta_j = peer j's last trained minus
   start model, then plain local SGD (no regulariser). SBM prior: memberships re-initialised every
   round and fitted by ``sbm_iterations`` mean-field passes to the loss matrix, block link
@@ -41,8 +42,9 @@ fix_graph_epoch/mask_fraction), which bounds the traffic.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -74,8 +76,10 @@ def sbm_update(
         for i in range(len(phi)):  # coordinate ascent: each update raises the bound
             logits = (
                 prior
-                + a[i] @ (phi @ log_b.T) + not_a[i] @ (phi @ log_not_b.T)
-                + a[:, i] @ (phi @ log_b) + not_a[:, i] @ (phi @ log_not_b)
+                + a[i] @ (phi @ log_b.T)
+                + not_a[i] @ (phi @ log_not_b.T)
+                + a[:, i] @ (phi @ log_b)
+                + not_a[:, i] @ (phi @ log_not_b)
             )
             phi[i] = np.exp(logits - logits.max())
             phi[i] /= phi[i].sum()
@@ -97,7 +101,12 @@ def sbm_log_odds(phi: np.ndarray, blocks: np.ndarray) -> np.ndarray:
 
 
 def sbm_fit_official(
-    y: np.ndarray, observed: np.ndarray, blocks: np.ndarray, scale: float, iterations: int, generator: np.random.Generator
+    y: np.ndarray,
+    observed: np.ndarray,
+    blocks: np.ndarray,
+    scale: float,
+    iterations: int,
+    generator: np.random.Generator,
 ) -> np.ndarray:
     """Memberships phi (N x K) fitted as the official SBM.variational_inference does, from fresh
     random memberships each call: ``iterations`` times, edges W = sigmoid((log-odds + Y) / scale)
@@ -113,9 +122,12 @@ def sbm_fit_official(
         w = 1.0 / (1.0 + np.exp(-(sbm_log_odds(phi, blocks) + np.where(observed, y, 0.0)) / scale))
         for i in generator.permutation(n):
             logits = (
-                (m[i] * w[i]) @ (phi @ log_b.T) + (m[:, i] * w[:, i]) @ (phi @ log_b)
-                + (m[i] * (1 - w[i])) @ (phi @ log_not_b.T) + (m[:, i] * (1 - w[:, i])) @ (phi @ log_not_b)
-                + digamma(gamma[i]) - digamma(gamma[i].sum())
+                (m[i] * w[i]) @ (phi @ log_b.T)
+                + (m[:, i] * w[:, i]) @ (phi @ log_b)
+                + (m[i] * (1 - w[i])) @ (phi @ log_not_b.T)
+                + (m[:, i] * (1 - w[:, i])) @ (phi @ log_not_b)
+                + digamma(gamma[i])
+                - digamma(gamma[i].sum())
             )
             phi[i] = np.exp(logits - logits.max())
             phi[i] /= phi[i].sum()
@@ -192,10 +204,16 @@ class SCooL(PeerToPeerStrategy):
             return sbm_log_odds(self.phi, self.blocks) if s.variant == "official" else sbm_prior(self.phi, self.blocks)
         if s.prior == "attention" and self.query is not None and self.key is not None:
             with torch.no_grad():
-                return attention_logits(self.features(), torch.from_numpy(self.query), torch.from_numpy(self.key)).double().numpy()
+                return (
+                    attention_logits(self.features(), torch.from_numpy(self.query), torch.from_numpy(self.key))
+                    .double()
+                    .numpy()
+                )
         return np.zeros((n, n))
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self.round_prior: np.ndarray | None = None  # computed once per round, on first use
         return super().configure_train(server_round, arrays, config, grid)
 
@@ -220,8 +238,12 @@ class SCooL(PeerToPeerStrategy):
         graph = msg.content["graph"]
         n = int(self.cfg.num_clients)
         ids, weights, losses = (list(graph.get(k, [])) for k in ("ids", "weights", "losses"))
-        if not len(ids) == len(weights) == len(losses) or any(not 0 <= int(i) < n for i in ids) \
-                or not np.all(np.isfinite(weights)) or not np.all(np.isfinite(losses)):
+        if (
+            not len(ids) == len(weights) == len(losses)
+            or any(not 0 <= int(i) < n for i in ids)
+            or not np.all(np.isfinite(weights))
+            or not np.all(np.isfinite(losses))
+        ):
             return "malformed 'graph' record: needs 'ids' of clients and as many finite 'weights' and 'losses'"
         return None
 
@@ -252,8 +274,14 @@ class SCooL(PeerToPeerStrategy):
         if s.prior == "sbm" and s.variant == "official":
             seen = np.isfinite(self.loss)
             generator = rng(self.cfg.seed, "scool-sbm", server_round)
-            self.phi = sbm_fit_official(-np.nan_to_num(self.loss), seen, self.blocks, float(s.likelihood_scale),
-                                        int(s.sbm_iterations), generator)
+            self.phi = sbm_fit_official(
+                -np.nan_to_num(self.loss),
+                seen,
+                self.blocks,
+                float(s.likelihood_scale),
+                int(s.sbm_iterations),
+                generator,
+            )
         elif s.prior == "sbm":
             # soft edges: each row's weights relative to its strongest peer
             peer = np.where(observed, self.posterior, 0.0)
@@ -296,8 +324,17 @@ class SCooL(PeerToPeerStrategy):
     # -- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state.update({"posterior": self.posterior, "loss": self.loss, "fixed": self.fixed, "phi": self.phi, "blocks": self.blocks,
-                      "query": self.query, "key": self.key})
+        state.update(
+            {
+                "posterior": self.posterior,
+                "loss": self.loss,
+                "fixed": self.fixed,
+                "phi": self.phi,
+                "blocks": self.blocks,
+                "query": self.query,
+                "key": self.key,
+            }
+        )
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -310,7 +347,9 @@ class SCooL(PeerToPeerStrategy):
 
 @dataclass(kw_only=True)
 class Params(PeerParams):
-    variant: Literal["official", "fedsim"] = spec("official: update mixing, sigmoid edges, SBM refit per round; fedsim: model mixing")
+    variant: Literal["official", "fedsim"] = spec(
+        "official: update mixing, sigmoid edges, SBM refit per round; fedsim: model mixing"
+    )
     prior: Literal["dirac", "sbm", "attention"] = spec("prior of the cooperation graph")
     fix_graph_round: int = spec("round after which each client keeps its strongest peers", ge=0)
     likelihood_scale: float = spec("temperature of the data-likelihood term", gt=0)

@@ -40,7 +40,9 @@ class TwinSight(FedsimStrategy):
 
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
         arrays, metrics = super().aggregate(server_round, replies)
-        self.unsupervised = weighted_average([r.content["unsupervised"] for r in replies], [r.num_examples for r in replies])
+        self.unsupervised = weighted_average(
+            [r.content["unsupervised"] for r in replies], [r.num_examples for r in replies]
+        )
         return arrays, metrics
 
     def state_dict(self) -> dict[str, Any]:

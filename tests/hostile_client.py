@@ -11,7 +11,7 @@ tamper with never reach the server).
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
@@ -35,7 +35,7 @@ def tampered(record: ArrayRecord, mode: str) -> ArrayRecord:
     return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
-@lru_cache(maxsize=None)
+@cache
 def hostile_class(base: type) -> type:
     class Hostile(base):  # type: ignore[misc, valid-type]
         def train(self, content: RecordDict, server_round: int) -> RecordDict:

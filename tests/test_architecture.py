@@ -14,7 +14,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("fedsim", "strategies", "clients")
-ENTRY_POINTS = ("fedsim.cli", "fedsim.__main__", "fedsim.engine", "fedsim.plugins", "fedsim.validation", "fedsim.deploy", "fedsim.experiments")
+ENTRY_POINTS = (
+    "fedsim.cli",
+    "fedsim.__main__",
+    "fedsim.engine",
+    "fedsim.plugins",
+    "fedsim.validation",
+    "fedsim.deploy",
+    "fedsim.experiments",
+)
 
 
 def module_name(path: Path) -> str:

@@ -20,7 +20,12 @@ def test_help_lists_commands():
 def test_run_help_shows_groups_and_config(capsys):
     assert main(["run", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "strategy   dispfl, dpsgd, fedavg, fedfed, fedimpro, fednova, fedprox, fedsa, fixmatch, local, scaffold, scool, twinsight" in out and "num_rounds:" in out
+    assert (
+        "strategy   dispfl, dpsgd, fedavg, fedfed, fedimpro, fednova, fedprox, fedsa, fixmatch, local, scaffold, "
+        "scool, twinsight"
+        in out
+        and "num_rounds:" in out
+    )
 
 
 def test_cfg_job_prints_composed_config(capsys):
@@ -32,7 +37,11 @@ def test_cfg_job_prints_composed_config(capsys):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("strategy=nosuch", "unknown strategy 'nosuch': choose one of dispfl, dpsgd, fedavg, fedfed, fedimpro, fednova, fedprox, fedsa, fixmatch, local, scaffold, scool, twinsight"),
+        (
+            "strategy=nosuch",
+            "unknown strategy 'nosuch': choose one of dispfl, dpsgd, fedavg, fedfed, fedimpro, fednova, fedprox, "
+            "fedsa, fixmatch, local, scaffold, scool, twinsight",
+        ),
         ("dataset=imagenet", "unknown dataset 'imagenet': choose one of cifar10"),
         ("num_rounds=abc", "num_rounds='abc': expected an integer (FL rounds)"),
         ("nosuchkey=1", "nosuchkey=1: no such key"),
@@ -52,7 +61,8 @@ def test_bad_input_in_a_real_process():
     out = fedsim("run", "strategy=nosuch")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
-        "fedsim: error: unknown strategy 'nosuch': choose one of dispfl, dpsgd, fedavg, fedfed, fedimpro, fednova, fedprox, fedsa, fixmatch, local, scaffold, scool, twinsight"
+        "fedsim: error: unknown strategy 'nosuch': choose one of dispfl, dpsgd, fedavg, fedfed, fedimpro, fednova, "
+        "fedprox, fedsa, fixmatch, local, scaffold, scool, twinsight"
     ]
 
 

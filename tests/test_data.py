@@ -37,12 +37,18 @@ def test_a_corrupt_dataset_file_is_one_line(tmp_path, capsys):
 
     folder = tmp_path / "FashionMNIST" / "raw"
     folder.mkdir(parents=True)
-    for name, shape in (("train-images-idx3-ubyte", (60, 28, 28)), ("train-labels-idx1-ubyte", (60,)),
-                        ("t10k-images-idx3-ubyte", (10, 28, 28)), ("t10k-labels-idx1-ubyte", (10,))):
+    for name, shape in (
+        ("train-images-idx3-ubyte", (60, 28, 28)),
+        ("train-labels-idx1-ubyte", (60,)),
+        ("t10k-images-idx3-ubyte", (10, 28, 28)),
+        ("t10k-labels-idx1-ubyte", (10,)),
+    ):
         write_idx(folder / f"{name}.gz", np.zeros(shape, dtype=np.uint8))
     whole = (folder / "train-images-idx3-ubyte.gz").read_bytes()
     (folder / "train-images-idx3-ubyte.gz").write_bytes(whole[: len(whole) // 2])
-    assert main(["run", f"data_root={tmp_path}", f"runs_root={tmp_path}/runs", "backend=inprocess", "num_rounds=1"]) == 2
+    assert (
+        main(["run", f"data_root={tmp_path}", f"runs_root={tmp_path}/runs", "backend=inprocess", "num_rounds=1"]) == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "train-images-idx3-ubyte.gz cannot be read" in err
 
@@ -59,7 +65,9 @@ def test_fashion_mnist_from_data_root(tmp_path):
     assert ds.x_train.dtype == torch.uint8 and ds.y_train.dtype == torch.int64
 
 
-@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="needs apt package dataset-fashion-mnist (.ci/run installs it)")
+@pytest.mark.skipif(
+    not DEBIAN_FASHION_MNIST.is_dir(), reason="needs apt package dataset-fashion-mnist (.ci/run installs it)"
+)
 def test_fashion_mnist_offline_default(tmp_path):
     ds = load_dataset("fashion_mnist", str(tmp_path), False)
     assert ds.x_train.shape == (60000, 1, 28, 28) and ds.x_test.shape == (10000, 1, 28, 28)
@@ -68,7 +76,9 @@ def test_fashion_mnist_offline_default(tmp_path):
     assert abs(x.mean().item()) < 0.1 and abs(x.std().item() - 1) < 0.1
 
 
-@pytest.mark.parametrize("name, expected", [("cifar10", "cifar-10-batches-py"), ("mnist", "MNIST/raw"), ("svhn", "train_32x32.mat")])
+@pytest.mark.parametrize(
+    "name, expected", [("cifar10", "cifar-10-batches-py"), ("mnist", "MNIST/raw"), ("svhn", "train_32x32.mat")]
+)
 def test_missing_files_give_one_clear_line(tmp_path, name, expected):
     with pytest.raises(DataError) as err:
         load_dataset.__wrapped__(name, str(tmp_path), False)
@@ -82,7 +92,11 @@ def test_cifar_reads_the_original_file_format(tmp_path, variant, train, test, cl
 
     write_cifar(tmp_path, variant)
     ds = load_dataset.__wrapped__(variant, str(tmp_path), False)
-    assert ds.x_train.shape == (train, 3, 32, 32) and ds.x_test.shape == (test, 3, 32, 32) and ds.x_train.dtype == torch.uint8
+    assert (
+        ds.x_train.shape == (train, 3, 32, 32)
+        and ds.x_test.shape == (test, 3, 32, 32)
+        and ds.x_train.dtype == torch.uint8
+    )
     assert ds.num_classes == classes and int(ds.y_train.max()) == min(train, classes) - 1
     folder = tmp_path / ("cifar-10-batches-py" if variant == "cifar10" else "cifar-100-python")
     first = next(p for p in sorted(folder.iterdir()))

@@ -85,7 +85,10 @@ def test_mask_aware_aggregation_on_a_constructed_example():
     own = {"k": torch.tensor([[2.0, 0.0], [4.0, 0.0]]), "b": torch.tensor([1.0])}
     own_shared = {"k": torch.tensor([[1.0, 0.0], [1.0, 0.0]])}
     own_next = {"k": torch.tensor([[1.0, 1.0], [0.0, 1.0]])}  # after its last prune-and-regrow
-    peer = encode_sparse({"k": torch.tensor([[6.0, 8.0], [0.0, 0.0]]), "b": torch.tensor([3.0])}, {"k": torch.tensor([[1.0, 1.0], [0.0, 0.0]])})
+    peer = encode_sparse(
+        {"k": torch.tensor([[6.0, 8.0], [0.0, 0.0]]), "b": torch.tensor([3.0])},
+        {"k": torch.tensor([[1.0, 1.0], [0.0, 0.0]])},
+    )
     state = {"weights.k": own["k"], "weights.b": own["b"], "shared-mask.k": own_shared["k"], "mask.k": own_next["k"]}
     start = DisPFLClient(env=None).combine(state, {7: peer}, content=None)
     # entry (0,0): both keep it -> (2+6)/2; (0,1): only the peer -> 8; (1,1): nobody -> 0;
@@ -114,10 +117,14 @@ def test_link_accounting_equals_the_records_relayed(make_cfg):
     strategy.set_clients({c: 100 + c for c in range(4)}, {c: 10 for c in range(4)})
     initial = {"w": np.zeros((8, 8), np.float32)}
     for c in range(4):  # every client shared a sparse model of a different density
-        strategy.shared[c] = encode_sparse({"w": torch.ones(8, 8)}, {"w": (torch.rand(8, 8, generator=torch.Generator().manual_seed(c)) < 0.5).float()})
+        strategy.shared[c] = encode_sparse(
+            {"w": torch.ones(8, 8)}, {"w": (torch.rand(8, 8, generator=torch.Generator().manual_seed(c)) < 0.5).float()}
+        )
     config = ConfigRecord({"lr": 0.1, "local-epochs": 1, "batch-size": 8, "last-checkpoint": 0})
     messages = list(strategy.configure_train(2, from_numpy(initial), config, grid=None))
-    relayed = sum(payload_bytes(m.content) - payload_bytes(type(m.content)({"config": m.content["config"]})) for m in messages)
+    relayed = sum(
+        payload_bytes(m.content) - payload_bytes(type(m.content)({"config": m.content["config"]})) for m in messages
+    )
     totals = link_metrics(strategy.links)
     assert totals["p2p-bytes"] == relayed and totals["p2p-links"] == 2 * len(messages)
     for src, dst, size in strategy.links:
@@ -169,7 +176,13 @@ def test_unknown_topology_is_a_config_error(make_cfg):
 def test_dense_dispfl_is_dpsgd(make_cfg):
     """At density 1 with a frozen mask, mask-aware aggregation is plain gossip averaging."""
     dense = read_metrics(run(make_cfg("strategy=dpsgd", *PATHOLOGICAL, name="dpsgd")))
-    dispfl = read_metrics(run(make_cfg("strategy=dispfl", "strategy.density=1.0", "strategy.anneal_factor=0", *PATHOLOGICAL, name="dispfl")))
+    dispfl = read_metrics(
+        run(
+            make_cfg(
+                "strategy=dispfl", "strategy.density=1.0", "strategy.anneal_factor=0", *PATHOLOGICAL, name="dispfl"
+            )
+        )
+    )
     for a, b in zip(dense, dispfl):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
         assert a["personal_accuracy"] == pytest.approx(b["personal_accuracy"], rel=1e-6)
@@ -179,7 +192,7 @@ def test_official_scool_edges_are_normalised_sigmoids_and_it_mixes_updates():
     """SBM.optimize_W / output_W: W_j = sigmoid((prior_j - loss_j) / scale), row-normalised; then
     theta <- start + sum_j W_j delta_j (SCooL_SBM.py's combinate_gradients on start)."""
     prior, losses, scale = [1.0, -1.0, 0.5], [0.2, 2.0, 0.4], 2.0
-    edges = [1 / (1 + math.exp(-(p - l) / scale)) for p, l in zip(prior, losses)]
+    edges = [1 / (1 + math.exp(-(p - loss) / scale)) for p, loss in zip(prior, losses)]
     assert official_row(prior, losses, scale) == pytest.approx([e / sum(edges) for e in edges], rel=1e-12)
     start = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
     updates = [{"w": torch.tensor([0.5, 0.0])}, {"w": torch.tensor([-1.0, 4.0])}]
@@ -208,7 +221,9 @@ def test_official_scool_with_the_dirac_prior_is_dpsgd(make_cfg):
     updates into it equals averaging the models (D-PSGD on the full graph)."""
     every = [*PATHOLOGICAL, "clients_per_round=4", "num_rounds=3"]
     dpsgd = read_metrics(run(make_cfg("strategy=dpsgd", "strategy.topology=full", *every, name="dpsgd")))
-    scool = read_metrics(run(make_cfg("strategy=scool", "strategy.prior=dirac", "strategy.topology=full", *every, name="scool")))
+    scool = read_metrics(
+        run(make_cfg("strategy=scool", "strategy.prior=dirac", "strategy.topology=full", *every, name="scool"))
+    )
     for a, b in zip(dpsgd, scool):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["personal_accuracy"] == pytest.approx(b["personal_accuracy"], abs=1e-6)

@@ -20,8 +20,20 @@ from fedsim.engine import run
 from tests.conftest import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN = ["dataset=digits", "model=mlp", "num_clients=3", "clients_per_round=3", "min_clients=2", "partition=iid",
-       "local_epochs=1", "batch_size=16", "optimizer.lr=0.05", "seed=0", "device=cpu", "connect_timeout=120"]
+RUN = [
+    "dataset=digits",
+    "model=mlp",
+    "num_clients=3",
+    "clients_per_round=3",
+    "min_clients=2",
+    "partition=iid",
+    "local_epochs=1",
+    "batch_size=16",
+    "optimizer.lr=0.05",
+    "seed=0",
+    "device=cpu",
+    "connect_timeout=120",
+]
 
 
 @pytest.fixture
@@ -35,19 +47,47 @@ def federation(tmp_path):
 
     def start(args: list[str], log: str) -> subprocess.Popen:
         out = (tmp_path / log).open("w")
-        proc = subprocess.Popen([sys.executable, "-m", "fedsim", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fedsim", *args],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         procs.append(proc)
         return proc
 
     def server(*overrides: str) -> subprocess.Popen:
-        return start(["server", *RUN, f"run_dir={tmp_path / 'run'}", f"deploy.credentials={tmp_path / 'cred'}",
-                      f"deploy.port={port}", *overrides], "server.log")
+        return start(
+            [
+                "server",
+                *RUN,
+                f"run_dir={tmp_path / 'run'}",
+                f"deploy.credentials={tmp_path / 'cred'}",
+                f"deploy.port={port}",
+                *overrides,
+            ],
+            "server.log",
+        )
 
     def client(k: int, key: str | None = None, *extra: str) -> subprocess.Popen:
-        return start(["client", "--server", f"127.0.0.1:{port}", "--partition-id", str(k),
-                      "--root-certificates", str(tmp_path / "cred" / "tls" / "ca.crt"),
-                      "--auth-key", key or str(tmp_path / "cred" / "nodes" / f"node-{k}"),
-                      "--state-dir", str(tmp_path / "devices"), *extra], f"client{k}.log")
+        return start(
+            [
+                "client",
+                "--server",
+                f"127.0.0.1:{port}",
+                "--partition-id",
+                str(k),
+                "--root-certificates",
+                str(tmp_path / "cred" / "tls" / "ca.crt"),
+                "--auth-key",
+                key or str(tmp_path / "cred" / "nodes" / f"node-{k}"),
+                "--state-dir",
+                str(tmp_path / "devices"),
+                *extra,
+            ],
+            f"client{k}.log",
+        )
 
     yield tmp_path, server, client
     for proc in procs:
@@ -89,7 +129,9 @@ def test_three_clients_over_tls_match_the_simulation(federation):
     for proc in clients[:2]:  # the run's end ends its clients ...
         assert proc.wait(timeout=60) == 0
     assert clients[2].poll() is None  # ... except one told to wait for the next run
-    assert not flower_processes_of(tmp / "devices" / "client-0") and not flower_processes_of(tmp / "devices" / "client-1")
+    assert not flower_processes_of(tmp / "devices" / "client-0") and not flower_processes_of(
+        tmp / "devices" / "client-1"
+    )
     deployed = rounds_done(tmp / "run")
     simulated = read_metrics(run(compose([*RUN, "num_rounds=3", "backend=inprocess", f"run_dir={tmp / 'sim'}"])))
     assert [r["round"] for r in deployed] == [1, 2, 3] and all(r["clients_ok"] == 3 for r in deployed)
@@ -103,8 +145,14 @@ def test_three_clients_over_tls_match_the_simulation(federation):
 def kill_client_during_round_2(tmp: Path, clients: list[subprocess.Popen], srv: subprocess.Popen) -> None:
     wait_until(lambda: len(rounds_done(tmp / "run")) >= 1, 300, "round 1")
     os.killpg(clients[2].pid, signal.SIGKILL)  # dies while round 2 is in flight
-    wait_until(lambda: any(d.get("client") == 2 for r in rounds_done(tmp / "run") for d in r.get("dropped", [])) or srv.poll() is not None,
-               300, "the dead client to be reported")
+    wait_until(
+        lambda: (
+            any(d.get("client") == 2 for r in rounds_done(tmp / "run") for d in r.get("dropped", []))
+            or srv.poll() is not None
+        ),
+        300,
+        "the dead client to be reported",
+    )
 
 
 @pytest.mark.slow  # ~2 min: the default suite keeps one full deployment (TLS, three clients, run end)
@@ -155,7 +203,9 @@ def test_a_client_with_an_unknown_key_is_refused(federation):
     log = (tmp / "client0.log").read_text()
     last = log.strip().splitlines()[-1]
     assert last.startswith("fedsim: error: client 0: the server at --server") and "refused this device" in last
-    assert "after 2 attempts" in last and "Traceback" not in log and "Exit Code" not in log  # Flower's logs: supernode.log
+    assert (
+        "after 2 attempts" in last and "Traceback" not in log and "Exit Code" not in log
+    )  # Flower's logs: supernode.log
 
 
 def test_a_client_without_a_server_gives_up_with_one_line(federation):
@@ -175,8 +225,13 @@ def test_a_restarted_server_resumes_from_its_checkpoint(federation):
     wait_until(lambda: len(rounds_done(tmp / "run")) >= 2, 300, "round 2")
     os.killpg(first.pid, signal.SIGKILL)  # the server and its SuperLink die; the clients stay up
     first.wait()
-    resumed = subprocess.run([sys.executable, "-m", "fedsim", "server", f"resume={tmp / 'run'}"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=400)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fedsim", "server", f"resume={tmp / 'run'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout
     deployed = rounds_done(tmp / "run")
@@ -205,7 +260,12 @@ def test_a_device_trains_on_its_own_image_folder(tmp_path, make_cfg):
     cfg = OmegaConf.to_container(make_cfg(), resolve=True)
     cfg["dataset_info"] = dataset_info(ds)
     cfg["dataset"]["name"] = "no-such-dataset"  # the device never loads the run's dataset
-    runtime = client_runtime(node_run_config(json.dumps(cfg), {"partition-id": 7, "data-dir": str(tmp_path / "device"), "state-dir": str(tmp_path / "state")}))
+    runtime = client_runtime(
+        node_run_config(
+            json.dumps(cfg),
+            {"partition-id": 7, "data-dir": str(tmp_path / "device"), "state-dir": str(tmp_path / "state")},
+        )
+    )
     client = runtime.client(7)
     assert client.num_train_examples() == 40 and len(client.env.test) == 0
     before = model_to_record(runtime.model)

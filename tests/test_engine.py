@@ -89,8 +89,12 @@ def test_round_with_too_few_clients_is_reported(make_cfg, monkeypatch):
 def test_ray_simulation_engines_agree(make_cfg):
     """Both Ray engines: Flower's (one actor call per message, through its LinkState) and the pool
     (a batch of clients per worker task) give the same run."""
-    a = read_metrics(run(make_cfg("backend=simulation", "backend.engine=flower", "num_rounds=2", "strategy=scaffold", name="a")))
-    b = read_metrics(run(make_cfg("backend=simulation", "backend.engine=pool", "num_rounds=2", "strategy=scaffold", name="b")))
+    a = read_metrics(
+        run(make_cfg("backend=simulation", "backend.engine=flower", "num_rounds=2", "strategy=scaffold", name="a"))
+    )
+    b = read_metrics(
+        run(make_cfg("backend=simulation", "backend.engine=pool", "num_rounds=2", "strategy=scaffold", name="b"))
+    )
     assert [r["round"] for r in a] == [1, 2]
     assert all(r["clients_ok"] == 3 for r in a)
     assert a[-1]["test_accuracy"] > 0.3
@@ -116,7 +120,9 @@ def test_killed_process_resumes_to_the_same_metrics(make_cfg, tmp_path):
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert len(read_metrics(killed)) >= 3
-    resumed = subprocess.run([sys.executable, "-m", "fedsim", "run", f"resume={killed}"], capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fedsim", "run", f"resume={killed}"], capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
     assert comparable(read_metrics(killed)) == comparable(full)
@@ -166,11 +172,25 @@ def test_clip_norm_bounds_every_local_step(make_cfg, clip_norm):
     by at most steps x lr x clip_norm; without it, far more."""
     from fedsim.checkpoint import latest_checkpoint
 
-    cfg = make_cfg("num_rounds=1", "optimizer.momentum=0", "optimizer.weight_decay=0", "optimizer.lr=0.05",
-                   f"optimizer.clip_norm={'null' if clip_norm is None else clip_norm}", "checkpoint_every=1", name="one")
+    cfg = make_cfg(
+        "num_rounds=1",
+        "optimizer.momentum=0",
+        "optimizer.weight_decay=0",
+        "optimizer.lr=0.05",
+        f"optimizer.clip_norm={'null' if clip_norm is None else clip_norm}",
+        "checkpoint_every=1",
+        name="one",
+    )
     first = latest_checkpoint(run(cfg) / "checkpoints").arrays
-    cfg2 = make_cfg("num_rounds=2", "optimizer.momentum=0", "optimizer.weight_decay=0", "optimizer.lr=0.05",
-                    f"optimizer.clip_norm={'null' if clip_norm is None else clip_norm}", "checkpoint_every=1", name="two")
+    cfg2 = make_cfg(
+        "num_rounds=2",
+        "optimizer.momentum=0",
+        "optimizer.weight_decay=0",
+        "optimizer.lr=0.05",
+        f"optimizer.clip_norm={'null' if clip_norm is None else clip_norm}",
+        "checkpoint_every=1",
+        name="two",
+    )
     second = latest_checkpoint(run(cfg2) / "checkpoints").arrays
     moved = sum(float(((second[k].numpy() - first[k].numpy()) ** 2).sum()) for k in first.keys()) ** 0.5
     if clip_norm is None:

@@ -24,9 +24,17 @@ TINY = ["dataset=digits", "model=mlp", "backend=inprocess", "num_rounds=1", "num
 def fake_run(folder: Path, seed: int, accuracies: list[float], **config) -> Path:
     """A run directory as fedsim writes one (config.yaml + metrics.jsonl), without training."""
     folder.mkdir(parents=True)
-    cfg = {"seed": seed, "num_rounds": len(accuracies), "strategy": {"name": "fedavg"}, "run_dir": str(folder), **config}
+    cfg = {
+        "seed": seed,
+        "num_rounds": len(accuracies),
+        "strategy": {"name": "fedavg"},
+        "run_dir": str(folder),
+        **config,
+    }
     (folder / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    rows = [{"round": r + 1, "test_accuracy": a, "bytes_up": 1000, "bytes_down": 2000} for r, a in enumerate(accuracies)]
+    rows = [
+        {"round": r + 1, "test_accuracy": a, "bytes_up": 1000, "bytes_down": 2000} for r, a in enumerate(accuracies)
+    ]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return folder
 
@@ -48,13 +56,18 @@ def test_sweep_expands_hydra_grammar():
     globbed = [j.overrides[0] for j in plan_sweep(["partition=glob(*)"]).jobs]
     assert globbed == ["partition=dirichlet", "partition=iid", "partition=shards"]
     fixed = plan_sweep(["seed=0,1", "logger=[csv,tensorboard]"]).jobs  # a list value is not a sweep
-    assert [j.overrides for j in fixed] == [("seed=0", "logger=[csv,tensorboard]"), ("seed=1", "logger=[csv,tensorboard]")]
+    assert [j.overrides for j in fixed] == [
+        ("seed=0", "logger=[csv,tensorboard]"),
+        ("seed=1", "logger=[csv,tensorboard]"),
+    ]
 
 
 def test_named_experiment_holds_its_sweep_and_the_command_line_wins():
     plan = plan_sweep(["+experiment=example_digits"])
     assert plan.name == "example_digits" and len(plan.jobs) == 6
-    assert {j.overrides for j in plan.jobs} == {(f"seed={s}", f"strategy={m}", "+experiment=example_digits") for s in (0, 1, 2) for m in ("fedavg", "fedprox")}
+    assert {j.overrides for j in plan.jobs} == {
+        (f"seed={s}", f"strategy={m}", "+experiment=example_digits") for s in (0, 1, 2) for m in ("fedavg", "fedprox")
+    }
     assert len(plan_sweep(["+experiment=example_digits", "seed=5,6,7"]).jobs) == 6
     with pytest.raises(ConfigError, match="unknown experiment 'nosuch'"):
         plan_sweep(["+experiment=nosuch"])
@@ -68,7 +81,11 @@ def test_strategy_options_reach_only_their_strategy():
     plain = compose(["+experiment=repro_fedfed_alpha005", "strategy=fedavg"])
     assert "generator_width" not in plain.strategy and "strategy_options" not in plain
     fedfed = compose(["+experiment=repro_fedfed_alpha005", "strategy=fedfed"])
-    assert (fedfed.strategy.generator_width, fedfed.strategy.distill_rounds, fedfed.strategy.distill_clients) == (16, 15, None)
+    assert (fedfed.strategy.generator_width, fedfed.strategy.distill_rounds, fedfed.strategy.distill_clients) == (
+        16,
+        15,
+        None,
+    )
     mine = compose(["+experiment=repro_fedfed_alpha005", "strategy=fedfed", "strategy.distill_rounds=3"])
     assert mine.strategy.distill_rounds == 3 and mine.strategy.generator_width == 16
     with pytest.raises(ConfigError, match="strategy_options.nosuch: no such strategy"):
@@ -88,7 +105,10 @@ def test_sweep_options_are_checked(capsys):
 def sweep_process(tmp_path: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "fedsim", "run", "-m", *args, *TINY, f"runs_root={tmp_path / 'runs'}"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -102,7 +122,11 @@ def test_killed_sweep_reruns_only_unfinished_jobs(tmp_path):
     proc = sweep_process(tmp_path, *args)
     deadline = time.time() + 120
     while time.time() < deadline:
-        manifest_path = next((tmp_path / "runs" / "sweeps").glob("*/manifest.json"), None) if (tmp_path / "runs" / "sweeps").is_dir() else None
+        manifest_path = (
+            next((tmp_path / "runs" / "sweeps").glob("*/manifest.json"), None)
+            if (tmp_path / "runs" / "sweeps").is_dir()
+            else None
+        )
         if manifest_path and any(j["status"] == "done" for j in json.loads(manifest_path.read_text())["jobs"]):
             break
         time.sleep(0.1)
@@ -126,7 +150,12 @@ def test_killed_sweep_reruns_only_unfinished_jobs(tmp_path):
         assert (run_dir / "summary.json").is_file() and job["final"]["final_test_accuracy"] is not None
         assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == int(job["varying"][0].split("=")[1])
 
-    out = subprocess.run([sys.executable, "-m", "fedsim", "report", str(folder), "--baseline", "strategy=fedavg"], capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "fedsim", "report", str(folder), "--baseline", "strategy=fedavg"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert "| strategy=fedavg  |   2 |" in out.stdout and "| strategy=fedprox |   2 |" in out.stdout
     assert all((folder / name).is_file() for name in ("report.md", "report.csv", "report.png"))
@@ -141,7 +170,9 @@ def test_failing_job_is_recorded_and_the_rest_finish(tmp_path):
     assert proc.returncode == 1
     _, manifest = manifest_of(tmp_path)
     status = {tuple(j["varying"]): (j["status"], j.get("error")) for j in manifest["jobs"]}
-    assert status[("seed=0", "partition.min_size=2")] == ("done", None) and status[("seed=1", "partition.min_size=2")] == ("done", None)
+    assert status[("seed=0", "partition.min_size=2")] == ("done", None) and status[
+        ("seed=1", "partition.min_size=2")
+    ] == ("done", None)
     for seed in (0, 1):
         state, error = status[(f"seed={seed}", "partition.min_size=100000")]
         assert state == "failed" and "could not give every one of 3 clients" in error
@@ -174,7 +205,9 @@ def test_identical_groups_give_zero_and_are_not_marked(tmp_path):
 
 
 def test_interval_is_students_t():
-    result = paired_difference(__import__("numpy").array([0.51, 0.52, 0.53]), __import__("numpy").array([0.5, 0.5, 0.5]))
+    result = paired_difference(
+        __import__("numpy").array([0.51, 0.52, 0.53]), __import__("numpy").array([0.5, 0.5, 0.5])
+    )
     half = 4.302652729911275 * 0.01 / 3**0.5  # t(0.975, df=2) * std / sqrt(n)
     assert result["diff"] == pytest.approx(0.02) and result["ci_low"] == pytest.approx(0.02 - half)
     assert result["ci_high"] == pytest.approx(0.02 + half) and not result["significant"]
@@ -195,7 +228,9 @@ def test_pairing_keeps_other_swept_keys_equal(tmp_path):
         for alpha, gain in ((0.1, 0.05), (0.5, 0.01)):
             part = {"name": "dirichlet", "alpha": alpha}
             fake_run(tmp_path / f"avg{alpha}-{seed}", seed, [0.5 + alpha], partition=part)
-            fake_run(tmp_path / f"fed{alpha}-{seed}", seed, [0.5 + alpha + gain], strategy={"name": "fedfed"}, partition=part)
+            fake_run(
+                tmp_path / f"fed{alpha}-{seed}", seed, [0.5 + alpha + gain], strategy={"name": "fedfed"}, partition=part
+            )
     table = report(tmp_path, baseline=["strategy=fedavg"]).table.set_index("group")
     assert table.loc["strategy=fedfed, partition.alpha=0.1", "diff"] == pytest.approx(0.05)
     assert table.loc["strategy=fedfed, partition.alpha=0.5", "diff"] == pytest.approx(0.01)
@@ -290,7 +325,10 @@ def test_missing_tracking_package_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if the extra were not installed
     assert main(["run", *FAST, "logger=tensorboard", f"run_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == 'fedsim: error: logger=tensorboard needs the \'tensorboard\' package: pip install "fedsim[tensorboard]"'
+    assert (
+        err.strip()
+        == "fedsim: error: logger=tensorboard needs the 'tensorboard' package: pip install \"fedsim[tensorboard]\""
+    )
 
 
 def test_runs_keep_integer_keys_and_fill_keys_older_runs_lacked(tmp_path):

@@ -72,7 +72,11 @@ def test_generator_loss_has_the_official_balance():
     summed = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
     assert kl_divergence(mu, logvar).item() == pytest.approx(summed.item() / (8 * 3 * 20))
     assert recon_weight(5.0, 0) == 50.0 and recon_weight(5.0, 9) == 25.0 and recon_weight(5.0, 30) == 5.0
-    pair = DistillationPair(OmegaConf.create({"strategy": {"generator_width": 32, "generator_latent": None}, "model": {"name": "cnn"}}), (1, 28, 28), 10)
+    pair = DistillationPair(
+        OmegaConf.create({"strategy": {"generator_width": 32, "generator_latent": None}, "model": {"name": "cnn"}}),
+        (1, 28, 28),
+        10,
+    )
     assert pair.generator.mu.out_features == pair.generator.mu.in_features == 32 * 7 * 7  # no bottleneck
 
 

@@ -14,7 +14,10 @@ from strategies.fedimpro import average_feature_stats, lambda_schedule
 from tests.conftest import read_metrics
 
 
-@pytest.mark.parametrize("name, shape, dim", [("cnn", (1, 28, 28), 32 * 14 * 14), ("mlp", (1, 8, 8), 200), ("resnet18", (3, 32, 32), 128 * 16 * 16)])
+@pytest.mark.parametrize(
+    "name, shape, dim",
+    [("cnn", (1, 28, 28), 32 * 14 * 14), ("mlp", (1, 8, 8), 200), ("resnet18", (3, 32, 32), 128 * 16 * 16)],
+)
 def test_split_point_for_each_model(name, shape, dim):
     model = build_model(name, shape, 10).eval()
     low, high = split_model(model)
@@ -75,7 +78,15 @@ def test_update_dissimilarity():
 
 
 def test_fedimpro_end_to_end_with_noised_stats(make_cfg):
-    path = run(make_cfg("strategy=fedimpro", "strategy.stats_noise_std=0.01", "strategy.lambda_ramp_rounds=2", "partition=dirichlet", "num_rounds=4"))
+    path = run(
+        make_cfg(
+            "strategy=fedimpro",
+            "strategy.stats_noise_std=0.01",
+            "strategy.lambda_ramp_rounds=2",
+            "partition=dirichlet",
+            "num_rounds=4",
+        )
+    )
     records = read_metrics(path)
     assert records[-1]["test_accuracy"] > 0.5
     assert [r["fedimpro_lambda"] for r in records] == [0.5, 1.0, 1.5, 2.0]

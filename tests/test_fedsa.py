@@ -16,8 +16,16 @@ from strategies.fedsa import probe_split, selection_probabilities, target_tasks
 from tests.conftest import comparable, read_metrics
 
 # digits (8x8) with the CNN: 4 parties of 2 classes each, quick teachers.
-FEDSA = ["strategy=fedsa", "model=cnn", "optimizer.lr=0.001", "num_rounds=2", "strategy.teachers.epochs=3",
-         "strategy.probe_per_class=5", "strategy.adapt_epochs=5", "strategy.probe_epochs=5"]
+FEDSA = [
+    "strategy=fedsa",
+    "model=cnn",
+    "optimizer.lr=0.001",
+    "num_rounds=2",
+    "strategy.teachers.epochs=3",
+    "strategy.probe_per_class=5",
+    "strategy.adapt_epochs=5",
+    "strategy.probe_epochs=5",
+]
 
 
 def fedsa_log(path) -> list[dict]:
@@ -32,7 +40,9 @@ def test_setting_applies_unless_overridden(make_cfg):
 
     default = compose(["strategy=fedsa"])
     assert default.partition.name == "shards" and default.partition.classes_per_client == 2 and default.num_clients == 5
-    assert compose(["strategy=fedsa", "num_clients=3", "partition.classes_per_client=3"]).partition.classes_per_client == 3
+    assert (
+        compose(["strategy=fedsa", "num_clients=3", "partition.classes_per_client=3"]).partition.classes_per_client == 3
+    )
 
 
 def test_selection_probabilities_follow_similarity():
@@ -164,4 +174,6 @@ def test_random_and_no_teacher_baselines(make_cfg):
     assert all(m["clients_sampled"] == 0 and m["bytes_down"] == 0 and "train_loss" not in m for m in read_metrics(path))
     first, second = (torch.load(path / "checkpoints" / f"round_00000{r}.pt", weights_only=False) for r in (1, 2))
     student = [k for k in first["arrays"]]
-    assert student and all(np.array_equal(first["arrays"][k], second["arrays"][k]) for k in student)  # the student stays
+    assert student and all(
+        np.array_equal(first["arrays"][k], second["arrays"][k]) for k in student
+    )  # the student stays

@@ -17,8 +17,15 @@ from tests.conftest import read_metrics
 
 SETTINGS = {  # the smallest setting each strategy runs in (digits, MLP, 4 clients)
     "fedfed": ["strategy.distill_rounds=1"],
-    "fedsa": ["model=cnn", "partition=shards", "partition.classes_per_client=3", "strategy.teachers.epochs=1", "strategy.probe_epochs=1",
-              "strategy.adapt_epochs=1", "strategy.select_every=1"],
+    "fedsa": [
+        "model=cnn",
+        "partition=shards",
+        "partition.classes_per_client=3",
+        "strategy.teachers.epochs=1",
+        "strategy.probe_epochs=1",
+        "strategy.adapt_epochs=1",
+        "strategy.select_every=1",
+    ],
     "twinsight": ["partition.labeled_clients=2", "partition.labeled_ratio=1.0"],
     "fixmatch": ["partition.labeled_clients=2", "partition.labeled_ratio=1.0"],
 }
@@ -27,8 +34,10 @@ SETTINGS = {  # the smallest setting each strategy runs in (digits, MLP, 4 clien
 def outcome(path) -> list[dict]:
     """Per-round metrics without timings, drop reasons (which name the mode) and upload bytes (a
     tampered reply arrives, a withheld one does not)."""
-    return [{k: v for k, v in r.items() if not k.endswith("time_s") and k != "dropped" and not k.startswith("bytes_up")}
-            for r in read_metrics(path)]
+    return [
+        {k: v for k, v in r.items() if not k.endswith("time_s") and k != "dropped" and not k.startswith("bytes_up")}
+        for r in read_metrics(path)
+    ]
 
 
 def run_with(make_cfg, monkeypatch, strategy: str, modes: dict[int, str], name: str):
@@ -36,8 +45,15 @@ def run_with(make_cfg, monkeypatch, strategy: str, modes: dict[int, str], name: 
     monkeypatch.setitem(sys.modules, "clients.hostile", hostile_client)
     monkeypatch.setattr(hostile_client, "REAL", real)
     monkeypatch.setattr(hostile_client, "MODES", modes)
-    cfg = make_cfg(f"strategy={strategy}", "strategy.client=hostile", "num_rounds=1", "num_clients=6", "clients_per_round=5",
-                   *SETTINGS.get(strategy, []), name=name)
+    cfg = make_cfg(
+        f"strategy={strategy}",
+        "strategy.client=hostile",
+        "num_rounds=1",
+        "num_clients=6",
+        "clients_per_round=5",
+        *SETTINGS.get(strategy, []),
+        name=name,
+    )
     return run(cfg)
 
 
@@ -51,4 +67,6 @@ def test_hostile_replies_leave_the_run_as_without_them(make_cfg, monkeypatch, st
     assert outcome(tampered_path) == withheld
     reasons = {d["client"]: d["reason"] for r in read_metrics(tampered_path) for d in r.get("dropped", [])}
     assert reasons, "no hostile reply reached the server"
-    assert all(("NaN" in why or "shape" in why or "dtype" in why or "malformed" in why) for why in reasons.values()), reasons
+    assert all(("NaN" in why or "shape" in why or "dtype" in why or "malformed" in why) for why in reasons.values()), (
+        reasons
+    )

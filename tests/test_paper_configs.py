@@ -17,7 +17,12 @@ SHORTER = {
     "twinsight_paper": [],
     "dispfl_paper": ["local_epochs=1", "partition.min_size=2"],  # 20 synthetic samples a client
     "scool_paper": ["local_epochs=1"],
-    "fedsa_paper": ["local_epochs=1", "strategy.teachers.epochs=1", "strategy.probe_epochs=1", "strategy.adapt_epochs=1"],
+    "fedsa_paper": [
+        "local_epochs=1",
+        "strategy.teachers.epochs=1",
+        "strategy.probe_epochs=1",
+        "strategy.adapt_epochs=1",
+    ],
 }
 
 
@@ -25,8 +30,17 @@ SHORTER = {
 @pytest.mark.parametrize("name", sorted(SHORTER))
 def test_paper_config_runs_one_round(tmp_path, name):
     write_cifar(tmp_path / "data", "cifar10", per_file=400 if name in MANY_CLIENTS else 100)
-    cfg = compose([f"+experiment={name}", f"data_root={tmp_path / 'data'}", "num_rounds=1", "backend=inprocess",
-                   f"run_dir={tmp_path / 'run'}", "eval_batch_size=100", *SHORTER[name]])
+    cfg = compose(
+        [
+            f"+experiment={name}",
+            f"data_root={tmp_path / 'data'}",
+            "num_rounds=1",
+            "backend=inprocess",
+            f"run_dir={tmp_path / 'run'}",
+            "eval_batch_size=100",
+            *SHORTER[name],
+        ]
+    )
     assert cfg.dataset.name == "cifar10" and cfg.num_rounds == 1
     records = read_metrics(run(cfg))
     assert [r["round"] for r in records] == [1] and 0.0 <= records[0]["test_accuracy"] <= 1.0
@@ -35,11 +49,30 @@ def test_paper_config_runs_one_round(tmp_path, name):
 def test_paper_configs_keep_the_papers_settings():
     """Composed without overrides, each config is the paper's setting (not a scaled-down one)."""
     expected = {
-        "fedfed_paper": {"num_rounds": 1000, "model.name": "resnet18", "partition.alpha": 0.1, "strategy.distill_rounds": 15},
-        "fedimpro_paper": {"num_rounds": 1000, "batch_size": 128, "optimizer.lr": 0.1, "strategy.lambda_ramp_rounds": 500},
-        "twinsight_paper": {"num_rounds": 500, "partition.labeled_clients": 4, "partition.max_samples_per_client": None},
+        "fedfed_paper": {
+            "num_rounds": 1000,
+            "model.name": "resnet18",
+            "partition.alpha": 0.1,
+            "strategy.distill_rounds": 15,
+        },
+        "fedimpro_paper": {
+            "num_rounds": 1000,
+            "batch_size": 128,
+            "optimizer.lr": 0.1,
+            "strategy.lambda_ramp_rounds": 500,
+        },
+        "twinsight_paper": {
+            "num_rounds": 500,
+            "partition.labeled_clients": 4,
+            "partition.max_samples_per_client": None,
+        },
         "dispfl_paper": {"num_clients": 100, "clients_per_round": 100, "local_epochs": 5, "optimizer.lr_decay": 0.998},
-        "scool_paper": {"num_clients": 100, "partition.classes_per_client": 2, "batch_size": 10, "strategy.fix_graph_round": 10},
+        "scool_paper": {
+            "num_clients": 100,
+            "partition.classes_per_client": 2,
+            "batch_size": 10,
+            "strategy.fix_graph_round": 10,
+        },
         "fedsa_paper": {"num_rounds": 50, "strategy.select_every": 10, "local_epochs": 10},
     }
     from omegaconf import OmegaConf

@@ -71,7 +71,9 @@ def test_histograms_match_counts():
 
 def test_max_samples_per_client_takes_a_subset_of_each_client():
     full = make_partition(LABELS, 5, {"name": "shards", "classes_per_client": 2}, seed=0)
-    capped = make_partition(LABELS, 5, {"name": "shards", "classes_per_client": 2, "max_samples_per_client": 30}, seed=0)
+    capped = make_partition(
+        LABELS, 5, {"name": "shards", "classes_per_client": 2, "max_samples_per_client": 30}, seed=0
+    )
     for f, c in zip(full, capped):
         assert len(c.all) == min(30, len(f.all)) and set(c.all.tolist()) <= set(f.all.tolist())
     with pytest.raises(ConfigError, match="max_samples_per_client=0"):

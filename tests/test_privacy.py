@@ -51,7 +51,9 @@ def test_image_metrics_and_matching():
     assert torch.allclose(psnr(mid + 0.1, mid), torch.full((5,), 20.0), atol=1e-3)  # MSE 0.01 -> 20 dB
     g = torch.Generator().manual_seed(0)
     slight, strong = (mid + 0.05 * torch.randn(x.shape, generator=g)), (mid + 0.3 * torch.randn(x.shape, generator=g))
-    assert torch.all(ssim(strong.clamp(0, 1), mid) < ssim(slight.clamp(0, 1), mid)) and torch.all(ssim(slight, mid) < 0.999)
+    assert torch.all(ssim(strong.clamp(0, 1), mid) < ssim(slight.clamp(0, 1), mid)) and torch.all(
+        ssim(slight, mid) < 0.999
+    )
     perm = torch.tensor([3, 0, 4, 1, 2])
     assert match(x[perm], x).tolist() == perm.tolist()  # each reconstruction finds its own original
     scored = score_images(x[perm], x)
@@ -111,7 +113,9 @@ def test_inverting_gradients_reaches_high_psnr_and_dp_noise_lowers_it(fmnist):
     clean = score_images(space.to_unit(attack.reconstruct(obs, 1, space, torch.Generator().manual_seed(0)).images), x01)
     assert clean.metrics["psnr"] > 20
     obs.update = LocalDP(clip=1.0, noise_multiplier=0.1).transform_update(obs.update, torch.Generator().manual_seed(1))
-    noised = score_images(space.to_unit(attack.reconstruct(obs, 1, space, torch.Generator().manual_seed(0)).images), x01)
+    noised = score_images(
+        space.to_unit(attack.reconstruct(obs, 1, space, torch.Generator().manual_seed(0)).images), x01
+    )
     assert noised.metrics["psnr"] < clean.metrics["psnr"] - 8
 
 
@@ -157,7 +161,10 @@ def test_central_dp_without_noise_is_the_clipped_uniform_mean():
     from fedsim.records import from_numpy
 
     base = from_numpy({"w": np.zeros(4, dtype=np.float32)})
-    replies = [from_numpy({"w": np.array([10, 0, 0, 0], dtype=np.float32)}), from_numpy({"w": np.array([0, 0.5, 0, 0], dtype=np.float32)})]
+    replies = [
+        from_numpy({"w": np.array([10, 0, 0, 0], dtype=np.float32)}),
+        from_numpy({"w": np.array([0, 0.5, 0, 0], dtype=np.float32)}),
+    ]
     out = CentralDP(clip=1.0, noise_multiplier=0.0).aggregate(base, replies, torch.Generator())
     assert np.allclose(out["w"].numpy(), [0.5, 0.25, 0, 0])
 
@@ -202,7 +209,13 @@ def test_mjp_shuffles_in_training_only_and_adds_the_localisation_loss():
 
 # -- the client update path in runs ----------------------------------------------------------------
 def test_attack_observes_each_round_and_reports_leakage(make_cfg):
-    cfg = make_cfg("attack=inverting_gradients", "attack.iterations=20", "attack.num_images=2", "attack.clients=[0,1]", "num_rounds=2")
+    cfg = make_cfg(
+        "attack=inverting_gradients",
+        "attack.iterations=20",
+        "attack.num_images=2",
+        "attack.clients=[0,1]",
+        "num_rounds=2",
+    )
     run_dir = run(cfg)
     records = read_metrics(run_dir)
     for r in records:
@@ -261,8 +274,19 @@ def test_central_dp_refuses_strategies_with_their_own_aggregation(make_cfg):
 def test_membership_and_shared_statistics_attacks_in_runs(make_cfg):
     records = read_metrics(run(make_cfg("attack=membership", "num_rounds=1", name="mia")))
     assert 0 <= records[0]["attack_loss_auc"] <= 1 and "attack_confidence_tpr_at_0.01_fpr" in records[0]
-    records = read_metrics(run(make_cfg("strategy=fedimpro", "model=cnn", "attack=statistics_inversion",
-                                        "attack.iterations=10", "attack.max_classes=2", "num_rounds=1", name="impro")))
+    records = read_metrics(
+        run(
+            make_cfg(
+                "strategy=fedimpro",
+                "model=cnn",
+                "attack=statistics_inversion",
+                "attack.iterations=10",
+                "attack.max_classes=2",
+                "num_rounds=1",
+                name="impro",
+            )
+        )
+    )
     assert records[0]["attack_psnr"] > 0
 
 
@@ -279,7 +303,9 @@ def test_fixed_point_inversion_undoes_a_known_generator():
     x_s = x - Blur()(x)[0]
     recovered = fixed_point_inversion(Blur(), x_s, steps=500, lr=0.05)
     assert psnr(recovered, x).mean() > 35 > psnr(x_s.clamp(0, 1), x).mean() + 20
-    combined, sigma = combine_copies([x_s + 0.15, x_s - 0.25], [0.15, 0.25])  # inverse-variance weights 1/0.0225, 1/0.0625
+    combined, sigma = combine_copies(
+        [x_s + 0.15, x_s - 0.25], [0.15, 0.25]
+    )  # inverse-variance weights 1/0.0225, 1/0.0625
     assert sigma == pytest.approx((1 / (1 / 0.0225 + 1 / 0.0625)) ** 0.5)
     torch.testing.assert_close(combined, x_s + (0.15 / 0.0225 - 0.25 / 0.0625) / (1 / 0.0225 + 1 / 0.0625))
     three, sigma3 = combine_copies([x_s + 0.1, x_s - 0.1, x_s + 0.4], [0.5, 0.5, 1.0])  # weights 4, 4, 1
@@ -290,15 +316,29 @@ def test_fixed_point_inversion_undoes_a_known_generator():
 
 
 def test_fedfed_shared_features_are_attacked(make_cfg):
-    records = read_metrics(run(make_cfg("strategy=fedfed", "strategy.distill_rounds=1", "model=cnn", "attack=feature_inversion",
-                                        "attack.decoder_steps=20", "attack.fixed_point_steps=20", "attack.max_samples=32", "num_rounds=1")))
+    records = read_metrics(
+        run(
+            make_cfg(
+                "strategy=fedfed",
+                "strategy.distill_rounds=1",
+                "model=cnn",
+                "attack=feature_inversion",
+                "attack.decoder_steps=20",
+                "attack.fixed_point_steps=20",
+                "attack.max_samples=32",
+                "num_rounds=1",
+            )
+        )
+    )
     metrics = {k.removeprefix("attack_setup_"): v for k, v in records[0].items() if k.startswith("attack_setup_")}
     assert metrics["psnr"] == max(metrics["direct_psnr"], metrics["decoder_psnr"], metrics["fixed_point_psnr"]) > 0
     assert 0 < metrics["reference_psnr"] < 40 and 0 < metrics["reference_ssim"] < 1  # the mean public image: no leakage
 
 
 def test_mjp_vit_trains_in_a_run(make_cfg):
-    records = read_metrics(run(make_cfg("model=vit_tiny", "model.patch=2", "model.dim=24", "model.depth=1", "defence=mjp", "num_rounds=1")))
+    records = read_metrics(
+        run(make_cfg("model=vit_tiny", "model.patch=2", "model.dim=24", "model.depth=1", "defence=mjp", "num_rounds=1"))
+    )
     assert records[0]["train_loss"] > 0
 
 
@@ -306,8 +346,21 @@ def test_mjp_vit_trains_in_a_run(make_cfg):
 def test_attack_command_writes_grid_and_table(tmp_path):
     out = tmp_path / "attack"
     proc = subprocess.run(
-        [sys.executable, "-m", "fedsim", "attack", "dataset=digits", "model=mlp", "attack=analytic", "num_images=3", f"out_dir={out}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "fedsim",
+            "attack",
+            "dataset=digits",
+            "model=mlp",
+            "attack=analytic",
+            "num_images=3",
+            f"out_dir={out}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert (out / "grid.png").exists() and (out / "metrics.csv").read_text().count("\n") == 4
@@ -317,7 +370,13 @@ def test_attack_command_writes_grid_and_table(tmp_path):
 
 
 def test_attack_command_rejects_run_only_attacks(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "fedsim", "attack", "attack=membership"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedsim", "attack", "attack=membership"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "membership" in proc.stderr
 
 
@@ -412,8 +471,13 @@ def test_an_attack_that_cannot_apply_warns_and_leaves_training_alone(make_cfg):
     logging.getLogger("fedsim").addHandler(collect)
     try:
         # APRIL needs a single-image gradient; these clients hold many images and batch 16
-        records = read_metrics(run(make_cfg("attack=april", "model=vit_tiny", "model.patch=2", "model.dim=24",
-                                            "model.depth=1", "num_rounds=2")))
+        records = read_metrics(
+            run(
+                make_cfg(
+                    "attack=april", "model=vit_tiny", "model.patch=2", "model.dim=24", "model.depth=1", "num_rounds=2"
+                )
+            )
+        )
     finally:
         logging.getLogger("fedsim").removeHandler(collect)
     assert all(r["clients_ok"] == 3 and "attack_psnr" not in r for r in records)
@@ -424,8 +488,20 @@ def test_an_attack_that_cannot_apply_warns_and_leaves_training_alone(make_cfg):
 def test_final_model_audit_inverts_single_image_gradients_of_the_trained_model(make_cfg, defence):
     """attack.final_model: no round update is attacked; after the last round APRIL inverts one-image
     gradients of the final ViT, exactly without a defence and no better than a random image under MJP."""
-    path = run(make_cfg("attack=april", "attack.final_model=true", "attack.num_images=3", "attack.clients=[1]",
-                        f"defence={defence}", "model=vit_tiny", "model.patch=2", "model.dim=24", "model.depth=1", "num_rounds=2"))
+    path = run(
+        make_cfg(
+            "attack=april",
+            "attack.final_model=true",
+            "attack.num_images=3",
+            "attack.clients=[1]",
+            f"defence={defence}",
+            "model=vit_tiny",
+            "model.patch=2",
+            "model.dim=24",
+            "model.depth=1",
+            "num_rounds=2",
+        )
+    )
     first, last = read_metrics(path)
     assert not any(k.startswith("attack_") for k in first) and "attack_psnr" not in last
     assert last["attack_final_label_accuracy"] == 1.0

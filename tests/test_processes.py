@@ -10,7 +10,10 @@ from fedsim.processes import descendants, running
 def test_a_process_tree_is_found_and_stopped_whole():
     """A child that starts a grandchild (as a SuperNode starts ClientApps): both are listed, and
     stopping the child leaves neither running."""
-    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    code = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    )
     child = subprocess.Popen([sys.executable, "-c", code])
     try:
         for _ in range(100):

@@ -28,7 +28,11 @@ from tests.conftest import comparable, read_metrics
 TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 0, SUPERLINK_NODE_ID
 
 CFG = OmegaConf.create({"seed": 0, "num_clients": 6, "clients_per_round": 5, "min_clients": 2, "strategy": {}})
-GLOBAL = {"w": np.array([[1.0, 2.0], [3.0, -1.0]], dtype=np.float32), "b": np.array([0.5], dtype=np.float32), "steps": np.array(4)}
+GLOBAL = {
+    "w": np.array([[1.0, 2.0], [3.0, -1.0]], dtype=np.float32),
+    "b": np.array([0.5], dtype=np.float32),
+    "steps": np.array(4),
+}
 PARAMS = ["w", "b"]
 
 
@@ -39,7 +43,10 @@ def replies(rng: np.random.Generator) -> list[tuple[int, Message]]:
         if cid == 3:
             out.append((cid, Message(Error(code=1, reason="boom"), reply_to=sent)))
             continue
-        arrays = {k: (v + rng.normal(size=v.shape)).astype(v.dtype) if v.dtype.kind == "f" else v + cid for k, v in GLOBAL.items()}
+        arrays = {
+            k: (v + rng.normal(size=v.shape)).astype(v.dtype) if v.dtype.kind == "f" else v + cid
+            for k, v in GLOBAL.items()
+        }
         if cid == 4:
             arrays["w"][0, 0] = np.nan
         n = [10, 25, 40, 7][cid] if cid < 4 else 5
@@ -98,8 +105,16 @@ def test_tensor_arrays_are_flowers_arrays_without_the_copies():
 
     for t in (torch.randn(3, 4), torch.tensor(5.0), torch.arange(7), torch.zeros(0)):
         lazy, plain = TensorArray(t.clone()), Array(t.numpy())
-        assert lazy.data == plain.data and lazy.object_id == plain.object_id and (lazy.dtype, lazy.shape) == (plain.dtype, plain.shape)
-        assert lazy.num_bytes() == len(plain.data) == npy_header_bytes(plain.dtype, plain.shape) + t.numel() * t.element_size()
+        assert (
+            lazy.data == plain.data
+            and lazy.object_id == plain.object_id
+            and (lazy.dtype, lazy.shape) == (plain.dtype, plain.shape)
+        )
+        assert (
+            lazy.num_bytes()
+            == len(plain.data)
+            == npy_header_bytes(plain.dtype, plain.shape) + t.numel() * t.element_size()
+        )
         assert torch.equal(tensor_of(plain), t)
     model = torch.nn.Linear(3, 2)
     record = model_to_record(model)
@@ -117,7 +132,9 @@ def test_pool_engine_matches_the_in_process_backend(make_cfg):
     """Two Ray workers, FedAvg (summed replies) and SCAFFOLD (every reply): the same metrics."""
     for strategy_name in ("fedavg", "scaffold"):
         common = ("num_rounds=2", f"strategy={strategy_name}", "num_clients=6", "clients_per_round=5")
-        pool = read_metrics(run(make_cfg("backend=simulation", "backend.num_threads=2", *common, name=f"pool-{strategy_name}")))
+        pool = read_metrics(
+            run(make_cfg("backend=simulation", "backend.num_threads=2", *common, name=f"pool-{strategy_name}"))
+        )
         local = read_metrics(run(make_cfg("backend=inprocess", *common, name=f"local-{strategy_name}")))
         for p, q in zip(comparable(pool), comparable(local)):
             assert p.keys() == q.keys()
@@ -135,11 +152,18 @@ def test_sums_over_many_blocks_match_the_weighted_mean():
     reducer = ReplyReducer(reference, PARAMS, {})
     sent = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=1, message_type=MessageType.TRAIN)
     for cid in range(3 * ReplyReducer.block_size + 5):
-        arrays = {k: (v + rng.normal(size=v.shape)).astype(v.dtype) if v.dtype.kind == "f" else v for k, v in GLOBAL.items()}
+        arrays = {
+            k: (v + rng.normal(size=v.shape)).astype(v.dtype) if v.dtype.kind == "f" else v for k, v in GLOBAL.items()
+        }
         n = int(rng.integers(1, 60))
         records.append(from_numpy(arrays))
         weights.append(n)
-        reducer.add(cid, Message(RecordDict({"arrays": from_numpy(arrays), "metrics": MetricRecord({"num-examples": n})}), reply_to=sent))
+        reducer.add(
+            cid,
+            Message(
+                RecordDict({"arrays": from_numpy(arrays), "metrics": MetricRecord({"num-examples": n})}), reply_to=sent
+            ),
+        )
     part = reducer.sum
     expected = to_numpy(weighted_average(records, weights))
     for key, value in part.arrays.items():

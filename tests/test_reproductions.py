@@ -3,13 +3,19 @@
 import importlib.util
 from pathlib import Path
 
-spec = importlib.util.spec_from_file_location("reproductions", Path(__file__).resolve().parent.parent / "scripts" / "reproductions.py")
+spec = importlib.util.spec_from_file_location(
+    "reproductions", Path(__file__).resolve().parent.parent / "scripts" / "reproductions.py"
+)
 reproductions = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(reproductions)
 
 
 def test_verdict_reads_the_interval_in_the_claimed_direction():
-    above, below, straddles = {"ci_low": 0.01, "ci_high": 0.05}, {"ci_low": -0.05, "ci_high": -0.01}, {"ci_low": -0.01, "ci_high": 0.02}
+    above, below, straddles = (
+        {"ci_low": 0.01, "ci_high": 0.05},
+        {"ci_low": -0.05, "ci_high": -0.01},
+        {"ci_low": -0.01, "ci_high": 0.02},
+    )
     verdict = reproductions.verdict
     assert verdict(above, False, 3, 50) == "reproduced"
     assert verdict(below, False, 3, 50).startswith("not reproduced")
@@ -34,15 +40,27 @@ def runs_table(final: dict[str, tuple[str, float, float]]):
 
     from fedsim.experiments.runs import RunTable
 
-    configs = pd.DataFrame({"defence.name": [v[0] for v in final.values()], "seed": list(range(len(final)))}, index=list(final))
-    rows = [{"run": name, "round": 50, "attack_final_psnr": psnr, "attack_final_reference_psnr": ref, "test_accuracy": 0.8}
-            for name, (_, psnr, ref) in final.items()]
+    configs = pd.DataFrame(
+        {"defence.name": [v[0] for v in final.values()], "seed": list(range(len(final)))}, index=list(final)
+    )
+    rows = [
+        {"run": name, "round": 50, "attack_final_psnr": psnr, "attack_final_reference_psnr": ref, "test_accuracy": 0.8}
+        for name, (_, psnr, ref) in final.items()
+    ]
     return RunTable(configs, pd.DataFrame(rows))
 
 
 def test_a_level_check_holds_when_the_interval_lies_below_the_margin():
-    spec = {"runs": ["defence=mjp"], "metric": "attack_final_psnr", "reference": "attack_final_reference_psnr", "margin": 1.0, "label": "x"}
-    at_random = runs_table({"a": ("mjp", 7.1, 7.3), "b": ("mjp", 7.0, 6.9), "c": ("mjp", 7.4, 7.5), "d": ("none", 90.0, 7.0)})
+    spec = {
+        "runs": ["defence=mjp"],
+        "metric": "attack_final_psnr",
+        "reference": "attack_final_reference_psnr",
+        "margin": 1.0,
+        "label": "x",
+    }
+    at_random = runs_table(
+        {"a": ("mjp", 7.1, 7.3), "b": ("mjp", 7.0, 6.9), "c": ("mjp", 7.4, 7.5), "d": ("none", 90.0, 7.0)}
+    )
     assert reproductions.level_check(at_random, spec)[2] == "reproduced"
     leaking = runs_table({"a": ("mjp", 12.1, 7.3), "b": ("mjp", 11.0, 6.9), "c": ("mjp", 12.4, 7.5)})
     assert reproductions.level_check(leaking, spec)[2].startswith("not reproduced")
@@ -78,6 +96,8 @@ def test_a_claimed_group_is_matched_on_the_keys_that_vary_and_the_values_the_run
     configs = pd.DataFrame({"strategy.name": ["fedavg", "twinsight"], "strategy.np_weight": [None, 1.0]})
     match = reproductions.matching_group
     assert match(["strategy=twinsight", "strategy.np_weight=1.0"], groups, configs) == "strategy=twinsight"
-    assert match(["strategy=twinsight", "strategy.np_weight=0.015625"], groups, configs) is None  # its runs are not there
+    assert (
+        match(["strategy=twinsight", "strategy.np_weight=0.015625"], groups, configs) is None
+    )  # its runs are not there
     both = ["strategy=twinsight, strategy.np_weight=0.015625", "strategy=twinsight, strategy.np_weight=1.0"]
     assert match(["strategy=twinsight", "strategy.np_weight=1.0"], both, configs) == both[1]

@@ -26,7 +26,9 @@ from tests.conftest import read_metrics
 
 
 def test_a_thousand_clients_with_a_hundred_per_round(make_cfg):
-    path = run(make_cfg("num_clients=1000", "clients_per_round=100", "num_rounds=2", "local_epochs=1", "checkpoint_every=0"))
+    path = run(
+        make_cfg("num_clients=1000", "clients_per_round=100", "num_rounds=2", "local_epochs=1", "checkpoint_every=0")
+    )
     metrics = read_metrics(path)
     assert [m["clients_ok"] for m in metrics] == [100, 100]
     assert all(m["num_examples"] < 400 for m in metrics)  # ~1.4 samples per client
@@ -36,7 +38,10 @@ def test_a_thousand_clients_with_a_hundred_per_round(make_cfg):
 def test_a_runtime_shipped_to_a_process_is_built_once_there():
     """Ray ships the ClientApp (and its runtime) with every message: unpickling finds the process's runtime."""
     cfg = {"seed": 0, "device": "cpu"}
-    first, again = pickle.loads(pickle.dumps(client_runtime(cfg))), pickle.loads(pickle.dumps(client_runtime(dict(cfg))))
+    first, again = (
+        pickle.loads(pickle.dumps(client_runtime(cfg))),
+        pickle.loads(pickle.dumps(client_runtime(dict(cfg)))),
+    )
     other = pickle.loads(pickle.dumps(client_runtime({**cfg, "seed": 1})))
     assert first is again and first.cfg.seed == 0
     assert other is not first and other.cfg.seed == 1
@@ -68,16 +73,30 @@ def test_node_indexed_link_state_hands_out_what_flowers_state_does(monkeypatch):
     ops = random.Random(0)
     sent, handed_out = 0, [[], []]
     for _ in range(100):
-        action, node, limit = ops.choices(["push", "poll", "delete"], [3, 6, 1])[0], ops.randrange(6), ops.choice([1, 2, None])
+        action, node, limit = (
+            ops.choices(["push", "poll", "delete"], [3, 6, 1])[0],
+            ops.randrange(6),
+            ops.choice([1, 2, None]),
+        )
         for (state, grid, nodes), out in zip(states, handed_out):
             if action == "push":
-                messages = [Message(RecordDict({"config": ConfigRecord({"i": sent + j})}), dst_node_id=nodes[(node + j) % 6],
-                                    message_type=MessageType.QUERY) for j in range(4)]
+                messages = [
+                    Message(
+                        RecordDict({"config": ConfigRecord({"i": sent + j})}),
+                        dst_node_id=nodes[(node + j) % 6],
+                        message_type=MessageType.QUERY,
+                    )
+                    for j in range(4)
+                ]
                 grid.push_messages(messages)
             elif action == "poll":
-                out.append((node, [m.content["config"]["i"] for m in state.get_message_ins(node_id=nodes[node], limit=limit)]))
+                out.append(
+                    (node, [m.content["config"]["i"] for m in state.get_message_ins(node_id=nodes[node], limit=limit)])
+                )
             else:  # what pulling a round's replies does: drop every message sent so far to this node
-                state.delete_messages({k for k, m in state.message_ins_store.items() if m.metadata.dst_node_id == nodes[node]})
+                state.delete_messages(
+                    {k for k, m in state.message_ins_store.items() if m.metadata.dst_node_id == nodes[node]}
+                )
         sent += 4 if action == "push" else 0
     assert handed_out[0] == handed_out[1]
     assert sum(len(got) for _, got in handed_out[0]) > 20  # the sequence did hand out messages

@@ -65,7 +65,11 @@ def test_labeled_split_is_reproducible_with_the_right_ratio():
 
 
 def test_twinsight_end_to_end_with_labeled_and_unlabeled_clients(make_cfg):
-    path = run(make_cfg("strategy=twinsight", "partition.labeled_clients=2", "clients_per_round=4", "num_rounds=3", "local_epochs=1"))
+    path = run(
+        make_cfg(
+            "strategy=twinsight", "partition.labeled_clients=2", "clients_per_round=4", "num_rounds=3", "local_epochs=1"
+        )
+    )
     records = read_metrics(path)
     assert [r["round"] for r in records] == [1, 2, 3] and all(r["clients_ok"] == 4 for r in records)
     assert records[-1]["test_accuracy"] > 0.3
@@ -74,7 +78,13 @@ def test_twinsight_end_to_end_with_labeled_and_unlabeled_clients(make_cfg):
 def test_supervised_baseline_skips_unlabeled_clients(make_cfg):
     path = run(make_cfg("strategy=fedavg", "partition.labeled_clients=2", "clients_per_round=4", "num_rounds=2"))
     assert all(r["clients_sampled"] == 2 and r["clients_ok"] == 2 for r in read_metrics(path))
-    fixmatch = read_metrics(run(make_cfg("strategy=fixmatch", "partition.labeled_clients=2", "clients_per_round=4", "num_rounds=2", name="fm")))
+    fixmatch = read_metrics(
+        run(
+            make_cfg(
+                "strategy=fixmatch", "partition.labeled_clients=2", "clients_per_round=4", "num_rounds=2", name="fm"
+            )
+        )
+    )
     assert all(r["clients_sampled"] == 4 and r["clients_ok"] == 4 for r in fixmatch)
 
 
@@ -88,7 +98,11 @@ def test_fixmatch_steps_pair_a_labeled_and_an_unlabeled_batch():
     from fedsim.data.local import LocalData
 
     labeled = LocalData(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10) % 3, None)
-    unlabeled = LocalData(torch.arange(90, dtype=torch.uint8).view(90, 1, 1, 1).expand(90, 1, 2, 2).clone(), torch.zeros(90, dtype=torch.int64), None)
+    unlabeled = LocalData(
+        torch.arange(90, dtype=torch.uint8).view(90, 1, 1, 1).expand(90, 1, 2, 2).clone(),
+        torch.zeros(90, dtype=torch.int64),
+        None,
+    )
     client = FixMatchClient(SimpleNamespace(data=labeled, unlabeled=unlabeled))
     batches = list(client.batches(ConfigRecord({"batch-size": 8}), torch.Generator().manual_seed(0)))
     assert len(batches) == 12  # one pass over the 90 unlabeled samples, the 10 labeled ones cycled

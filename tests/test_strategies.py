@@ -34,7 +34,9 @@ def reply(cid, arrays=None, n=10, error=None, **extra):
     sent = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=100 + cid, message_type=MessageType.TRAIN)
     if error:
         return Message(Error(code=1, reason=error), reply_to=sent)
-    content = RecordDict({"arrays": from_numpy(arrays), "metrics": MetricRecord({"num-examples": n, "train-loss": 1.0})})
+    content = RecordDict(
+        {"arrays": from_numpy(arrays), "metrics": MetricRecord({"num-examples": n, "train-loss": 1.0})}
+    )
     for key, value in extra.items():
         if isinstance(value, dict):
             content[key] = from_numpy(value)
@@ -137,7 +139,9 @@ def test_scaffold_sends_control_and_updates_it():
     dc1 = {"w": np.array([3.0, 1.0], np.float32), "b": np.array([0.0], np.float32)}
     y0 = dict(GLOBAL, w=GLOBAL["w"] + 1)
     y1 = dict(GLOBAL, w=GLOBAL["w"] + 3)
-    arrays, _ = s.aggregate_train(1, [reply(0, y0, 10, **{"control-delta": dc0}), reply(1, y1, 90, **{"control-delta": dc1})])
+    arrays, _ = s.aggregate_train(
+        1, [reply(0, y0, 10, **{"control-delta": dc0}), reply(1, y1, 90, **{"control-delta": dc1})]
+    )
     np.testing.assert_allclose(to_numpy(arrays)["w"], GLOBAL["w"] + 2)  # unweighted mean, eta_g = 1
     c = to_numpy(s.control)
     np.testing.assert_allclose(c["w"], 2 / 4 * np.array([2.0, 1.0]))  # |S|/N * mean(delta c)

@@ -50,7 +50,10 @@ from tests.conftest import FAST
         ("strategy=fedsa model=mlp", "strategy=fedsa needs a convolutional model"),
         ("defence=dp_sgd model=resnet18", "defence=dp_sgd cannot wrap model=resnet18"),
         ("attack=april", "attack=april needs model=vit_tiny"),
-        ("strategy=fedfed attack=feature_inversion +attack.final_model=true", "attack.final_model=true needs a gradient inversion"),
+        (
+            "strategy=fedfed attack=feature_inversion +attack.final_model=true",
+            "attack.final_model=true needs a gradient inversion",
+        ),
         # unknown keys name the closest valid one
         ("strategy=fedprox strategy.mux=0.1", "strategy.mux=0.1: no such key; did you mean strategy.mu?"),
         ("num_round=3", "num_round=3: no such key; did you mean num_rounds?"),
@@ -92,7 +95,10 @@ def test_unwritable_run_folder_is_one_line(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     assert main(["run", *FAST, f"run_dir={blocker}/run"]) == 2
-    assert f"run_dir={blocker}/run: cannot write the run there ({blocker} is a file, not a folder)" in capsys.readouterr().err
+    assert (
+        f"run_dir={blocker}/run: cannot write the run there ({blocker} is a file, not a folder)"
+        in capsys.readouterr().err
+    )
 
 
 def test_resume_refuses_another_strategy_and_a_newer_version(capsys, tmp_path, monkeypatch):
@@ -137,17 +143,68 @@ def test_a_bad_sweep_value_stops_the_sweep_before_any_job(capsys, tmp_path):
 
 
 # -- property: any override of any key gives exit 0 or one line naming the key -------------------
-TINY = ["backend=inprocess", "dataset=digits", "model=mlp", "num_clients=3", "clients_per_round=2", "min_clients=1",
-        "num_rounds=1", "local_epochs=1", "batch_size=64", "checkpoint_every=0", "eval_batch_size=500"]
-NEEDS = {"strategy=fedsa": ["model=cnn"], "attack=april": ["model=vit_tiny", "batch_size=1"],
-         "defence=mjp": ["model=vit_tiny"], "strategy=fedfed": ["strategy.distill_rounds=1"]}
-WORK = ("rounds", "epochs", "iterations", "steps", "restarts", "samples", "num_images", "images_per_class", "max_classes",
-        "probe_per_class", "num_selected", "sbm_blocks", "width", "hidden", "dim", "depth", "heads", "projection_dim",
-        "generator", "likelihood", "num_neighbours", "num_cpus", "num_threads",
-        "unroll")  # unroll_limit: a gradient attack replays local training on up to that many samples
-SKIP = ("data_root", "runs_root", "run_dir", "resume", "deploy.", "logger", "device", "strategy.setting", "strategy.client",
-        "dataset.download", "strategy.teachers.paths", "attack.lpips_home", "backend.ray_init_args",
-        "backend.num_cpus", "backend.num_gpus")  # paths, network, and Ray start-up (checked by the schema tests above)
+TINY = [
+    "backend=inprocess",
+    "dataset=digits",
+    "model=mlp",
+    "num_clients=3",
+    "clients_per_round=2",
+    "min_clients=1",
+    "num_rounds=1",
+    "local_epochs=1",
+    "batch_size=64",
+    "checkpoint_every=0",
+    "eval_batch_size=500",
+]
+NEEDS = {
+    "strategy=fedsa": ["model=cnn"],
+    "attack=april": ["model=vit_tiny", "batch_size=1"],
+    "defence=mjp": ["model=vit_tiny"],
+    "strategy=fedfed": ["strategy.distill_rounds=1"],
+}
+WORK = (
+    "rounds",
+    "epochs",
+    "iterations",
+    "steps",
+    "restarts",
+    "samples",
+    "num_images",
+    "images_per_class",
+    "max_classes",
+    "probe_per_class",
+    "num_selected",
+    "sbm_blocks",
+    "width",
+    "hidden",
+    "dim",
+    "depth",
+    "heads",
+    "projection_dim",
+    "generator",
+    "likelihood",
+    "num_neighbours",
+    "num_cpus",
+    "num_threads",
+    "unroll",
+)  # unroll_limit: a gradient attack replays local training on up to that many samples
+SKIP = (
+    "data_root",
+    "runs_root",
+    "run_dir",
+    "resume",
+    "deploy.",
+    "logger",
+    "device",
+    "strategy.setting",
+    "strategy.client",
+    "dataset.download",
+    "strategy.teachers.paths",
+    "attack.lpips_home",
+    "backend.ray_init_args",
+    "backend.num_cpus",
+    "backend.num_gpus",
+)  # paths, network, and Ray start-up (checked by the schema tests above)
 
 
 def option_keys() -> list[tuple[tuple[str, ...], str]]:
@@ -155,20 +212,55 @@ def option_keys() -> list[tuple[tuple[str, ...], str]]:
     from fedsim.params import all_keys
 
     base = compose_run(TINY)
-    found = [((), k) for k in all_keys(base) if "." not in k and not isinstance(base[k], (dict,)) and k not in GROUP_NAMES]
+    found = [
+        ((), k) for k in all_keys(base) if "." not in k and not isinstance(base[k], (dict,)) and k not in GROUP_NAMES
+    ]
     for group in ("strategy", "model", "partition", "attack", "defence", "optimizer"):
         options = group_options(group) if group != "optimizer" else [None]
         for option in options:
             choice = () if option is None else (f"{group}={option}", *NEEDS.get(f"{group}={option}", []))
             cfg = compose_run([*TINY, *choice])
-            found += [(choice, k) for k in all_keys(cfg[group], group) if k != f"{group}.name" and k != group
-                      and not isinstance(OmegaConf.select(cfg, k), (dict,)) and not OmegaConf.is_dict(OmegaConf.select(cfg, k))]
+            found += [
+                (choice, k)
+                for k in all_keys(cfg[group], group)
+                if k != f"{group}.name"
+                and k != group
+                and not isinstance(OmegaConf.select(cfg, k), (dict,))
+                and not OmegaConf.is_dict(OmegaConf.select(cfg, k))
+            ]
     return [(c, k) for c, k in found if not any(k == s or k.startswith(s) for s in SKIP)]
 
 
-GROUP_NAMES = ("strategy", "dataset", "model", "partition", "backend", "attack", "defence", "logger", "optimizer", "deploy")
+GROUP_NAMES = (
+    "strategy",
+    "dataset",
+    "model",
+    "partition",
+    "backend",
+    "attack",
+    "defence",
+    "logger",
+    "optimizer",
+    "deploy",
+)
 KEYS = option_keys()
-BAD_VALUES = ["-1", "0", "1", "2", "0.5", "1e-12", "nan", "inf", "-inf", "abc", "[1,2]", "true", "null", "''", "1000000000"]
+BAD_VALUES = [
+    "-1",
+    "0",
+    "1",
+    "2",
+    "0.5",
+    "1e-12",
+    "nan",
+    "inf",
+    "-inf",
+    "abc",
+    "[1,2]",
+    "true",
+    "null",
+    "''",
+    "1000000000",
+]
 
 
 def value_for(key: str, raw: str) -> str:
@@ -228,6 +320,19 @@ def test_any_override_runs_or_is_one_line_naming_its_key(case, tmp_path_factory)
 def test_any_override_long_profile():
     """The same property with 150 cases."""
     env = {**os.environ, "FEDSIM_PROPERTY_EXAMPLES": "150"}
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::test_any_override_runs_or_is_one_line_naming_its_key"],
-                         env=env, capture_output=True, text=True, timeout=5400)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::test_any_override_runs_or_is_one_line_naming_its_key",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=5400,
+    )
     assert out.returncode == 0, out.stdout[-3000:]

@@ -51,7 +51,9 @@ def strong(x: torch.Tensor, generator: torch.Generator, flip: bool = True) -> to
     cy = torch.randint(0, h, (n,), generator=generator)
     cx = torch.randint(0, w, (n,), generator=generator)
     ys, xs = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
-    hole = ((ys - cy[:, None, None]).abs() <= side[:, None, None] // 2) & ((xs - cx[:, None, None]).abs() <= side[:, None, None] // 2)
+    hole = ((ys - cy[:, None, None]).abs() <= side[:, None, None] // 2) & (
+        (xs - cx[:, None, None]).abs() <= side[:, None, None] // 2
+    )
     hole &= (side > 0)[:, None, None]
     out = torch.where(hole[:, None], torch.full_like(out, 127.0), out)
     return out.round().clamp(0, 255).to(torch.uint8)

@@ -12,10 +12,10 @@ Debian's ``dataset-fashion-mnist`` package, and only then asks torchvision to do
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -112,7 +112,9 @@ def _fashion_mnist(root: Path, download: bool):
             f"Fashion-MNIST files not found in {root}/FashionMNIST/raw or {DEBIAN_FASHION_MNIST}: "
             "install them with `apt-get install dataset-fashion-mnist` or set dataset.download=true"
         )
-    return _torchvision_train_test("FashionMNIST", "Fashion-MNIST", "{root}/FashionMNIST/raw/*-ubyte", False)(root, download)
+    return _torchvision_train_test("FashionMNIST", "Fashion-MNIST", "{root}/FashionMNIST/raw/*-ubyte", False)(
+        root, download
+    )
 
 
 def _torchvision_train_test(cls_name: str, label: str, expected: str, channels_last: bool):
@@ -126,7 +128,12 @@ def _torchvision_train_test(cls_name: str, label: str, expected: str, channels_l
             train, test = cls(root, train=True, download=download), cls(root, train=False, download=download)
         except (RuntimeError, OSError) as err:
             raise _torchvision_error(label, root, expected.format(root=root), err) from err
-        return (_nchw(train.data, channels_last), _labels(train.targets), _nchw(test.data, channels_last), _labels(test.targets))
+        return (
+            _nchw(train.data, channels_last),
+            _labels(train.targets),
+            _nchw(test.data, channels_last),
+            _labels(test.targets),
+        )
 
     return load
 
@@ -147,7 +154,9 @@ def _read_cifar(folder: Path, names: list[str], label_key: bytes) -> tuple[torch
             xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(batch[label_key], dtype=np.int64))
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as err:
-            raise DataError(f"{folder / name} is not a CIFAR batch file ({type(err).__name__}: {err}): replace it with the original") from err
+            raise DataError(
+                f"{folder / name} is not a CIFAR batch file ({type(err).__name__}: {err}): replace it with the original"
+            ) from err
     return torch.from_numpy(np.concatenate(xs)).contiguous(), torch.from_numpy(np.concatenate(ys))
 
 
@@ -166,7 +175,8 @@ def _cifar(cls_name: str):
         if missing:
             raise DataError(
                 f"{cls_name} not found under {root} (expected {folder}/ with {', '.join(train_files + test_files)}; "
-                f"missing {', '.join(missing)}): copy the files there or run with dataset.download=true on a machine with a network"
+                f"missing {', '.join(missing)}): copy the files there or run with dataset.download=true on a machine "
+                "with a network"
             )
         return (*_read_cifar(folder, train_files, label_key), *_read_cifar(folder, test_files, label_key))
 
@@ -175,7 +185,11 @@ def _cifar(cls_name: str):
 
 def _mnist(root: Path, download: bool):
     found = _load_idx_dataset([root / "MNIST" / "raw", root / "mnist"])
-    return found if found is not None else _torchvision_train_test("MNIST", "MNIST", "{root}/MNIST/raw/*-ubyte", False)(root, download)
+    return (
+        found
+        if found is not None
+        else _torchvision_train_test("MNIST", "MNIST", "{root}/MNIST/raw/*-ubyte", False)(root, download)
+    )
 
 
 def _svhn(root: Path, download: bool):
@@ -197,7 +211,12 @@ def _digits(root: Path, download: bool):
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
     order = np.random.default_rng(0).permutation(len(images))
     train, test = order[:1500], order[1500:]
-    return (_nchw(images[train], False), _labels(bunch.target[train]), _nchw(images[test], False), _labels(bunch.target[test]))
+    return (
+        _nchw(images[train], False),
+        _labels(bunch.target[train]),
+        _nchw(images[test], False),
+        _labels(bunch.target[test]),
+    )
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,17 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError; a cut-off gzip an EOFError
-        raise ConfigError(f"{path} cannot be read ({type(err).__name__}: {err}): replace it with the original file") from None
+        raise ConfigError(
+            f"{path} cannot be read ({type(err).__name__}: {err}): replace it with the original file"
+        ) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise ConfigError(f"{path} is not an IDX file (bad magic number): replace it with the original file")
     ndim = raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=_DTYPES[raw[2]], offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise ConfigError(f"{path}: header says {shape} but holds {data.size} values (truncated file?): replace it with the original file")
+        raise ConfigError(
+            f"{path}: header says {shape} but holds {data.size} values (truncated file?): replace it with the "
+            "original file"
+        )
     return data.reshape(shape)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -27,7 +27,9 @@ class LocalData:
         order = torch.randperm(len(self.y), generator=generator) if generator is not None else torch.arange(len(self.y))
         return iter(order.split(batch_size))
 
-    def batches(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None, augment: bool = False):
+    def batches(
+        self, batch_size: int, device: torch.device, generator: torch.Generator | None = None, augment: bool = False
+    ):
         """Yield normalised (x, y) batches; shuffled when a generator is given; with ``augment``, each
         image randomly cropped and flipped (:func:`fedsim.data.augment.shift_flip`, drawn from ``generator``)."""
         for idx in self.index_batches(batch_size, generator):

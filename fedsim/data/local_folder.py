@@ -27,7 +27,9 @@ def load_image_folder(folder: Path, shape: tuple[int, int, int], num_classes: in
         return torch.zeros((0, *shape), dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         if not class_dir.name.isdigit() or int(class_dir.name) >= num_classes:
-            raise DataError(f"{class_dir}: class folders must be named by class index 0..{num_classes - 1} of the run's dataset")
+            raise DataError(
+                f"{class_dir}: class folders must be named by class index 0..{num_classes - 1} of the run's dataset"
+            )
         for path in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
             with Image.open(path) as img:
                 img = img.convert("L" if channels == 1 else "RGB").resize((width, height))
@@ -39,7 +41,9 @@ def load_image_folder(folder: Path, shape: tuple[int, int, int], num_classes: in
     return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.long)
 
 
-def load_device_data(root: Path, shape: tuple[int, int, int], num_classes: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def load_device_data(
+    root: Path, shape: tuple[int, int, int], num_classes: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{'train': ..., 'test': ...} of a device folder (``train/`` may be the folder itself)."""
     if not root.is_dir():
         raise DataError(f"data-dir {root} does not exist: pass a folder laid out as train/<class index>/*.png")
@@ -52,13 +56,28 @@ def load_device_data(root: Path, shape: tuple[int, int, int], num_classes: int) 
 
 def dataset_info(dataset: ImageDataset) -> dict:
     """What a device needs to know of the run's dataset to bring its own images into the same format."""
-    return {"name": dataset.name, "shape": list(dataset.input_shape), "num_classes": dataset.num_classes,
-            "mean": list(dataset.mean), "std": list(dataset.std), "hflip": dataset.hflip}
+    return {
+        "name": dataset.name,
+        "shape": list(dataset.input_shape),
+        "num_classes": dataset.num_classes,
+        "mean": list(dataset.mean),
+        "std": list(dataset.std),
+        "hflip": dataset.hflip,
+    }
 
 
 def dataset_format(info) -> ImageDataset:
     """An ImageDataset with the run dataset's format and statistics but no samples."""
     empty = torch.zeros((0, *[int(v) for v in info["shape"]]), dtype=torch.uint8)
     labels = torch.zeros(0, dtype=torch.long)
-    return ImageDataset(str(info["name"]), empty, labels, empty, labels, int(info["num_classes"]),
-                        tuple(float(v) for v in info["mean"]), tuple(float(v) for v in info["std"]), bool(info["hflip"]))
+    return ImageDataset(
+        str(info["name"]),
+        empty,
+        labels,
+        empty,
+        labels,
+        int(info["num_classes"]),
+        tuple(float(v) for v in info["mean"]),
+        tuple(float(v) for v in info["std"]),
+        bool(info["hflip"]),
+    )

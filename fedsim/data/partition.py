@@ -7,8 +7,9 @@ All are pure functions of the labels, the partition config and the seed, so ever
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -74,9 +75,7 @@ def dirichlet(
     )
 
 
-def shards(
-    labels: np.ndarray, num_clients: int, classes_per_client: int, rng: np.random.Generator
-) -> list[np.ndarray]:
+def shards(labels: np.ndarray, num_clients: int, classes_per_client: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Pathological split: every client holds exactly ``classes_per_client`` classes.
 
     Classes are dealt round-robin over a random class order so each class goes to the same
@@ -84,9 +83,7 @@ def shards(
     """
     classes = np.unique(labels)
     if not 1 <= classes_per_client <= len(classes):
-        raise ConfigError(
-            f"partition.classes_per_client={classes_per_client} must be between 1 and {len(classes)}"
-        )
+        raise ConfigError(f"partition.classes_per_client={classes_per_client} must be between 1 and {len(classes)}")
     order = rng.permutation(classes)
     holders: dict[int, list[int]] = {int(c): [] for c in classes}
     slot = 0
@@ -104,9 +101,7 @@ def shards(
     return [np.sort(np.asarray(part, dtype=np.int64)) for part in parts]
 
 
-def split_labeled(
-    part: np.ndarray, labeled: float | bool, rng: np.random.Generator
-) -> ClientSplit:
+def split_labeled(part: np.ndarray, labeled: float | bool, rng: np.random.Generator) -> ClientSplit:
     """Keep a fraction (or all / none, given a bool) of a client's indices labeled."""
     if isinstance(labeled, bool):
         ratio = 1.0 if labeled else 0.0
@@ -124,7 +119,8 @@ def make_partition(labels: np.ndarray, num_clients: int, cfg: Mapping[str, Any],
     """Split training labels among ``num_clients`` clients as ``cfg`` (the partition group) says.
 
     ``cfg.samples_per_client`` (iid only) lets every client draw that many samples from all of them
-    instead of splitting them (:func:`overlapping`). ``cfg.max_samples_per_client`` keeps a seeded subset of at most that many samples per client
+    instead of splitting them (:func:`overlapping`). ``cfg.max_samples_per_client`` keeps a seeded subset of at most
+    that many samples per client
     (data-scarce clients). ``cfg.labeled_ratio`` keeps that fraction of each client's data labeled; with
     ``cfg.labeled_clients = m`` the first m clients are fully labeled and the rest unlabeled.
     """
@@ -132,11 +128,17 @@ def make_partition(labels: np.ndarray, num_clients: int, cfg: Mapping[str, Any],
     kind = cfg["name"]
     per_client = cfg.get("samples_per_client") if kind == "iid" else None
     if num_clients < 1 or (num_clients > len(labels) and per_client is None):
-        raise ConfigError(f"num_clients={num_clients} must be between 1 and the {len(labels)} training samples "
-                          "(more clients: partition=iid partition.samples_per_client=N, clients that overlap)")
+        raise ConfigError(
+            f"num_clients={num_clients} must be between 1 and the {len(labels)} training samples "
+            "(more clients: partition=iid partition.samples_per_client=N, clients that overlap)"
+        )
     rng = np.random.default_rng(seed)
     if kind == "iid":
-        parts = iid(labels, num_clients, rng) if per_client is None else overlapping(len(labels), num_clients, int(per_client), rng)
+        parts = (
+            iid(labels, num_clients, rng)
+            if per_client is None
+            else overlapping(len(labels), num_clients, int(per_client), rng)
+        )
     elif kind == "dirichlet":
         parts = dirichlet(labels, num_clients, float(cfg["alpha"]), rng, int(cfg.get("min_size", 10)))
     elif kind == "shards":
@@ -162,12 +164,18 @@ def label_histograms(labels: np.ndarray, splits: list[ClientSplit], num_classes:
     labels = np.asarray(labels)
     sizes = np.array([len(s.labeled) + len(s.unlabeled) for s in splits], dtype=np.int64)
     owner = np.repeat(np.arange(len(splits)), sizes)
-    held = np.concatenate([np.concatenate([s.labeled, s.unlabeled]) for s in splits]).astype(np.int64) if len(splits) else np.zeros(0, np.int64)
+    held = (
+        np.concatenate([np.concatenate([s.labeled, s.unlabeled]) for s in splits]).astype(np.int64)
+        if len(splits)
+        else np.zeros(0, np.int64)
+    )
     counts = np.bincount(owner * num_classes + labels[held], minlength=len(splits) * num_classes)
     return counts.reshape(len(splits), num_classes).tolist()
 
 
-def personal_test_split(test_labels: np.ndarray, histograms: list[list[int]], rng: np.random.Generator) -> list[np.ndarray]:
+def personal_test_split(
+    test_labels: np.ndarray, histograms: list[list[int]], rng: np.random.Generator
+) -> list[np.ndarray]:
     """Each client's own test set, for personalized evaluation: the test samples of every class are
     dealt out (disjointly) in proportion to how many training samples of that class each client
     holds, so a client is tested on its own label distribution."""
@@ -180,7 +188,9 @@ def personal_test_split(test_labels: np.ndarray, histograms: list[list[int]], rn
             continue
         idx = rng.permutation(np.flatnonzero(test_labels == c))
         cuts = np.rint(np.cumsum(counts[:, c] / total) * len(idx)).astype(int)[:-1]
-        owners.append(np.searchsorted(cuts, np.arange(len(idx)), side="right"))  # sample j goes to the client whose cut follows it
+        owners.append(
+            np.searchsorted(cuts, np.arange(len(idx)), side="right")
+        )  # sample j goes to the client whose cut follows it
         samples.append(idx)
     if not owners:
         return [np.zeros(0, dtype=np.int64) for _ in range(len(counts))]

@@ -70,7 +70,9 @@ def _app_for(context: Context) -> ClientApp:
     """The fedsim ClientApp for this run and node (built once per process)."""
     key = json.dumps([str(context.run_config["fedsim-config"]), dict(context.node_config)], sort_keys=True, default=str)
     if key not in _apps:
-        _apps[key] = plugins.client_app(node_run_config(str(context.run_config["fedsim-config"]), dict(context.node_config)))
+        _apps[key] = plugins.client_app(
+            node_run_config(str(context.run_config["fedsim-config"]), dict(context.node_config))
+        )
     return _apps[key]
 
 

@@ -29,7 +29,10 @@ from fedsim.processes import descendants, running
 
 log = logging.getLogger("fedsim")
 CONNECTION = "fedsim"  # the SuperLink connection name in the run's Flower config
-INSECURE_WARNING = "WARNING: insecure deployment: no TLS, no node authentication; anyone who reaches {} can join and read updates. Local trials only."
+INSECURE_WARNING = (
+    "WARNING: insecure deployment: no TLS, no node authentication; anyone who reaches {} can join and read updates. "
+    "Local trials only."
+)
 
 
 def flower_tool(name: str) -> str:
@@ -80,7 +83,8 @@ def node_keys(credentials: Path) -> list[Path]:
     keys = sorted((credentials / "nodes").glob("*.pub"))
     if not keys:
         raise ConfigError(
-            f"deploy.credentials={credentials}: no SuperNode public keys under {credentials / 'nodes'} (only known keys may join); "
+            f"deploy.credentials={credentials}: no SuperNode public keys under {credentials / 'nodes'} (only known "
+            "keys may join); "
             f"create them with `python scripts/make_credentials.py --out {credentials} --nodes N`"
         )
     return keys
@@ -120,7 +124,9 @@ def write_connection(flwr_home: Path, address: str, ca: Path | None) -> None:
     """The Flower CLI's SuperLink connection for this run (its own FLWR_HOME)."""
     flwr_home.mkdir(parents=True, exist_ok=True)
     security = f'root-certificates = "{ca}"' if ca is not None else "insecure = true"
-    (flwr_home / "config.toml").write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\n{security}\n')
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\n{security}\n'
+    )
 
 
 def connect_host(host: str) -> str:
@@ -135,15 +141,27 @@ def security_options(cfg: DictConfig) -> tuple[list[str], dict[str, Path] | None
         return ["--insecure"], None, []
     credentials = Path(str(d.credentials)).resolve()
     tls, keys = tls_files(credentials), node_keys(credentials)
-    flags = ["--ssl-ca-certfile", str(tls["ca.crt"]), "--ssl-certfile", str(tls["server.pem"]),
-             "--ssl-keyfile", str(tls["server.key"]), "--enable-supernode-auth"]
+    flags = [
+        "--ssl-ca-certfile",
+        str(tls["ca.crt"]),
+        "--ssl-certfile",
+        str(tls["server.pem"]),
+        "--ssl-keyfile",
+        str(tls["server.key"]),
+        "--enable-supernode-auth",
+    ]
     return flags, tls, keys
 
 
 def register_keys(keys: list[Path], env: dict[str, str]) -> None:
     """Let these SuperNodes join (keys already known from a previous start are fine)."""
     for key in keys:
-        register = subprocess.run([flower_tool("flwr"), "supernode", "register", str(key), CONNECTION], env=env, capture_output=True, text=True)
+        register = subprocess.run(
+            [flower_tool("flwr"), "supernode", "register", str(key), CONNECTION],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         output = register.stdout + register.stderr
         if register.returncode != 0 and "already" not in output:
             raise FedsimError(f"could not register {key}: {output.strip().splitlines()[-1:]}")
@@ -165,8 +183,17 @@ def serve(cfg: DictConfig) -> int:
     flower.mkdir(parents=True, exist_ok=True)
     # The SuperLink keeps its state (registered keys, node ids) in the run directory, so a restarted
     # server (resume=...) takes its connected SuperNodes back.
-    superlink = [flower_tool("flower-superlink"), "--host", str(d.host), "--port", str(d.port),
-                 "--database", str(flower / "superlink.db"), "--disable-runtime-dependency-installation", *flags]
+    superlink = [
+        flower_tool("flower-superlink"),
+        "--host",
+        str(d.host),
+        "--port",
+        str(d.port),
+        "--database",
+        str(flower / "superlink.db"),
+        "--disable-runtime-dependency-installation",
+        *flags,
+    ]
     address = f"{connect_host(str(d.host))}:{d.port}"
     write_connection(flower, address, tls["ca.crt"] if tls else None)
     app = write_app(flower / "app", cfg)
@@ -178,13 +205,20 @@ def serve(cfg: DictConfig) -> int:
             wait_for_port(connect_host(str(d.host)), int(d.port), 60, link)
             register_keys(keys, env)
             join = "--insecure" if tls is None else f"--root-certificates {tls['ca.crt']} --auth-key <its private key>"
-            print(f"SuperLink on {d.host}:{d.port} ({'TLS, ' + str(len(keys)) + ' authorized SuperNode keys' if tls else 'INSECURE'}); "
-                  f"logs in {flower}\nwaiting for {cfg.num_clients} clients: python -m fedsim client --server {address} --partition-id K {join}", flush=True)
+            print(
+                f"SuperLink on {d.host}:{d.port} "
+                f"({'TLS, ' + str(len(keys)) + ' authorized SuperNode keys' if tls else 'INSECURE'}); "
+                f"logs in {flower}\nwaiting for {cfg.num_clients} clients: python -m fedsim client --server "
+                f"{address} --partition-id K {join}",
+                flush=True,
+            )
             started = time.time()
             submitted = subprocess.run([flower_tool("flwr"), "run", str(app), CONNECTION, "--stream"], env=env)
             summary = run_dir.path / "summary.json"
             if submitted.returncode == 0 and not (summary.exists() and summary.stat().st_mtime >= started):
-                raise FedsimError(f"the run did not finish (see the error above and {flower}); continue it with resume={run_dir.path}")
+                raise FedsimError(
+                    f"the run did not finish (see the error above and {flower}); continue it with resume={run_dir.path}"
+                )
             return submitted.returncode
         finally:
             if link.poll() is None:
@@ -220,21 +254,44 @@ def retry_wait(attempt: int) -> float:
 
 
 def client_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fedsim client", description="Start a fedsim edge client (a Flower SuperNode).")
+    parser = argparse.ArgumentParser(
+        prog="python -m fedsim client", description="Start a fedsim edge client (a Flower SuperNode)."
+    )
     parser.add_argument("--server", required=True, help="HOST:PORT of the fedsim server (its SuperLink)")
-    parser.add_argument("--partition-id", type=int, required=True, help="this client's id: the partition of the run's dataset it holds")
-    parser.add_argument("--data-root", help="where the run's dataset lives on this device (default: the run's data_root)")
-    parser.add_argument("--data-dir", help="a folder of this device's own images (train/<class>/*.png) instead of a partition")
+    parser.add_argument(
+        "--partition-id", type=int, required=True, help="this client's id: the partition of the run's dataset it holds"
+    )
+    parser.add_argument(
+        "--data-root", help="where the run's dataset lives on this device (default: the run's data_root)"
+    )
+    parser.add_argument(
+        "--data-dir", help="a folder of this device's own images (train/<class>/*.png) instead of a partition"
+    )
     parser.add_argument("--state-dir", default="~/.fedsim/client", help="where this client keeps its persistent state")
     parser.add_argument("--root-certificates", help="the CA certificate of the server's TLS (ca.crt)")
     parser.add_argument("--auth-key", help="this device's private key (its .pub must be registered with the server)")
     parser.add_argument("--insecure", action="store_true", help="plain HTTP, no authentication (local trials only)")
-    parser.add_argument("--connect-timeout", type=float, default=120.0, help="seconds each attempt waits for an unreachable server")
-    parser.add_argument("--max-retries", type=int, default=5,
-                        help="attempts after the first when the server is unreachable or refuses this device, "
-                             f"{RETRY_FIRST_WAIT:g} s apart and doubling (the defaults span the minute a restarted device's old session holds its key)")
-    parser.add_argument("--keep-waiting", action="store_true", help="stay connected for the next run when a run ends (as a SuperNode does)")
-    parser.add_argument("--verbose", action="store_true", help="show Flower's and gRPC's logs (otherwise in <state-dir>/client-K/supernode.log)")
+    parser.add_argument(
+        "--connect-timeout", type=float, default=120.0, help="seconds each attempt waits for an unreachable server"
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=5,
+        help="attempts after the first when the server is unreachable or refuses this device, "
+        f"{RETRY_FIRST_WAIT:g} s apart and doubling (the defaults span the minute a restarted device's old session "
+        "holds its key)",
+    )
+    parser.add_argument(
+        "--keep-waiting",
+        action="store_true",
+        help="stay connected for the next run when a run ends (as a SuperNode does)",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Flower's and gRPC's logs (otherwise in <state-dir>/client-K/supernode.log)",
+    )
     return parser
 
 
@@ -244,23 +301,44 @@ def supernode_command(opts: argparse.Namespace) -> list[str]:
     for key, value in (("data-root", opts.data_root), ("data-dir", opts.data_dir)):
         if value:
             node_config.append(f"{key}='{Path(value).expanduser().resolve()}'")
-    command = [flower_tool("flower-supernode"), "--superlink", opts.server, "--node-config", " ".join(node_config), "--port", str(free_port()),
-               "--max-wait-time", str(opts.connect_timeout)]
+    command = [
+        flower_tool("flower-supernode"),
+        "--superlink",
+        opts.server,
+        "--node-config",
+        " ".join(node_config),
+        "--port",
+        str(free_port()),
+        "--max-wait-time",
+        str(opts.connect_timeout),
+    ]
     if opts.insecure:
         command.append("--insecure")
     else:
         if not opts.root_certificates or not opts.auth_key:
-            raise ConfigError("a secure client needs --root-certificates (the server's ca.crt) and --auth-key (its private key); "
-                              "--insecure only for local trials")
+            raise ConfigError(
+                "a secure client needs --root-certificates (the server's ca.crt) and --auth-key (its private key); "
+                "--insecure only for local trials"
+            )
         for path in (opts.root_certificates, opts.auth_key):
             if not Path(path).is_file():
                 raise ConfigError(f"{path}: no such file")
-        command += ["--root-certificates", str(Path(opts.root_certificates).resolve()),
-                    "--auth-supernode-private-key", str(Path(opts.auth_key).resolve())]
+        command += [
+            "--root-certificates",
+            str(Path(opts.root_certificates).resolve()),
+            "--auth-supernode-private-key",
+            str(Path(opts.auth_key).resolve()),
+        ]
     return command
 
 
-TLS_FAILURES = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "ssl_transport", "SSL_ERROR", "Handshake failed")
+TLS_FAILURES = (
+    "CERTIFICATE_VERIFY_FAILED",
+    "certificate verify failed",
+    "ssl_transport",
+    "SSL_ERROR",
+    "Handshake failed",
+)
 
 
 def reachable(server: str, timeout: float = 3.0) -> bool:
@@ -280,8 +358,10 @@ def refusal_cause(log_text: str, server: str) -> str:
         return "the TLS handshake failed: --root-certificates must be the CA (ca.crt) of the server's certificate"
     if not reachable(server):
         return f"nothing answers at --server {server}: check the address and that the server runs"
-    return ("the server at --server {0} refused this device: register the public key of --auth-key with the server "
-            "(deploy.credentials/nodes/), and check that --root-certificates is the server's CA").format(server)
+    return (
+        f"the server at --server {server} refused this device: register the public key of --auth-key with the server "
+        "(deploy.credentials/nodes/), and check that --root-certificates is the server's CA"
+    )
 
 
 def stop_process_tree(proc: subprocess.Popen, timeout: float = 15.0) -> None:
@@ -300,7 +380,9 @@ def stop_process_tree(proc: subprocess.Popen, timeout: float = 15.0) -> None:
     proc.wait()
 
 
-def run_supernode(command: list[str], env: dict[str, str], log_path: Path, verbose: bool, ended: Path | None) -> int | None:
+def run_supernode(
+    command: list[str], env: dict[str, str], log_path: Path, verbose: bool, ended: Path | None
+) -> int | None:
     """Run one SuperNode until it exits (its exit code) or, with ``ended`` given, until the run it
     serves announces its end (None: it was stopped)."""
     with log_path.open("a") as log_file:
@@ -350,5 +432,8 @@ def cmd_client(args: list[str]) -> int:
             where = "" if opts.verbose else f"; Flower's log: {log_path}"
             raise FedsimError(f"client {opts.partition_id}: {cause} (gave up after {attempt} attempts{where})")
         wait = retry_wait(attempt)
-        print(f"client {opts.partition_id}: attempt {attempt} of {opts.max_retries + 1}: {cause}; retrying in {wait:g} s", flush=True)
+        print(
+            f"client {opts.partition_id}: attempt {attempt} of {opts.max_retries + 1}: {cause}; retrying in {wait:g} s",
+            flush=True,
+        )
         time.sleep(wait)

@@ -47,4 +47,6 @@ def graph_metrics(run_dir: Path, rows: list[dict]) -> None:
     for row in rows:
         flat = row.get("graph_weights")
         if isinstance(flat, list) and len(flat) == n * n:
-            row["graph_same_group_weight"], row["graph_same_group_chance"] = same_group_weight(np.reshape(flat, (n, n)), groups)
+            row["graph_same_group_weight"], row["graph_same_group_chance"] = same_group_weight(
+                np.reshape(flat, (n, n)), groups
+            )

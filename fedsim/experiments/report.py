@@ -47,7 +47,9 @@ def _column(configs: pd.DataFrame, key: str) -> str:
     if f"{key}.name" in configs.columns:
         return f"{key}.name"
     if key not in configs.columns:
-        raise ConfigError(f"'{key}' is not a config key of these runs: use a dotted key, e.g. strategy or partition.alpha")
+        raise ConfigError(
+            f"'{key}' is not a config key of these runs: use a dotted key, e.g. strategy or partition.alpha"
+        )
     return key
 
 
@@ -71,7 +73,11 @@ def group_labels(configs: pd.DataFrame, group_by: list[str]) -> pd.Series:
         keys = []
         for key in differing:
             owner = key.split(".")[0]
-            if key.endswith(".name") or owner not in options or (text.groupby(f"{owner}.name")[key].nunique() > 1).any():
+            if (
+                key.endswith(".name")
+                or owner not in options
+                or (text.groupby(f"{owner}.name")[key].nunique() > 1).any()
+            ):
                 keys.append(key)
     if not keys:
         return pd.Series("all runs", index=configs.index)
@@ -107,7 +113,11 @@ def run_figures(metrics: pd.DataFrame, metric: str, last: int, target: float | N
             "last": values[-last:].mean() if values.size else math.nan,
         }
         if target is not None:
-            reached = evaluated[evaluated[metric] <= target] if lower_is_better(metric) else evaluated[evaluated[metric] >= target]
+            reached = (
+                evaluated[evaluated[metric] <= target]
+                if lower_is_better(metric)
+                else evaluated[evaluated[metric] >= target]
+            )
             row["rounds_to_target"] = float(reached["round"].iloc[0]) if len(reached) else math.nan
         for key in TRAFFIC:
             if key in frame:
@@ -130,8 +140,15 @@ def paired_difference(values: np.ndarray, base: np.ndarray) -> dict[str, float]:
     else:
         low, high = stats.t.interval(CONFIDENCE, n - 1, loc=mean, scale=std / math.sqrt(n))
         p = float(stats.ttest_rel(values, base).pvalue)
-    return {"pairs": n, "diff": mean, "diff_std": std, "ci_low": float(low), "ci_high": float(high), "p": p,
-            "significant": bool(n > 1 and (low > 0 or high < 0))}
+    return {
+        "pairs": n,
+        "diff": mean,
+        "diff_std": std,
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "p": p,
+        "significant": bool(n > 1 and (low > 0 or high < 0)),
+    }
 
 
 @dataclass
@@ -149,16 +166,23 @@ def build_report(runs: RunTable, options: ReportOptions) -> Report:
     configs, metrics = runs.configs, runs.metrics
     metric = options.metrics[0]
     if metric not in metrics:
-        raise ConfigError(f"--metric {metric}: no run reported it; metrics there: {', '.join(sorted(c for c in metrics if c not in ('run', 'round')))}")
+        raise ConfigError(
+            f"--metric {metric}: no run reported it; metrics there: "
+            f"{', '.join(sorted(c for c in metrics if c not in ('run', 'round')))}"
+        )
     labels = group_labels(configs, options.group_by)
     figures = run_figures(metrics, metric, options.last, options.target)
     figures["group"], figures["seed"] = labels, configs["seed"]
     warnings: list[str] = []
     for label, frame in figures.groupby("group", sort=False):
         if frame["rounds"].nunique() > 1:
-            warnings.append(f"{label}: runs have different lengths ({', '.join(map(str, sorted(frame['rounds'].unique())))} rounds)")
+            warnings.append(
+                f"{label}: runs have different lengths ({', '.join(map(str, sorted(frame['rounds'].unique())))} rounds)"
+            )
         if frame["seed"].duplicated().any():
-            warnings.append(f"{label}: several runs share a seed ({', '.join(map(str, frame['seed'][frame['seed'].duplicated()]))})")
+            warnings.append(
+                f"{label}: several runs share a seed ({', '.join(map(str, frame['seed'][frame['seed'].duplicated()]))})"
+            )
     order = list(dict.fromkeys(labels))
     stat_columns = ["final", "best", "last"] + [c for c in ("rounds_to_target", *TRAFFIC) if c in figures]
     grouped = figures.groupby("group", sort=False)
@@ -181,11 +205,15 @@ def build_report(runs: RunTable, options: ReportOptions) -> Report:
             warnings.append(f"--metric {name}: no run reported it")
             continue
         per_round = metrics[["run", "round", name]].dropna().assign(group=lambda f: labels.loc[f["run"]].to_numpy())
-        curves[name] = per_round.groupby(["group", "round"], sort=False)[name].agg(["mean", "std", "count"]).reset_index()
+        curves[name] = (
+            per_round.groupby(["group", "round"], sort=False)[name].agg(["mean", "std", "count"]).reset_index()
+        )
     return Report(table.reset_index(), curves, warnings, options, len(configs))
 
 
-def compare_to_baseline(configs: pd.DataFrame, figures: pd.DataFrame, options: ReportOptions, warnings: list[str]) -> pd.DataFrame:
+def compare_to_baseline(
+    configs: pd.DataFrame, figures: pd.DataFrame, options: ReportOptions, warnings: list[str]
+) -> pd.DataFrame:
     """Per group: the paired difference of ``options.compare`` to the baseline run with the same seed
     and otherwise the same config (every key but the baseline's own and bookkeeping)."""
     is_base, family = baseline_runs(configs, options.baseline)
@@ -206,6 +234,9 @@ def compare_to_baseline(configs: pd.DataFrame, figures: pd.DataFrame, options: R
                 values.append(row[options.compare])
                 base.append(figures.at[partner, options.compare])
         if unpaired:
-            warnings.append(f"{label}: seed {', '.join(unpaired)} has no baseline run ({' '.join(options.baseline)}, same seed and config): left out of the difference")
+            warnings.append(
+                f"{label}: seed {', '.join(unpaired)} has no baseline run ({' '.join(options.baseline)}, same seed "
+                "and config): left out of the difference"
+            )
         rows[label] = paired_difference(np.array(values, dtype=float), np.array(base, dtype=float))
     return pd.DataFrame.from_dict(rows, orient="index")

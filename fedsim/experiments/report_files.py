@@ -29,20 +29,31 @@ def markdown_table(report: Report) -> str:
     scale, unit = (100.0, " (%)") if percent(metric) else (1.0, "")
     columns: dict[str, list[str]] = {"group": list(table["group"]), "n": [str(n) for n in table["n"]]}
     for stat, title in STAT_TITLES.items():
-        columns[f"{title.format(last=options.last)}{unit}"] = [_mean_std(m, s, scale, 2) for m, s in zip(table[stat], table[stat + "_std"])]
+        columns[f"{title.format(last=options.last)}{unit}"] = [
+            _mean_std(m, s, scale, 2) for m, s in zip(table[stat], table[stat + "_std"])
+        ]
     if "rounds_to_target" in table:
         columns[f"rounds to {options.target:g}"] = [
-            f"{_mean_std(m, s, 1, 1)} ({k}/{n})" for m, s, k, n in zip(table["rounds_to_target"], table["rounds_to_target_std"], table["reached_target"], table["n"])
+            f"{_mean_std(m, s, 1, 1)} ({k}/{n})"
+            for m, s, k, n in zip(
+                table["rounds_to_target"], table["rounds_to_target_std"], table["reached_target"], table["n"]
+            )
         ]
     for key, title in TRAFFIC.items():
         if key in table:
             columns[title] = [_number(v, 2**-20, 2) for v in table[key]]
     if "diff" in table:
-        header = f"Δ {STAT_TITLES[options.compare].format(last=options.last)} vs {' '.join(options.baseline)}{unit}, 95% CI"
+        header = (
+            f"Δ {STAT_TITLES[options.compare].format(last=options.last)} vs {' '.join(options.baseline)}{unit}, 95% CI"
+        )
         columns[header] = [
-            "baseline" if math.isnan(pairs) else
-            f"{_number(d, scale, 2)} [{_number(lo, scale, 2)}, {_number(hi, scale, 2)}]{' *' if sig else ''} (n={int(pairs)})"
-            for d, lo, hi, sig, pairs in zip(table["diff"], table["ci_low"], table["ci_high"], table["significant"], table["pairs"])
+            "baseline"
+            if math.isnan(pairs)
+            else f"{_number(d, scale, 2)} [{_number(lo, scale, 2)}, {_number(hi, scale, 2)}]"
+            f"{' *' if sig else ''} (n={int(pairs)})"
+            for d, lo, hi, sig, pairs in zip(
+                table["diff"], table["ci_low"], table["ci_high"], table["significant"], table["pairs"]
+            )
         ]
         columns["p (paired t)"] = ["" if math.isnan(p) else f"{p:.3g}" for p in table["p"]]
     return pd.DataFrame(columns).to_markdown(index=False)
@@ -74,10 +85,12 @@ def plot_curves(report: Report, path: Path) -> None:
         curve = report.curves[name]
         for group in report.table["group"]:
             rows = curve[curve["group"] == group]
-            if rows.empty or not rows["count"].notna().any():  # a group without this metric (e.g. a graph only SCooL infers)
+            if (
+                rows.empty or not rows["count"].notna().any()
+            ):  # a group without this metric (e.g. a graph only SCooL infers)
                 continue
             band = rows["std"].fillna(0.0)
-            line, = ax.plot(rows["round"], rows["mean"], label=f"{group} (n={int(rows['count'].max())})")
+            (line,) = ax.plot(rows["round"], rows["mean"], label=f"{group} (n={int(rows['count'].max())})")
             ax.fill_between(rows["round"], rows["mean"] - band, rows["mean"] + band, color=line.get_color(), alpha=0.2)
         ax.set(xlabel="round", ylabel=name, title=f"{name}: mean ± std over seeds")
         integer_round_axis(ax)
@@ -94,7 +107,11 @@ def write_report(report: Report, paths: list[str]) -> tuple[Path, str]:
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(report)
     notes = "".join(f"\n- warning: {w}" for w in report.warnings)
-    text = f"{legend(report, paths)}\n\n{table}\n" + (f"\nWarnings:{notes}\n" if notes else "") + "\n![curves](report.png)\n"
+    text = (
+        f"{legend(report, paths)}\n\n{table}\n"
+        + (f"\nWarnings:{notes}\n" if notes else "")
+        + "\n![curves](report.png)\n"
+    )
     (out / "report.md").write_text(text)
     report.table.to_csv(out / "report.csv", index=False)
     plot_curves(report, out / "report.png")

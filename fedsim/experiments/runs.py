@@ -15,8 +15,22 @@ from fedsim.errors import ConfigError
 from fedsim.experiments.graph import graph_metrics
 
 # Keys that say where or how a run was executed, not what was run: never a reason to group apart.
-BOOKKEEPING = ("run_dir", "runs_root", "resume", "verbose", "data_root", "device", "round_timeout", "connect_timeout",
-               "checkpoint_every", "eval_batch_size", "backend.num_threads", "backend.ray_init_args", "logger", "deploy")
+BOOKKEEPING = (
+    "run_dir",
+    "runs_root",
+    "resume",
+    "verbose",
+    "data_root",
+    "device",
+    "round_timeout",
+    "connect_timeout",
+    "checkpoint_every",
+    "eval_batch_size",
+    "backend.num_threads",
+    "backend.ray_init_args",
+    "logger",
+    "deploy",
+)
 
 
 @dataclass
@@ -33,8 +47,12 @@ def find_run_dirs(paths: list[str]) -> list[Path]:
     found: list[Path] = []
     for given in map(Path, paths):
         if not given.exists():
-            raise ConfigError(f"{given}: no such directory; pass run directories or sweep directories (runs/sweeps/...)")
-        candidates = [given] if (given / "config.yaml").is_file() else sorted(p.parent for p in given.rglob("config.yaml"))
+            raise ConfigError(
+                f"{given}: no such directory; pass run directories or sweep directories (runs/sweeps/...)"
+            )
+        candidates = (
+            [given] if (given / "config.yaml").is_file() else sorted(p.parent for p in given.rglob("config.yaml"))
+        )
         found += [p for p in candidates if (p / "metrics.jsonl").is_file() and p not in found]
     if not found:
         raise ConfigError(f"no run directory (config.yaml + metrics.jsonl) under {', '.join(paths)}")

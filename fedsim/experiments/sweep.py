@@ -44,10 +44,19 @@ class Manifest:
     @classmethod
     def create(cls, folder: Path, plan: SweepPlan, args: list[str]) -> Manifest:
         jobs = [
-            {"index": j.index, "name": j.name, "overrides": list(j.overrides), "varying": list(j.varying), "run_dir": j.name, "status": "pending"}
+            {
+                "index": j.index,
+                "name": j.name,
+                "overrides": list(j.overrides),
+                "varying": list(j.varying),
+                "run_dir": j.name,
+                "status": "pending",
+            }
             for j in plan.jobs
         ]
-        manifest = cls(folder, {"name": plan.name, "args": args, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "jobs": jobs})
+        manifest = cls(
+            folder, {"name": plan.name, "args": args, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "jobs": jobs}
+        )
         manifest.save()
         return manifest
 
@@ -55,7 +64,9 @@ class Manifest:
     def load(cls, folder: Path) -> Manifest:
         path = folder / MANIFEST
         if not path.is_file():
-            raise ConfigError(f"resume={folder}: no {MANIFEST} there; pass the directory of an earlier sweep (runs/sweeps/...)")
+            raise ConfigError(
+                f"resume={folder}: no {MANIFEST} there; pass the directory of an earlier sweep (runs/sweeps/...)"
+            )
         return cls(folder, json.loads(path.read_text()))
 
     @property
@@ -147,9 +158,17 @@ class SweepRunner:
         self.manifest.update(index, status="running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
         t0, output = time.time(), []
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with (folder / "logs" / f"{job['name']}.log").open("a") as log, subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=_die_with_parent
-        ) as proc:
+        with (
+            (folder / "logs" / f"{job['name']}.log").open("a") as log,
+            subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                preexec_fn=_die_with_parent,
+            ) as proc,
+        ):
             assert proc.stdout is not None
             for line in proc.stdout:
                 log.write(line)
@@ -162,24 +181,33 @@ class SweepRunner:
             metrics = final_metrics(folder / job["run_dir"])
             self.manifest.update(index, status=FINISHED, error=None, wall_time_s=round(seconds, 1), final=metrics)
             accuracy = metrics.get("final_test_accuracy")
-            show(f"{tag} done in {seconds:.1f}s" + (f": final test accuracy {accuracy:.4f}" if accuracy is not None else ""))
+            show(
+                f"{tag} done in {seconds:.1f}s"
+                + (f": final test accuracy {accuracy:.4f}" if accuracy is not None else "")
+            )
         else:
             reason = error_line(output)
-            self.manifest.update(index, status="failed", error=reason, exit_code=proc.returncode, wall_time_s=round(seconds, 1))
+            self.manifest.update(
+                index, status="failed", error=reason, exit_code=proc.returncode, wall_time_s=round(seconds, 1)
+            )
             show(f"{tag} FAILED: {reason}")
 
     def run(self) -> int:
         """Run what is unfinished; 0 when every job is done, 1 when any failed."""
         todo = self.manifest.unfinished()
         done = self.total - len(todo)
-        show(f"sweep {self.manifest.folder}: {self.total} jobs, {done} already done, {len(todo)} to run, {self.parallel} at a time")
+        show(
+            f"sweep {self.manifest.folder}: {self.total} jobs, {done} already done, {len(todo)} to run, "
+            f"{self.parallel} at a time"
+        )
         with ThreadPoolExecutor(max_workers=self.parallel) as pool:
             list(pool.map(self.run_job, todo))
         failed = [j for j in self.manifest.jobs if j["status"] == "failed"]
         for job in failed:
             show(f"failed: {job['name']}: {job['error']}")
         show(
-            f"sweep finished: {self.total - len(failed)}/{self.total} jobs done; manifest {self.manifest.folder / MANIFEST}"
+            f"sweep finished: {self.total - len(failed)}/{self.total} jobs done; manifest "
+            f"{self.manifest.folder / MANIFEST}"
             + (f"; rerun the same command to retry the {len(failed)} failed" if failed else "")
         )
         return 1 if failed else 0
@@ -218,4 +246,3 @@ def run_sweep(args: list[str], jobs: int = 1) -> int:
         else:
             manifest = Manifest.create(new_run_dir(Path(plan.runs_root) / "sweeps", plan.name), plan, args)
     return SweepRunner(manifest, jobs).run()
-

@@ -24,7 +24,9 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, blocks: tuple[int, ...], input_shape: tuple[int, int, int], num_classes: int, width: int = 64) -> None:
+    def __init__(
+        self, blocks: tuple[int, ...], input_shape: tuple[int, int, int], num_classes: int, width: int = 64
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [
             nn.Conv2d(input_shape[0], width, 3, 1, 1, bias=False),

@@ -31,7 +31,11 @@ def block_mask(h: int, w: int, count: int, generator: torch.Generator | None = N
         remaining = count - int(mask.sum())
         if remaining <= 0:
             break
-        area = float(torch.empty(1).uniform_(min(4, remaining), remaining, generator=generator)) if remaining > 4 else remaining
+        area = (
+            float(torch.empty(1).uniform_(min(4, remaining), remaining, generator=generator))
+            if remaining > 4
+            else remaining
+        )
         aspect = math.exp(float(torch.empty(1).uniform_(math.log(0.3), math.log(1 / 0.3), generator=generator)))
         bh, bw = max(1, round(math.sqrt(area * aspect))), max(1, round(math.sqrt(area / aspect)))
         if bh > h or bw > w:
@@ -188,7 +192,9 @@ class ViT(nn.Module):
         else:
             raise ValueError(f"position_embedding={position_embedding!r}: choose learned or mjp")
         self.features = nn.Sequential(
-            Tokens(input_shape, patch, dim, positions), *(Block(dim, heads, mlp_ratio) for _ in range(depth)), ClassToken(dim)
+            Tokens(input_shape, patch, dim, positions),
+            *(Block(dim, heads, mlp_ratio) for _ in range(depth)),
+            ClassToken(dim),
         )
         self.classifier = nn.Linear(dim, num_classes)
 
@@ -220,5 +226,9 @@ class ViT(nn.Module):
 
 def mjp_options(defence: Any) -> dict[str, Any]:
     """The ViT options of ``defence=mjp``'s settings (configs/defence/mjp.yaml)."""
-    return {"position_embedding": "mjp", "mjp_ratio": float(defence.ratio), "mjp_prob": float(defence.prob),
-            "mjp_aux_weight": float(defence.aux_weight)}
+    return {
+        "position_embedding": "mjp",
+        "mjp_ratio": float(defence.ratio),
+        "mjp_prob": float(defence.prob),
+        "mjp_aux_weight": float(defence.aux_weight),
+    }

@@ -41,9 +41,13 @@ class FinalModelAudit:
         clients = range(len(splits)) if cfg.attack.clients is None else [int(c) for c in cfg.attack.clients]
         candidates = np.concatenate([splits[c].labeled for c in clients])  # a gradient needs the label
         if len(candidates) < int(cfg.attack.num_images):
-            raise ConfigError(f"attack.num_images={cfg.attack.num_images}: the attacked clients hold only {len(candidates)} images; "
-                              "attack fewer images or more clients")
-        self.victims = torch.from_numpy(rng(cfg.seed, "attack-victims").choice(candidates, int(cfg.attack.num_images), replace=False))
+            raise ConfigError(
+                f"attack.num_images={cfg.attack.num_images}: the attacked clients hold only {len(candidates)} images; "
+                "attack fewer images or more clients"
+            )
+        self.victims = torch.from_numpy(
+            rng(cfg.seed, "attack-victims").choice(candidates, int(cfg.attack.num_images), replace=False)
+        )
 
     def observe_round(self, server_round: int, arrays: ArrayRecord, record: dict[str, Any]) -> None:
         """After the last round, the audit's mean scores as ``attack_final_<metric>``."""
@@ -55,8 +59,19 @@ class FinalModelAudit:
         model = model.to(resolve_device(cfg.device))
         options = {k: v for k, v in dict(cfg.attack).items() if k not in SCHEDULE_KEYS}
         method = inversion_from_options(str(cfg.attack.name), options)
-        attack = attack_victims(model, self.dataset, defence_from_config(cfg.defence), method, self.victims,
-                                SINGLE_IMAGE_GRADIENT, int(cfg.seed), cfg.attack.get("lpips_home"))
-        title = f"{cfg.attack.name} on the final {cfg.model.name} (round {server_round}), defence={cfg.defence.name}, one image per gradient"
+        attack = attack_victims(
+            model,
+            self.dataset,
+            defence_from_config(cfg.defence),
+            method,
+            self.victims,
+            SINGLE_IMAGE_GRADIENT,
+            int(cfg.seed),
+            cfg.attack.get("lpips_home"),
+        )
+        title = (
+            f"{cfg.attack.name} on the final {cfg.model.name} (round {server_round}), "
+            f"defence={cfg.defence.name}, one image per gradient"
+        )
         write_attack_files(self.run_dir.path / "attacks" / "final", attack, title)
         record.update({f"attack_final_{k}": v for k, v in attack.means.items()})

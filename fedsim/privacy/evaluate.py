@@ -13,10 +13,11 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,11 +47,15 @@ def victim_model(cfg: DictConfig, shape: tuple[int, int, int], num_classes: int)
     if cfg.weights:
         ckpt = latest_checkpoint(Path(cfg.weights) / "checkpoints")
         if ckpt is None:
-            raise ConfigError(f"weights={cfg.weights}: no checkpoint there; pass the directory of a fedsim run with checkpoints")
+            raise ConfigError(
+                f"weights={cfg.weights}: no checkpoint there; pass the directory of a fedsim run with checkpoints"
+            )
         try:
             load_record(model, ckpt.arrays)
         except (KeyError, RuntimeError) as err:
-            raise ConfigError(f"weights={cfg.weights} do not fit model={cfg.model.name}: {str(err).splitlines()[0]}") from err
+            raise ConfigError(
+                f"weights={cfg.weights} do not fit model={cfg.model.name}: {str(err).splitlines()[0]}"
+            ) from err
     return model.to(torch.device(cfg.device))
 
 
@@ -67,7 +72,9 @@ def jigsawed(model: torch.nn.Module, defence: Any, generator: torch.Generator) -
             model.jigsaw(None)
 
 
-def dp_sgd_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mech: DPSGD, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def dp_sgd_gradient(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mech: DPSGD, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """One DP-SGD step's private mean gradient, through the same Opacus optimizer local training uses."""
     torch.manual_seed(generator.initial_seed())  # Opacus draws its noise from the global generator
     trainable = {k: p for k, p in model.named_parameters() if p.requires_grad}
@@ -91,12 +98,19 @@ class VictimProtocol:
     momentum: float = 0.0
 
     @classmethod
-    def of(cls, cfg: DictConfig) -> "VictimProtocol":
+    def of(cls, cfg: DictConfig) -> VictimProtocol:
         """From the config of ``python -m fedsim attack``."""
         return cls(int(cfg.batch_size), int(cfg.local_epochs), cfg.local_batch_size, float(cfg.lr), float(cfg.momentum))
 
 
-def victim_update(protocol: VictimProtocol, model: torch.nn.Module, defence: Any, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> Observation:
+def victim_update(
+    protocol: VictimProtocol,
+    model: torch.nn.Module,
+    defence: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    generator: torch.Generator,
+) -> Observation:
     """What the server receives from the victim for one batch (after the defence)."""
     mb = int(protocol.local_batch_size or protocol.batch_size)
     kind = "gradient" if protocol.local_epochs == 1 and mb >= len(y) else "delta"
@@ -104,10 +118,21 @@ def victim_update(protocol: VictimProtocol, model: torch.nn.Module, defence: Any
     with jigsawed(victim, defence, generator):
         if isinstance(defence, DPSGD):
             if kind != "gradient":
-                raise ConfigError("defence=dp_sgd is evaluated on single gradients here: use local_epochs=1 and no local_batch_size")
+                raise ConfigError(
+                    "defence=dp_sgd is evaluated on single gradients here: use local_epochs=1 and no local_batch_size"
+                )
             obs = Observation(victim, dp_sgd_gradient(victim, x, y, defence, generator), kind, len(y))
         else:
-            obs = observe_update(victim, x, y, kind, batch_size=mb, local_epochs=protocol.local_epochs, lr=protocol.lr, momentum=protocol.momentum)
+            obs = observe_update(
+                victim,
+                x,
+                y,
+                kind,
+                batch_size=mb,
+                local_epochs=protocol.local_epochs,
+                lr=protocol.lr,
+                momentum=protocol.momentum,
+            )
     if hasattr(defence, "transform_update"):
         obs.update = defence.transform_update(obs.update, generator)
     obs.model = attacker_copy(model)  # the attacker's copy: no knowledge of the victim's jigsaw
@@ -131,8 +156,16 @@ def reference_images(dataset: Any, picks: torch.Tensor, seed: int) -> torch.Tens
     return torch.from_numpy(rng(seed, "attack-reference").choice(others, len(picks), replace=False))
 
 
-def attack_victims(model: torch.nn.Module, dataset: Any, defence: Any, method: Any, picks: torch.Tensor,
-                   protocol: VictimProtocol, seed: int, lpips_home: str | None = None) -> VictimAttack:
+def attack_victims(
+    model: torch.nn.Module,
+    dataset: Any,
+    defence: Any,
+    method: Any,
+    picks: torch.Tensor,
+    protocol: VictimProtocol,
+    seed: int,
+    lpips_home: str | None = None,
+) -> VictimAttack:
     """Attack the training images ``picks``, ``protocol.batch_size`` of them behind each observed update,
     and score each reconstruction beside a random other image's score (``reference_psnr``/``_ssim``)."""
     space = ImageSpace.of(dataset)
@@ -145,15 +178,26 @@ def attack_victims(model: torch.nn.Module, dataset: Any, defence: Any, method: A
         obs = victim_update(protocol, model, defence, space.from_unit(x01), y, generator)
         rec = method.reconstruct(obs, len(idx), space, generator)
         result = score_images(space.to_unit(rec.images), x01, rec.labels, y, lpips_home)
-        reference = image_scores(dataset.x_train[references[start : start + len(idx)]].float() / 255.0, result.originals)
+        reference = image_scores(
+            dataset.x_train[references[start : start + len(idx)]].float() / 255.0, result.originals
+        )
         originals.append(result.originals)
         recs.append(result.reconstructions)
         for i in range(len(idx)):
-            rows.append({"image": start + i, "batch": start // protocol.batch_size, **{k: v[i] for k, v in result.per_sample.items()},
-                         "reference_psnr": float(reference["psnr"][i]), "reference_ssim": float(reference["ssim"][i])})
+            rows.append(
+                {
+                    "image": start + i,
+                    "batch": start // protocol.batch_size,
+                    **{k: v[i] for k, v in result.per_sample.items()},
+                    "reference_psnr": float(reference["psnr"][i]),
+                    "reference_ssim": float(reference["ssim"][i]),
+                }
+            )
         rows[-1]["label_accuracy"] = result.metrics.get("label_accuracy")
-        show(f"attack batch {start // protocol.batch_size + 1}/{-(-len(picks) // protocol.batch_size)}: "
-             + ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()))
+        show(
+            f"attack batch {start // protocol.batch_size + 1}/{-(-len(picks) // protocol.batch_size)}: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
+        )
     names = [c for c in rows[0] if c not in ("image", "batch", "label_accuracy")]
     means = {k: sum(r[k] for r in rows) / len(rows) for k in names}
     labels = [r["label_accuracy"] for r in rows if r.get("label_accuracy") is not None]
@@ -173,7 +217,11 @@ def write_attack_files(out: Path, attack: VictimAttack, title: str) -> None:
 
 
 def output_dir(cfg: DictConfig) -> Path:
-    path = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.runs_root) / f"attack-{time.strftime('%Y%m%d-%H%M%S')}-{cfg.attack.name}"
+    path = (
+        Path(cfg.out_dir)
+        if cfg.out_dir
+        else Path(cfg.runs_root) / f"attack-{time.strftime('%Y%m%d-%H%M%S')}-{cfg.attack.name}"
+    )
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -182,21 +230,42 @@ def run_attack(cfg: DictConfig) -> dict[str, Any]:
     """Attack ``num_images`` victim images; returns the summary written to ``summary.json``."""
     name = str(cfg.attack.name)
     if name not in INVERSIONS:
-        raise ConfigError(f"attack={name} cannot run stand-alone: choose one of {', '.join(sorted(INVERSIONS))} (the others attack what a federated run shares)")
+        raise ConfigError(
+            f"attack={name} cannot run stand-alone: choose one of {', '.join(sorted(INVERSIONS))} (the others attack "
+            "what a federated run shares)"
+        )
     defence = defence_from_config(cfg.defence)
     if isinstance(defence, CentralDP):
-        raise ConfigError("defence=central_dp noises the aggregate, not what one client sends: evaluate it in a run, or use defence=local_dp")
+        raise ConfigError(
+            "defence=central_dp noises the aggregate, not what one client sends: evaluate it in a run, or use "
+            "defence=local_dp"
+        )
     dataset = dataset_from_config(cfg)
     model = victim_model(cfg, dataset.input_shape, dataset.num_classes)
-    method = inversion_from_options(name, {k: v for k, v in OmegaConf.to_container(cfg.attack).items() if k not in SCHEDULE_KEYS})
-    picks = torch.from_numpy(rng(cfg.seed, "attack-victims").choice(len(dataset.y_train), int(cfg.num_images), replace=False))
+    method = inversion_from_options(
+        name, {k: v for k, v in OmegaConf.to_container(cfg.attack).items() if k not in SCHEDULE_KEYS}
+    )
+    picks = torch.from_numpy(
+        rng(cfg.seed, "attack-victims").choice(len(dataset.y_train), int(cfg.num_images), replace=False)
+    )
     t0 = time.time()
-    attack = attack_victims(model, dataset, defence, method, picks, VictimProtocol.of(cfg), int(cfg.seed), cfg.attack.get("lpips_home"))
+    attack = attack_victims(
+        model, dataset, defence, method, picks, VictimProtocol.of(cfg), int(cfg.seed), cfg.attack.get("lpips_home")
+    )
     out = output_dir(cfg)
     write_attack_files(out, attack, f"{name} on {cfg.model.name}, defence={cfg.defence.name}, batch {cfg.batch_size}")
-    summary = {"attack": name, "model": cfg.model.name, "defence": cfg.defence.name, "dataset": cfg.dataset.name,
-               "num_images": int(cfg.num_images), "batch_size": int(cfg.batch_size), "local_epochs": int(cfg.local_epochs),
-               "weights": cfg.weights, "mean": attack.means, "seconds": time.time() - t0}
+    summary = {
+        "attack": name,
+        "model": cfg.model.name,
+        "defence": cfg.defence.name,
+        "dataset": cfg.dataset.name,
+        "num_images": int(cfg.num_images),
+        "batch_size": int(cfg.batch_size),
+        "local_epochs": int(cfg.local_epochs),
+        "weights": cfg.weights,
+        "mean": attack.means,
+        "seconds": time.time() - t0,
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     columns = [c for c in attack.rows[0] if c != "label_accuracy"]

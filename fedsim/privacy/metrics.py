@@ -52,11 +52,17 @@ def match(reconstructions: torch.Tensor, candidates: torch.Tensor) -> np.ndarray
     return order
 
 
-def image_scores(reconstructions: torch.Tensor, originals: torch.Tensor, lpips_home: str | None = None) -> dict[str, torch.Tensor]:
+def image_scores(
+    reconstructions: torch.Tensor, originals: torch.Tensor, lpips_home: str | None = None
+) -> dict[str, torch.Tensor]:
     """Per-image scores of reconstructions against the originals they match best (Hungarian)."""
     reconstructions = reconstructions.detach().float().clamp(0, 1).cpu()
     matched = originals.detach().float().cpu()[match(reconstructions, originals.detach().float().cpu())]
-    scores = {"psnr": psnr(reconstructions, matched), "mse": mse(reconstructions, matched), "ssim": ssim(reconstructions, matched)}
+    scores = {
+        "psnr": psnr(reconstructions, matched),
+        "mse": mse(reconstructions, matched),
+        "ssim": ssim(reconstructions, matched),
+    }
     lp = lpips(reconstructions, matched, lpips_home)
     if lp is not None:
         scores["lpips"] = lp
@@ -74,7 +80,10 @@ def lpips(x: torch.Tensor, y: torch.Tensor, lpips_home: str | None) -> torch.Ten
 
     rgb = (lambda t: t.expand(-1, 3, -1, -1)) if x.shape[1] == 1 else (lambda t: t)
     return torch.stack(
-        [learned_perceptual_image_patch_similarity(rgb(a[None]), rgb(b[None]), net_type="alex", normalize=True) for a, b in zip(x, y)]
+        [
+            learned_perceptual_image_patch_similarity(rgb(a[None]), rgb(b[None]), net_type="alex", normalize=True)
+            for a, b in zip(x, y)
+        ]
     )
 
 

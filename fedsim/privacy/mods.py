@@ -6,7 +6,8 @@ DP, pruning) transforms the model update before it leaves the client."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flwr.app import Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
@@ -36,7 +37,9 @@ def defence_mod(defence: Any, seed: int, client_id: Callable[[Context], int]) ->
     return mod
 
 
-def attack_mod(attack_cfg: Any, run_cfg: Any, client_env: Callable[[int], Any], client_id: Callable[[Context], int]) -> Mod:
+def attack_mod(
+    attack_cfg: Any, run_cfg: Any, client_env: Callable[[int], Any], client_id: Callable[[Context], int]
+) -> Mod:
     """Observe the replies of the configured clients and rounds with the configured attack."""
     attack = attack_from_config(attack_cfg, int(run_cfg.seed))
     every = int(attack_cfg.every)
@@ -60,18 +63,29 @@ def attack_mod(attack_cfg: Any, run_cfg: Any, client_env: Callable[[int], Any], 
             return reply
         if result is None and not warned:
             warned.append(True)
-            log.warning("attack=%s: the reply of client %d in round %d carries nothing this attack targets "
-                        "(it needs a model update, FedFed's shared features or FedImpro's statistics)", attack_cfg.name, cid, server_round)
+            log.warning(
+                "attack=%s: the reply of client %d in round %d carries nothing this attack targets "
+                "(it needs a model update, FedFed's shared features or FedImpro's statistics)",
+                attack_cfg.name,
+                cid,
+                server_round,
+            )
         if result is not None:
-            info = {"attack": str(attack_cfg.name), "round": server_round, "client": cid,
-                    "title": f"{attack_cfg.name}, round {server_round}, client {cid}"}
+            info = {
+                "attack": str(attack_cfg.name),
+                "round": server_round,
+                "client": cid,
+                "title": f"{attack_cfg.name}, round {server_round}, client {cid}",
+            }
             save_result(round_folder(run_cfg.run_dir, server_round), f"client_{cid:05d}", result, info)
         return reply
 
     return mod
 
 
-def client_mods(cfg: Any, defence: Any, client_env: Callable[[int], Any], client_id: Callable[[Context], int]) -> list[Mod]:
+def client_mods(
+    cfg: Any, defence: Any, client_env: Callable[[int], Any], client_id: Callable[[Context], int]
+) -> list[Mod]:
     """The ClientApp mods of a run: the attack observer outermost, then the update defence."""
     mods: list[Mod] = []
     if str(cfg.attack.name) != "none" and not cfg.attack.get("final_model"):  # the final-model audit runs on the server

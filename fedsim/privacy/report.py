@@ -61,14 +61,20 @@ def round_means(run_dir: str | Path, server_round: int, prefix: str = "attack_")
     if not records:
         return {}
     keys = sorted({k for r in records for k in r["metrics"]})
-    means = {f"{prefix}{k}": sum(r["metrics"][k] for r in records if k in r["metrics"]) / sum(k in r["metrics"] for r in records) for k in keys}
+    means = {
+        f"{prefix}{k}": sum(r["metrics"][k] for r in records if k in r["metrics"])
+        / sum(k in r["metrics"] for r in records)
+        for k in keys
+    }
     means[f"{prefix}clients"] = len(records)
     return means
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """A fixed-width text table."""
-    cells = [[f"{r.get(c, ''):.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns] for r in rows]
+    cells = [
+        [f"{r.get(c, ''):.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns] for r in rows
+    ]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]

@@ -20,4 +20,4 @@ def pack(model: dict, update: dict) -> ArrayRecord:
 
 def unpack(record: ArrayRecord, prefix: str) -> ArrayRecord:
     """The part of a packed record stored under ``prefix`` (MODEL or UPDATE), without it."""
-    return ArrayRecord({k[len(prefix):]: v for k, v in record.items() if k.startswith(prefix)})
+    return ArrayRecord({k[len(prefix) :]: v for k, v in record.items() if k.startswith(prefix)})

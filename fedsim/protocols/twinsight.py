@@ -10,4 +10,6 @@ from fedsim.models.projection import ProjectionModel
 
 
 def unsupervised_model(cfg: Any, input_shape: tuple[int, int, int], num_classes: int) -> ProjectionModel:
-    return ProjectionModel(model_from_config(cfg, input_shape, num_classes), input_shape, int(cfg.strategy.projection_dim))
+    return ProjectionModel(
+        model_from_config(cfg, input_shape, num_classes), input_shape, int(cfg.strategy.projection_dim)
+    )

@@ -36,7 +36,11 @@ class RunLogger(Protocol):
 
 def scalar_metrics(record: dict[str, Any]) -> dict[str, float]:
     """The numeric scalars of a metrics record (no lists, flags or the round number)."""
-    return {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "round"}
+    return {
+        k: float(v)
+        for k, v in record.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "round"
+    }
 
 
 def require(module: str, logger: str) -> Any:
@@ -44,7 +48,9 @@ def require(module: str, logger: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ConfigError(f"logger={logger} needs the '{module.split('.')[0]}' package: pip install \"fedsim[{logger}]\"") from None
+        raise ConfigError(
+            f"logger={logger} needs the '{module.split('.')[0]}' package: pip install \"fedsim[{logger}]\""
+        ) from None
 
 
 def loggers_from_config(cfg: DictConfig, run_dir: RunDirectory, start_round: int) -> list[RunLogger]:

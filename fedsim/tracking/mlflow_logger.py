@@ -69,7 +69,9 @@ class MlflowLogger:
                 self.client.update_run(self.run_id, status="RUNNING")
                 return
             experiment_id = self.experiment_id(str(options.get("experiment") or "fedsim"), uri)
-        run = self.client.create_run(experiment_id, run_name=run_dir.path.name, tags={"fedsim.run_dir": str(run_dir.path)})
+        run = self.client.create_run(
+            experiment_id, run_name=run_dir.path.name, tags={"fedsim.run_dir": str(run_dir.path)}
+        )
         self.run_id = run.info.run_id
         id_file.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": uri}) + "\n")
         from mlflow.entities import Param

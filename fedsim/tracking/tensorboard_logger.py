@@ -21,7 +21,9 @@ class TensorBoardLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(
-            log_dir=str(run_dir.path), flush_secs=int(options.get("flush_secs", 30)), purge_step=start_round + 1 if start_round else None
+            log_dir=str(run_dir.path),
+            flush_secs=int(options.get("flush_secs", 30)),
+            purge_step=start_round + 1 if start_round else None,
         )
         if not start_round:
             config = "\n".join("    " + line for line in OmegaConf.to_yaml(cfg, resolve=True).splitlines())

@@ -6,8 +6,9 @@ and, where it reconstructs images, the images for the grid.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 from fedsim.errors import ConfigError, build_option
 from fedsim.params import spec
@@ -43,15 +44,20 @@ class AttackSchedule:
     clients: list[int] | None = spec("client ids attacked; null = every sampled client", ge=0, default=None)
     num_images: int = spec("images per attacked client", ge=1, default=1)
     lpips_home: str | None = spec("folder of the LPIPS weights (offline)", default=None)
-    final_model: bool = spec("attack the final global model through single-image gradients instead of the round updates "
-                             "(fedsim.privacy.audit)", default=False)
+    final_model: bool = spec(
+        "attack the final global model through single-image gradients instead of the round updates "
+        "(fedsim.privacy.audit)",
+        default=False,
+    )
 
     @staticmethod
     def validate_run(cfg: Any) -> str | None:
         """The final-model audit inverts gradients."""
         if cfg.attack.get("final_model") and str(cfg.attack.name) not in INVERSIONS:
-            return (f"attack.final_model=true needs a gradient inversion (one of {', '.join(sorted(INVERSIONS))}); "
-                    f"attack={cfg.attack.name} observes what clients share during the rounds")
+            return (
+                f"attack.final_model=true needs a gradient inversion (one of {', '.join(sorted(INVERSIONS))}); "
+                f"attack={cfg.attack.name} observes what clients share during the rounds"
+            )
         return None
 
 
@@ -79,7 +85,9 @@ def attack_from_config(attack_cfg: Any, seed: int) -> Attack:
     name = str(attack_cfg.name)
     options = {k: v for k, v in dict(attack_cfg).items() if k not in SCHEDULE_KEYS}
     if name in INVERSIONS:
-        return UpdateLeakage(inversion_from_options(name, options), int(attack_cfg.num_images), seed, attack_cfg.get("lpips_home"))
+        return UpdateLeakage(
+            inversion_from_options(name, options), int(attack_cfg.num_images), seed, attack_cfg.get("lpips_home")
+        )
     if name in OBSERVERS:
         return build_option("attack", name, OBSERVERS[name], seed=seed, **options)
     raise ConfigError(f"unknown attack '{name}': choose one of {', '.join(sorted({**INVERSIONS, **OBSERVERS}))}")

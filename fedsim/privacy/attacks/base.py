@@ -37,7 +37,7 @@ class ImageSpace:
         return torch.maximum(torch.minimum(x, (1 - mean) / std), -mean / std)
 
     @classmethod
-    def of(cls, dataset: Any) -> "ImageSpace":
+    def of(cls, dataset: Any) -> ImageSpace:
         return cls(tuple(dataset.input_shape), tuple(dataset.mean), tuple(dataset.std))
 
 

@@ -93,7 +93,9 @@ class AnalyticFC(GradientInversion):
     def reconstruct(self, obs: Observation, n: int, space: ImageSpace, generator: torch.Generator) -> Reconstruction:
         first = next(m for m in obs.model.modules() if any(True for _ in m.parameters(recurse=False)))
         if not isinstance(first, nn.Linear) or first.bias is None:
-            raise ConfigError("analytic inversion needs a model whose first layer is fully connected with bias (model=mlp)")
+            raise ConfigError(
+                "analytic inversion needs a model whose first layer is fully connected with bias (model=mlp)"
+            )
         name = next(k for k, m in obs.model.named_modules() if m is first)
         grads = obs.mean_gradient()
         weight, bias = grads[f"{name}.weight"], grads[f"{name}.bias"]
@@ -108,13 +110,17 @@ class APRIL(GradientInversion):
     @staticmethod
     def validate_run(cfg: Any) -> str | None:
         """APRIL inverts a ViT's position-embedding gradient."""
-        return None if cfg.model.name == "vit_tiny" else f"attack=april needs model=vit_tiny (got model={cfg.model.name})"
+        return (
+            None if cfg.model.name == "vit_tiny" else f"attack=april needs model=vit_tiny (got model={cfg.model.name})"
+        )
 
     def reconstruct(self, obs: Observation, n: int, space: ImageSpace, generator: torch.Generator) -> Reconstruction:
         positions = [k for k in obs.update if k.endswith("pos_embed")]
         patch_weights = [k for k in obs.update if "patch_embed" in k and k.endswith("weight")]
         if obs.kind != "gradient" or obs.num_examples != 1 or not positions or not patch_weights:
-            raise ConfigError("the APRIL closed form needs a single-image gradient of a ViT (model=vit_tiny, batch_size=1)")
+            raise ConfigError(
+                "the APRIL closed form needs a single-image gradient of a ViT (model=vit_tiny, batch_size=1)"
+            )
         grads = obs.mean_gradient()
         weight = grads[patch_weights[0]]  # (D, C, p, p)
         dim, channels, patch = weight.shape[0], weight.shape[1], weight.shape[2]
@@ -139,7 +145,9 @@ class DLG(GradientInversion):
             classes = obs.model.get_submodule(last_linear(obs.model)).out_features
             soft = torch.randn((n, classes), generator=generator).requires_grad_(True)
             variables.append(soft)
-        optimizer = torch.optim.LBFGS(variables, lr=1.0, max_iter=self.iterations, history_size=100, line_search_fn="strong_wolfe")
+        optimizer = torch.optim.LBFGS(
+            variables, lr=1.0, max_iter=self.iterations, history_size=100, line_search_fn="strong_wolfe"
+        )
 
         def closure():
             optimizer.zero_grad()

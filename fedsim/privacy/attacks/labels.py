@@ -41,7 +41,9 @@ def mean_prediction(obs: Observation, shape: tuple[int, ...], generator: torch.G
     return torch.softmax(obs.model(x), dim=-1).mean(0)
 
 
-def recover_labels(obs: Observation, n: int, shape: tuple[int, ...], generator: torch.Generator, strategy: str = "auto") -> torch.Tensor:
+def recover_labels(
+    obs: Observation, n: int, shape: tuple[int, ...], generator: torch.Generator, strategy: str = "auto"
+) -> torch.Tensor:
     """``n`` labels of the samples behind ``obs`` (sorted)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown label strategy '{strategy}': choose one of {', '.join(STRATEGIES)}")

@@ -35,9 +35,12 @@ from fedsim.seeding import torch_generator
 
 def decoder(channels: int, width: int = 32) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(width, channels, 3, padding=1), nn.Sigmoid(),
+        nn.Conv2d(channels, width, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(width, channels, 3, padding=1),
+        nn.Sigmoid(),
     )
 
 
@@ -85,7 +88,10 @@ class SharedFeatureInversion:
         generator = torch_generator(self.seed, "attack-fedfed", view.client_id)
         pair = distillation_pair(env, view.sent["arrays"]).cpu().eval()
         sigmas = [float(v) for v in s.share_noise_std]
-        copies = [torch.from_numpy(view.reply["shared"][k].numpy()).float()[: self.max_samples] for k in shared_copy_keys(len(sigmas))]
+        copies = [
+            torch.from_numpy(view.reply["shared"][k].numpy()).float()[: self.max_samples]
+            for k in shared_copy_keys(len(sigmas))
+        ]
         shared, sigma = combine_copies(copies, sigmas)
         originals = env.data.x[: len(shared)].float() / 255.0
         net = decoder(data.input_shape[0])

@@ -63,5 +63,7 @@ class UpdateLeakage:
         space = ImageSpace.of(data.dataset)
         generator = torch_generator(self.seed, "attack", view.server_round, view.client_id)
         rec = self.method.reconstruct(obs, self.num_images, space, generator)
-        truth = data.y if len(rec.labels) == len(data) else label_sample(data.y, len(rec.labels), data.dataset.num_classes)
+        truth = (
+            data.y if len(rec.labels) == len(data) else label_sample(data.y, len(rec.labels), data.dataset.num_classes)
+        )
         return score_images(space.to_unit(rec.images), data.x.float() / 255.0, rec.labels, truth, self.lpips_home)

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,11 +93,15 @@ class DPSGD(GaussianMechanism):
     def validate_run(cfg: Any) -> str | None:
         """Opacus computes per-example gradients, which BatchNorm mixes across the batch."""
         if cfg.model.name == "resnet18":
-            return "defence=dp_sgd cannot wrap model=resnet18 (BatchNorm mixes examples): use model=cnn, mlp or vit_tiny"
+            return (
+                "defence=dp_sgd cannot wrap model=resnet18 (BatchNorm mixes examples): use model=cnn, mlp or vit_tiny"
+            )
         return None
 
     @contextmanager
-    def training(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch_size: int) -> Iterator[torch.optim.Optimizer]:
+    def training(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch_size: int
+    ) -> Iterator[torch.optim.Optimizer]:
         from opacus import GradSampleModule
         from opacus.optimizers import DPOptimizer
 
@@ -111,7 +116,12 @@ class DPSGD(GaussianMechanism):
             with warnings.catch_warnings():
                 # Opacus' per-sample hooks on the first layer, whose input (the images) needs no gradient
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                yield DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.clip, expected_batch_size=batch_size)
+                yield DPOptimizer(
+                    optimizer,
+                    noise_multiplier=self.noise_multiplier,
+                    max_grad_norm=self.clip,
+                    expected_batch_size=batch_size,
+                )
         finally:
             sampled.remove_hooks()
             sampled.del_grad_sample()
@@ -120,14 +130,18 @@ class DPSGD(GaussianMechanism):
 
     def round_releases(self, sampled: list[int], sizes: dict[int, int], cfg: Any) -> list[tuple[str, float, int]]:
         b, epochs = int(cfg.batch_size), int(cfg.local_epochs)
-        return [(str(c), min(1.0, b / max(sizes.get(c, 1), 1)), epochs * math.ceil(sizes.get(c, 1) / b)) for c in sampled]
+        return [
+            (str(c), min(1.0, b / max(sizes.get(c, 1), 1)), epochs * math.ceil(sizes.get(c, 1) / b)) for c in sampled
+        ]
 
 
 @dataclass
 class CentralDP(GaussianMechanism):
     """Server-side: clip each client's update, average with equal weights, noise the average."""
 
-    def aggregate(self, global_arrays: ArrayRecord, replies: list[ArrayRecord], generator: torch.Generator) -> ArrayRecord:
+    def aggregate(
+        self, global_arrays: ArrayRecord, replies: list[ArrayRecord], generator: torch.Generator
+    ) -> ArrayRecord:
         updates = [clip(float_update(global_arrays, r), self.clip) for r in replies]
         mean = {k: sum(u[k] for u in updates) / len(updates) for k in updates[0]}
         return with_update(global_arrays, replies[0], self.noised(mean, generator, divisor=len(updates)))
@@ -135,7 +149,7 @@ class CentralDP(GaussianMechanism):
     def round_releases(self, sampled: list[int], sizes: dict[int, int], cfg: Any) -> list[tuple[str, float, int]]:
         return [("server", min(1.0, len(sampled) / max(len(sizes), 1)), 1)]
 
-    def wrap(self, strategy: Any) -> "CentralDPStrategy":
+    def wrap(self, strategy: Any) -> CentralDPStrategy:
         return CentralDPStrategy(strategy, self)
 
 
@@ -190,7 +204,12 @@ class PrivacyLedger:
         return max((self.mechanism.epsilon(list(r.items())) for r in self.releases.values()), default=0.0)
 
     def state_dict(self) -> dict[str, Any]:
-        return {key: {"rates": np.array(list(r), dtype=np.float64), "steps": np.array(list(r.values()), dtype=np.int64)} for key, r in self.releases.items()}
+        return {
+            key: {"rates": np.array(list(r), dtype=np.float64), "steps": np.array(list(r.values()), dtype=np.int64)}
+            for key, r in self.releases.items()
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.releases = {key: dict(zip((float(x) for x in v["rates"]), (int(s) for s in v["steps"]))) for key, v in state.items()}
+        self.releases = {
+            key: dict(zip((float(x) for x in v["rates"]), (int(s) for s in v["steps"]))) for key, v in state.items()
+        }

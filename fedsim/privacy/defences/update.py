@@ -15,7 +15,9 @@ def float_update(sent: ArrayRecord, returned: ArrayRecord) -> Tensors:
     for key in returned.keys():
         new = returned[key].numpy()
         if np.issubdtype(new.dtype, np.floating):
-            update[key] = torch.from_numpy(new.astype(np.float32)) - torch.from_numpy(sent[key].numpy().astype(np.float32))
+            update[key] = torch.from_numpy(new.astype(np.float32)) - torch.from_numpy(
+                sent[key].numpy().astype(np.float32)
+            )
     return update
 
 
