@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord, Message, RecordDict
 
 from fedsim.records import payload_bytes, shape_mismatch, tensor_of, train_reply_problem
 
@@ -113,32 +113,36 @@ class ReplyReducer:
 
     def add(self, client_id: int, reply: Message) -> None:
         """Check a reply and add it, or record why it was left out."""
-        part = self._sum
         if reply.has_error():
-            part.dropped.append({"client": client_id, "reason": client_error(reply)})
+            self._sum.dropped.append({"client": client_id, "reason": client_error(reply)})
             return
-        content = reply.content
+        problem, distances = self._check(reply.content)
+        if problem is not None:
+            self._sum.dropped.append({"client": client_id, "reason": problem})
+            return
+        self._sum_reply(client_id, reply.content, distances)
+
+    def _check(self, content: RecordDict) -> tuple[str | None, list[float]]:
+        """(why the reply cannot be summed or None, the distance of each trainable array to the global one)."""
         problem = train_reply_problem(
             content,
             self.model_record,
             lambda record: shape_mismatch(self.reference, record),
             checked_elsewhere=self._params,
         )
-        arrays = content[self.model_record] if problem is None else None
-        # The update's norm is finite exactly where the update is (the global model is): one pass for both.
-        distances = (
-            []
-            if arrays is None
-            else [float(torch.dist(tensor_of(arrays[k]), tensor_of(self.reference[k]))) for k in self.param_keys]
-        )
-        if arrays is not None and not all(map(math.isfinite, distances)):
-            problem = train_reply_problem(content, self.model_record, lambda record: None)  # names the array
-            problem = problem or f"returned an update whose norm overflows float32 in '{self.model_record}'"
         if problem is not None:
-            part.dropped.append({"client": client_id, "reason": problem})
-            return
+            return problem, []
+        arrays = content[self.model_record]
+        # The update's norm is finite exactly where the update is (the global model is): one pass for both.
+        distances = [float(torch.dist(tensor_of(arrays[k]), tensor_of(self.reference[k]))) for k in self.param_keys]
+        if all(map(math.isfinite, distances)):
+            return None, distances
+        problem = train_reply_problem(content, self.model_record, lambda record: None)  # names the array
+        return problem or f"returned an update whose norm overflows float32 in '{self.model_record}'", []
+
+    def _sum_reply(self, client_id: int, content: RecordDict, distances: list[float]) -> None:
+        part, arrays, metrics = self._sum, content[self.model_record], content["metrics"]
         part.bytes_up += payload_bytes(content)
-        metrics = content["metrics"]
         weight = float(min(metrics["num-examples"], self.held.get(client_id, metrics["num-examples"])))
         for key in arrays.keys():
             values = tensor_of(arrays[key])

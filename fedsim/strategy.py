@@ -77,9 +77,13 @@ def update_dissimilarity(global_arrays: ArrayRecord, replies: list[ClientReply],
         d = torch.cat([tensor_of(r.content["arrays"][k]).ravel() for k in keys]) - x
         mean.add_(d, alpha=r.num_examples / total)
         second += (r.num_examples / total) * float(d @ d)
-    norm = float(mean @ mean)
-    variance = max(second - norm, 0.0)
-    return {"update-variance": variance, "update-dissimilarity": variance / max(norm, 1e-12)}
+    return dissimilarity_metrics(second, float(mean @ mean))
+
+
+def dissimilarity_metrics(mean_square: float, drift: float) -> dict[str, float]:
+    """``update-variance`` and ``update-dissimilarity`` from sum_i p_i ||d_i||^2 and ||d||^2."""
+    variance = max(mean_square - drift, 0.0)
+    return {"update-variance": variance, "update-dissimilarity": variance / max(drift, 1e-12)}
 
 
 class FedsimStrategy(FlowerFedAvg):
@@ -269,8 +273,7 @@ class FedsimStrategy(FlowerFedAvg):
         keys = [k for k in self.param_keys if k in mean]
         if keys:
             drift = sum(float((mean[k] - tensor_of(self.global_arrays[k])).pow(2).sum()) for k in keys)
-            variance = max(part.update_square / part.examples - drift, 0.0)
-            metrics.update({"update-variance": variance, "update-dissimilarity": variance / max(drift, 1e-12)})
+            metrics.update(dissimilarity_metrics(part.update_square / part.examples, drift))
         return arrays, metrics
 
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
