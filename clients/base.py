@@ -20,6 +20,7 @@ from fedsim.client_env import ClientEnv
 from fedsim.evaluation import evaluate
 from fedsim.hooks import local_training
 from fedsim.models import auxiliary_loss
+from fedsim.protocols.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES
 from fedsim.records import load_record, model_to_record
 from fedsim.seeding import seed_torch, torch_generator
 
@@ -108,16 +109,16 @@ class Client:
 
     # -- the update -------------------------------------------------------------------------
     def train(self, content: RecordDict, server_round: int) -> RecordDict:
-        config: ConfigRecord = content["config"]
+        config: ConfigRecord = content[CONFIG]
         model = self.env.model
-        load_record(model, content["arrays"])
+        load_record(model, content[ARRAYS])
         stats = self.fit(model, config, server_round)
-        return RecordDict({"arrays": model_to_record(model), "metrics": self.metrics(stats)})
+        return RecordDict({"arrays": model_to_record(model), METRICS: self.metrics(stats)})
 
     def evaluate(self, content: RecordDict, server_round: int) -> RecordDict:
         """Accuracy and loss on this client's own test set of the model it would use: the received
         global model here, the personal model in decentralized strategies."""
-        load_record(self.env.model, content["arrays"])
+        load_record(self.env.model, content[ARRAYS])
         return self.test_metrics(self.env.model)
 
     def test_metrics(self, model: nn.Module) -> RecordDict:
@@ -126,7 +127,7 @@ class Client:
         env = self.env
         classes = [int(c) for c in torch.unique(env.data.y)] if len(env.data) else None
         result = evaluate(model, env.test, int(env.cfg.eval_batch_size), env.device, classes=classes)
-        metrics = MetricRecord({"accuracy": result["accuracy"], "loss": result["loss"], "num-examples": len(env.test)})
+        metrics = MetricRecord({"accuracy": result["accuracy"], "loss": result["loss"], NUM_EXAMPLES: len(env.test)})
         if "subset_accuracy" in result:
             metrics["subset-accuracy"] = result["subset_accuracy"]
         return RecordDict({"metrics": metrics})

@@ -50,7 +50,8 @@ from clients.base import Client
 from fedsim.client_env import ClientEnv, augmented
 from fedsim.data.augment import shift_flip
 from fedsim.models.generator import kl_divergence
-from fedsim.protocols.fedfed import DISTILL, RECEIVE, SHARE, DistillationPair, shared_copy_keys
+from fedsim.protocols.fedfed import DISTILL, RECEIVE, SHARE, SHARED_FEATURES, DistillationPair, shared_copy_keys
+from fedsim.protocols.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, SERVER_ROUND
 from fedsim.records import load_record, model_to_record
 from fedsim.seeding import rng, seed_torch, torch_generator
 
@@ -119,14 +120,14 @@ class FedFedMixin:
     env: ClientEnv
 
     def train(self, content: RecordDict, server_round: int) -> RecordDict:
-        phase = content["config"]["fedfed-phase"]
+        phase = content[CONFIG]["fedfed-phase"]
         if phase == DISTILL:
             return self.distill(content, server_round)
         if phase == SHARE:
             return self.share(content)
         if phase == RECEIVE:
             return self.receive(content)
-        digest = str(content["config"]["fedfed-pool"])
+        digest = str(content[CONFIG]["fedfed-pool"])
         self.pool = self.env.state.shared_payload(digest)
         if self.pool is None:
             raise RuntimeError(
@@ -136,7 +137,7 @@ class FedFedMixin:
 
     def batches(self, config: ConfigRecord, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         env, data = self.env, self.env.data.dataset
-        server_round = int(config["server-round"])
+        server_round = int(config[SERVER_ROUND])
         pool_y = self.pool["y"].numpy()
         n, size = len(env.data), int(config["batch-size"])
         draws = rng(env.cfg.seed, "fedfed-draw", server_round, env.client_id)  # once per round, as official
@@ -158,8 +159,8 @@ class FedFedMixin:
 
     def distill(self, content: RecordDict, server_round: int) -> RecordDict:
         s, env = self.env.cfg.strategy, self.env
-        config: ConfigRecord = content["config"]
-        pair = distillation_pair(self.env, content["arrays"])
+        config: ConfigRecord = content[CONFIG]
+        pair = distillation_pair(self.env, content[ARRAYS])
         seed_torch(env.cfg.seed, "fedfed-distill", server_round, env.client_id)
         generator = torch_generator(env.cfg.seed, "fedfed-distill-shuffle", server_round, env.client_id)
         optimizer = torch.optim.AdamW(
@@ -192,9 +193,9 @@ class FedFedMixin:
                     totals[key] += value.item()
                 steps += 1
         metrics = {f"distill-{k}" if k != "loss" else "train-loss": v / max(steps, 1) for k, v in totals.items()}
-        metrics["num-examples"] = len(env.data)
+        metrics[NUM_EXAMPLES] = len(env.data)
         metrics["label-skewed"] = int(skewed)
-        return RecordDict({"arrays": model_to_record(pair), "metrics": MetricRecord(metrics)})
+        return RecordDict({"arrays": model_to_record(pair), METRICS: MetricRecord(metrics)})
 
     def augmented(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Local images ``idx`` in [0, 1] with random crop and flip."""
@@ -260,7 +261,7 @@ class FedFedMixin:
         """One noised copy of the performance-sensitive part of every local sample per noise level,
         float16, with labels."""
         env, sigmas = self.env, [float(v) for v in self.env.cfg.strategy.share_noise_std]
-        pair = distillation_pair(self.env, content["arrays"]).eval()
+        pair = distillation_pair(self.env, content[ARRAYS]).eval()
         noise_rng = torch_generator(env.cfg.seed, "fedfed-share-noise", env.client_id)
         copies: dict[str, list[torch.Tensor]] = {key: [] for key in shared_copy_keys(len(sigmas))}
         for idx in env.data.index_batches(1000):
@@ -272,15 +273,15 @@ class FedFedMixin:
         shared = {k: torch.cat(v).half() if v else empty for k, v in copies.items()}
         return RecordDict(
             {
-                "shared": ArrayRecord({**shared, "y": env.data.y.clone()}),
-                "metrics": MetricRecord({"num-examples": len(env.data)}),
+                SHARED_FEATURES: ArrayRecord({**shared, "y": env.data.y.clone()}),
+                METRICS: MetricRecord({"num-examples": len(env.data)}),
             }
         )
 
     def receive(self, content: RecordDict) -> RecordDict:
         """Keep the global shared set for the rest of the run."""
-        pool = content["shared"]
-        digest = str(content["config"]["fedfed-pool"])
+        pool = content[SHARED_FEATURES]
+        digest = str(content[CONFIG]["fedfed-pool"])
         self.env.state.keep_shared(digest, {k: torch.from_numpy(pool[k].numpy()) for k in pool.keys()})
         return RecordDict(
             {"metrics": MetricRecord({"num-examples": len(self.env.data), "pool-samples": int(pool["y"].shape[0])})}

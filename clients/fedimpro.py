@@ -30,6 +30,8 @@ from torch.nn import functional as F
 
 from clients.base import Client
 from fedsim.models import split_model
+from fedsim.protocols.fedimpro import FEATURE_STATS
+from fedsim.protocols.messages import CONFIG
 from fedsim.seeding import torch_generator
 
 
@@ -65,8 +67,8 @@ class RunningClassStats:
 class FedImproClient(Client):
     def train(self, content: RecordDict, server_round: int) -> RecordDict:
         s = self.env.cfg.strategy
-        stats: ArrayRecord = content["feature-stats"]
-        self.weight = float(content["config"]["fedimpro-lambda"])
+        stats: ArrayRecord = content[FEATURE_STATS]
+        self.weight = float(content[CONFIG]["fedimpro-lambda"])
         self.low, self.high = split_model(self.env.model, s.split_at)
         std_max = None if s.feature_std_max is None else float(s.feature_std_max)
         self.estimate = RunningClassStats(
@@ -77,7 +79,7 @@ class FedImproClient(Client):
         )
         self.draws = torch_generator(self.env.cfg.seed, "fedimpro-draw", server_round, self.env.client_id)
         reply = super().train(content, server_round)
-        reply["feature-stats"] = self.shared_stats(server_round)
+        reply[FEATURE_STATS] = self.shared_stats(server_round)
         return reply
 
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,8 @@ from clients.base import Client, make_optimizer
 from fedsim.errors import ConfigError
 from fedsim.evaluation import evaluate
 from fedsim.models import model_from_config, split_model
-from fedsim.protocols.fedsa import AMALGAMATE, SELECT, TEACHER
+from fedsim.protocols.fedsa import AMALGAMATE, PROBE, SELECT, TEACHER
+from fedsim.protocols.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES
 from fedsim.records import load_record, model_to_record
 from fedsim.seeding import seed_torch, torch_generator
 
@@ -130,9 +131,9 @@ class FedSAParty(Client):
         return teacher.eval().requires_grad_(False)
 
     def train(self, content: RecordDict, server_round: int) -> RecordDict:
-        phase = str(content["config"]["fedsa-phase"])
+        phase = str(content[CONFIG]["fedsa-phase"])
         if phase == TEACHER:
-            return self.prepare_teacher(content["config"])
+            return self.prepare_teacher(content[CONFIG])
         if phase == SELECT:
             return self.score(content)
         if phase == AMALGAMATE:
@@ -169,27 +170,27 @@ class FedSAParty(Client):
             torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
             os.replace(tmp, self.teacher_file)
         result = evaluate(self.teacher, env.test, int(env.cfg.eval_batch_size), env.device)
-        metrics = {"teacher-accuracy": result["accuracy"], "num-examples": len(env.data)}
+        metrics = {"teacher-accuracy": result["accuracy"], NUM_EXAMPLES: len(env.data)}
         return RecordDict({"metrics": MetricRecord(metrics)})
 
     # -- selection ----------------------------------------------------------------------------
     def score(self, content: RecordDict) -> RecordDict:
         """Mean saliency similarity of teacher and student on each task's probe images."""
         student = self.env.model
-        load_record(student, content["arrays"])
-        x = torch.from_numpy(content["probe"]["x"].numpy()).to(self.env.device)
-        task = torch.from_numpy(content["probe"]["task"].numpy()).to(self.env.device)
+        load_record(student, content[ARRAYS])
+        x = torch.from_numpy(content[PROBE]["x"].numpy()).to(self.env.device)
+        task = torch.from_numpy(content[PROBE]["task"].numpy()).to(self.env.device)
         layer = str(self.env.cfg.strategy.saliency_layer)
         similarity = saliency_similarity(gradcam(student, x, layer), gradcam(self.teacher, x, layer))
         metrics = {f"similarity-{int(t)}": float(similarity[task == t].mean()) for t in task.unique()}
-        metrics["num-examples"] = len(self.env.data)
+        metrics[NUM_EXAMPLES] = len(self.env.data)
         return RecordDict({"metrics": MetricRecord(metrics)})
 
     # -- amalgamation -------------------------------------------------------------------------
     def amalgamate(self, content: RecordDict, server_round: int) -> RecordDict:
-        config, env = content["config"], self.env
+        config, env = content[CONFIG], self.env
         student = env.model
-        load_record(student, content["arrays"])
+        load_record(student, content[ARRAYS])
         shape = env.data.dataset.input_shape
         self.student_low, _ = conv_split(student, shape)
         self.teacher_low, _ = conv_split(self.teacher, shape)
@@ -200,7 +201,7 @@ class FedSAParty(Client):
             self.translator.load_state_dict(saved)
         stats = self.fit(student, config, server_round)
         env.state.save(server_round, self.translator.state_dict(), int(config["last-checkpoint"]))
-        return RecordDict({"arrays": model_to_record(student), "metrics": self.metrics(stats)})
+        return RecordDict({"arrays": model_to_record(student), METRICS: self.metrics(stats)})
 
     def optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
         """Student and translator train together."""

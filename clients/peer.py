@@ -20,6 +20,7 @@ from torch import nn
 
 from clients.base import Client
 from fedsim.decentralized import peer_records
+from fedsim.protocols.messages import ARRAYS, CONFIG
 from fedsim.records import model_to_record
 
 log = logging.getLogger("fedsim")
@@ -61,7 +62,7 @@ class PeerClient(Client):
         saved = self.env.state.load(before_round=server_round)
         if saved is not None:
             return saved
-        if "arrays" not in content.array_records:
+        if ARRAYS not in content.array_records:
             raise ValueError(
                 f"client {self.env.client_id} has no saved model and the message carries no initial 'arrays'"
             )
@@ -89,7 +90,7 @@ class PeerClient(Client):
         return model_to_record(model)
 
     def train(self, content: RecordDict, server_round: int) -> RecordDict:
-        config: ConfigRecord = content["config"]
+        config: ConfigRecord = content[CONFIG]
         state = self.own_state(content, server_round)
         model = self.env.model
         model.load_state_dict(self.combine(state, peer_records(content), content))

@@ -19,14 +19,15 @@ from torch import nn
 
 from clients.base import Client
 from fedsim.numerics import accumulation_norm, optimizer_momentum
+from fedsim.protocols.messages import ARRAYS, CONFIG, METRICS
 from fedsim.records import load_record, model_to_record
 
 
 class ScaffoldClient(Client):
     def train(self, content: RecordDict, server_round: int) -> RecordDict:
-        config: ConfigRecord = content["config"]
+        config: ConfigRecord = content[CONFIG]
         model = self.env.model
-        load_record(model, content["arrays"])
+        load_record(model, content[ARRAYS])
         names = [n for n, _ in model.named_parameters()]
         server_c = content["control"].to_torch_state_dict()
         saved = self.env.state.load(before_round=server_round)
@@ -45,9 +46,9 @@ class ScaffoldClient(Client):
         self.env.state.save(server_round, new_c, last_checkpoint=int(config["last-checkpoint"]))
         return RecordDict(
             {
-                "arrays": model_to_record(model),
+                ARRAYS: model_to_record(model),
                 "control-delta": ArrayRecord(delta_c),
-                "metrics": self.metrics(stats),
+                METRICS: self.metrics(stats),
             }
         )
 

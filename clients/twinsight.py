@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from clients.base import make_optimizer
 from clients.fixmatch import FixMatchClient
 from fedsim.models import embedding
-from fedsim.protocols.twinsight import unsupervised_model
+from fedsim.protocols.twinsight import UNSUPERVISED, unsupervised_model
 from fedsim.records import load_record, model_to_record
 
 
@@ -54,10 +54,10 @@ class TwinSightClient(FixMatchClient):
     def train(self, content: RecordDict, server_round: int) -> RecordDict:
         data = self.env.data.dataset
         self.unsup = unsupervised_model(self.env.cfg, data.input_shape, data.num_classes).to(self.env.device)
-        load_record(self.unsup, content["unsupervised"])
+        load_record(self.unsup, content[UNSUPERVISED])
         self.unsup.train()
         reply = super().train(content, server_round)
-        reply["unsupervised"] = model_to_record(self.unsup)
+        reply[UNSUPERVISED] = model_to_record(self.unsup)
         return reply
 
     def optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:

@@ -29,6 +29,7 @@ from fedsim.data.local_folder import dataset_format, load_device_data
 from fedsim.data.partition import label_histograms
 from fedsim.hooks import Mod
 from fedsim.models import model_from_config
+from fedsim.protocols.messages import CONFIG, NUM_EXAMPLES, SERVER_ROUND
 from fedsim.seeding import rng
 
 
@@ -175,18 +176,18 @@ def make_client_app(cfg: dict[str, Any], plugins: ClientPlugins) -> ClientApp:
     @app.query()
     def query(msg: Message, context: Context) -> Message:
         cid = client_id_of(context)
-        info = MetricRecord({"client-id": cid, "num-examples": runtime.client(cid).num_train_examples()})
+        info = MetricRecord({"client-id": cid, NUM_EXAMPLES: runtime.client(cid).num_train_examples()})
         return Message(RecordDict({"info": info}), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        server_round = int(msg.content["config"]["server-round"])
+        server_round = int(msg.content[CONFIG][SERVER_ROUND])
         content = runtime.client(client_id_of(context)).train(msg.content, server_round)
         return Message(content, reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        server_round = int(msg.content["config"]["server-round"])
+        server_round = int(msg.content[CONFIG][SERVER_ROUND])
         content = runtime.client(client_id_of(context)).evaluate(msg.content, server_round)
         return Message(content, reply_to=msg)
 

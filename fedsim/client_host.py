@@ -11,6 +11,7 @@ from __future__ import annotations
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsim.protocols.messages import ARRAYS
 from fedsim.reduction import PartialSum, ReplyReducer
 
 
@@ -47,7 +48,7 @@ class ClientHost:
 
     def reduce(self, messages: list[Message], param_keys: list[str], held: dict[int, int]) -> PartialSum:
         """Deliver train ``messages`` (all carrying the same global 'arrays') and sum the replies."""
-        reducer = ReplyReducer(messages[0].content["arrays"], param_keys, held)
+        reducer = ReplyReducer(messages[0].content[ARRAYS], param_keys, held)
         for msg in messages:
             reducer.add(client_of_node(msg.metadata.dst_node_id), self.deliver(msg))
         return reducer.sum

@@ -30,6 +30,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from fedsim.params import spec
+from fedsim.protocols.messages import ARRAYS, PEER_RECORD, SERVER_ROUND
 from fedsim.records import from_numpy, record_bytes, to_numpy
 from fedsim.seeding import rng
 from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
@@ -73,7 +74,7 @@ def link_metrics(links: list[tuple[int, int, int]]) -> dict[str, Any]:
 class PeerToPeerStrategy(FedsimStrategy):
     """Relays peers' models per client; no aggregation, no global model."""
 
-    model_record = "shared"
+    model_record = PEER_RECORD
 
     def __init__(self, cfg: Any, param_keys: list[str]) -> None:
         super().__init__(cfg, param_keys)
@@ -114,8 +115,8 @@ class PeerToPeerStrategy(FedsimStrategy):
     def train_content(self, client_id: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
         content = RecordDict({"config": config})
         if client_id not in self.shared:  # first time active: the common initial model
-            content["arrays"] = arrays
-        for peer in self.neighbours(client_id, int(config["server-round"])):
+            content[ARRAYS] = arrays
+        for peer in self.neighbours(client_id, int(config[SERVER_ROUND])):
             content[f"{PEER_PREFIX}{peer}"] = self.shared[peer]
             self.links.append((peer, client_id, record_bytes(self.shared[peer])))
         return content
@@ -136,7 +137,7 @@ class PeerToPeerStrategy(FedsimStrategy):
         def content(client_id: int) -> RecordDict:
             own = RecordDict({"config": ConfigRecord({"server-round": server_round})})
             if client_id not in self.shared and self.initial is not None:
-                own["arrays"] = self.initial
+                own[ARRAYS] = self.initial
             return own
 
         return self.evaluate_on_clients(server_round, grid, content)

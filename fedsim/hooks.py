@@ -19,6 +19,8 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
+from fedsim.protocols.messages import CONFIG, SERVER_ROUND
+
 Mod = Callable[[Message, Context, ClientAppCallable], Message]
 
 
@@ -32,4 +34,4 @@ def local_training(
 
 
 def server_round_of(msg: Message) -> int:
-    return int(msg.content["config"].get("server-round", 0)) if "config" in msg.content.config_records else 0
+    return int(msg.content[CONFIG].get(SERVER_ROUND, 0)) if CONFIG in msg.content.config_records else 0

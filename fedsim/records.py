@@ -22,6 +22,8 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import nn
 
+from fedsim.protocols.messages import METRICS, NUM_EXAMPLES
+
 _decoded: dict[int, torch.Tensor] = {}  # id(Array) -> its parsed values, dropped with the Array
 
 
@@ -186,12 +188,12 @@ def train_reply_problem(
     ``model_record`` and 'metrics' present, a positive 'num-examples', finite metrics and arrays
     (but the model's arrays named in ``checked_elsewhere``, whose finiteness the caller tests), and
     no ``model_problem`` (keys, shapes against the global model)."""
-    if model_record not in content.array_records or "metrics" not in content.metric_records:
+    if model_record not in content.array_records or METRICS not in content.metric_records:
         return f"malformed reply: needs an '{model_record}' ArrayRecord and a 'metrics' MetricRecord"
-    examples = content["metrics"].get("num-examples", 0)
+    examples = content[METRICS].get(NUM_EXAMPLES, 0)
     if not isinstance(examples, (int, float)) or not math.isfinite(examples) or examples <= 0:
         return "malformed reply: 'num-examples' missing or not a positive number"
-    bad_metric = non_finite_metric(content["metrics"])
+    bad_metric = non_finite_metric(content[METRICS])
     if bad_metric:
         return f"returned a non-finite metric '{bad_metric}'"
     mismatch = model_problem(content[model_record])

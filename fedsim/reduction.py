@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, Message, RecordDict
 
+from fedsim.protocols.messages import ARRAYS, METRICS, NUM_EXAMPLES
 from fedsim.records import payload_bytes, shape_mismatch, tensor_of, train_reply_problem
 
 
@@ -64,7 +65,7 @@ class PartialSum:
 def add_metrics(total: dict[str, Any], metrics: Any, weight: float) -> None:
     """``total[k] += weight * metrics[k]`` for numeric metrics (lists element-wise)."""
     for key, value in metrics.items():
-        if key == "num-examples":
+        if key == NUM_EXAMPLES:
             continue
         if isinstance(value, list):
             scaled = [weight * float(v) for v in value]
@@ -81,7 +82,7 @@ class ReplyReducer:
     :meth:`fedsim.strategy.FedsimStrategy.trust_examples` does).
     """
 
-    model_record = "arrays"
+    model_record = ARRAYS
     # Replies summed in float32 before each addition to the float64 total: a float32 add costs an
     # eighth of a mixed one, and 32 terms lose at most ~2e-6 of the block's sum (the global model is
     # float32: its own rounding is 6e-8).
@@ -141,9 +142,9 @@ class ReplyReducer:
         return problem or f"returned an update whose norm overflows float32 in '{self.model_record}'", []
 
     def _sum_reply(self, client_id: int, content: RecordDict, distances: list[float]) -> None:
-        part, arrays, metrics = self._sum, content[self.model_record], content["metrics"]
+        part, arrays, metrics = self._sum, content[self.model_record], content[METRICS]
         part.bytes_up += payload_bytes(content)
-        weight = float(min(metrics["num-examples"], self.held.get(client_id, metrics["num-examples"])))
+        weight = float(min(metrics[NUM_EXAMPLES], self.held.get(client_id, metrics[NUM_EXAMPLES])))
         for key in arrays.keys():
             values = tensor_of(arrays[key])
             if key not in self._block:

@@ -23,6 +23,7 @@ from fedsim.checkpoint import Checkpoint, save_checkpoint
 from fedsim.client_state import discard_after
 from fedsim.errors import FedsimError, RoundFailedError
 from fedsim.progress import round_line, show
+from fedsim.protocols.messages import ARRAYS, CLIENT_ID, INFO, NUM_EXAMPLES
 from fedsim.records import payload_bytes
 from fedsim.reduction import client_error
 from fedsim.results import RunDirectory
@@ -42,18 +43,18 @@ def handshake(grid: Grid, nodes: list[int], timeout: float) -> list[tuple[int, i
         if reply.has_error():
             log.warning("node %d did not answer the handshake: %s", reply.metadata.src_node_id, reply.error.reason)
             continue
-        info = reply.content["info"]
-        answers.append((reply.metadata.src_node_id, int(info["client-id"]), int(info["num-examples"])))
+        info = reply.content[INFO]
+        answers.append((reply.metadata.src_node_id, int(info[CLIENT_ID]), int(info[NUM_EXAMPLES])))
     return answers
 
 
 def shares_global_arrays(messages: list[Message]) -> bool:
     """Whether every message carries the same 'arrays' record (the global model), and nothing else
     per client: what :meth:`SimulatedGrid.send_and_reduce` sums against."""
-    if not messages or list(messages[0].content.array_records) != ["arrays"]:
+    if not messages or list(messages[0].content.array_records) != [ARRAYS]:
         return False
-    first, names = messages[0].content["arrays"], set(messages[0].content.keys())
-    return all(m.content.get("arrays") is first and m.content.keys() == names for m in messages)
+    first, names = messages[0].content[ARRAYS], set(messages[0].content.keys())
+    return all(m.content.get(ARRAYS) is first and m.content.keys() == names for m in messages)
 
 
 def discover_clients(grid: Grid, expected: int, timeout: float) -> tuple[dict[int, int], dict[int, int]]:

@@ -30,6 +30,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedsim.errors import RoundFailedError
 from fedsim.params import spec
+from fedsim.protocols.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, SERVER_ROUND
 from fedsim.records import cast_like, shape_mismatch, tensor_of, tensor_record, train_reply_problem, weighted_average
 from fedsim.reduction import PartialSum, client_error
 from fedsim.results import RunDirectory
@@ -58,7 +59,7 @@ class ClientReply:
 
     @property
     def num_examples(self) -> int:
-        return int(self.content["metrics"]["num-examples"])
+        return int(self.content[METRICS][NUM_EXAMPLES])
 
 
 def update_dissimilarity(global_arrays: ArrayRecord, replies: list[ClientReply], keys: list[str]) -> dict[str, float]:
@@ -67,14 +68,14 @@ def update_dissimilarity(global_arrays: ArrayRecord, replies: list[ClientReply],
     With d_i = y_i - x over the trainable parameters and p_i the sample weights:
     ``update-variance`` = sum_i p_i ||d_i - d||^2 and ``update-dissimilarity`` = that / ||d||^2, d = sum_i p_i d_i.
     """
-    if "arrays" not in replies[0].content.array_records or not keys:
+    if ARRAYS not in replies[0].content.array_records or not keys:
         return {}
     # One pass, no per-client copies (thousands of replies): sum_i p_i ||d_i - d||^2 = sum_i p_i ||d_i||^2 - ||d||^2.
     total = float(sum(r.num_examples for r in replies))
     x = torch.cat([tensor_of(global_arrays[k]).double().ravel() for k in keys])
     mean, second = torch.zeros_like(x), 0.0
     for r in replies:
-        d = torch.cat([tensor_of(r.content["arrays"][k]).ravel() for k in keys]) - x
+        d = torch.cat([tensor_of(r.content[ARRAYS][k]).ravel() for k in keys]) - x
         mean.add_(d, alpha=r.num_examples / total)
         second += (r.num_examples / total) * float(d @ d)
     return dissimilarity_metrics(second, float(mean @ mean))
@@ -141,7 +142,7 @@ class FedsimStrategy(FlowerFedAvg):
         if self.cfg.evaluation == "personal":
             config = ConfigRecord({"server-round": server_round})
             return self.evaluate_on_clients(
-                server_round, grid, lambda _: RecordDict({"config": config, "arrays": arrays})
+                server_round, grid, lambda _: RecordDict({"config": config, ARRAYS: arrays})
             )
         return evaluate(arrays)
 
@@ -163,10 +164,10 @@ class FedsimStrategy(FlowerFedAvg):
         subset: list[float] = []
         for reply in grid.send_and_receive(messages, timeout=self.cfg.round_timeout):
             cid = self.client_of(reply.metadata.src_node_id)
-            if reply.has_error() or "metrics" not in reply.content.metric_records:
+            if reply.has_error() or METRICS not in reply.content.metric_records:
                 log.warning("round %d: client %d did not evaluate its model", server_round, cid)
                 continue
-            m = reply.content["metrics"]
+            m = reply.content[METRICS]
             if (
                 not all(isinstance(m.get(k), (int, float)) and math.isfinite(m[k]) for k in ("accuracy", "loss"))
                 or not 0.0 <= float(m["accuracy"]) <= 1.0
@@ -175,7 +176,7 @@ class FedsimStrategy(FlowerFedAvg):
                     "round %d: client %d reported an invalid evaluation (accuracy, loss): left out", server_round, cid
                 )
                 continue
-            if int(m.get("num-examples", 0)) > 0:
+            if int(m.get(NUM_EXAMPLES, 0)) > 0:
                 accuracy[str(cid)] = float(m["accuracy"])
                 losses.append(float(m["loss"]))
                 if isinstance(m.get("subset-accuracy"), float) and 0.0 <= m["subset-accuracy"] <= 1.0:
@@ -203,7 +204,7 @@ class FedsimStrategy(FlowerFedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.global_arrays = arrays
-        config["server-round"] = server_round
+        config[SERVER_ROUND] = server_round
         return [
             Message(
                 self.train_content(cid, arrays, config),
@@ -216,7 +217,7 @@ class FedsimStrategy(FlowerFedAvg):
 
     def train_content(self, client_id: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
         """What one sampled client receives this round."""
-        return RecordDict({"arrays": arrays, "config": config})
+        return RecordDict({"arrays": arrays, CONFIG: config})
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -269,7 +270,7 @@ class FedsimStrategy(FlowerFedAvg):
                 for k, v in part.metrics.items()
             }
         )
-        metrics["num-examples"] = int(part.examples)
+        metrics[NUM_EXAMPLES] = int(part.examples)
         keys = [k for k in self.param_keys if k in mean]
         if keys:
             drift = sum(float((mean[k] - tensor_of(self.global_arrays[k])).pow(2).sum()) for k in keys)
@@ -279,14 +280,12 @@ class FedsimStrategy(FlowerFedAvg):
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
         """FedAvg: mean of the returned weights, weighted by local sample counts."""
         weights = [r.num_examples for r in replies]
-        arrays = weighted_average([r.content["arrays"] for r in replies], weights)
+        arrays = weighted_average([r.content[ARRAYS] for r in replies], weights)
         return arrays, self.aggregate_metrics(replies)
 
     def aggregate_metrics(self, replies: list[ClientReply]) -> MetricRecord:
-        metrics = aggregate_metricrecords(
-            [RecordDict({"metrics": r.content["metrics"]}) for r in replies], "num-examples"
-        )
-        metrics["num-examples"] = sum(r.num_examples for r in replies)
+        metrics = aggregate_metricrecords([RecordDict({"metrics": r.content[METRICS]}) for r in replies], NUM_EXAMPLES)
+        metrics[NUM_EXAMPLES] = sum(r.num_examples for r in replies)
         return metrics
 
     # -- reply checks -----------------------------------------------------------------------------
@@ -314,9 +313,9 @@ class FedsimStrategy(FlowerFedAvg):
         """A reply weighs at most what the server knows the client holds (its partition size in
         simulation, the size it declared at the handshake in deployment): a larger claim is cut to
         that, with a warning naming the client."""
-        if "metrics" not in content.metric_records or client_id not in self.num_examples:
+        if METRICS not in content.metric_records or client_id not in self.num_examples:
             return
-        claimed, known = content["metrics"].get("num-examples"), self.num_examples[client_id]
+        claimed, known = content[METRICS].get(NUM_EXAMPLES), self.num_examples[client_id]
         if isinstance(claimed, (int, float)) and claimed > known:
             log.warning(
                 "round %d: client %d claims %s examples, more than the %d it holds: weighted as %d",
@@ -326,10 +325,10 @@ class FedsimStrategy(FlowerFedAvg):
                 known,
                 known,
             )
-            content["metrics"]["num-examples"] = known
+            content[METRICS][NUM_EXAMPLES] = known
 
     # The reply's ArrayRecord that holds the client's model.
-    model_record = "arrays"
+    model_record = ARRAYS
 
     def reply_problem(self, msg: Message) -> str | None:
         """Why a reply (one without an error) cannot be aggregated, or None. Subclasses add their

@@ -39,7 +39,8 @@ from fedsim.data import dataset_from_config
 from fedsim.errors import ConfigError, FedsimError
 from fedsim.params import spec
 from fedsim.progress import show
-from fedsim.protocols.fedfed import DISTILL, RECEIVE, SHARE, TRAIN, DistillationPair, shared_copy_keys
+from fedsim.protocols.fedfed import DISTILL, RECEIVE, SHARE, SHARED_FEATURES, TRAIN, DistillationPair, shared_copy_keys
+from fedsim.protocols.messages import ARRAYS, CONFIG, SERVER_ROUND
 from fedsim.records import model_to_record, non_finite, payload_bytes, weighted_average
 from fedsim.results import RunDirectory
 from fedsim.seeding import rng, seed_torch
@@ -87,7 +88,7 @@ class FedFedMixin:
     ) -> tuple[list[Message], list[Message]]:
         messages = [
             Message(
-                RecordDict({"arrays": arrays, "config": config}),
+                RecordDict({"arrays": arrays, CONFIG: config}),
                 dst_node_id=self.node_of[cid],
                 message_type=MessageType.TRAIN,
             )
@@ -113,7 +114,7 @@ class FedFedMixin:
             config = ConfigRecord(
                 {
                     "fedfed-phase": DISTILL,
-                    "server-round": r,
+                    SERVER_ROUND: r,
                     "lr": float(s.distill_lr),
                     "local-epochs": int(s.distill_epochs),
                     "batch-size": int(self.cfg.batch_size),
@@ -122,7 +123,7 @@ class FedFedMixin:
             messages, replies = self._send(grid, self.distill_clients(r), arrays, config)
             accepted = self.accept_replies(r, replies, check=lambda m: FedsimStrategy.reply_problem(self, m))
             self._require(f"distillation round {r}", accepted)
-            arrays = weighted_average([a.content["arrays"] for a in accepted], [a.num_examples for a in accepted])
+            arrays = weighted_average([a.content[ARRAYS] for a in accepted], [a.num_examples for a in accepted])
             metrics = self.aggregate_metrics(accepted)
             record = {
                 "phase": DISTILL,
@@ -153,9 +154,9 @@ class FedFedMixin:
         )
 
     def _share_problem(self, msg: Message) -> str | None:
-        if "shared" not in msg.content.array_records:
+        if SHARED_FEATURES not in msg.content.array_records:
             return "malformed reply: FedFed sharing needs a 'shared' ArrayRecord"
-        shared = msg.content["shared"]
+        shared = msg.content[SHARED_FEATURES]
         shape = tuple(self._dataset().input_shape)
         copies = self.copy_keys()
         if set(shared.keys()) != {*copies, "y"} or any(tuple(shared[k].shape[1:]) != shape for k in copies):
@@ -172,16 +173,17 @@ class FedFedMixin:
 
     def collect_shared(self, grid: Grid, arrays: ArrayRecord, log_file) -> None:
         t0 = time.time()
-        config = ConfigRecord({"fedfed-phase": SHARE, "server-round": 0})
+        config = ConfigRecord({"fedfed-phase": SHARE, SERVER_ROUND: 0})
         messages, replies = self._send(grid, sorted(self.node_of), arrays, config)
         accepted = self.accept_replies(0, replies, check=self._share_problem)
         self._require("sharing", accepted)
         self.pool = {
-            k: np.concatenate([a.content["shared"][k].numpy() for a in accepted]) for k in (*self.copy_keys(), "y")
+            k: np.concatenate([a.content[SHARED_FEATURES][k].numpy() for a in accepted])
+            for k in (*self.copy_keys(), "y")
         }
         self.pool["y"] = self.pool["y"].astype(np.int64)
         self.pool_digest = pool_digest(self.pool)
-        upload = {a.client_id: payload_bytes(RecordDict({"shared": a.content["shared"]})) for a in accepted}
+        upload = {a.client_id: payload_bytes(RecordDict({"shared": a.content[SHARED_FEATURES]})) for a in accepted}
         s = self.cfg.strategy
         record = {
             "phase": SHARE,
@@ -205,11 +207,11 @@ class FedFedMixin:
         """Send the global shared set to every client, once; each keeps it for the rest of the run."""
         assert self.pool is not None
         t0 = time.time()
-        config = ConfigRecord({"fedfed-phase": RECEIVE, "server-round": 0, "fedfed-pool": self.pool_digest})
+        config = ConfigRecord({"fedfed-phase": RECEIVE, SERVER_ROUND: 0, "fedfed-pool": self.pool_digest})
         shared = ArrayRecord({k: torch.from_numpy(v) for k, v in self.pool.items()})
         messages = [
             Message(
-                RecordDict({"shared": shared, "config": config}),
+                RecordDict({"shared": shared, CONFIG: config}),
                 dst_node_id=self.node_of[cid],
                 message_type=MessageType.TRAIN,
             )

@@ -32,6 +32,7 @@ from flwr.serverapp import Grid
 from fedsim.data import dataset_from_config
 from fedsim.models import model_from_config, split_model
 from fedsim.params import spec
+from fedsim.protocols.fedimpro import FEATURE_STATS
 from fedsim.records import from_numpy, non_finite
 from fedsim.seeding import torch_generator
 from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
@@ -75,16 +76,16 @@ class FedImpro(FedsimStrategy):
 
     def train_content(self, client_id: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
         content = super().train_content(client_id, arrays, config)
-        content["feature-stats"] = from_numpy(self.stats)
+        content[FEATURE_STATS] = from_numpy(self.stats)
         return content
 
     def reply_problem(self, msg: Message) -> str | None:
         problem = super().reply_problem(msg)
         if problem is not None:
             return problem
-        if "feature-stats" not in msg.content.array_records:
+        if FEATURE_STATS not in msg.content.array_records:
             return "malformed reply: FedImpro needs a 'feature-stats' ArrayRecord"
-        stats = msg.content["feature-stats"]
+        stats = msg.content[FEATURE_STATS]
         shape = self.stats["mean"].shape
         if set(stats.keys()) != set(STATS) or any(tuple(stats[k].shape) != shape for k in STATS):
             return f"malformed feature-stats: expected mean and std of shape {shape}"
@@ -97,7 +98,7 @@ class FedImpro(FedsimStrategy):
 
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
         arrays, metrics = super().aggregate(server_round, replies)
-        self.stats = average_feature_stats([r.content["feature-stats"] for r in replies])
+        self.stats = average_feature_stats([r.content[FEATURE_STATS] for r in replies])
         metrics["fedimpro-lambda"] = self.current_lambda
         metrics["feature-std-mean"] = float(self.stats["std"].mean())
         return arrays, metrics

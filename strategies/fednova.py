@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
+from fedsim.protocols.messages import ARRAYS, METRICS
 from fedsim.records import from_numpy, to_numpy, weighted_average
 from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
 
@@ -22,7 +23,7 @@ from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
 class FedNova(FedsimStrategy):
     def reply_problem(self, msg: Message) -> str | None:
         problem = super().reply_problem(msg)
-        tau = msg.content["metrics"].get("tau-eff", 0.0) if problem is None else 0.0
+        tau = msg.content[METRICS].get("tau-eff", 0.0) if problem is None else 0.0
         if problem is None and not (isinstance(tau, (int, float)) and 0.0 < tau < float("inf")):
             return "malformed reply: FedNova needs a positive, finite 'tau-eff' metric"
         return problem
@@ -32,7 +33,7 @@ class FedNova(FedsimStrategy):
         x = to_numpy(self.global_arrays)
         n = float(sum(r.num_examples for r in replies))
         p = [r.num_examples / n for r in replies]
-        a = [float(r.content["metrics"]["tau-eff"]) for r in replies]
+        a = [float(r.content[METRICS]["tau-eff"]) for r in replies]
         tau_eff = sum(pi * ai for pi, ai in zip(p, a))
         buffers = to_numpy(weighted_average([r.content["arrays"] for r in replies], p))
         new = {}
@@ -41,7 +42,7 @@ class FedNova(FedsimStrategy):
                 new[key] = buffers[key]
                 continue
             x64 = value.astype(np.float64)
-            direction = sum(pi * (x64 - r.content["arrays"][key].numpy()) / ai for pi, ai, r in zip(p, a, replies))
+            direction = sum(pi * (x64 - r.content[ARRAYS][key].numpy()) / ai for pi, ai, r in zip(p, a, replies))
             new[key] = (x64 - tau_eff * direction).astype(value.dtype)
         return from_numpy(new), self.aggregate_metrics(replies)
 

@@ -52,7 +52,8 @@ from fedsim.errors import ConfigError, FedsimError
 from fedsim.models import model_from_config
 from fedsim.params import spec
 from fedsim.progress import show
-from fedsim.protocols.fedsa import AMALGAMATE, SELECT, TEACHER
+from fedsim.protocols.fedsa import AMALGAMATE, PROBE, SELECT, TEACHER
+from fedsim.protocols.messages import ARRAYS, CONFIG, METRICS, SERVER_ROUND
 from fedsim.records import load_record, model_to_record, payload_bytes, weighted_average
 from fedsim.results import RunDirectory
 from fedsim.seeding import rng, seed_torch, torch_generator
@@ -188,14 +189,14 @@ class FedSA(FedsimStrategy):
         config = ConfigRecord(
             {
                 "fedsa-phase": TEACHER,
-                "server-round": 0,
+                SERVER_ROUND: 0,
                 "lr": float(t.lr),
                 "local-epochs": int(t.epochs),
                 "batch-size": int(self.cfg.batch_size),
             }
         )
         replies = self.ask(grid, sorted(self.node_of), RecordDict({"config": config}))
-        teachers = {r.client_id: float(r.content["metrics"]["teacher-accuracy"]) for r in replies}
+        teachers = {r.client_id: float(r.content[METRICS]["teacher-accuracy"]) for r in replies}
         self.write_log({"event": "teachers", "teacher_accuracy_own_task": teachers})
         show(
             "[fedsa] teachers ready; accuracy on their own tasks: "
@@ -226,9 +227,9 @@ class FedSA(FedsimStrategy):
         return accepted
 
     def metrics_problem(self, msg: Message) -> str | None:
-        if "metrics" not in msg.content.metric_records:
+        if METRICS not in msg.content.metric_records:
             return "malformed reply: needs a 'metrics' MetricRecord"
-        metrics = msg.content["metrics"]
+        metrics = msg.content[METRICS]
         bad = [k for k, v in metrics.items() if isinstance(v, float) and not np.isfinite(v)]
         if bad:
             return f"returned non-finite metric '{bad[0]}'"
@@ -259,18 +260,18 @@ class FedSA(FedsimStrategy):
                 {"event": "selection", "round": server_round, "probabilities": uniform, "selected": self.selected}
             )
             return
-        config = ConfigRecord({"fedsa-phase": SELECT, "server-round": server_round})
+        config = ConfigRecord({"fedsa-phase": SELECT, SERVER_ROUND: server_round})
         replies = self.ask(
             grid,
             parties,
-            RecordDict({"arrays": arrays, "probe": self.student.probe_record(), "config": config}),
+            RecordDict({"arrays": arrays, PROBE: self.student.probe_record(), CONFIG: config}),
             server_round,
         )
         answered = [r.client_id for r in replies]
         gen = rng(self.cfg.seed, "fedsa-select", server_round)
         self.selected, self.probabilities, similarity = [], {}, {}
         for t in range(len(self.student.tasks)):
-            sim = np.array([float(r.content["metrics"][f"similarity-{t}"]) for r in replies])
+            sim = np.array([float(r.content[METRICS][f"similarity-{t}"]) for r in replies])
             p = selection_probabilities(sim)
             k = int(s.num_selected)
             chosen = (
@@ -300,9 +301,9 @@ class FedSA(FedsimStrategy):
         self.global_arrays = arrays
         if not self.selected:  # selection none: the student learns from its probe set only
             return []
-        config["server-round"] = server_round
+        config[SERVER_ROUND] = server_round
         config["fedsa-phase"] = AMALGAMATE
-        content = RecordDict({"arrays": arrays, "config": config})
+        content = RecordDict({"arrays": arrays, CONFIG: config})
         return [
             Message(content, dst_node_id=self.node_of[p], message_type=MessageType.TRAIN, group_id=str(server_round))
             for p in sorted(set(self.selected))
@@ -317,7 +318,7 @@ class FedSA(FedsimStrategy):
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
         """Mean of the returned students, each weighted by how often its party was drawn."""
         weights = [self.selected.count(r.client_id) for r in replies]
-        arrays = weighted_average([r.content["arrays"] for r in replies], weights)
+        arrays = weighted_average([r.content[ARRAYS] for r in replies], weights)
         metrics = self.aggregate_metrics(replies)
         metrics["selected-teachers"] = list(self.selected)
         for t, p in self.probabilities.items():

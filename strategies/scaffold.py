@@ -17,6 +17,8 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedsim.params import spec
+from fedsim.protocols.messages import CONFIG
+from fedsim.protocols.scaffold import CONTROL
 from fedsim.records import from_numpy, to_numpy, weighted_average
 from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
 
@@ -30,7 +32,7 @@ class Scaffold(FedsimStrategy):
         if self.control is None:
             weights = to_numpy(arrays)
             self.control = from_numpy({k: np.zeros_like(weights[k]) for k in self.param_keys})
-        return RecordDict({"arrays": arrays, "control": self.control, "config": config})
+        return RecordDict({"arrays": arrays, CONTROL: self.control, CONFIG: config})
 
     def reply_problem(self, msg: Message) -> str | None:
         return super().reply_problem(msg) or self.record_problem(msg, "control-delta", self.control)

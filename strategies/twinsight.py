@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from fedsim.data import dataset_from_config
 from fedsim.params import spec
-from fedsim.protocols.twinsight import unsupervised_model
+from fedsim.protocols.twinsight import UNSUPERVISED, unsupervised_model
 from fedsim.records import from_numpy, model_to_record, to_numpy, weighted_average
 from fedsim.seeding import seed_torch
 from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
@@ -32,16 +32,16 @@ class TwinSight(FedsimStrategy):
 
     def train_content(self, client_id: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
         content = super().train_content(client_id, arrays, config)
-        content["unsupervised"] = self.unsupervised
+        content[UNSUPERVISED] = self.unsupervised
         return content
 
     def reply_problem(self, msg: Message) -> str | None:
-        return super().reply_problem(msg) or self.record_problem(msg, "unsupervised", self.unsupervised)
+        return super().reply_problem(msg) or self.record_problem(msg, UNSUPERVISED, self.unsupervised)
 
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
         arrays, metrics = super().aggregate(server_round, replies)
         self.unsupervised = weighted_average(
-            [r.content["unsupervised"] for r in replies], [r.num_examples for r in replies]
+            [r.content[UNSUPERVISED] for r in replies], [r.num_examples for r in replies]
         )
         return arrays, metrics
 

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from fedsim import plugins
 from fedsim.progress import show
+from fedsim.protocols.messages import CONFIG
 
 server_app = ServerApp()
 
@@ -81,7 +82,7 @@ client_app = ClientApp()
 
 @client_app.query()
 def query(msg: Message, context: Context) -> Message:
-    if "config" in msg.content.config_records and msg.content["config"].get(RUN_ENDED):
+    if CONFIG in msg.content.config_records and msg.content[CONFIG].get(RUN_ENDED):
         (state_dir(dict(context.node_config)) / RUN_ENDED).write_text(str(context.run_id))  # `fedsim client` watches it
         return Message(RecordDict({"metrics": MetricRecord({"run-ended": 1})}), reply_to=msg)
     return _app_for(context)(msg, context)

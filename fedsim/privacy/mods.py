@@ -17,6 +17,7 @@ from fedsim.hooks import Mod, server_round_of
 from fedsim.privacy.attacks import attack_from_config
 from fedsim.privacy.attacks.base import ClientView
 from fedsim.privacy.report import round_folder, round_means, save_result
+from fedsim.protocols.messages import ARRAYS
 from fedsim.seeding import torch_generator
 
 log = logging.getLogger("fedsim")
@@ -29,9 +30,9 @@ def defence_mod(defence: Any, seed: int, client_id: Callable[[Context], int]) ->
         reply = call_next(msg, context)
         if msg.metadata.message_type != MessageType.TRAIN or reply.has_error():
             return reply
-        if "arrays" in msg.content.array_records and "arrays" in reply.content.array_records:
+        if ARRAYS in msg.content.array_records and ARRAYS in reply.content.array_records:
             generator = torch_generator(seed, "defence", server_round_of(msg), client_id(context))
-            reply.content["arrays"] = defence.transform(msg.content["arrays"], reply.content["arrays"], generator)
+            reply.content[ARRAYS] = defence.transform(msg.content[ARRAYS], reply.content[ARRAYS], generator)
         return reply
 
     return mod

@@ -27,3 +27,6 @@ class DistillationPair(nn.Module):
         latent = None if s.generator_latent is None else int(s.generator_latent)
         self.generator = FeatureGenerator(input_shape, int(s.generator_width), latent)
         self.classifier = model_from_config(cfg, input_shape, num_classes)
+
+
+SHARED_FEATURES = "shared"  # a client's noised copies of x_s (share), the server's pooled set (receive): ArrayRecord

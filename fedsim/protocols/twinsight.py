@@ -13,3 +13,6 @@ def unsupervised_model(cfg: Any, input_shape: tuple[int, int, int], num_classes:
     return ProjectionModel(
         model_from_config(cfg, input_shape, num_classes), input_shape, int(cfg.strategy.projection_dim)
     )
+
+
+UNSUPERVISED = "unsupervised"  # the unsupervised model's weights, beside the supervised model's ARRAYS

@@ -9,6 +9,7 @@ import torch
 from flwr.app import RecordDict
 
 from fedsim.privacy.metrics import image_scores, label_accuracy
+from fedsim.protocols.messages import ARRAYS
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def received_model(view: ClientView) -> torch.nn.Module:
     from fedsim.records import load_record
 
     model = attacker_copy(view.env.model)
-    load_record(model, view.sent["arrays"])
+    load_record(model, view.sent[ARRAYS])
     return model
 
 

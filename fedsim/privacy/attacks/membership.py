@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from fedsim.params import spec
 from fedsim.privacy.attacks.base import AttackResult, ClientView, received_model
 from fedsim.privacy.metrics import membership_scores
+from fedsim.protocols.messages import ARRAYS
 from fedsim.seeding import torch_generator
 
 
@@ -35,7 +36,7 @@ class MembershipInference:
     seed: int = 0
 
     def observe(self, view: ClientView) -> AttackResult | None:
-        if "arrays" not in view.sent.array_records:
+        if ARRAYS not in view.sent.array_records:
             return None
         env = view.env
         data = env.data

@@ -29,7 +29,8 @@ from clients.fedfed import distillation_pair
 from fedsim.params import spec
 from fedsim.privacy.attacks.base import AttackResult, ClientView
 from fedsim.privacy.metrics import psnr, ssim
-from fedsim.protocols.fedfed import shared_copy_keys
+from fedsim.protocols.fedfed import SHARED_FEATURES, shared_copy_keys
+from fedsim.protocols.messages import ARRAYS
 from fedsim.seeding import torch_generator
 
 
@@ -81,15 +82,15 @@ class SharedFeatureInversion:
     seed: int = 0
 
     def observe(self, view: ClientView) -> AttackResult | None:
-        if "shared" not in view.reply.array_records or "arrays" not in view.sent.array_records:
+        if SHARED_FEATURES not in view.reply.array_records or ARRAYS not in view.sent.array_records:
             return None
         env, s = view.env, view.env.cfg.strategy
         data = env.data.dataset
         generator = torch_generator(self.seed, "attack-fedfed", view.client_id)
-        pair = distillation_pair(env, view.sent["arrays"]).cpu().eval()
+        pair = distillation_pair(env, view.sent[ARRAYS]).cpu().eval()
         sigmas = [float(v) for v in s.share_noise_std]
         copies = [
-            torch.from_numpy(view.reply["shared"][k].numpy()).float()[: self.max_samples]
+            torch.from_numpy(view.reply[SHARED_FEATURES][k].numpy()).float()[: self.max_samples]
             for k in shared_copy_keys(len(sigmas))
         ]
         shared, sigma = combine_copies(copies, sigmas)

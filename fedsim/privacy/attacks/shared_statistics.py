@@ -16,6 +16,8 @@ from fedsim.models import split_model
 from fedsim.params import spec
 from fedsim.privacy.attacks.base import AttackResult, ClientView, ImageSpace, received_model, score_images
 from fedsim.privacy.attacks.gradient_inversion import total_variation
+from fedsim.protocols.fedimpro import FEATURE_STATS
+from fedsim.protocols.messages import ARRAYS
 from fedsim.seeding import torch_generator
 
 
@@ -29,10 +31,10 @@ class StatisticsInversion:
     seed: int = 0
 
     def observe(self, view: ClientView) -> AttackResult | None:
-        if "feature-stats" not in view.reply.array_records or "arrays" not in view.sent.array_records:
+        if FEATURE_STATS not in view.reply.array_records or ARRAYS not in view.sent.array_records:
             return None
         env = view.env
-        stats = view.reply["feature-stats"]
+        stats = view.reply[FEATURE_STATS]
         mean = torch.from_numpy(stats["mean"].numpy()).float()
         var = torch.from_numpy(stats["std"].numpy()).float().pow(2)
         count = torch.bincount(env.data.y, minlength=len(mean))  # the client's classes, to score against

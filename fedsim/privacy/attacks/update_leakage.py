@@ -18,6 +18,7 @@ from fedsim.privacy.attacks.gradient_inversion import GradientInversion
 from fedsim.privacy.attacks.labels import largest_remainder
 from fedsim.privacy.attacks.observation import Observation
 from fedsim.privacy.defences.update import float_update
+from fedsim.protocols.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES
 from fedsim.seeding import torch_generator
 
 
@@ -29,18 +30,18 @@ def label_sample(labels: torch.Tensor, n: int, num_classes: int) -> torch.Tensor
 
 def observed_update(view: ClientView) -> Observation | None:
     """The client's update as the server sees it; None when the reply carries no model like the one sent."""
-    if "arrays" not in view.sent.array_records or "arrays" not in view.reply.array_records:
+    if ARRAYS not in view.sent.array_records or ARRAYS not in view.reply.array_records:
         return None
-    sent, returned = view.sent["arrays"], view.reply["arrays"]
+    sent, returned = view.sent[ARRAYS], view.reply[ARRAYS]
     if set(sent.keys()) != set(returned.keys()):
         return None
-    model, config = received_model(view), view.sent["config"]
+    model, config = received_model(view), view.sent[CONFIG]
     trainable = {k for k, p in model.named_parameters() if p.requires_grad}
     return Observation(
         model,
         {k: v for k, v in float_update(sent, returned).items() if k in trainable},
         "delta",
-        num_examples=int(view.reply["metrics"]["num-examples"]),
+        num_examples=int(view.reply[METRICS][NUM_EXAMPLES]),
         batch_size=int(config["batch-size"]),
         local_epochs=int(config["local-epochs"]),
         lr=float(config["lr"]),

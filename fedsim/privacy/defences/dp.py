@@ -33,6 +33,7 @@ from flwr.app import ArrayRecord
 from fedsim.errors import ConfigError
 from fedsim.params import spec
 from fedsim.privacy.defences.update import Tensors, clip, float_update, with_update
+from fedsim.protocols.messages import ARRAYS
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 
@@ -174,7 +175,7 @@ class CentralDPStrategy:
         from fedsim.seeding import torch_generator
 
         generator = torch_generator(self.inner.cfg.seed, "central-dp", server_round)
-        arrays = self.mechanism.aggregate(self.inner.global_arrays, [r.content["arrays"] for r in replies], generator)
+        arrays = self.mechanism.aggregate(self.inner.global_arrays, [r.content[ARRAYS] for r in replies], generator)
         return arrays, self.inner.aggregate_metrics(replies)
 
     def aggregate_train(self, server_round: int, replies: Any) -> tuple[ArrayRecord | None, Any]:
