@@ -271,6 +271,27 @@ def test_central_dp_refuses_strategies_with_their_own_aggregation(make_cfg):
         run(make_cfg("strategy=scaffold", "defence=central_dp"))
 
 
+@pytest.mark.parametrize("backend", ["inprocess", "simulation"])
+def test_central_dp_clips_every_update_on_the_simulation_backends(make_cfg, backend):
+    """The clients' replies must reach DP-FedAvg one by one, not summed where they are produced: with a
+    clip of 1e-9 and no noise the global model cannot move, while plain FedAvg learns."""
+    frozen = read_metrics(
+        run(
+            make_cfg(
+                f"backend={backend}",
+                "defence=central_dp",
+                "defence.clip=1e-9",
+                "defence.noise_multiplier=0",
+                "num_rounds=2",
+                name="frozen",
+            )
+        )
+    )
+    assert frozen[0]["test_loss"] == pytest.approx(frozen[1]["test_loss"], abs=1e-6)
+    plain = read_metrics(run(make_cfg(f"backend={backend}", "num_rounds=2", name="plain")))
+    assert plain[1]["test_loss"] < frozen[1]["test_loss"] - 0.1
+
+
 def test_membership_and_shared_statistics_attacks_in_runs(make_cfg):
     records = read_metrics(run(make_cfg("attack=membership", "num_rounds=1", name="mia")))
     assert 0 <= records[0]["attack_loss_auc"] <= 1 and "attack_confidence_tpr_at_0.01_fpr" in records[0]

@@ -21,19 +21,24 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
 
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, RoundFailedError
 from fedsim.params import spec
 from fedsim.privacy.defences.update import Tensors, clip, float_update, with_update
 from fedsim.protocols.messages import ARRAYS
+from fedsim.reduction import PartialSum
+from fedsim.results import RunDirectory
+from fedsim.seeding import torch_generator
+from fedsim.strategy import FedsimStrategy, update_dissimilarity
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 
@@ -155,32 +160,97 @@ class CentralDP(GaussianMechanism):
 
 
 class CentralDPStrategy:
-    """A fedsim strategy whose aggregation is replaced by DP-FedAvg (McMahan et al., ICLR 2018):
-    every other method is the wrapped strategy's."""
+    """DP-FedAvg (McMahan et al., ICLR 2018) around a fedsim strategy, in the manner of Flower's DP
+    wrapper strategies: it changes aggregation (each update clipped to ``clip``, an equal-weight
+    mean, Gaussian noise of std ``noise_multiplier * clip / K``) and never lets replies be summed
+    where they are produced (the clipping needs each update); every other method is the wrapped
+    strategy's, forwarded below one by one.
 
-    def __init__(self, inner: Any, mechanism: CentralDP) -> None:
-        from fedsim.strategy import FedsimStrategy
+    Only a strategy that keeps FedAvg's aggregation can be wrapped (FedAvg, FedProx, FixMatch, ...).
+    """
 
-        if type(inner).aggregate is not FedsimStrategy.aggregate:
+    def __init__(self, inner: FedsimStrategy, mechanism: CentralDP) -> None:
+        cls = type(inner)
+        if cls.aggregate is not FedsimStrategy.aggregate or cls.aggregate_train is not FedsimStrategy.aggregate_train:
             raise ConfigError(
-                f"defence=central_dp replaces aggregation by DP-FedAvg, which {type(inner).__name__} does not use: "
+                f"defence=central_dp replaces aggregation by DP-FedAvg, which {cls.__name__} does not use: "
                 "use it with strategy=fedavg or fedprox (or defence=local_dp)"
             )
         self.inner, self.mechanism = inner, mechanism
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+    # What central DP changes.
+    def reduces_train_replies(self) -> bool:
+        """Never: each update is clipped before the mean."""
+        return False
 
-    def aggregate(self, server_round: int, replies: list[Any]) -> tuple[ArrayRecord, Any]:
-        from fedsim.seeding import torch_generator
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord, MetricRecord]:
+        """The wrapped strategy's reply checks, then the clipped, equally weighted and noised mean."""
+        inner = self.inner
+        accepted = inner.accept_replies(server_round, replies)
+        if len(accepted) < inner.cfg.min_clients:
+            raise RoundFailedError(
+                f"round {server_round}: only {len(accepted)} usable replies, min_clients={inner.cfg.min_clients}"
+            )
+        assert inner.global_arrays is not None
+        generator = torch_generator(inner.cfg.seed, "central-dp", server_round)
+        arrays = self.mechanism.aggregate(inner.global_arrays, [r.content[ARRAYS] for r in accepted], generator)
+        metrics = inner.aggregate_metrics(accepted)
+        metrics.update(update_dissimilarity(inner.global_arrays, accepted, inner.param_keys))
+        return arrays, metrics
 
-        generator = torch_generator(self.inner.cfg.seed, "central-dp", server_round)
-        arrays = self.mechanism.aggregate(self.inner.global_arrays, [r.content[ARRAYS] for r in replies], generator)
-        return arrays, self.inner.aggregate_metrics(replies)
+    def aggregate_partial(self, server_round: int, part: PartialSum) -> tuple[ArrayRecord, MetricRecord]:
+        raise RuntimeError("central DP clips each update: replies must not be summed where they are produced")
 
-    def aggregate_train(self, server_round: int, replies: Any) -> tuple[ArrayRecord | None, Any]:
-        # The wrapped strategy's checks and bookkeeping, with this object's aggregate.
-        return type(self.inner).aggregate_train(self, server_round, replies)
+    # Everything else is the wrapped strategy's.
+    @property
+    def cfg(self) -> Any:
+        return self.inner.cfg
+
+    @property
+    def param_keys(self) -> list[str]:
+        return self.inner.param_keys
+
+    @property
+    def node_of(self) -> dict[int, int]:
+        return self.inner.node_of
+
+    @property
+    def num_examples(self) -> dict[int, int]:
+        return self.inner.num_examples
+
+    @property
+    def dropped(self) -> list[dict[str, Any]]:
+        return self.inner.dropped
+
+    @property
+    def global_arrays(self) -> ArrayRecord | None:
+        return self.inner.global_arrays
+
+    def set_clients(self, node_of: dict[int, int], num_examples: dict[int, int]) -> None:
+        self.inner.set_clients(node_of, num_examples)
+
+    def client_of(self, node: int) -> int:
+        return self.inner.client_of(node)
+
+    def setup(self, grid: Grid, run: RunDirectory) -> None:
+        self.inner.setup(grid, run)
+
+    def initial_arrays(self, arrays: ArrayRecord) -> ArrayRecord:
+        return self.inner.initial_arrays(arrays)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def evaluate_round(self, server_round: int, arrays: ArrayRecord, grid: Grid, evaluate: Any) -> dict[str, float]:
+        return self.inner.evaluate_round(server_round, arrays, grid, evaluate)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
 
 
 class PrivacyLedger:
