@@ -76,8 +76,8 @@ class PeerToPeerStrategy(FedsimStrategy):
 
     model_record = PEER_RECORD
 
-    def __init__(self, cfg: Any, param_keys: list[str]) -> None:
-        super().__init__(cfg, param_keys)
+    def __init__(self, cfg: Any, param_keys: list[str], params: StrategyParams) -> None:
+        super().__init__(cfg, param_keys, params)
         self.shared: dict[int, ArrayRecord] = {}
         self.initial: ArrayRecord | None = None
         self.links: list[tuple[int, int, int]] = []
@@ -85,7 +85,7 @@ class PeerToPeerStrategy(FedsimStrategy):
     # -- who talks to whom ------------------------------------------------------------------------
     def neighbours(self, client_id: int, server_round: int) -> list[int]:
         """Peers whose shared models ``client_id`` receives this round (the configured topology)."""
-        s = self.cfg.strategy
+        s = self.params
         others = [c for c in sorted(self.shared) if c != client_id]
         if s.topology == "none":
             return []

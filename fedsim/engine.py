@@ -41,7 +41,7 @@ from fedsim.server_loop import RoundLoop, RoundObserver
 from fedsim.tracking import RunLogger, loggers_from_config
 from fedsim.validation import check_plugins
 from fedsim.worker_pool import WorkerPool, run_pool
-from strategies import load_strategy_class
+from strategies import strategy_from_config
 
 log = logging.getLogger("fedsim")
 
@@ -176,7 +176,7 @@ class ServerJob:
         return (
             f"fedsim: {cfg.strategy.name} on {cfg.dataset.name} ({cfg.model.name}), {cfg.num_clients} clients, "
             f"{cfg.clients_per_round}/round, {cfg.num_rounds} rounds, backend={backend or cfg.backend.name} -> "
-            f"{self.run_dir.path}"
+            f"{self.run_dir.path}\n{self.strategy.summary()}"
         )
 
     def finish(self, seconds: float) -> Path:
@@ -228,7 +228,7 @@ def server_job(cfg: DictConfig) -> ServerJob:
     device = resolve_device(cfg.device)
     seed_torch(cfg.seed, "init")
     model = model_from_config(cfg, dataset.input_shape, dataset.num_classes).to(device)
-    strategy = load_strategy_class(cfg.strategy.name)(cfg, [n for n, _ in model.named_parameters()])
+    strategy = strategy_from_config(cfg, [n for n, _ in model.named_parameters()])
     defence = defence_from_config(cfg.defence)
     if hasattr(defence, "wrap"):  # server-side defences (central DP) take over aggregation
         strategy = defence.wrap(strategy)

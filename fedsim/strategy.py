@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedsim.errors import RoundFailedError
-from fedsim.params import spec
+from fedsim.params import check, spec
 from fedsim.protocols.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, SERVER_ROUND
 from fedsim.records import cast_like, shape_mismatch, tensor_of, tensor_record, train_reply_problem, weighted_average
 from fedsim.reduction import PartialSum, client_error
@@ -48,6 +48,7 @@ class StrategyParams:
 
 
 log = logging.getLogger("fedsim")
+P = TypeVar("P", bound=StrategyParams)
 
 
 @dataclass(frozen=True)
@@ -87,10 +88,23 @@ def dissimilarity_metrics(mean_square: float, drift: float) -> dict[str, float]:
     return {"update-variance": variance, "update-dissimilarity": variance / max(drift, 1e-12)}
 
 
-class FedsimStrategy(FlowerFedAvg):
-    """FedAvg with seeded per-client sampling, reply checks and checkpointable state."""
+def typed_params(schema: type[P], node: Any) -> P:
+    """The strategy group ``node`` as its ``Params`` dataclass, every key checked (a ConfigError line if not);
+    nested groups stay config nodes."""
+    check("strategy", schema, node)
+    return schema(**{f.name: node[f.name] for f in fields(schema) if f.name in node})
 
-    def __init__(self, cfg: Any, param_keys: list[str]) -> None:
+
+class FedsimStrategy(FlowerFedAvg):
+    """FedAvg with seeded per-client sampling, reply checks and checkpointable state.
+
+    ``params`` is the strategy's typed hyperparameters (its module's ``Params``, built and checked by
+    :func:`strategies.strategy_from_config`); ``cfg`` the run's config (sampling, seed, schedule).
+    """
+
+    paper: ClassVar[str] = "McMahan et al., AISTATS 2017 (arXiv:1602.05629)"  # what summary() cites
+
+    def __init__(self, cfg: Any, param_keys: list[str], params: StrategyParams) -> None:
         super().__init__(
             fraction_train=cfg.clients_per_round / cfg.num_clients,
             # fedsim evaluates the global model centrally (server_loop); Flower's federated
@@ -101,6 +115,7 @@ class FedsimStrategy(FlowerFedAvg):
             min_available_nodes=cfg.num_clients,
         )
         self.cfg = cfg
+        self.params = params
         self.param_keys = param_keys  # trainable parameters (the rest of the state are buffers)
         self.node_of: dict[int, int] = {}
         self.num_examples: dict[int, int] = {}
@@ -108,6 +123,19 @@ class FedsimStrategy(FlowerFedAvg):
         self._client_on: dict[int, int] = {}
         self._eligible = np.zeros(0, dtype=np.int64)
         self.global_arrays: ArrayRecord | None = None
+
+    def summary(self) -> str:
+        """What the strategy is and how it is set (printed at the start of a run, as Flower's strategies do)."""
+        own = [
+            f"{f.name}={getattr(self.params, f.name)}"
+            for f in fields(self.params)
+            if f.name not in ("name", "client", "setting")
+        ]
+        cfg = self.cfg
+        return (
+            f"{type(self).__name__} - {self.paper}: {cfg.clients_per_round} of {cfg.num_clients} clients per round, "
+            f"at least {cfg.min_clients} replies" + (f"; {', '.join(own)}" if own else "")
+        )
 
     # -- clients --------------------------------------------------------------------------------
     def set_clients(self, node_of: dict[int, int], num_examples: dict[int, int]) -> None:

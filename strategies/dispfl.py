@@ -23,6 +23,8 @@ from fedsim.sparse import decode_sparse
 
 
 class DisPFL(PeerToPeerStrategy):
+    paper = "Dai et al., ICML 2022 (arXiv:2206.00187)"
+
     def model_problem(self, record: ArrayRecord) -> str | None:
         assert self.initial is not None
         try:

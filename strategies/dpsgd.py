@@ -20,4 +20,10 @@ class Params(PeerParams):
     """D-PSGD's keys are the topology's."""
 
 
-STRATEGY = PeerToPeerStrategy
+class DPSGD(PeerToPeerStrategy):
+    """D-PSGD: gossip averaging with the neighbours, then local training."""
+
+    paper = "Lian et al., NeurIPS 2017 (arXiv:1705.09056)"
+
+
+STRATEGY = DPSGD

@@ -62,6 +62,8 @@ def pool_digest(pool: dict[str, np.ndarray]) -> str:
 class FedFedMixin:
     """FedFed's distillation and sharing phases in front of a base strategy."""
 
+    paper = "Yang et al., NeurIPS 2023 (arXiv:2310.05077)"
+
     cfg: Any
     node_of: dict[int, int]
     num_examples: dict[int, int]
@@ -104,7 +106,7 @@ class FedFedMixin:
             )
 
     def distill(self, grid: Grid, log_file) -> ArrayRecord:
-        s, data = self.cfg.strategy, self._dataset()
+        s, data = self.params, self._dataset()
         seed_torch(self.cfg.seed, "fedfed-init")
         arrays = model_to_record(DistillationPair(self.cfg, data.input_shape, data.num_classes))
         rounds = int(s.distill_rounds)
@@ -145,7 +147,7 @@ class FedFedMixin:
 
     def distill_clients(self, distill_round: int) -> list[int]:
         """Every client (official), or ``distill_clients`` of them drawn per distillation round."""
-        chosen = self.cfg.strategy.distill_clients
+        chosen = self.params.distill_clients
         ids = sorted(self.node_of)
         if chosen is None or int(chosen) >= len(ids):
             return ids
@@ -184,7 +186,7 @@ class FedFedMixin:
         self.pool["y"] = self.pool["y"].astype(np.int64)
         self.pool_digest = pool_digest(self.pool)
         upload = {a.client_id: payload_bytes(RecordDict({"shared": a.content[SHARED_FEATURES]})) for a in accepted}
-        s = self.cfg.strategy
+        s = self.params
         record = {
             "phase": SHARE,
             "pool_samples": int(len(self.pool["y"])),
@@ -242,7 +244,7 @@ class FedFedMixin:
 
     def copy_keys(self) -> tuple[str, ...]:
         """The record keys of the shared copies, one per entry of ``share_noise_std``."""
-        return shared_copy_keys(len(self.cfg.strategy.share_noise_std))
+        return shared_copy_keys(len(self.params.share_noise_std))
 
     def _dataset(self):
         return dataset_from_config(self.cfg)
@@ -295,6 +297,6 @@ class Params(StrategyParams):
         return None
 
 
-def STRATEGY(cfg: Any, param_keys: list[str]) -> FedsimStrategy:
+def STRATEGY(cfg: Any, param_keys: list[str], params: Params) -> FedsimStrategy:
     """FedFed over the base strategy named by ``strategy.base``."""
-    return fedfed_strategy_class(str(cfg.strategy.base))(cfg, param_keys)
+    return fedfed_strategy_class(params.base)(cfg, param_keys, params)

@@ -54,21 +54,23 @@ def lambda_schedule(server_round: int, ramp_rounds: int, cap: float | None) -> f
 
 
 class FedImpro(FedsimStrategy):
-    def __init__(self, cfg: Any, param_keys: list[str]) -> None:
-        super().__init__(cfg, param_keys)
+    paper = "Tang et al., ICLR 2024 (arXiv:2402.07011)"
+
+    def __init__(self, cfg: Any, param_keys: list[str], params: Params) -> None:
+        super().__init__(cfg, param_keys, params)
         data = dataset_from_config(cfg)
         model = model_from_config(cfg, data.input_shape, data.num_classes)
-        low, _ = split_model(model, cfg.strategy.split_at)
+        low, _ = split_model(model, params.split_at)
         with torch.no_grad():
             dim = low.eval()(torch.zeros(1, *data.input_shape))[0].numel()
         c, start = data.num_classes, torch_generator(cfg.seed, "fedimpro-init-stats")
-        std = float(cfg.strategy.feature_std_max) if cfg.strategy.feature_std_max is not None else 1.0
+        std = float(params.feature_std_max) if params.feature_std_max is not None else 1.0
         self.stats = {"mean": torch.rand((c, dim), generator=start).numpy(), "std": np.full((c, dim), std, np.float32)}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        s = self.cfg.strategy
+        s = self.params
         cap = None if s.lambda_max is None else float(s.lambda_max)
         self.current_lambda = lambda_schedule(server_round, int(s.lambda_ramp_rounds), cap)
         config["fedimpro-lambda"] = self.current_lambda

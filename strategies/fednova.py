@@ -21,6 +21,8 @@ from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
 
 
 class FedNova(FedsimStrategy):
+    paper = "Wang et al., NeurIPS 2020 (arXiv:2007.07481)"
+
     def reply_problem(self, msg: Message) -> str | None:
         problem = super().reply_problem(msg)
         tau = msg.content[METRICS].get("tau-eff", 0.0) if problem is None else 0.0

@@ -19,10 +19,12 @@ from fedsim.strategy import FedsimStrategy, StrategyParams
 
 
 class FedProx(FedsimStrategy):
+    paper = "Li et al., MLSys 2020 (arXiv:1812.06127)"
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        config["proximal-mu"] = float(self.cfg.strategy.mu)
+        config["proximal-mu"] = float(self.params.mu)
         return super().configure_train(server_round, arrays, config, grid)
 
 

@@ -103,9 +103,9 @@ def task_loss(logits: torch.Tensor, y: torch.Tensor, classes: list[int]) -> torc
 class StudentTasks:
     """The server's side of the new task(s): probe sets, task adaptation and per-task scoring."""
 
-    def __init__(self, cfg: Any, data: ImageDataset) -> None:
-        s = cfg.strategy
-        self.cfg, self.data = cfg, data
+    def __init__(self, cfg: Any, params: Params, data: ImageDataset) -> None:
+        s = params
+        self.cfg, self.params, self.data = cfg, params, data
         self.tasks = target_tasks(s.tasks, data.num_classes)
         y = data.y_test.numpy()
         splits = [probe_split(y, t, int(s.probe_per_class), int(cfg.seed)) for t in self.tasks]
@@ -168,14 +168,16 @@ class StudentTasks:
 
     def adapted_score(self, arrays: ArrayRecord, purpose: str) -> dict[str, Any]:
         """Task adaptation on the probe set, then the per-task scores."""
-        s = self.cfg.strategy
+        s = self.params
         return self.score(self.train_on_probe(arrays, int(s.adapt_epochs), float(s.probe_lr), purpose, fresh_head=True))
 
 
 class FedSA(FedsimStrategy):
-    def __init__(self, cfg: Any, param_keys: list[str]) -> None:
-        super().__init__(cfg, param_keys)
-        self.student = StudentTasks(cfg, dataset_from_config(cfg))
+    paper = "Xie et al., arXiv:2208.00561"
+
+    def __init__(self, cfg: Any, param_keys: list[str], params: Params) -> None:
+        super().__init__(cfg, param_keys, params)
+        self.student = StudentTasks(cfg, params, dataset_from_config(cfg))
         self.selected: list[int] = []  # party ids, with multiplicity (their weights in averaging)
         self.probabilities: dict[int, list[float]] = {}  # task -> selection probability per party
         self.similarity: dict[int, list[float]] = {}  # task -> saliency similarity per party, last selection
@@ -185,7 +187,7 @@ class FedSA(FedsimStrategy):
     # -- start: teachers, probe-trained student -----------------------------------------------------
     def setup(self, grid: Grid, run: RunDirectory) -> None:
         self.log_file = run.path / "fedsa.jsonl"
-        t = self.cfg.strategy.teachers
+        t = self.params.teachers
         config = ConfigRecord(
             {
                 "fedsa-phase": TEACHER,
@@ -204,7 +206,7 @@ class FedSA(FedsimStrategy):
         )
 
     def initial_arrays(self, arrays: ArrayRecord) -> ArrayRecord:
-        s = self.cfg.strategy
+        s = self.params
         arrays = self.student.train_on_probe(
             arrays, int(s.probe_epochs), float(s.probe_lr), "fedsa-probe-init", fresh_head=False
         )
@@ -245,7 +247,7 @@ class FedSA(FedsimStrategy):
 
     # -- selection ----------------------------------------------------------------------------------
     def select(self, server_round: int, arrays: ArrayRecord, grid: Grid) -> None:
-        s, parties = self.cfg.strategy, sorted(self.node_of)
+        s, parties = self.params, sorted(self.node_of)
         uniform = {t: [1.0 / len(parties)] * len(parties) for t in range(len(self.student.tasks))}
         if s.selection in ("all", "none"):
             self.selected, self.traffic, self.probabilities = (parties if s.selection == "all" else []), {}, uniform
@@ -296,7 +298,7 @@ class FedSA(FedsimStrategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.traffic = {}
-        if not self.selected or (server_round - 1) % int(self.cfg.strategy.select_every) == 0:
+        if not self.selected or (server_round - 1) % int(self.params.select_every) == 0:
             self.select(server_round, arrays, grid)
         self.global_arrays = arrays
         if not self.selected:  # selection none: the student learns from its probe set only
@@ -310,7 +312,7 @@ class FedSA(FedsimStrategy):
         ]
 
     def aggregate_train(self, server_round: int, replies: list) -> tuple[ArrayRecord, MetricRecord]:
-        if self.cfg.strategy.selection == "none":  # no teacher was asked: the probe-trained student stays
+        if self.params.selection == "none":  # no teacher was asked: the probe-trained student stays
             assert self.global_arrays is not None
             return self.global_arrays, MetricRecord({"selected-teachers": []})
         return super().aggregate_train(server_round, replies)
@@ -334,7 +336,7 @@ class FedSA(FedsimStrategy):
         """Where some teachers are useless by construction (``teachers.random`` / ``shuffled``): their
         mean selection probability, and the margin min(useful) - max(useless) (> 0: every useless
         teacher is ranked below every useful one), both averaged over tasks."""
-        t, parties = self.cfg.strategy.teachers, sorted(self.node_of)
+        t, parties = self.params.teachers, sorted(self.node_of)
         useless = {int(p) for p in [*(t.random or []), *(t.shuffled or [])]} & set(parties)
         if not useless or len(useless) == len(parties) or not self.probabilities:
             return {}

@@ -12,6 +12,8 @@ from fedsim.strategy import FedsimStrategy, StrategyParams
 class FedAvgFixMatch(FedsimStrategy):
     """FedAvg over FixMatch clients."""
 
+    paper = "FedAvg with FixMatch clients, Sohn et al., NeurIPS 2020 (arXiv:2001.07685)"
+
 
 @dataclass(kw_only=True)
 class Params(StrategyParams):

@@ -18,4 +18,10 @@ class Params(PeerParams):
     """Local training: the topology is none."""
 
 
-STRATEGY = PeerToPeerStrategy
+class Local(PeerToPeerStrategy):
+    """Local training: each client alone."""
+
+    paper = "no communication: the lower bar of personalized FL"
+
+
+STRATEGY = Local

@@ -24,8 +24,10 @@ from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
 
 
 class Scaffold(FedsimStrategy):
-    def __init__(self, cfg: Any, param_keys: list[str]) -> None:
-        super().__init__(cfg, param_keys)
+    paper = "Karimireddy et al., ICML 2020 (arXiv:1910.06378)"
+
+    def __init__(self, cfg: Any, param_keys: list[str], params: Params) -> None:
+        super().__init__(cfg, param_keys, params)
         self.control: ArrayRecord | None = None
 
     def train_content(self, client_id: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
@@ -41,7 +43,7 @@ class Scaffold(FedsimStrategy):
         assert self.global_arrays is not None and self.control is not None
         x = to_numpy(self.global_arrays)
         mean_y = to_numpy(weighted_average([r.content["arrays"] for r in replies], [1.0] * len(replies)))
-        eta_g = float(self.cfg.strategy.server_lr)
+        eta_g = float(self.params.server_lr)
         new = {}
         for key, value in x.items():
             if key in self.param_keys:

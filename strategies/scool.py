@@ -141,9 +141,11 @@ def attention_logits(features: torch.Tensor, query: torch.Tensor, key: torch.Ten
 
 
 class SCooL(PeerToPeerStrategy):
-    def __init__(self, cfg: Any, param_keys: list[str]) -> None:
-        super().__init__(cfg, param_keys)
-        s, n = cfg.strategy, int(cfg.num_clients)
+    paper = "Li et al., ICML 2023 (arXiv:2306.09595)"
+
+    def __init__(self, cfg: Any, param_keys: list[str], params: Params) -> None:
+        super().__init__(cfg, param_keys, params)
+        s, n = params, int(cfg.num_clients)
         self.posterior = np.full((n, n), np.nan)  # last reported q(W_i.) rows
         self.loss = np.full((n, n), np.nan)  # loss[j, i]: client i's last reported loss of peer j's model
         self.fixed: dict[int, list[int]] = {}
@@ -156,7 +158,7 @@ class SCooL(PeerToPeerStrategy):
 
     # -- graph ------------------------------------------------------------------------------------
     def neighbours(self, client_id: int, server_round: int) -> list[int]:
-        if self.cfg.strategy.prior == "dirac":
+        if self.params.prior == "dirac":
             return super().neighbours(client_id, server_round)
         others = [c for c in sorted(self.shared) if c != client_id]
         if client_id in self.fixed:
@@ -166,12 +168,12 @@ class SCooL(PeerToPeerStrategy):
     def model_of(self, client_id: int) -> ArrayRecord:
         """The trained model ``client_id`` shared last (official variant: the ``model.`` part)."""
         shared = self.shared[client_id]
-        return protocol.unpack(shared, protocol.MODEL) if self.cfg.strategy.variant == "official" else shared
+        return protocol.unpack(shared, protocol.MODEL) if self.params.variant == "official" else shared
 
     def model_problem(self, record: ArrayRecord) -> str | None:
         assert self.initial is not None or self.global_arrays is not None
         reference = self.initial if self.initial is not None else self.global_arrays
-        if self.cfg.strategy.variant != "official":
+        if self.params.variant != "official":
             return shape_mismatch(reference, record)
         expected = {protocol.MODEL + k for k in reference.keys()} | {protocol.UPDATE + k for k in reference.keys()}
         if set(record.keys()) != expected:
@@ -199,7 +201,7 @@ class SCooL(PeerToPeerStrategy):
         return torch.tensor(np.stack(rows), dtype=torch.float32)
 
     def prior_logits(self) -> np.ndarray:
-        s, n = self.cfg.strategy, int(self.cfg.num_clients)
+        s, n = self.params, int(self.cfg.num_clients)
         if s.prior == "sbm":
             return sbm_log_odds(self.phi, self.blocks) if s.variant == "official" else sbm_prior(self.phi, self.blocks)
         if s.prior == "attention" and self.query is not None and self.key is not None:
@@ -226,7 +228,7 @@ class SCooL(PeerToPeerStrategy):
             ids = [client_id, *peers]
             logits = self.round_prior[client_id, ids]
             content["graph"] = ConfigRecord(
-                {"ids": ids, "prior": [float(v) for v in logits], "use-likelihood": self.cfg.strategy.prior != "dirac"}
+                {"ids": ids, "prior": [float(v) for v in logits], "use-likelihood": self.params.prior != "dirac"}
             )
         return content
 
@@ -261,14 +263,14 @@ class SCooL(PeerToPeerStrategy):
             metrics["graph-self-weight"] = float(np.mean([r.content["graph"]["weights"][0] for r in reported]))
             # the inferred graph: row i = client i's last reported weights (0 where it had none), row-major
             metrics["graph-weights"] = [float(w) for w in np.nan_to_num(self.posterior, nan=0.0).ravel()]
-        s = self.cfg.strategy
+        s = self.params
         if s.prior != "dirac" and server_round >= int(s.fix_graph_round) and not self.fixed:
             self.fix_graph()  # the first round from fix_graph_round on whose replies carry graph rows
         return arrays, metrics
 
     def fit_prior(self, server_round: int) -> None:
         """Refit the prior's parameters to the reported losses (official) or posterior rows (fedsim)."""
-        s = self.cfg.strategy
+        s = self.params
         observed = np.isfinite(self.posterior)
         np.fill_diagonal(observed, False)
         if s.prior == "sbm" and s.variant == "official":
@@ -291,7 +293,7 @@ class SCooL(PeerToPeerStrategy):
             self.fit_attention(observed | (np.eye(len(observed), dtype=bool) & np.isfinite(self.posterior)))
 
     def fit_attention(self, observed: np.ndarray) -> None:
-        s = self.cfg.strategy
+        s = self.params
         features = self.features()
         if self.query is None or self.key is None:
             g = torch.Generator().manual_seed(int(rng(self.cfg.seed, "scool-attention").integers(2**31)))
@@ -315,7 +317,7 @@ class SCooL(PeerToPeerStrategy):
 
     def fix_graph(self) -> None:
         """From now on each client talks to its ``num_neighbours`` strongest peers only."""
-        k = int(self.cfg.strategy.num_neighbours)
+        k = int(self.params.num_neighbours)
         for cid, row in enumerate(self.posterior):
             peers = [(w, j) for j, w in enumerate(row) if j != cid and np.isfinite(w)]
             if peers:

@@ -24,8 +24,10 @@ from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
 
 
 class TwinSight(FedsimStrategy):
-    def __init__(self, cfg: Any, param_keys: list[str]) -> None:
-        super().__init__(cfg, param_keys)
+    paper = "Zhang et al., ICLR 2024 (arXiv:2402.14430)"
+
+    def __init__(self, cfg: Any, param_keys: list[str], params: Params) -> None:
+        super().__init__(cfg, param_keys, params)
         data = dataset_from_config(cfg)
         seed_torch(cfg.seed, "twinsight-init")
         self.unsupervised: ArrayRecord = model_to_record(unsupervised_model(cfg, data.input_shape, data.num_classes))

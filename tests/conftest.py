@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,10 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def comparable(records: list[dict]) -> list[dict]:
     """Metrics without wall-clock fields."""
     return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in records]
+
+
+def strategy_params(strategy_cls, **values):
+    """The ``Params`` of ``strategy_cls``'s module with ``values`` (the keys it has) and placeholder names."""
+    schema = sys.modules[strategy_cls.__module__].Params
+    names = {f.name for f in fields(schema)}
+    return schema(**{k: v for k, v in {"name": "test", "client": "test", **values}.items() if k in names})

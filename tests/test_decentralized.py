@@ -13,12 +13,13 @@ from flwr.supercore.task_identity import TaskIdentity
 from clients.dispfl import DisPFLClient, erk_densities, prune_and_regrow, random_mask
 from clients.scool import mix_updates, official_row
 from fedsim.data import personal_test_split
-from fedsim.decentralized import PeerToPeerStrategy, link_metrics
+from fedsim.decentralized import link_metrics
 from fedsim.engine import resume_config, run
 from fedsim.experiments.graph import same_group_weight
 from fedsim.experiments.runs import load_runs
 from fedsim.records import from_numpy, payload_bytes
 from fedsim.sparse import decode_sparse, encode_sparse
+from strategies import strategy_from_config
 from strategies.scool import sbm_fit_official, sbm_log_odds, sbm_prior, sbm_update
 from tests.conftest import comparable, read_metrics
 
@@ -113,7 +114,7 @@ def test_sbm_finds_the_blocks_of_clients_that_share_tasks():
 
 def test_link_accounting_equals_the_records_relayed(make_cfg):
     cfg = make_cfg("strategy=dispfl", "strategy.num_neighbours=2")
-    strategy = PeerToPeerStrategy(cfg, ["w"])
+    strategy = strategy_from_config(cfg, ["w"])
     strategy.set_clients({c: 100 + c for c in range(4)}, {c: 10 for c in range(4)})
     initial = {"w": np.zeros((8, 8), np.float32)}
     for c in range(4):  # every client shared a sparse model of a different density

@@ -23,7 +23,7 @@ from fedsim.reduction import PartialSum, ReplyReducer
 from fedsim.worker_pool import batches
 from strategies.fedavg import FedAvg
 from strategies.scaffold import Scaffold
-from tests.conftest import comparable, read_metrics
+from tests.conftest import comparable, read_metrics, strategy_params
 
 TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 0, SUPERLINK_NODE_ID
 
@@ -56,7 +56,7 @@ def replies(rng: np.random.Generator) -> list[tuple[int, Message]]:
 
 
 def strategy() -> FedAvg:
-    s = FedAvg(CFG, PARAMS)
+    s = FedAvg(CFG, PARAMS, strategy_params(FedAvg))
     s.set_clients({cid: cid + 1 for cid in range(6)}, {cid: 100 for cid in range(6)})
     s.configure_train(1, from_numpy(GLOBAL), ConfigRecord({}), grid=None)
     return s
@@ -96,8 +96,8 @@ def test_a_claim_above_what_the_client_holds_weighs_what_it_holds():
 
 
 def test_reduction_is_used_only_where_the_aggregate_is_the_mean():
-    assert FedAvg(CFG, PARAMS).reduces_train_replies()
-    assert not Scaffold(CFG, PARAMS).reduces_train_replies()
+    assert FedAvg(CFG, PARAMS, strategy_params(FedAvg)).reduces_train_replies()
+    assert not Scaffold(CFG, PARAMS, strategy_params(Scaffold, server_lr=1.0)).reduces_train_replies()
 
 
 def test_tensor_arrays_are_flowers_arrays_without_the_copies():

@@ -14,6 +14,7 @@ from strategies.fedavg import FedAvg
 from strategies.fednova import FedNova
 from strategies.fedprox import FedProx
 from strategies.scaffold import Scaffold
+from tests.conftest import strategy_params
 
 TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 0, SUPERLINK_NODE_ID
 
@@ -25,7 +26,7 @@ PARAMS = ["w", "b"]
 
 
 def make(strategy_cls):
-    s = strategy_cls(CFG, PARAMS)
+    s = strategy_cls(CFG, PARAMS, strategy_params(strategy_cls, **CFG.strategy))
     s.set_clients({cid: 100 + cid for cid in range(4)}, {cid: 100 for cid in range(4)})
     return s
 
@@ -157,3 +158,40 @@ def test_scaffold_rejects_reply_without_control_delta():
     with pytest.raises(RoundFailedError):
         s.aggregate_train(1, [reply(0, GLOBAL), reply(1, GLOBAL)])
     assert "control-delta" in s.dropped[0]["reason"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fedavg",
+        "fedprox",
+        "scaffold",
+        "fednova",
+        "fedfed",
+        "fedimpro",
+        "twinsight",
+        "fixmatch",
+        "fedsa",
+        "dispfl",
+        "dpsgd",
+        "local",
+        "scool",
+    ],
+)
+def test_every_strategy_is_built_with_typed_params_and_cites_its_paper(name):
+    from fedsim.validation import compose_run
+    from strategies import strategy_from_config
+
+    model = "cnn" if name == "fedsa" else "mlp"
+    strategy = strategy_from_config(compose_run([f"strategy={name}", f"model={model}", "backend=inprocess"]), ["w"])
+    assert type(strategy.params).__module__ == f"strategies.{name}" and strategy.params.name == name
+    assert strategy.paper and strategy.paper in strategy.summary()
+
+
+def test_a_bad_strategy_value_fails_when_the_strategy_is_built():
+    from fedsim.config import compose
+    from fedsim.errors import ConfigError
+    from strategies import strategy_from_config
+
+    with pytest.raises(ConfigError, match="strategy.mu=-1"):
+        strategy_from_config(compose(["strategy=fedprox", "strategy.mu=-1"]), ["w"])

@@ -201,6 +201,14 @@ class CentralDPStrategy:
     def aggregate_partial(self, server_round: int, part: PartialSum) -> tuple[ArrayRecord, MetricRecord]:
         raise RuntimeError("central DP clips each update: replies must not be summed where they are produced")
 
+    def summary(self) -> str:
+        """The wrapped strategy's summary, under DP-FedAvg."""
+        m = self.mechanism
+        return (
+            f"DP-FedAvg - McMahan et al., ICLR 2018 (clip={m.clip}, noise_multiplier={m.noise_multiplier}) - "
+            f"around {self.inner.summary()}"
+        )
+
     # Everything else is the wrapped strategy's.
     @property
     def cfg(self) -> Any:
