@@ -7,6 +7,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 from omegaconf import OmegaConf
 
+from fedsim.config import group_options
 from fedsim.errors import RoundFailedError
 from fedsim.numerics import accumulation_norm
 from fedsim.records import from_numpy, to_numpy
@@ -160,24 +161,7 @@ def test_scaffold_rejects_reply_without_control_delta():
     assert "control-delta" in s.dropped[0]["reason"]
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "fedavg",
-        "fedprox",
-        "scaffold",
-        "fednova",
-        "fedfed",
-        "fedimpro",
-        "twinsight",
-        "fixmatch",
-        "fedsa",
-        "dispfl",
-        "dpsgd",
-        "local",
-        "scool",
-    ],
-)
+@pytest.mark.parametrize("name", group_options("strategy"))
 def test_every_strategy_is_built_with_typed_params_and_cites_its_paper(name):
     from fedsim.validation import compose_run
     from strategies import strategy_from_config
