@@ -23,7 +23,7 @@ from fedsim.client_app import resolve_device
 from fedsim.data.partition import ClientSplit
 from fedsim.errors import ConfigError
 from fedsim.models import model_from_config
-from fedsim.privacy.attacks import SCHEDULE_KEYS, inversion_from_options
+from fedsim.privacy.attacks import inversion_from_config
 from fedsim.privacy.defences import defence_from_config
 from fedsim.privacy.evaluate import VictimProtocol, attack_victims, write_attack_files
 from fedsim.records import load_record
@@ -57,8 +57,7 @@ class FinalModelAudit:
         model = model_from_config(cfg, self.dataset.input_shape, self.dataset.num_classes)
         load_record(model, arrays)
         model = model.to(resolve_device(cfg.device))
-        options = {k: v for k, v in dict(cfg.attack).items() if k not in SCHEDULE_KEYS}
-        method = inversion_from_options(str(cfg.attack.name), options)
+        method = inversion_from_config(cfg.attack)
         attack = attack_victims(
             model,
             self.dataset,

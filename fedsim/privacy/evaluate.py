@@ -28,7 +28,7 @@ from fedsim.checkpoint import latest_checkpoint
 from fedsim.data import dataset_from_config
 from fedsim.errors import ConfigError
 from fedsim.models import model_from_config
-from fedsim.privacy.attacks import INVERSIONS, SCHEDULE_KEYS, inversion_from_options
+from fedsim.privacy.attacks import INVERSIONS, inversion_from_config
 from fedsim.privacy.attacks.base import ImageSpace, score_images
 from fedsim.privacy.attacks.observation import Observation, attacker_copy, observe_update
 from fedsim.privacy.defences import defence_from_config
@@ -242,9 +242,7 @@ def run_attack(cfg: DictConfig) -> dict[str, Any]:
         )
     dataset = dataset_from_config(cfg)
     model = victim_model(cfg, dataset.input_shape, dataset.num_classes)
-    method = inversion_from_options(
-        name, {k: v for k, v in OmegaConf.to_container(cfg.attack).items() if k not in SCHEDULE_KEYS}
-    )
+    method = inversion_from_config(cfg.attack)
     picks = torch.from_numpy(
         rng(cfg.seed, "attack-victims").choice(len(dataset.y_train), int(cfg.num_images), replace=False)
     )

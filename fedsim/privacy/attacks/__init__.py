@@ -80,13 +80,20 @@ def inversion_from_options(name: str, options: dict[str, Any]):
     return build_option("attack", name, INVERSIONS[name], **options)
 
 
+def inversion_from_config(attack_cfg: Any) -> Any:
+    """The gradient inversion ``attack_cfg`` names, with the group's keys other than the schedule's as its options."""
+    return inversion_from_options(
+        str(attack_cfg.name), {k: v for k, v in dict(attack_cfg).items() if k not in SCHEDULE_KEYS}
+    )
+
+
 def attack_from_config(attack_cfg: Any, seed: int) -> Attack:
     """The attack ``attack_cfg`` names, with the group's other keys as its options."""
     name = str(attack_cfg.name)
     options = {k: v for k, v in dict(attack_cfg).items() if k not in SCHEDULE_KEYS}
     if name in INVERSIONS:
         return UpdateLeakage(
-            inversion_from_options(name, options), int(attack_cfg.num_images), seed, attack_cfg.get("lpips_home")
+            inversion_from_config(attack_cfg), int(attack_cfg.num_images), seed, attack_cfg.get("lpips_home")
         )
     if name in OBSERVERS:
         return build_option("attack", name, OBSERVERS[name], seed=seed, **options)
