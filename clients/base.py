@@ -20,13 +20,27 @@ from fedsim.client_env import ClientEnv
 from fedsim.evaluation import evaluate
 from fedsim.hooks import local_training
 from fedsim.models import auxiliary_loss
-from fedsim.protocols.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES
-from fedsim.records import load_record, model_to_record
+from fedsim.protocols.messages import (
+    ACCURACY,
+    ARRAYS,
+    BATCH_SIZE,
+    LOCAL_EPOCHS,
+    LOSS,
+    LR,
+    METRICS,
+    NUM_EXAMPLES,
+    NUM_STEPS,
+    SUBSET_ACCURACY,
+    TRAIN_LOSS,
+)
+from fedsim.records import arrays_of, config_of, integer, load_record, model_to_record, number
 from fedsim.seeding import seed_torch, torch_generator
 
 
 @dataclass
 class TrainStats:
+    """What one local training did: mean loss, optimizer steps and the samples it weighs."""
+
     loss: float
     steps: int
     examples: int
@@ -58,6 +72,7 @@ _optimizers: dict[tuple[int, ...], tuple[Any, torch.optim.Optimizer]] = {}  # th
 
 
 def new_optimizer(params: list[nn.Parameter], cfg: Any, lr: float) -> torch.optim.Optimizer:
+    """A new torch optimizer ``cfg.name`` (sgd or adam) over ``params`` at learning rate ``lr``."""
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.name == "adam":
@@ -66,7 +81,17 @@ def new_optimizer(params: list[nn.Parameter], cfg: Any, lr: float) -> torch.opti
 
 
 class Client:
-    """FedAvg client: load the global model, train E local epochs, send the weights back."""
+    """FedAvg client: load the global model, train E local epochs, send the weights back.
+
+    A subclass changes one part through the hooks: :meth:`loss`, :meth:`batch_loss`,
+    :meth:`optimizer`, :meth:`batches`, :meth:`before_step` / :meth:`after_step`, :meth:`fit`,
+    :meth:`metrics`, or :meth:`train` for a whole new reply.
+
+    Parameters
+    ----------
+    env : fedsim.client_env.ClientEnv
+        The client's data, model instance, device, state store, defence and the run's config.
+    """
 
     # Whether the client's unlabeled samples count in its weight (semi-supervised clients).
     counts_unlabeled = False
@@ -81,44 +106,139 @@ class Client:
         return labeled + (unlabeled if cls.counts_unlabeled else 0)
 
     def num_train_examples(self) -> int:
+        """Samples this client trains on: its weight in the aggregate."""
         return self.train_examples(len(self.env.data), len(self.env.unlabeled))
 
     # -- hooks for subclasses -------------------------------------------------------------
     def loss(self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of a batch.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The model being trained (for losses that read it, e.g. a proximal term).
+        logits : torch.Tensor
+            The model's outputs on the batch.
+        y : torch.Tensor
+            The batch's labels.
+
+        Returns
+        -------
+        torch.Tensor
+            A scalar; cross-entropy for FedAvg.
+        """
         return F.cross_entropy(logits, y)
 
     def optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-        """The local optimizer over what this client trains (the model by default)."""
+        """The local optimizer over what this client trains (the model by default).
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The model to train.
+        lr : float
+            This round's learning rate (``LR`` in the train message's ``CONFIG``).
+
+        Returns
+        -------
+        torch.optim.Optimizer
+            With no state from earlier rounds (wrapped by DP-SGD where that defence is on).
+        """
         return make_optimizer(model, self.env.cfg.optimizer, lr)
 
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The loss of one local step (a forward pass and :meth:`loss` by default)."""
+        """The loss of one local step (a forward pass and :meth:`loss` by default).
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The model being trained.
+        x, y : torch.Tensor
+            One minibatch from :meth:`batches`, on the client's device.
+
+        Returns
+        -------
+        torch.Tensor
+            A scalar to back-propagate (the model's auxiliary loss, e.g. MJP's, is added to it).
+        """
         return self.loss(model, model(x), y)
 
     def before_step(self, model: nn.Module) -> None:
-        """Called after backward, before the optimizer step."""
+        """Called after backward, before the optimizer step (e.g. SCAFFOLD's gradient correction).
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The model being trained, its gradients filled.
+        """
 
     def after_step(self, model: nn.Module) -> None:
-        """Called after the optimizer step (e.g. to re-apply a sparsity mask)."""
+        """Called after the optimizer step (e.g. to re-apply a sparsity mask).
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The model being trained.
+        """
 
     def batches(self, config: ConfigRecord, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The (x, y) minibatches of one local epoch (augmented as the run's ``augment`` says)."""
+        """The minibatches of one local epoch.
+
+        Parameters
+        ----------
+        config : ConfigRecord
+            The train message's instructions (``BATCH_SIZE``, ``SERVER_ROUND``).
+        generator : torch.Generator
+            The shuffle's source, seeded by run, round and client.
+
+        Returns
+        -------
+        Iterator[tuple[torch.Tensor, torch.Tensor]]
+            (x, y) on the client's device, augmented as the run's ``augment`` says.
+        """
         return self.env.data.batches(
-            int(config["batch-size"]), self.env.device, generator, self.env.train_settings().augment
+            integer(config, BATCH_SIZE), self.env.device, generator, self.env.train_settings().augment
         )
 
     # -- the update -------------------------------------------------------------------------
     def train(self, content: RecordDict, server_round: int) -> RecordDict:
-        config: ConfigRecord = content[CONFIG]
+        """The reply to a train message: load the received model, :meth:`fit`, send it back.
+
+        Parameters
+        ----------
+        content : RecordDict
+            The message: the global model (``ARRAYS``) and the round's ``CONFIG``.
+        server_round : int
+            The round.
+
+        Returns
+        -------
+        RecordDict
+            The trained model (``ARRAYS``) and :meth:`metrics` (``METRICS``).
+        """
+        config: ConfigRecord = config_of(content)
         model = self.env.model
-        load_record(model, content[ARRAYS])
+        load_record(model, arrays_of(content))
         stats = self.fit(model, config, server_round)
-        return RecordDict({"arrays": model_to_record(model), METRICS: self.metrics(stats)})
+        return RecordDict({ARRAYS: model_to_record(model), METRICS: self.metrics(stats)})
 
     def evaluate(self, content: RecordDict, server_round: int) -> RecordDict:
-        """Accuracy and loss on this client's own test set of the model it would use: the received
-        global model here, the personal model in decentralized strategies."""
-        load_record(self.env.model, content[ARRAYS])
+        """The reply to an evaluate message: the received model scored on the client's own test split.
+
+        Parameters
+        ----------
+        content : RecordDict
+            The model to score (``ARRAYS``); decentralized clients score their personal model instead.
+        server_round : int
+            The round.
+
+        Returns
+        -------
+        RecordDict
+            ``METRICS`` with ``ACCURACY``, ``LOSS``, ``NUM_EXAMPLES`` and, where the client has labels,
+            ``SUBSET_ACCURACY`` (:meth:`test_metrics`).
+        """
+        load_record(self.env.model, arrays_of(content))
         return self.test_metrics(self.env.model)
 
     def test_metrics(self, model: nn.Module) -> RecordDict:
@@ -127,26 +247,53 @@ class Client:
         env = self.env
         classes = [int(c) for c in torch.unique(env.data.y)] if len(env.data) else None
         result = evaluate(model, env.test, int(env.cfg.eval_batch_size), env.device, classes=classes)
-        metrics = MetricRecord({"accuracy": result["accuracy"], "loss": result["loss"], NUM_EXAMPLES: len(env.test)})
+        metrics = MetricRecord({ACCURACY: result[ACCURACY], LOSS: result[LOSS], NUM_EXAMPLES: len(env.test)})
         if "subset_accuracy" in result:
-            metrics["subset-accuracy"] = result["subset_accuracy"]
-        return RecordDict({"metrics": metrics})
+            metrics[SUBSET_ACCURACY] = result["subset_accuracy"]
+        return RecordDict({METRICS: metrics})
 
     def metrics(self, stats: TrainStats) -> MetricRecord:
-        return MetricRecord({"num-examples": stats.examples, "train-loss": stats.loss, "num-steps": stats.steps})
+        """The train reply's metrics.
+
+        Parameters
+        ----------
+        stats : TrainStats
+            What :meth:`fit` did.
+
+        Returns
+        -------
+        MetricRecord
+            ``NUM_EXAMPLES`` (the reply's weight), ``TRAIN_LOSS`` and ``NUM_STEPS``; subclasses add theirs.
+        """
+        return MetricRecord({NUM_EXAMPLES: stats.examples, TRAIN_LOSS: stats.loss, NUM_STEPS: stats.steps})
 
     def fit(self, model: nn.Module, config: ConfigRecord, server_round: int) -> TrainStats:
-        """Run the configured local epochs on this client's data (seeded by run, round and client)."""
+        """Run the configured local epochs on this client's data, seeded by run, round and client.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The model to train in place.
+        config : ConfigRecord
+            The round's ``LR``, ``LOCAL_EPOCHS`` and ``BATCH_SIZE``.
+        server_round : int
+            The round (part of the seeds).
+
+        Returns
+        -------
+        TrainStats
+            Mean loss, steps and the samples the client weighs.
+        """
         env = self.env
         settings = env.train_settings()
         seed_torch(settings.seed, "train", server_round, env.client_id)
         generator = torch_generator(settings.seed, "shuffle", server_round, env.client_id)
         model.train()
         total, steps = 0.0, 0
-        base_optimizer = self.optimizer(model, float(config["lr"]))
+        base_optimizer = self.optimizer(model, number(config, LR))
         clip_norm = settings.clip_norm
-        with local_training(env.defence, model, base_optimizer, int(config["batch-size"])) as optimizer:
-            for _ in range(int(config["local-epochs"])):
+        with local_training(env.defence, model, base_optimizer, integer(config, BATCH_SIZE)) as optimizer:
+            for _ in range(integer(config, LOCAL_EPOCHS)):
                 for x, y in self.batches(config, generator):
                     optimizer.zero_grad(set_to_none=True)
                     loss = self.batch_loss(model, x, y) + auxiliary_loss(model)

@@ -26,9 +26,11 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from torch import nn
 from torch.nn import functional as F
+from typing_extensions import override
 
 from clients.base import TrainStats
 from clients.peer import PeerClient, State, part, prefixed
+from fedsim.numerics import tensor_sum
 from fedsim.seeding import torch_generator
 from fedsim.sparse import decode_sparse, encode_sparse
 
@@ -90,6 +92,9 @@ def prune_and_regrow(
 
 
 class DisPFLClient(PeerClient):
+    """DisPFL client: a personal sparse model, aggregated mask-aware from its peers, pruned and regrown."""
+
+    @override
     def initial_state(self, initial: State) -> State:
         names = maskable(initial)
         densities = erk_densities({n: tuple(initial[n].shape) for n in names}, float(self.env.cfg.strategy.density))
@@ -98,9 +103,11 @@ class DisPFLClient(PeerClient):
         weights = {k: v * masks[k] if k in masks else v for k, v in initial.items()}
         return {**prefixed(WEIGHTS, weights), **prefixed(SHARED_MASK, masks), **prefixed(MASK, masks)}
 
+    @override
     def model_weights(self, state: State) -> State:
         return part(state, WEIGHTS)
 
+    @override
     def combine(self, state: State, peers: dict[int, ArrayRecord], content: RecordDict) -> State:
         own, own_shared, self.mask = part(state, WEIGHTS), part(state, SHARED_MASK), part(state, MASK)
         shapes = {k: tuple(v.shape) for k, v in own.items()}
@@ -110,20 +117,22 @@ class DisPFLClient(PeerClient):
             if not w.is_floating_point():
                 start[name] = w.clone()
             elif name in self.mask:
-                total = sum(weights[name].double() for weights, _ in sources)
-                count = sum(masks[name].double() for _, masks in sources)
+                total = tensor_sum(weights[name].double() for weights, _ in sources)
+                count = tensor_sum(masks[name].double() for _, masks in sources)
                 mean = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
                 start[name] = (mean * self.mask[name]).to(w.dtype)
             else:
-                start[name] = (sum(weights[name].double() for weights, _ in sources) / len(sources)).to(w.dtype)
+                start[name] = (tensor_sum(weights[name].double() for weights, _ in sources) / len(sources)).to(w.dtype)
         return start
 
+    @override
     def after_step(self, model: nn.Module) -> None:
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name in self.mask:
                     p.mul_(self.mask[name].to(p.device))
 
+    @override
     def next_state(self, model: nn.Module, state: State, server_round: int) -> State:
         s = self.env.cfg.strategy
         weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -142,9 +151,11 @@ class DisPFLClient(PeerClient):
         F.cross_entropy(model(x), y).backward()
         return {n: p.grad.detach().cpu() for n, p in model.named_parameters() if n in self.mask and p.grad is not None}
 
+    @override
     def share(self, model: nn.Module, state: State) -> ArrayRecord:
         return encode_sparse(part(state, WEIGHTS), part(state, SHARED_MASK))
 
+    @override
     def metrics(self, stats: TrainStats) -> MetricRecord:
         metrics = super().metrics(stats)
         kept = sum(float(m.sum()) for m in self.mask.values())

@@ -38,21 +38,41 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch.nn import functional as F
+from typing_extensions import override
 
 from clients import load_client_class
 from clients.base import Client
 from fedsim.client_env import ClientEnv, augmented
 from fedsim.data.augment import shift_flip
 from fedsim.models.generator import kl_divergence
-from fedsim.protocols.fedfed import DISTILL, RECEIVE, SHARE, SHARED_FEATURES, DistillationPair, shared_copy_keys
-from fedsim.protocols.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, SERVER_ROUND
-from fedsim.records import load_record, model_to_record
+from fedsim.protocols.fedfed import (
+    DISTILL,
+    LABELS,
+    PHASE,
+    POOL_DIGEST,
+    RECEIVE,
+    SHARE,
+    SHARED_FEATURES,
+    DistillationPair,
+    shared_copy_keys,
+)
+from fedsim.protocols.messages import (
+    ARRAYS,
+    BATCH_SIZE,
+    LOCAL_EPOCHS,
+    LR,
+    METRICS,
+    NUM_EXAMPLES,
+    SERVER_ROUND,
+    TRAIN_LOSS,
+)
+from fedsim.records import arrays_of, config_of, integer, load_record, model_to_record, number, text
 from fedsim.seeding import rng, seed_torch, torch_generator
 
 CURRICULUM = ((10, 10.0), (20, 5.0))  # official: re x10 while the local epoch index < 10, x5 below 20
@@ -114,20 +134,28 @@ def balanced_draw(labels: np.ndarray, n: int, gen: np.random.Generator, num_clas
     return np.concatenate(picks)
 
 
-class FedFedMixin:
+# The mixin goes in front of any base client (fedfed_client_class); the checker sees it as a Client.
+if TYPE_CHECKING:
+    _MixinBase = Client
+else:
+    _MixinBase = object
+
+
+class FedFedMixin(_MixinBase):
     """Adds FedFed's distillation, sharing and receiving phases, and the shared set in training, to a base client."""
 
-    env: ClientEnv
+    pool: dict[str, torch.Tensor] | None = None  # x1, x2, ... and y of the shared set, once received
 
+    @override
     def train(self, content: RecordDict, server_round: int) -> RecordDict:
-        phase = content[CONFIG]["fedfed-phase"]
+        phase = config_of(content)[PHASE]
         if phase == DISTILL:
             return self.distill(content, server_round)
         if phase == SHARE:
             return self.share(content)
         if phase == RECEIVE:
             return self.receive(content)
-        digest = str(content[CONFIG]["fedfed-pool"])
+        digest = text(config_of(content), POOL_DIGEST)
         self.pool = self.env.state.shared_payload(digest)
         if self.pool is None:
             raise RuntimeError(
@@ -135,11 +163,14 @@ class FedFedMixin:
             )
         return super().train(content, server_round)
 
+    @override
     def batches(self, config: ConfigRecord, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         env, data = self.env, self.env.data.dataset
-        server_round = int(config[SERVER_ROUND])
-        pool_y = self.pool["y"].numpy()
-        n, size = len(env.data), int(config["batch-size"])
+        server_round = integer(config, SERVER_ROUND)
+        pool = self.pool
+        assert pool is not None  # train() received it
+        pool_y = pool[LABELS].numpy()
+        n, size = len(env.data), integer(config, BATCH_SIZE)
         draws = rng(env.cfg.seed, "fedfed-draw", server_round, env.client_id)  # once per round, as official
         keys = shared_copy_keys(len(env.cfg.strategy.share_noise_std))
         copies = [balanced_draw(pool_y, n, draws, data.num_classes) for _ in keys]
@@ -153,26 +184,27 @@ class FedFedMixin:
             labels = [env.data.y[idx]]
             for key, drawn in zip(keys, copies):
                 chosen = torch.from_numpy(drawn[idx.numpy()])
-                parts.append(data.scale_difference(view(self.pool[key][chosen])))
-                labels.append(self.pool["y"][chosen])
+                parts.append(data.scale_difference(view(pool[key][chosen])))
+                labels.append(pool[LABELS][chosen])
             yield torch.cat(parts).to(env.device), torch.cat(labels).to(env.device)
 
     def distill(self, content: RecordDict, server_round: int) -> RecordDict:
+        """The DISTILL phase: train the received (G, f) pair on this client's data and reply it."""
         s, env = self.env.cfg.strategy, self.env
-        config: ConfigRecord = content[CONFIG]
-        pair = distillation_pair(self.env, content[ARRAYS])
+        config: ConfigRecord = config_of(content)
+        pair = distillation_pair(self.env, arrays_of(content))
         seed_torch(env.cfg.seed, "fedfed-distill", server_round, env.client_id)
         generator = torch_generator(env.cfg.seed, "fedfed-distill-shuffle", server_round, env.client_id)
         optimizer = torch.optim.AdamW(
-            pair.parameters(), lr=float(config["lr"]), weight_decay=float(s.distill_weight_decay)
+            pair.parameters(), lr=number(config, LR), weight_decay=float(s.distill_weight_decay)
         )
         skewed = label_skewed(env.data.y, len(env.data.dataset.y_train) / env.cfg.num_clients)
         boost = float(s.label_skew_boost) if skewed else 1.0
-        size = int(config["batch-size"])
+        size = integer(config, BATCH_SIZE)
         pair.train()
         totals = {"loss": 0.0, "recon": 0.0, "ce_views": 0.0, "kl": 0.0, "ce_x": 0.0}
         steps = 0
-        for epoch in range(int(config["local-epochs"])):
+        for epoch in range(integer(config, LOCAL_EPOCHS)):
             re = recon_weight(float(s.weight_recon), epoch)
             self.warm_up_classifier(pair, optimizer, size, generator)
             if not skewed:
@@ -192,10 +224,12 @@ class FedFedMixin:
                 for key, value in parts.items():
                     totals[key] += value.item()
                 steps += 1
-        metrics = {f"distill-{k}" if k != "loss" else "train-loss": v / max(steps, 1) for k, v in totals.items()}
+        metrics: dict[str, Any] = {
+            f"distill-{k}" if k != "loss" else TRAIN_LOSS: v / max(steps, 1) for k, v in totals.items()
+        }
         metrics[NUM_EXAMPLES] = len(env.data)
         metrics["label-skewed"] = int(skewed)
-        return RecordDict({"arrays": model_to_record(pair), METRICS: MetricRecord(metrics)})
+        return RecordDict({ARRAYS: model_to_record(pair), METRICS: MetricRecord(metrics)})
 
     def augmented(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Local images ``idx`` in [0, 1] with random crop and flip."""
@@ -238,6 +272,7 @@ class FedFedMixin:
     def distill_losses(
         self, pair: DistillationPair, idx: torch.Tensor, generator: torch.Generator
     ) -> dict[str, torch.Tensor]:
+        """FedFed's distillation losses on the batch ``idx``: reconstruction, views' and raw cross-entropy, KL."""
         s, env, data = self.env.cfg.strategy, self.env, self.env.data.dataset
         x01 = self.augmented(idx, generator)
         y = env.data.y[idx].to(env.device)
@@ -261,7 +296,7 @@ class FedFedMixin:
         """One noised copy of the performance-sensitive part of every local sample per noise level,
         float16, with labels."""
         env, sigmas = self.env, [float(v) for v in self.env.cfg.strategy.share_noise_std]
-        pair = distillation_pair(self.env, content[ARRAYS]).eval()
+        pair = distillation_pair(self.env, arrays_of(content)).eval()
         noise_rng = torch_generator(env.cfg.seed, "fedfed-share-noise", env.client_id)
         copies: dict[str, list[torch.Tensor]] = {key: [] for key in shared_copy_keys(len(sigmas))}
         for idx in env.data.index_batches(1000):
@@ -273,23 +308,24 @@ class FedFedMixin:
         shared = {k: torch.cat(v).half() if v else empty for k, v in copies.items()}
         return RecordDict(
             {
-                SHARED_FEATURES: ArrayRecord({**shared, "y": env.data.y.clone()}),
-                METRICS: MetricRecord({"num-examples": len(env.data)}),
+                SHARED_FEATURES: ArrayRecord({**shared, LABELS: env.data.y.clone()}),
+                METRICS: MetricRecord({NUM_EXAMPLES: len(env.data)}),
             }
         )
 
     def receive(self, content: RecordDict) -> RecordDict:
         """Keep the global shared set for the rest of the run."""
-        pool = content[SHARED_FEATURES]
-        digest = str(content[CONFIG]["fedfed-pool"])
+        pool = arrays_of(content, SHARED_FEATURES)
+        digest = text(config_of(content), POOL_DIGEST)
         self.env.state.keep_shared(digest, {k: torch.from_numpy(pool[k].numpy()) for k in pool.keys()})
         return RecordDict(
-            {"metrics": MetricRecord({"num-examples": len(self.env.data), "pool-samples": int(pool["y"].shape[0])})}
+            {METRICS: MetricRecord({NUM_EXAMPLES: len(self.env.data), "pool-samples": int(pool[LABELS].shape[0])})}
         )
 
 
 @cache
 def fedfed_client_class(base_name: str) -> type[Client]:
+    """The FedFed client class over the base algorithm's client ``base_name``."""
     base = load_client_class(base_name)
     return type(f"FedFed{base.__name__}", (FedFedMixin, base), {})
 

@@ -27,11 +27,12 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 from torch import nn
 from torch.nn import functional as F
+from typing_extensions import override
 
 from clients.base import Client
 from fedsim.models import split_model
-from fedsim.protocols.fedimpro import FEATURE_STATS
-from fedsim.protocols.messages import CONFIG
+from fedsim.protocols.fedimpro import FEATURE_STATS, LAMBDA, MEAN, STD
+from fedsim.records import arrays_of, config_of, number
 from fedsim.seeding import torch_generator
 
 
@@ -46,6 +47,7 @@ class RunningClassStats:
 
     @torch.no_grad()
     def update(self, h: torch.Tensor, y: torch.Tensor) -> None:
+        """Move the estimates of the classes in ``y`` toward the mean and std of their features ``h``."""
         h = h.detach().flatten(1).to(self.mean)
         for c in torch.unique(y).tolist():
             members = h[y == c]
@@ -65,15 +67,20 @@ class RunningClassStats:
 
 
 class FedImproClient(Client):
+    """FedImpro client: trains on its data and on features drawn from the shared class distributions, and
+    returns its noised estimate of those distributions.
+    """
+
+    @override
     def train(self, content: RecordDict, server_round: int) -> RecordDict:
         s = self.env.cfg.strategy
-        stats: ArrayRecord = content[FEATURE_STATS]
-        self.weight = float(content[CONFIG]["fedimpro-lambda"])
+        stats: ArrayRecord = arrays_of(content, FEATURE_STATS)
+        self.weight = number(config_of(content), LAMBDA)
         self.low, self.high = split_model(self.env.model, s.split_at)
         std_max = None if s.feature_std_max is None else float(s.feature_std_max)
         self.estimate = RunningClassStats(
-            torch.from_numpy(stats["mean"].numpy()).float().to(self.env.device),
-            torch.from_numpy(stats["std"].numpy()).float().to(self.env.device),
+            torch.from_numpy(stats[MEAN].numpy()).float().to(self.env.device),
+            torch.from_numpy(stats[STD].numpy()).float().to(self.env.device),
             float(s.stats_reference_count),
             std_max,
         )
@@ -82,6 +89,7 @@ class FedImproClient(Client):
         reply[FEATURE_STATS] = self.shared_stats(server_round)
         return reply
 
+    @override
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         fake_h, fake_y = self.estimate.sample(len(y), self.draws)
         h = self.low(x)
@@ -99,7 +107,7 @@ class FedImproClient(Client):
             noise = torch_generator(self.env.cfg.seed, "fedimpro-stats-noise", server_round, self.env.client_id)
             mean = mean + sigma * torch.randn(mean.shape, generator=noise)
             std = std + sigma * torch.randn(std.shape, generator=noise)
-        return ArrayRecord({"mean": mean.contiguous(), "std": std.contiguous()})
+        return ArrayRecord({MEAN: mean.contiguous(), STD: std.contiguous()})
 
 
 CLIENT = FedImproClient

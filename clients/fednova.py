@@ -9,15 +9,20 @@ tau is the number of local steps.
 from __future__ import annotations
 
 from flwr.app import MetricRecord
+from typing_extensions import override
 
 from clients.base import Client, TrainStats
 from fedsim.numerics import accumulation_norm, optimizer_momentum
+from fedsim.protocols.fednova import TAU_EFF
 
 
 class FedNovaClient(Client):
+    """FedNova client: a FedAvg update, and its accumulation norm ``TAU_EFF``."""
+
+    @override
     def metrics(self, stats: TrainStats) -> MetricRecord:
         metrics = super().metrics(stats)
-        metrics["tau-eff"] = accumulation_norm(stats.steps, optimizer_momentum(self.env.cfg.optimizer))
+        metrics[TAU_EFF] = accumulation_norm(stats.steps, optimizer_momentum(self.env.cfg.optimizer))
         return metrics
 
 

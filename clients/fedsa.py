@@ -29,14 +29,15 @@ import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from torch import nn
 from torch.nn import functional as F
+from typing_extensions import override
 
 from clients.base import Client, make_optimizer
 from fedsim.errors import ConfigError
 from fedsim.evaluation import evaluate
-from fedsim.models import model_from_config, split_model
-from fedsim.protocols.fedsa import AMALGAMATE, PROBE, SELECT, TEACHER
-from fedsim.protocols.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES
-from fedsim.records import load_record, model_to_record
+from fedsim.models import features_of, model_from_config, split_model
+from fedsim.protocols.fedsa import AMALGAMATE, PHASE, PROBE, SELECT, TEACHER, TEACHER_ACCURACY, similarity_key
+from fedsim.protocols.messages import ACCURACY, ARRAYS, LAST_CHECKPOINT, METRICS, NUM_EXAMPLES
+from fedsim.records import arrays_of, config_of, integer, load_record, model_to_record, text
 from fedsim.seeding import seed_torch, torch_generator
 
 
@@ -47,7 +48,7 @@ def conv_split(
     ``last``: the last one with h * w > 1 (where the hint loss looks); ``intermediate``: the last one
     at a higher resolution than that (the stage before the last, as the official Grad-CAM
     target_layer, layer3 of a ResNet), or the last one where there is no earlier stage."""
-    layers = list(model.features.children())
+    layers = list(features_of(model).children())
     x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
     spatial: list[tuple[int, int]] = []  # (split index, h * w)
     with torch.no_grad():
@@ -91,6 +92,7 @@ def saliency_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def feature_channels(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Channels of the feature map a model's convolutional part produces."""
     low, _ = conv_split(model, input_shape)
     with torch.no_grad():
         return int(low.eval()(torch.zeros(1, *input_shape, device=next(model.parameters()).device)).shape[1])
@@ -121,19 +123,22 @@ class FedSAParty(Client):
 
     @property
     def teacher_file(self) -> Path:
+        """Where this party keeps its trained teacher (under the run directory)."""
         return Path(self.env.cfg.run_dir) / "teachers" / f"party-{self.env.client_id:03d}.pt"
 
     @cached_property
     def teacher(self) -> nn.Module:
+        """This party's teacher, loaded from :attr:`teacher_file` (prepared in the TEACHER phase)."""
         cfg, data = self.env.cfg, self.env.data.dataset
         teacher = model_from_config(cfg, data.input_shape, data.num_classes).to(self.env.device)
         teacher.load_state_dict(torch.load(self.teacher_file, map_location=self.env.device, weights_only=True))
         return teacher.eval().requires_grad_(False)
 
+    @override
     def train(self, content: RecordDict, server_round: int) -> RecordDict:
-        phase = str(content[CONFIG]["fedsa-phase"])
+        phase = text(config_of(content), PHASE)
         if phase == TEACHER:
-            return self.prepare_teacher(content[CONFIG])
+            return self.prepare_teacher(config_of(content))
         if phase == SELECT:
             return self.score(content)
         if phase == AMALGAMATE:
@@ -142,6 +147,7 @@ class FedSAParty(Client):
 
     # -- teacher ------------------------------------------------------------------------------
     def prepare_teacher(self, config: ConfigRecord) -> RecordDict:
+        """The TEACHER phase: train (or load, or leave useless) the teacher; reply its test accuracy."""
         teachers, env = self.env.cfg.strategy.teachers, self.env
         if not self.teacher_file.exists():
             seed_torch(env.cfg.seed, "fedsa-teacher", env.client_id)
@@ -170,27 +176,28 @@ class FedSAParty(Client):
             torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
             os.replace(tmp, self.teacher_file)
         result = evaluate(self.teacher, env.test, int(env.cfg.eval_batch_size), env.device)
-        metrics = {"teacher-accuracy": result["accuracy"], NUM_EXAMPLES: len(env.data)}
-        return RecordDict({"metrics": MetricRecord(metrics)})
+        metrics: dict[str, Any] = {TEACHER_ACCURACY: result[ACCURACY], NUM_EXAMPLES: len(env.data)}
+        return RecordDict({METRICS: MetricRecord(metrics)})
 
     # -- selection ----------------------------------------------------------------------------
     def score(self, content: RecordDict) -> RecordDict:
         """Mean saliency similarity of teacher and student on each task's probe images."""
         student = self.env.model
-        load_record(student, content[ARRAYS])
-        x = torch.from_numpy(content[PROBE]["x"].numpy()).to(self.env.device)
-        task = torch.from_numpy(content[PROBE]["task"].numpy()).to(self.env.device)
+        load_record(student, arrays_of(content))
+        x = torch.from_numpy(arrays_of(content, PROBE)["x"].numpy()).to(self.env.device)
+        task = torch.from_numpy(arrays_of(content, PROBE)["task"].numpy()).to(self.env.device)
         layer = str(self.env.cfg.strategy.saliency_layer)
         similarity = saliency_similarity(gradcam(student, x, layer), gradcam(self.teacher, x, layer))
-        metrics = {f"similarity-{int(t)}": float(similarity[task == t].mean()) for t in task.unique()}
+        metrics: dict[str, Any] = {similarity_key(int(t)): float(similarity[task == t].mean()) for t in task.unique()}
         metrics[NUM_EXAMPLES] = len(self.env.data)
-        return RecordDict({"metrics": MetricRecord(metrics)})
+        return RecordDict({METRICS: MetricRecord(metrics)})
 
     # -- amalgamation -------------------------------------------------------------------------
     def amalgamate(self, content: RecordDict, server_round: int) -> RecordDict:
-        config, env = content[CONFIG], self.env
+        """The AMALGAMATE phase: distil the teacher into the received student on the probe images; reply it."""
+        config, env = config_of(content), self.env
         student = env.model
-        load_record(student, content[ARRAYS])
+        load_record(student, arrays_of(content))
         shape = env.data.dataset.input_shape
         self.student_low, _ = conv_split(student, shape)
         self.teacher_low, _ = conv_split(self.teacher, shape)
@@ -200,8 +207,8 @@ class FedSAParty(Client):
         if saved is not None:
             self.translator.load_state_dict(saved)
         stats = self.fit(student, config, server_round)
-        env.state.save(server_round, self.translator.state_dict(), int(config["last-checkpoint"]))
-        return RecordDict({"arrays": model_to_record(student), METRICS: self.metrics(stats)})
+        env.state.save(server_round, self.translator.state_dict(), integer(config, LAST_CHECKPOINT))
+        return RecordDict({ARRAYS: model_to_record(student), METRICS: self.metrics(stats)})
 
     def optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
         """Student and translator train together."""

@@ -19,9 +19,12 @@ import torch
 from flwr.app import ConfigRecord
 from torch import nn
 from torch.nn import functional as F
+from typing_extensions import override
 
 from clients.base import Client
 from fedsim.data import augment
+from fedsim.protocols.messages import BATCH_SIZE
+from fedsim.records import integer
 
 
 def cycled_batches(n: int, size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -31,13 +34,15 @@ def cycled_batches(n: int, size: int, generator: torch.Generator) -> Iterator[to
 
 
 class FixMatchClient(Client):
+    """FixMatch client: supervised loss on labels plus confidence-masked pseudo-label consistency."""
+
     UNLABELED = -1
     counts_unlabeled = True
 
     def batches(self, config: ConfigRecord, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Raw uint8 batches of labeled samples followed by unlabeled ones (label -1)."""
         labeled, unlabeled = self.env.data, self.env.unlabeled
-        size = int(config["batch-size"])
+        size = integer(config, BATCH_SIZE)
         self.augment_rng = generator
         steps = max(-(-len(labeled) // size), -(-len(unlabeled) // size))
         streams = [cycled_batches(len(part), size, generator) if len(part) else None for part in (labeled, unlabeled)]
@@ -59,6 +64,7 @@ class FixMatchClient(Client):
         return data.normalize(getattr(augment, kind)(x, self.augment_rng, data.hflip)).to(self.env.device)
 
     def views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weak and the strong augmented view of a uint8 batch."""
         return self.view(x, "weak"), self.view(x, "strong")
 
     def pseudo_label_loss(self, model: nn.Module, weak: torch.Tensor, strong: torch.Tensor) -> torch.Tensor:
@@ -71,8 +77,10 @@ class FixMatchClient(Client):
         return (F.cross_entropy(model(strong), pseudo, reduction="none") * mask).mean()
 
     def supervised_loss(self, model: nn.Module, weak: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss on the labeled part of a batch (zero when it has none)."""
         return self.loss(model, model(weak), y) if len(y) else weak.new_zeros(())
 
+    @override
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         weak, strong = self.views(x)
         y = y.to(self.env.device)

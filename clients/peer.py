@@ -17,11 +17,13 @@ import logging
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
+from typing_extensions import override
 
 from clients.base import Client
 from fedsim.decentralized import peer_records
-from fedsim.protocols.messages import ARRAYS, CONFIG
-from fedsim.records import model_to_record
+from fedsim.numerics import tensor_sum
+from fedsim.protocols.messages import ARRAYS, LAST_CHECKPOINT, METRICS, PEER_RECORD
+from fedsim.records import arrays_of, config_of, integer, model_to_record
 
 log = logging.getLogger("fedsim")
 
@@ -34,7 +36,7 @@ def weighted_mix(states: list[State], weights: list[float]) -> State:
     mixed = {}
     for key, first in states[0].items():
         if first.is_floating_point():
-            mixed[key] = sum(s[key].double() * (w / total) for s, w in zip(states, weights)).to(first.dtype)
+            mixed[key] = tensor_sum(s[key].double() * (w / total) for s, w in zip(states, weights)).to(first.dtype)
         else:
             mixed[key] = first.clone()
     return mixed
@@ -51,6 +53,7 @@ def prefixed(prefix: str, tensors: State) -> State:
 
 
 def is_finite(state: State) -> bool:
+    """Whether every floating-point tensor of ``state`` is finite."""
     return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
@@ -66,7 +69,7 @@ class PeerClient(Client):
             raise ValueError(
                 f"client {self.env.client_id} has no saved model and the message carries no initial 'arrays'"
             )
-        return self.initial_state(content["arrays"].to_torch_state_dict())
+        return self.initial_state(arrays_of(content).to_torch_state_dict())
 
     def initial_state(self, initial: State) -> State:
         """State before the first round: the common initial model."""
@@ -89,21 +92,23 @@ class PeerClient(Client):
         """What peers receive from this client (the dense trained model)."""
         return model_to_record(model)
 
+    @override
     def train(self, content: RecordDict, server_round: int) -> RecordDict:
-        config: ConfigRecord = content[CONFIG]
+        config: ConfigRecord = config_of(content)
         state = self.own_state(content, server_round)
         model = self.env.model
         model.load_state_dict(self.combine(state, peer_records(content), content))
         stats = self.fit(model, config, server_round)
         new_state = self.next_state(model, state, server_round)
         if is_finite(new_state):
-            self.env.state.save(server_round, new_state, last_checkpoint=int(config["last-checkpoint"]))
+            self.env.state.save(server_round, new_state, last_checkpoint=integer(config, LAST_CHECKPOINT))
         else:
             log.warning(
                 "client %d: non-finite model after round %d, keeping the previous one", self.env.client_id, server_round
             )
-        return RecordDict({"shared": self.share(model, new_state), "metrics": self.metrics(stats)})
+        return RecordDict({PEER_RECORD: self.share(model, new_state), METRICS: self.metrics(stats)})
 
+    @override
     def evaluate(self, content: RecordDict, server_round: int) -> RecordDict:
         self.env.model.load_state_dict(self.model_weights(self.own_state(content, server_round + 1)))
         return self.test_metrics(self.env.model)

@@ -26,9 +26,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
 from torch.nn import functional as F
+from typing_extensions import override
 
 from clients.peer import PeerClient, State, part, prefixed, weighted_mix
 from fedsim.protocols import scool as protocol
+from fedsim.protocols.scool import GRAPH, IDS, LOSSES, PRIOR, USE_LIKELIHOOD, WEIGHTS
+from fedsim.records import config_of, integers, numbers
 from fedsim.seeding import torch_generator
 
 
@@ -55,55 +58,64 @@ START = "start."  # the official variant's client state keeps the model it train
 
 
 class SCooLClient(PeerClient):
+    """SCooL client: forms its row of the cooperation graph from its peers' losses and the prior, then mixes."""
+
     def official(self) -> bool:
+        """Whether the run uses the official variant (update mixing)."""
         return self.env.cfg.strategy.variant == "official"
 
+    @override
     def initial_state(self, initial: State) -> State:
         if not self.official():
             return initial
         return {**prefixed(protocol.MODEL, initial), **prefixed(START, initial)}
 
+    @override
     def model_weights(self, state: State) -> State:
         return part(state, protocol.MODEL) if self.official() else state
 
+    @override
     def train(self, content: RecordDict, server_round: int) -> RecordDict:
         self.server_round = server_round
         self.graph_row: ConfigRecord | None = None
         self.anchor: dict[str, torch.Tensor] = {}
         reply = super().train(content, server_round)
         if self.graph_row is not None:
-            reply["graph"] = self.graph_row
+            reply[GRAPH] = self.graph_row
         return reply
 
     @torch.no_grad()
     def likelihood_loss(self, state: State, x: torch.Tensor, y: torch.Tensor) -> float:
+        """The loss of the model ``state`` on the batch (x, y): how well a peer's model explains this data."""
         model = self.env.model
         model.load_state_dict(state)
         model.eval()
         return float(F.cross_entropy(model(x), y))
 
     def likelihood_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The seeded batch of this client's training data on which peers' models are scored."""
         data, samples = self.env.data, self.env.cfg.strategy.likelihood_samples
         n = int(self.env.cfg.batch_size if samples is None else samples)
         generator = torch_generator(self.env.cfg.seed, "scool-likelihood", self.server_round, self.env.client_id)
         idx = torch.randperm(len(data), generator=generator)[:n]
         return data.dataset.normalize(data.x[idx]).to(self.env.device), data.y[idx].to(self.env.device)
 
+    @override
     def combine(self, state: State, peers: dict[int, ArrayRecord], content: RecordDict) -> State:
         own = self.model_weights(state)
         self.start = part(state, START) if self.official() else own
-        if not peers or "graph" not in content.config_records:
+        if not peers or GRAPH not in content.config_records:
             self.start = own  # own weight 1: start + delta is the trained model
             return own
-        s, graph = self.env.cfg.strategy, content["graph"]
-        ids = [int(i) for i in graph["ids"]]
+        s, graph = self.env.cfg.strategy, config_of(content, GRAPH)
+        ids = integers(graph, IDS)
         shared = [peers[j] for j in ids[1:]]
         models = [own] + [
             (protocol.unpack(r, protocol.MODEL) if self.official() else r).to_torch_state_dict() for r in shared
         ]
-        prior = [float(v) for v in graph["prior"]]
+        prior = numbers(graph, PRIOR)
         losses = [0.0] * len(models)
-        if bool(graph["use-likelihood"]):
+        if bool(graph[USE_LIKELIHOOD]):
             x, y = self.likelihood_batch()
             losses = [self.likelihood_loss(m, x, y) for m in models]
         if self.official() and s.prior == "sbm":
@@ -113,7 +125,7 @@ class SCooLClient(PeerClient):
                 s.likelihood_scale
             )
             weights = torch.softmax(logits, dim=0).tolist()
-        self.graph_row = ConfigRecord({"ids": ids, "weights": weights, "losses": losses})
+        self.graph_row = ConfigRecord({IDS: ids, WEIGHTS: weights, LOSSES: losses})
         if self.official():
             own_update = {k: own[k] - self.start[k] for k in own if own[k].is_floating_point()}
             updates = [own_update] + [protocol.unpack(r, protocol.UPDATE).to_torch_state_dict() for r in shared]
@@ -127,6 +139,7 @@ class SCooLClient(PeerClient):
             self.pull = float(s.reg_weight) * peer_weight
         return weighted_mix(models, weights)
 
+    @override
     def before_step(self, model: nn.Module) -> None:
         if self.anchor:
             with torch.no_grad():
@@ -134,10 +147,12 @@ class SCooLClient(PeerClient):
                     if p.grad is not None:
                         p.grad.add_(p - self.anchor[name], alpha=self.pull)
 
+    @override
     def next_state(self, model: nn.Module, state: State, server_round: int) -> State:
         trained = super().next_state(model, state, server_round)
         return {**prefixed(protocol.MODEL, trained), **prefixed(START, self.start)} if self.official() else trained
 
+    @override
     def share(self, model: nn.Module, state: State) -> ArrayRecord:
         if not self.official():
             return super().share(model, state)

@@ -25,12 +25,13 @@ import torch
 from flwr.app import RecordDict
 from torch import nn
 from torch.nn import functional as F
+from typing_extensions import override
 
 from clients.base import make_optimizer
 from clients.fixmatch import FixMatchClient
 from fedsim.models import embedding
 from fedsim.protocols.twinsight import UNSUPERVISED, unsupervised_model
-from fedsim.records import load_record, model_to_record
+from fedsim.records import arrays_of, load_record, model_to_record
 
 
 def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -51,18 +52,23 @@ def neighbourhood_loss(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 class TwinSightClient(FixMatchClient):
+    """Twin-sight client: a supervised and an unsupervised (SimCLR) model, coupled by the neighbourhood constraint."""
+
+    @override
     def train(self, content: RecordDict, server_round: int) -> RecordDict:
         data = self.env.data.dataset
         self.unsup = unsupervised_model(self.env.cfg, data.input_shape, data.num_classes).to(self.env.device)
-        load_record(self.unsup, content[UNSUPERVISED])
+        load_record(self.unsup, arrays_of(content, UNSUPERVISED))
         self.unsup.train()
         reply = super().train(content, server_round)
         reply[UNSUPERVISED] = model_to_record(self.unsup)
         return reply
 
+    @override
     def optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
         return make_optimizer(nn.ModuleList([model, self.unsup]), self.env.cfg.optimizer, lr)
 
+    @override
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         s = self.env.cfg.strategy
         weak, strong = self.views(x)

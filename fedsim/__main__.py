@@ -1,3 +1,5 @@
+"""``python -m fedsim``: the command line (:func:`fedsim.cli.main`)."""
+
 from fedsim.cli import main
 
 raise SystemExit(main())

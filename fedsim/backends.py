@@ -31,6 +31,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
+from typing_extensions import override
 
 from fedsim.client_host import ClientHost
 from fedsim.link_state import node_indexed_link_state
@@ -49,16 +50,20 @@ class SimulatedGrid(Grid):
         self._ids = count()
         self._pending: dict[str, Message] = {}
 
+    @override
     def set_run(self, run: Run) -> None:  # a simulated grid serves exactly one run
         self._run = run
 
     @property
+    @override
     def run(self) -> Run:
         return self._run
 
+    @override
     def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
         return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl)
 
+    @override
     def get_node_ids(self) -> Iterable[int]:
         return range(1, len(self.sizes) + 1)
 
@@ -66,6 +71,7 @@ class SimulatedGrid(Grid):
         """(client id -> node id, client id -> sample count), as the handshake would learn them."""
         return {cid: cid + 1 for cid in self.sizes}, dict(self.sizes)
 
+    @override
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for msg in messages:
@@ -74,6 +80,7 @@ class SimulatedGrid(Grid):
             ids.append(key)
         return ids
 
+    @override
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self.send_and_receive([self._pending.pop(key) for key in message_ids if key in self._pending])
 
@@ -92,9 +99,11 @@ class InProcessGrid(SimulatedGrid):
         super().__init__(sizes)
         self.host = ClientHost(client_app, len(sizes))
 
+    @override
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.host.deliver_all(list(messages))
 
+    @override
     def send_and_reduce(
         self, messages: list[Message], param_keys: list[str], timeout: float | None = None
     ) -> PartialSum:
@@ -102,6 +111,7 @@ class InProcessGrid(SimulatedGrid):
 
 
 def run_inprocess(main: ServerMain, client_app: ClientApp, sizes: dict[int, int]) -> None:
+    """Run ``main`` with every client in this process (no Ray): the in-process backend."""
     # Messages take their run and source ids from the process's task identity, which Flower's
     # runtimes set for the ServerApp; here this process is that runtime.
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 0, SUPERLINK_NODE_ID

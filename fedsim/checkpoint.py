@@ -18,6 +18,8 @@ from fedsim.records import from_numpy, to_numpy
 
 @dataclass
 class Checkpoint:
+    """A round's checkpoint: the global model, the strategy's and the privacy ledger's state."""
+
     server_round: int
     arrays: ArrayRecord
     strategy_state: dict[str, Any]
@@ -71,10 +73,12 @@ def save_checkpoint(folder: Path, ckpt: Checkpoint) -> Path:
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
+    """``"1.2.3"`` as ``(1, 2, 3)``, for comparing the fedsim version that wrote a checkpoint."""
     return tuple(int(part) for part in version.split(".") if part.isdigit())
 
 
 def latest_checkpoint(folder: Path) -> Checkpoint | None:
+    """The newest checkpoint in ``folder``, or None where there is none."""
     paths = sorted(folder.glob("round_*.pt")) if folder.is_dir() else []
     if not paths:
         return None

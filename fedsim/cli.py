@@ -66,6 +66,7 @@ def _take_option(args: list[str], names: tuple[str, ...]) -> tuple[list[str], st
 
 
 def cmd_run(args: list[str]) -> int:
+    """``python -m fedsim run``: one run, or a sweep with ``-m``; returns the exit code."""
     from fedsim.validation import compose_run
 
     if "--help" in args or "-h" in args:
@@ -108,6 +109,7 @@ def cmd_run(args: list[str]) -> int:
 
 
 def cmd_attack(args: list[str]) -> int:
+    """``python -m fedsim attack``: a stand-alone privacy attack on fresh victims; returns the exit code."""
     from fedsim.validation import compose_attack_run
 
     if "--help" in args or "-h" in args:
@@ -127,18 +129,21 @@ def cmd_attack(args: list[str]) -> int:
 
 
 def cmd_server(args: list[str]) -> int:
+    """``python -m fedsim server``: a deployment's SuperLink and ServerApp; returns the exit code."""
     from fedsim.deploy.launch import cmd_server as serve
 
     return serve(args)
 
 
 def cmd_report(args: list[str]) -> int:
+    """``python -m fedsim report``: statistics over seeds of run and sweep directories."""
     from fedsim.experiments.report_cli import cmd_report as report
 
     return report(args)
 
 
 def cmd_client(args: list[str]) -> int:
+    """``python -m fedsim client``: an edge client (a Flower SuperNode); returns the exit code."""
     from fedsim.deploy.launch import cmd_client as join
 
     return join(args)
@@ -154,6 +159,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``fedsim`` command: dispatch to a subcommand; bad input is one line and exit code 2."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)

@@ -21,7 +21,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from omegaconf import OmegaConf
 
-from fedsim.client_env import ClientEnv, ClientUpdate, TrainSettings
+from fedsim.client_env import ClientClass, ClientEnv, ClientUpdate, TrainSettings
 from fedsim.client_state import ClientStateStore
 from fedsim.data import dataset_from_config, make_partition, personal_test_split
 from fedsim.data.local import LocalData
@@ -29,11 +29,13 @@ from fedsim.data.local_folder import dataset_format, load_device_data
 from fedsim.data.partition import label_histograms
 from fedsim.hooks import Mod
 from fedsim.models import model_from_config
-from fedsim.protocols.messages import CONFIG, NUM_EXAMPLES, SERVER_ROUND
+from fedsim.protocols.messages import CLIENT_ID, INFO, NUM_EXAMPLES, SERVER_ROUND
+from fedsim.records import config_of, integer
 from fedsim.seeding import rng
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device ``name`` names (``auto``: CUDA where present, else the CPU)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -45,7 +47,7 @@ class ClientPlugins:
     runtime pickles by reference: a run's client class (``clients``), its defence and the ClientApp
     mods (attack observers, update defences: ``fedsim.privacy``)."""
 
-    client_class: Callable[[str, Any], type]
+    client_class: Callable[[str, Any], ClientClass]
     defence: Callable[[Any], Any]
     mods: Callable[[Any, Any, Callable[[int], ClientEnv], Callable[[Context], int]], list[Mod]]
 
@@ -62,10 +64,12 @@ class ClientRuntime:
 
     @cached_property
     def cfg(self):
+        """The run's config, rebuilt from its plain-dict form in this process."""
         return OmegaConf.create(self._cfg_dict)
 
     @cached_property
     def dataset(self):
+        """The run's dataset (only its format where a device brings its own images)."""
         info = self.cfg.get("dataset_info")
         if self.cfg.get("data_dir") and info:  # a device with its own images needs only the dataset's format
             return dataset_format(info)
@@ -73,6 +77,7 @@ class ClientRuntime:
 
     @cached_property
     def splits(self):
+        """Every client's partition of the training set (labeled and unlabeled indices)."""
         return make_partition(self.dataset.y_train.numpy(), self.cfg.num_clients, self.cfg.partition, self.cfg.seed)
 
     @cached_property
@@ -83,26 +88,31 @@ class ClientRuntime:
 
     @cached_property
     def device(self) -> torch.device:
+        """The device this process trains on."""
         return resolve_device(self.cfg.device)
 
     @cached_property
     def model(self) -> torch.nn.Module:
+        """The one model instance this process's clients load their weights into."""
         return model_from_config(self.cfg, self.dataset.input_shape, self.dataset.num_classes).to(self.device)
 
     @cached_property
     def defence(self):
+        """The run's defence (None when ``defence=none``)."""
         return self.plugins.defence(self.cfg.defence)
 
     @cached_property
     def train_settings(self) -> TrainSettings:
+        """The run keys every local step reads, read out of the config once."""
         return TrainSettings.of(self.cfg)
 
     @cached_property
-    def client_class(self) -> type:
+    def client_class(self) -> ClientClass:
         """The run's client update class (``clients.<strategy.client>``)."""
         return self.plugins.client_class(self.cfg.strategy.client, self.cfg)
 
     def local_data(self, indices, test: bool = False) -> LocalData:
+        """Samples ``indices`` of the training set (or of the test set with ``test``) as a client's data."""
         x, y = (self.dataset.x_test, self.dataset.y_test) if test else (self.dataset.x_train, self.dataset.y_train)
         if len(indices) == 0:
             return LocalData(x[:0], y[:0], self.dataset)  # views: nothing to copy
@@ -111,6 +121,7 @@ class ClientRuntime:
 
     @cached_property
     def state_root(self) -> Path:
+        """Where the clients' state stores live (under the run directory)."""
         return Path(self.cfg.run_dir) / "client_state"
 
     @cached_property
@@ -142,6 +153,7 @@ class ClientRuntime:
         }
 
     def client(self, client_id: int) -> ClientUpdate:
+        """The client update of ``client_id``, built on this process's shared model and data."""
         data, unlabeled, test = self.client_data(client_id)
         env = ClientEnv(
             client_id=client_id,
@@ -165,6 +177,7 @@ def shared_runtime(cfg_json: str, plugins: ClientPlugins) -> ClientRuntime:
 
 
 def client_id_of(context: Context) -> int:
+    """The client a Flower context stands for (its ``partition-id``)."""
     return int(context.node_config["partition-id"])
 
 
@@ -176,18 +189,18 @@ def make_client_app(cfg: dict[str, Any], plugins: ClientPlugins) -> ClientApp:
     @app.query()
     def query(msg: Message, context: Context) -> Message:
         cid = client_id_of(context)
-        info = MetricRecord({"client-id": cid, NUM_EXAMPLES: runtime.client(cid).num_train_examples()})
-        return Message(RecordDict({"info": info}), reply_to=msg)
+        info = MetricRecord({CLIENT_ID: cid, NUM_EXAMPLES: runtime.client(cid).num_train_examples()})
+        return Message(RecordDict({INFO: info}), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        server_round = int(msg.content[CONFIG][SERVER_ROUND])
+        server_round = integer(config_of(msg.content), SERVER_ROUND)
         content = runtime.client(client_id_of(context)).train(msg.content, server_round)
         return Message(content, reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        server_round = int(msg.content[CONFIG][SERVER_ROUND])
+        server_round = integer(config_of(msg.content), SERVER_ROUND)
         content = runtime.client(client_id_of(context)).evaluate(msg.content, server_round)
         return Message(content, reply_to=msg)
 

@@ -32,6 +32,7 @@ class TrainSettings:
 
     @classmethod
     def of(cls, cfg: Any) -> TrainSettings:
+        """The settings read out of a run config."""
         clip = cfg.optimizer.get("clip_norm")
         return cls(int(cfg.seed), None if clip is None else float(clip), augmented(cfg))
 
@@ -52,6 +53,7 @@ class ClientEnv:
     settings: TrainSettings | None = None  # the run's, where the runtime has read them (else from cfg)
 
     def train_settings(self) -> TrainSettings:
+        """The run's train settings (read from ``cfg`` where the runtime did not provide them)."""
         return self.settings or TrainSettings.of(self.cfg)
 
 
@@ -68,3 +70,16 @@ class ClientUpdate(Protocol):
 
     def evaluate(self, content: RecordDict, server_round: int) -> RecordDict:
         """The reply to an evaluate message."""
+
+
+class ClientClass(Protocol):
+    """A client update class (``clients.<name>.CLIENT``): built from its environment, and sized
+    without being built."""
+
+    def __call__(self, env: ClientEnv) -> ClientUpdate:
+        """The client update for ``env``."""
+        ...
+
+    def train_examples(self, labeled: int, unlabeled: int) -> int:
+        """Samples a client with these counts trains on (its weight in the aggregate)."""
+        ...

@@ -11,7 +11,7 @@ from __future__ import annotations
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsim.protocols.messages import ARRAYS
+from fedsim.records import arrays_of
 from fedsim.reduction import PartialSum, ReplyReducer
 
 
@@ -29,26 +29,32 @@ class ClientHost:
         self.contexts: dict[int, Context] = {}
 
     def context(self, node_id: int) -> Context:
+        """The Flower context of the client on ``node_id`` (made once, kept for its state)."""
         found = self.contexts.get(node_id)
         if found is None:
-            node_config = {"partition-id": client_of_node(node_id), "num-partitions": self.num_clients}
+            node_config: dict[str, bool | float | int | str] = {
+                "partition-id": client_of_node(node_id),
+                "num-partitions": self.num_clients,
+            }
             found = self.contexts[node_id] = Context(
                 run_id=0, node_id=node_id, node_config=node_config, state=RecordDict(), run_config={}
             )
         return found
 
     def deliver(self, msg: Message) -> Message:
+        """The ClientApp's reply to ``msg``; an exception becomes an error reply, as Flower's runtimes make it."""
         try:
             return self.client_app(msg, self.context(msg.metadata.dst_node_id))
         except Exception as err:  # a failing client becomes an error reply, as in Flower's runtimes
             return Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
 
     def deliver_all(self, messages: list[Message]) -> list[Message]:
+        """The replies to ``messages``, in order."""
         return [self.deliver(msg) for msg in messages]
 
     def reduce(self, messages: list[Message], param_keys: list[str], held: dict[int, int]) -> PartialSum:
         """Deliver train ``messages`` (all carrying the same global 'arrays') and sum the replies."""
-        reducer = ReplyReducer(messages[0].content[ARRAYS], param_keys, held)
+        reducer = ReplyReducer(arrays_of(messages[0].content), param_keys, held)
         for msg in messages:
             reducer.add(client_of_node(msg.metadata.dst_node_id), self.deliver(msg))
         return reducer.sum

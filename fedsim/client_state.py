@@ -23,6 +23,8 @@ def _load_shared(path: str) -> dict[str, torch.Tensor]:
 
 
 class ClientStateStore:
+    """A client's files across rounds: its state per round (kept up to the last checkpoint) and shared payloads."""
+
     def __init__(self, root: str | Path, client_id: int) -> None:
         self.folder = Path(root) / f"{client_id:06d}"
         self.shared = Path(root) / SHARED

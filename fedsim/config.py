@@ -17,7 +17,24 @@ CONFIG_DIR = Path(os.environ.get("FEDSIM_CONFIG_DIR", Path(__file__).resolve().p
 GROUPS = ("strategy", "dataset", "model", "partition", "backend", "attack", "defence")
 
 
+def as_dict(node: Any, resolve: bool = False) -> dict[str, Any]:
+    """A config mapping (DictConfig) as plain nested dicts and lists."""
+    data = OmegaConf.to_container(node, resolve=resolve)
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a config mapping, got {type(data).__name__}")
+    return {str(k): v for k, v in data.items()}
+
+
+def load_dict_config(path: str | Path) -> DictConfig:
+    """A YAML config file that holds a mapping (ConfigError naming the file otherwise)."""
+    cfg = OmegaConf.load(path)
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config keys, found a list")
+    return cfg
+
+
 def group_options(group: str) -> list[str]:
+    """The options of a config group (``configs/<group>/*.yaml``), sorted."""
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
@@ -70,7 +87,7 @@ def apply_strategy_options(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     a ``strategy.<key>`` given on the command line (or as a sweep value) wins."""
     if STRATEGY_OPTIONS not in cfg:
         return cfg
-    data = OmegaConf.to_container(cfg)
+    data = as_dict(cfg)
     options = data.pop(STRATEGY_OPTIONS) or {}
     unknown = sorted(set(options) - set(group_options("strategy")))
     if unknown:
@@ -125,7 +142,7 @@ def experiment_keys(name: str) -> set[str]:
     path = CONFIG_DIR / "experiment" / f"{name}.yaml"
     if not path.is_file():
         return set()
-    data = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    data = as_dict(load_dict_config(path))
     keys = {str(next(iter(d))).split("/")[-1] for d in data.pop("defaults", []) if isinstance(d, dict)}
     data.pop("hydra", None)
 

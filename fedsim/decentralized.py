@@ -28,10 +28,11 @@ from typing import Any, Literal
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+from typing_extensions import override
 
 from fedsim.params import spec
-from fedsim.protocols.messages import ARRAYS, PEER_RECORD, SERVER_ROUND
-from fedsim.records import from_numpy, record_bytes, to_numpy
+from fedsim.protocols.messages import ARRAYS, CONFIG, PEER_RECORD, SERVER_ROUND
+from fedsim.records import arrays_of, from_numpy, integer, record_bytes, to_numpy
 from fedsim.seeding import rng
 from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
 
@@ -51,7 +52,9 @@ class PeerParams(StrategyParams):
 def peer_records(content: RecordDict) -> dict[int, ArrayRecord]:
     """The peers' shared records a message carries, by peer id."""
     return {
-        int(name[len(PEER_PREFIX) :]): content[name] for name in content.array_records if name.startswith(PEER_PREFIX)
+        int(name[len(PEER_PREFIX) :]): record
+        for name, record in content.array_records.items()
+        if name.startswith(PEER_PREFIX)
     }
 
 
@@ -73,6 +76,8 @@ def link_metrics(links: list[tuple[int, int, int]]) -> dict[str, Any]:
 
 class PeerToPeerStrategy(FedsimStrategy):
     """Relays peers' models per client; no aggregation, no global model."""
+
+    params: PeerParams
 
     model_record = PEER_RECORD
 
@@ -104,6 +109,7 @@ class PeerToPeerStrategy(FedsimStrategy):
         )
 
     # -- train ------------------------------------------------------------------------------------
+    @override
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -112,18 +118,20 @@ class PeerToPeerStrategy(FedsimStrategy):
         self.links = []
         return super().configure_train(server_round, arrays, config, grid)
 
+    @override
     def train_content(self, client_id: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
-        content = RecordDict({"config": config})
+        content = RecordDict({CONFIG: config})
         if client_id not in self.shared:  # first time active: the common initial model
             content[ARRAYS] = arrays
-        for peer in self.neighbours(client_id, int(config[SERVER_ROUND])):
+        for peer in self.neighbours(client_id, integer(config, SERVER_ROUND)):
             content[f"{PEER_PREFIX}{peer}"] = self.shared[peer]
             self.links.append((peer, client_id, record_bytes(self.shared[peer])))
         return content
 
+    @override
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
         for reply in replies:
-            self.shared[reply.client_id] = reply.content[self.model_record]
+            self.shared[reply.client_id] = arrays_of(reply.content, self.model_record)
         metrics = self.aggregate_metrics(replies)
         for key, value in link_metrics(self.links).items():
             metrics[key] = value
@@ -135,7 +143,7 @@ class PeerToPeerStrategy(FedsimStrategy):
         """Every client evaluates its own model on its own test split (there is no global model)."""
 
         def content(client_id: int) -> RecordDict:
-            own = RecordDict({"config": ConfigRecord({"server-round": server_round})})
+            own = RecordDict({CONFIG: ConfigRecord({SERVER_ROUND: server_round})})
             if client_id not in self.shared and self.initial is not None:
                 own[ARRAYS] = self.initial
             return own
@@ -143,8 +151,10 @@ class PeerToPeerStrategy(FedsimStrategy):
         return self.evaluate_on_clients(server_round, grid, content)
 
     # -- checkpoints ------------------------------------------------------------------------------
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"shared": {cid: to_numpy(r) for cid, r in self.shared.items()}}
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.shared = {int(cid): from_numpy(arrays) for cid, arrays in state.get("shared", {}).items()}

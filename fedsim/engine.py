@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from fedsim import __version__
 from fedsim.backends import run_inprocess, run_ray
 from fedsim.checkpoint import latest_checkpoint
 from fedsim.client_app import resolve_device
-from fedsim.config import override_key, validate
+from fedsim.config import as_dict, load_dict_config, override_key, validate
 from fedsim.data import dataset_from_config, make_partition
 from fedsim.data.local import LocalData
 from fedsim.data.partition import label_histograms
@@ -51,8 +51,9 @@ class StderrHandler(logging.StreamHandler):
     StreamHandler keeps the stderr of the moment it was made: a later redirection would miss it or
     write to a closed stream)."""
 
-    @property  # type: ignore[override]
-    def stream(self):
+    @property
+    def stream(self) -> TextIO:
+        """The current ``sys.stderr``."""
         return sys.stderr
 
     @stream.setter
@@ -89,7 +90,7 @@ def resume_config(run_dir: str | Path, overrides: DictConfig | None = None) -> D
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"resume={run_dir}: no config.yaml there; pass the directory of an earlier fedsim run")
-    cfg = OmegaConf.load(path)
+    cfg = load_dict_config(path)
     if overrides is not None:
         cfg.num_rounds = max(int(cfg.num_rounds), int(overrides.num_rounds))
         cfg.verbose = overrides.verbose
@@ -139,6 +140,7 @@ def resume_from_command_line(cfg: DictConfig, args: list[str]) -> DictConfig:
 
 
 def partition_summary(cfg: DictConfig, labels: np.ndarray, num_classes: int, splits) -> dict:
+    """The run's partition as ``partition.json`` records it: per client its sample counts and label histogram."""
     hist = label_histograms(labels, splits, num_classes)
     return {
         "partition": OmegaConf.to_container(cfg.partition),
@@ -166,17 +168,19 @@ class ServerJob:
     observers: list[RoundObserver]
 
     def serve(self, grid: Grid) -> None:
+        """Run the rounds over ``grid``, from the start round to ``num_rounds``."""
         loop = RoundLoop(
             grid, self.strategy, self.cfg, self.run_dir, self.evaluator, self.ledger, self.loggers, self.observers
         )
         loop.run_rounds(self.arrays, self.start_round)
 
     def banner(self, backend: str | None = None) -> str:
+        """The lines printed at the start of a run: what runs where, and the strategy's description."""
         cfg = self.cfg
         return (
             f"fedsim: {cfg.strategy.name} on {cfg.dataset.name} ({cfg.model.name}), {cfg.num_clients} clients, "
             f"{cfg.clients_per_round}/round, {cfg.num_rounds} rounds, backend={backend or cfg.backend.name} -> "
-            f"{self.run_dir.path}\n{self.strategy.summary()}"
+            f"{self.run_dir.path}\n{self.strategy.describe()}"
         )
 
     def finish(self, seconds: float) -> Path:
@@ -254,7 +258,7 @@ def server_job(cfg: DictConfig) -> ServerJob:
 def run(cfg: DictConfig) -> Path:
     """Run the federation ``cfg`` describes (simulated); returns the run directory."""
     prepare_run_dir(cfg)  # the clients' config carries the run directory (their state lives under it)
-    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    cfg_dict = as_dict(cfg, resolve=True)
     app = client_app(cfg_dict)
     # The pool engine's workers start first: they boot while the server prepares its side.
     pool = (

@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedsim.data.local import LocalData
+from fedsim.protocols.messages import ACCURACY, LOSS
 from fedsim.records import load_record
 
 
@@ -28,7 +29,7 @@ def evaluate(
         if subset is not None:
             subset_correct += (subset[logits[:, subset].argmax(1)] == y).sum().item()
     n = max(len(data), 1)
-    result = {"accuracy": correct / n, "loss": loss_sum / n}
+    result = {ACCURACY: correct / n, LOSS: loss_sum / n}
     if subset is not None:
         result["subset_accuracy"] = subset_correct / n
     return result
@@ -41,5 +42,6 @@ class ServerEvaluator:
         self.model, self.data, self.batch_size, self.device = model, data, batch_size, device
 
     def __call__(self, arrays: ArrayRecord) -> dict[str, float]:
+        """Accuracy and loss of the model ``arrays`` on the held-out test set."""
         load_record(self.model, arrays)
         return evaluate(self.model, self.data, self.batch_size, self.device)

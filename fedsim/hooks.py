@@ -20,6 +20,7 @@ from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedsim.protocols.messages import CONFIG, SERVER_ROUND
+from fedsim.records import config_of, integer
 
 Mod = Callable[[Message, Context, ClientAppCallable], Message]
 
@@ -34,4 +35,5 @@ def local_training(
 
 
 def server_round_of(msg: Message) -> int:
-    return int(msg.content[CONFIG].get(SERVER_ROUND, 0)) if CONFIG in msg.content.config_records else 0
+    """The round a message belongs to (0 where its config names none)."""
+    return integer(config_of(msg.content), SERVER_ROUND, 0) if CONFIG in msg.content.config_records else 0

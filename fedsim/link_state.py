@@ -19,6 +19,7 @@ from flwr.app import Message
 from flwr.server.superlink.linkstate import linkstate_factory
 from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
 from flwr.supercore.date import now
+from typing_extensions import override
 
 
 class NodeIndexedLinkState(InMemoryLinkState):
@@ -28,6 +29,7 @@ class NodeIndexedLinkState(InMemoryLinkState):
         super().__init__(*args, **kwargs)
         self._pending: dict[int, list[str]] = {}  # node id -> ids of its undelivered messages, in arrival order
 
+    @override
     def store_message_ins(self, message: Message) -> str | None:
         with self.lock:
             message_id = super().store_message_ins(message)
@@ -37,6 +39,7 @@ class NodeIndexedLinkState(InMemoryLinkState):
                     pending.append(message_id)
             return message_id
 
+    @override
     def get_message_ins(self, node_id: int, limit: int | None, *, run_id: int | None = None) -> list[Message]:
         if limit is not None and limit < 1:
             raise AssertionError("`limit` must be >= 1")
@@ -69,8 +72,8 @@ class NodeIndexedLinkState(InMemoryLinkState):
 def node_indexed_link_state() -> Iterator[None]:
     """Simulations started in this block keep their messages in a :class:`NodeIndexedLinkState`."""
     original = linkstate_factory.InMemoryLinkState
-    linkstate_factory.InMemoryLinkState = NodeIndexedLinkState
+    linkstate_factory.InMemoryLinkState = NodeIndexedLinkState  # type: ignore[misc]  # no hook: swap the class
     try:
         yield
     finally:
-        linkstate_factory.InMemoryLinkState = original
+        linkstate_factory.InMemoryLinkState = original  # type: ignore[misc]

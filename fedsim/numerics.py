@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import operator
+from collections.abc import Iterable
 from typing import Any
+
+import torch
 
 
 def accumulation_norm(tau: int, momentum: float) -> float:
@@ -15,6 +20,11 @@ def accumulation_norm(tau: int, momentum: float) -> float:
     if momentum == 0.0:
         return float(tau)
     return (tau - momentum * (1.0 - momentum**tau) / (1.0 - momentum)) / (1.0 - momentum)
+
+
+def tensor_sum(values: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The tensors added in order (as the builtin ``sum``, whose start value 0 types as int)."""
+    return functools.reduce(operator.add, values)
 
 
 def optimizer_momentum(cfg: Any) -> float:

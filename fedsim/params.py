@@ -78,6 +78,7 @@ def suggest(key: str, known: list[str]) -> str:
 
 
 def shown(value: Any) -> str:
+    """A config value as an error message shows it."""
     if isinstance(value, (DictConfig, ListConfig)):
         value = OmegaConf.to_container(value)
     return repr(value) if isinstance(value, str) else str(value)
@@ -150,7 +151,7 @@ def check(prefix: str, schema: type, node: Mapping[str, Any] | DictConfig, ignor
     hints = typing.get_type_hints(schema, include_extras=False)
     fields = {f.name: f for f in dataclasses.fields(schema) if f.name not in ignore}
     dotted = f"{prefix}." if prefix else ""
-    for key in node:
+    for key in map(str, node):
         if key not in fields and key not in ignore:
             raise ConfigError(
                 f"{dotted}{key}={shown(node[key])}: no such key{suggest(str(key), list(fields))}".replace(
@@ -159,7 +160,7 @@ def check(prefix: str, schema: type, node: Mapping[str, Any] | DictConfig, ignor
             )
     for name, field in fields.items():
         if name not in node:
-            if field.default is UNSET and field.default_factory is UNSET:  # type: ignore[misc]
+            if field.default is UNSET and field.default_factory is UNSET:
                 raise ConfigError(f"{dotted}{name} is missing: add it to the config (it has no default)")
             continue
         value = node[name]
@@ -182,6 +183,6 @@ def all_keys(node: Any, prefix: str = "") -> list[str]:
     if not isinstance(node, (DictConfig, dict)):
         return [prefix] if prefix else []
     keys = [prefix] if prefix else []
-    for key in node:
-        keys += all_keys(node[key], f"{prefix}.{key}" if prefix else str(key))
+    for key in map(str, node):
+        keys += all_keys(node[key], f"{prefix}.{key}" if prefix else key)
     return keys

@@ -14,6 +14,7 @@ LEAKAGE_FIRST = ("psnr", "ssim", "auc", "label_accuracy")  # the leakage figures
 
 
 def round_line(record: dict[str, Any], num_rounds: int) -> str:
+    """The one-line progress report of a round."""
     parts = [f"[round {record['round']:>{len(str(num_rounds))}}/{num_rounds}]"]
     if record.get("failed"):
         parts.append(f"FAILED ({record['failed']})")
@@ -34,5 +35,6 @@ def round_line(record: dict[str, Any], num_rounds: int) -> str:
 
 
 def show(line: str) -> None:
+    """Print a line to stdout in one write (a sweep's concurrent jobs do not interleave)."""
     sys.stdout.write(line + "\n")  # one write: lines from several threads (a sweep's jobs) do not interleave
     sys.stdout.flush()

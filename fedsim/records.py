@@ -15,14 +15,15 @@ import math
 import weakref
 from collections.abc import Callable, Collection
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import nn
+from typing_extensions import override
 
-from fedsim.protocols.messages import METRICS, NUM_EXAMPLES
+from fedsim.protocols.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES
 
 _decoded: dict[int, torch.Tensor] = {}  # id(Array) -> its parsed values, dropped with the Array
 
@@ -36,14 +37,16 @@ class TensorArray(Array):
     """
 
     __qualname__ = "Array"
+    _tensor: torch.Tensor
 
     def __init__(self, tensor: torch.Tensor) -> None:  # pylint: disable=super-init-not-called
         self.__dict__.update(
             dtype=numpy_dtype(tensor.dtype), shape=tuple(tensor.shape), stype="numpy.ndarray", _tensor=tensor
         )
 
-    @property  # type: ignore[override]
+    @property
     def data(self) -> bytes:
+        """The ``.npy`` bytes, serialised on first access."""
         if "_data" not in self.__dict__:
             self.__dict__["_data"] = Array(self._tensor.numpy()).data
         return self.__dict__["_data"]
@@ -52,6 +55,7 @@ class TensorArray(Array):
     def data(self, value: bytes) -> None:
         self.__dict__["_data"] = value
 
+    @override
     def numpy(self) -> np.ndarray:
         return self._tensor.numpy().copy()
 
@@ -68,6 +72,7 @@ class TensorArray(Array):
 
 @cache
 def numpy_dtype(dtype: torch.dtype) -> str:
+    """NumPy's name of a torch dtype (``float32``, ``int64``, ...)."""
     return str(torch.empty(0, dtype=dtype).numpy().dtype)
 
 
@@ -78,6 +83,75 @@ def npy_header_bytes(dtype: str, shape: tuple[int, ...]) -> int:
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
     np.lib.format.write_array_header_1_0(buffer, header)
     return buffer.tell()
+
+
+_Record = TypeVar("_Record", ArrayRecord, ConfigRecord, MetricRecord)
+
+
+def _record(content: RecordDict, key: str, kind: type[_Record]) -> _Record:
+    record = content[key]
+    if not isinstance(record, kind):
+        raise TypeError(f"record '{key}' is a {type(record).__name__}, expected a {kind.__name__}")
+    return record
+
+
+def arrays_of(content: RecordDict, key: str = ARRAYS) -> ArrayRecord:
+    """The ArrayRecord ``content[key]`` (KeyError if absent, TypeError if another kind of record)."""
+    return _record(content, key, ArrayRecord)
+
+
+def config_of(content: RecordDict, key: str = CONFIG) -> ConfigRecord:
+    """The ConfigRecord ``content[key]`` (KeyError if absent, TypeError if another kind of record)."""
+    return _record(content, key, ConfigRecord)
+
+
+def metrics_of(content: RecordDict, key: str = METRICS) -> MetricRecord:
+    """The MetricRecord ``content[key]`` (KeyError if absent, TypeError if another kind of record)."""
+    return _record(content, key, MetricRecord)
+
+
+_MISSING: Any = object()
+
+
+def _value(record: ConfigRecord | MetricRecord, key: str, default: Any) -> Any:
+    return record[key] if default is _MISSING else record.get(key, default)
+
+
+def number(record: ConfigRecord | MetricRecord, key: str, default: float = _MISSING) -> float:
+    """``record[key]`` (or ``default`` where absent) as a float; TypeError if it is not a number."""
+    value = _value(record, key, default)
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"record value '{key}' is {type(value).__name__}, expected a number")
+    return float(value)
+
+
+def integer(record: ConfigRecord | MetricRecord, key: str, default: int = _MISSING) -> int:
+    """``record[key]`` (or ``default`` where absent) as an int; TypeError if it is not a number."""
+    value = _value(record, key, default)
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"record value '{key}' is {type(value).__name__}, expected a number")
+    return int(value)
+
+
+def numbers(record: ConfigRecord | MetricRecord, key: str) -> list[float]:
+    """``record[key]``, a list of numbers (an empty list where absent); TypeError if it is something else."""
+    values = record.get(key, [])
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
+        raise TypeError(f"record value '{key}' is not a list of numbers")
+    return [float(v) for v in values]
+
+
+def integers(record: ConfigRecord | MetricRecord, key: str) -> list[int]:
+    """``record[key]``, a list of whole numbers (an empty list where absent); TypeError otherwise."""
+    return [int(v) for v in numbers(record, key)]
+
+
+def text(record: ConfigRecord, key: str, default: str = _MISSING) -> str:
+    """``record[key]`` (or ``default`` where absent), a string; TypeError if it is something else."""
+    value = _value(record, key, default)
+    if not isinstance(value, str):
+        raise TypeError(f"record value '{key}' is {type(value).__name__}, expected a string")
+    return value
 
 
 def tensor_of(array: Array) -> torch.Tensor:
@@ -132,10 +206,12 @@ _states: dict[int, tuple[tuple[int, ...], dict[str, torch.Tensor]]] = {}  # id(m
 
 
 def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """An ArrayRecord as NumPy arrays."""
     return {k: v.numpy() for k, v in record.items()}
 
 
 def from_numpy(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """NumPy arrays as an ArrayRecord."""
     return ArrayRecord({k: torch.from_numpy(np.asarray(v, order="C")) for k, v in arrays.items()})
 
 
@@ -190,13 +266,13 @@ def train_reply_problem(
     no ``model_problem`` (keys, shapes against the global model)."""
     if model_record not in content.array_records or METRICS not in content.metric_records:
         return f"malformed reply: needs an '{model_record}' ArrayRecord and a 'metrics' MetricRecord"
-    examples = content[METRICS].get(NUM_EXAMPLES, 0)
+    examples = metrics_of(content).get(NUM_EXAMPLES, 0)
     if not isinstance(examples, (int, float)) or not math.isfinite(examples) or examples <= 0:
         return "malformed reply: 'num-examples' missing or not a positive number"
-    bad_metric = non_finite_metric(content[METRICS])
+    bad_metric = non_finite_metric(metrics_of(content))
     if bad_metric:
         return f"returned a non-finite metric '{bad_metric}'"
-    mismatch = model_problem(content[model_record])
+    mismatch = model_problem(arrays_of(content, model_record))
     if mismatch:
         return f"returned {mismatch}"
     for name, record in content.array_records.items():

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, Message, RecordDict
 
-from fedsim.protocols.messages import ARRAYS, METRICS, NUM_EXAMPLES
-from fedsim.records import payload_bytes, shape_mismatch, tensor_of, train_reply_problem
+from fedsim.protocols.messages import ARRAYS, NUM_EXAMPLES
+from fedsim.records import arrays_of, metrics_of, number, payload_bytes, shape_mismatch, tensor_of, train_reply_problem
 
 
 def client_error(msg: Message) -> str:
@@ -133,7 +133,7 @@ class ReplyReducer:
         )
         if problem is not None:
             return problem, []
-        arrays = content[self.model_record]
+        arrays = arrays_of(content, self.model_record)
         # The update's norm is finite exactly where the update is (the global model is): one pass for both.
         distances = [float(torch.dist(tensor_of(arrays[k]), tensor_of(self.reference[k]))) for k in self.param_keys]
         if all(map(math.isfinite, distances)):
@@ -142,9 +142,10 @@ class ReplyReducer:
         return problem or f"returned an update whose norm overflows float32 in '{self.model_record}'", []
 
     def _sum_reply(self, client_id: int, content: RecordDict, distances: list[float]) -> None:
-        part, arrays, metrics = self._sum, content[self.model_record], content[METRICS]
+        part, arrays, metrics = self._sum, arrays_of(content, self.model_record), metrics_of(content)
         part.bytes_up += payload_bytes(content)
-        weight = float(min(metrics[NUM_EXAMPLES], self.held.get(client_id, metrics[NUM_EXAMPLES])))
+        examples = number(metrics, NUM_EXAMPLES)
+        weight = min(examples, float(self.held.get(client_id, examples)))
         for key in arrays.keys():
             values = tensor_of(arrays[key])
             if key not in self._block:

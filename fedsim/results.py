@@ -37,6 +37,7 @@ def make_folder(path: Path, exist_ok: bool = True) -> None:
 
 
 def new_run_dir(root: str | Path, strategy: str) -> Path:
+    """A new, unique run folder under ``root``: ``<date>-<time>-<strategy>``."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = Path(root) / f"{stamp}-{strategy}"
     suffix = 1
@@ -55,23 +56,29 @@ def integer_round_axis(ax: Any) -> None:
 
 
 class RunDirectory:
+    """A run's folder: its resolved config, metrics, summary, plots, checkpoints and client state."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         make_folder(self.path)
 
     @property
     def metrics_file(self) -> Path:
+        """``metrics.jsonl``: one JSON record per round."""
         return self.path / "metrics.jsonl"
 
     @property
     def checkpoints(self) -> Path:
+        """The checkpoints folder."""
         return self.path / "checkpoints"
 
     @property
     def client_state(self) -> Path:
+        """The clients' state stores (simulation)."""
         return self.path / "client_state"
 
     def write_config(self, cfg: DictConfig) -> None:
+        """Write the resolved ``config.yaml``."""
         (self.path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     def write_json(self, name: str, data: Any, compact: bool = False) -> None:
@@ -82,10 +89,12 @@ class RunDirectory:
         )
 
     def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one round's record to ``metrics.jsonl``."""
         with self.metrics_file.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """Every round's record so far."""
         if not self.metrics_file.exists():
             return []
         return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
@@ -96,6 +105,7 @@ class RunDirectory:
         self.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write_csv(self, name: str = "metrics.csv") -> None:
+        """Write the metrics as a CSV table, one column per key of any round."""
         rows = self.read_metrics()
         columns: list[str] = []
         for row in rows:

@@ -14,6 +14,8 @@ from fedsim.params import spec
 
 @dataclass(kw_only=True)
 class Optimizer:
+    """The clients' local optimizer (``optimizer.*``)."""
+
     name: Literal["sgd", "adam"] = spec("the clients' local optimizer")
     lr: float = spec("local learning rate", gt=0)
     lr_decay: float = spec("lr of round t = lr * lr_decay^(t-1)", gt=0)
@@ -24,6 +26,8 @@ class Optimizer:
 
 @dataclass(kw_only=True)
 class Deploy:
+    """A deployment's SuperLink and credentials (``deploy.*``)."""
+
     host: str = spec("interface the SuperLink listens on")
     port: int = spec("the SuperLink's HTTP(S) port", ge=1, le=65535)
     credentials: str = spec("folder of scripts/make_credentials.py output")
@@ -62,6 +66,7 @@ class Run:
 
     @staticmethod
     def validate(node: Any) -> str | None:
+        """Keys that depend on each other: the device name, and clients per round within 1..num_clients."""
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(node["device"])):
             return f"device={node['device']!r}: choose auto, cpu, cuda or cuda:N"
         if node["clients_per_round"] > node["num_clients"]:
@@ -88,12 +93,16 @@ class HiddenWidth:
 
 @dataclass(kw_only=True)
 class ResNet18:
+    """``model=resnet18``."""
+
     name: str = spec("model")
     width: int = spec("channels of the first stage", ge=1)
 
 
 @dataclass(kw_only=True)
 class ViTTiny:
+    """``model=vit_tiny``: a CPU-sized Vision Transformer."""
+
     name: str = spec("model")
     patch: int = spec("patch side in pixels", ge=1)
     dim: int = spec("embedding width", ge=1)
@@ -104,6 +113,7 @@ class ViTTiny:
 
     @staticmethod
     def validate(node: Any) -> str | None:
+        """The heads divide the embedding width."""
         if node["dim"] % node["heads"]:
             return f"heads={node['heads']}: must divide dim={node['dim']} (each head gets dim / heads channels)"
         return None
@@ -115,12 +125,16 @@ MODELS: dict[str, type] = {"cnn": HiddenWidth, "mlp": HiddenWidth, "resnet18": R
 # -- data ------------------------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class Dataset:
+    """The ``dataset`` group."""
+
     name: str = spec("dataset")
     download: bool = spec("let torchvision download missing files (needs a network)")
 
 
 @dataclass(kw_only=True)
 class Partition:
+    """What every ``partition`` option has: the labeled share of each client's samples."""
+
     name: str = spec("partition")
     labeled_ratio: float = spec("fraction of each client's samples that keep their label", ge=0, le=1)
     labeled_clients: int | None = spec("the first m clients fully labeled, the rest unlabeled", ge=0)
@@ -129,6 +143,8 @@ class Partition:
 
 @dataclass(kw_only=True)
 class IID(Partition):
+    """``partition=iid``."""
+
     samples_per_client: int | None = spec(
         "each client draws this many samples from the whole training set, "
         "independently of the others (clients overlap); null = a disjoint even split",
@@ -138,12 +154,16 @@ class IID(Partition):
 
 @dataclass(kw_only=True)
 class Dirichlet(Partition):
+    """``partition=dirichlet``: label proportions per client drawn from Dir(alpha)."""
+
     alpha: float = spec("Dirichlet concentration of the label split", gt=0)
     min_size: int = spec("fewest samples a client may hold", ge=0)
 
 
 @dataclass(kw_only=True)
 class Shards(Partition):
+    """``partition=shards``: each client holds ``classes_per_client`` classes."""
+
     classes_per_client: int = spec("classes each client holds", ge=1)
 
 
@@ -153,12 +173,16 @@ PARTITIONS: dict[str, type] = {"iid": IID, "dirichlet": Dirichlet, "shards": Sha
 # -- execution and tracking ------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class InProcess:
+    """``backend=inprocess``: every client in the server's process."""
+
     name: str = spec("backend")
     num_threads: int = spec("torch threads of this process; 0 = one per core", ge=0)
 
 
 @dataclass(kw_only=True)
 class Simulation(InProcess):
+    """``backend=simulation``: clients on Ray workers."""
+
     engine: Literal["pool", "flower"] = spec(
         "pool: one Ray worker per num_cpus, many clients per task; flower: Flower's engine, one actor call per message"
     )
@@ -172,16 +196,22 @@ BACKENDS: dict[str, type] = {"inprocess": InProcess, "simulation": Simulation}
 
 @dataclass(kw_only=True)
 class CsvLogger:
+    """``logger=csv``."""
+
     file: str = spec("file name in the run directory")
 
 
 @dataclass(kw_only=True)
 class TensorBoardLogger:
+    """``logger=tensorboard``."""
+
     flush_secs: float = spec("seconds between flushes of the event file", gt=0)
 
 
 @dataclass(kw_only=True)
 class MlflowLogger:
+    """``logger=mlflow``."""
+
     tracking_uri: str | None = spec("MLflow tracking URI; null = sqlite in ./mlruns")
     experiment: str = spec("MLflow experiment the runs are filed under")
 

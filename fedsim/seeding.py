@@ -15,10 +15,12 @@ def derive_seed(*parts: int | str) -> int:
 
 
 def rng(*parts: int | str) -> np.random.Generator:
+    """A NumPy generator seeded from ``parts`` (e.g. seed, purpose, round, client)."""
     return np.random.default_rng(derive_seed(*parts))
 
 
 def torch_generator(*parts: int | str) -> torch.Generator:
+    """A torch generator seeded from ``parts`` (e.g. seed, purpose, round, client)."""
     return torch.Generator().manual_seed(derive_seed(*parts))
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from fedsim.backends import SimulatedGrid
@@ -23,8 +23,21 @@ from fedsim.checkpoint import Checkpoint, save_checkpoint
 from fedsim.client_state import discard_after
 from fedsim.errors import FedsimError, RoundFailedError
 from fedsim.progress import round_line, show
-from fedsim.protocols.messages import ARRAYS, CLIENT_ID, INFO, NUM_EXAMPLES
-from fedsim.records import payload_bytes
+from fedsim.protocols.messages import (
+    ACCURACY,
+    ARRAYS,
+    BATCH_SIZE,
+    CLIENT_ID,
+    CONFIG,
+    INFO,
+    LAST_CHECKPOINT,
+    LOCAL_EPOCHS,
+    LOSS,
+    LR,
+    NUM_EXAMPLES,
+    TRAIN_LOSS,
+)
+from fedsim.records import arrays_of, integer, metrics_of, number, payload_bytes
 from fedsim.reduction import client_error
 from fedsim.results import RunDirectory
 from fedsim.strategy import FedsimStrategy
@@ -36,15 +49,15 @@ log = logging.getLogger("fedsim")
 def handshake(grid: Grid, nodes: list[int], timeout: float) -> list[tuple[int, int, int]]:
     """Ask ``nodes`` which client each hosts: [(node id, client id, #examples)] of those that answer."""
     query = [
-        Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes
+        Message(RecordDict({CONFIG: ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes
     ]
     answers = []
     for reply in grid.send_and_receive(query, timeout=timeout):
         if reply.has_error():
             log.warning("node %d did not answer the handshake: %s", reply.metadata.src_node_id, reply.error.reason)
             continue
-        info = reply.content[INFO]
-        answers.append((reply.metadata.src_node_id, int(info[CLIENT_ID]), int(info[NUM_EXAMPLES])))
+        info = metrics_of(reply.content, INFO)
+        answers.append((reply.metadata.src_node_id, integer(info, CLIENT_ID), integer(info, NUM_EXAMPLES)))
     return answers
 
 
@@ -53,7 +66,7 @@ def shares_global_arrays(messages: list[Message]) -> bool:
     per client: what :meth:`SimulatedGrid.send_and_reduce` sums against."""
     if not messages or list(messages[0].content.array_records) != [ARRAYS]:
         return False
-    first, names = messages[0].content[ARRAYS], set(messages[0].content.keys())
+    first, names = arrays_of(messages[0].content), set(messages[0].content.keys())
     return all(m.content.get(ARRAYS) is first and m.content.keys() == names for m in messages)
 
 
@@ -122,13 +135,14 @@ class RoundLoop:
         return self.ledger.account_round(sampled, self.strategy.num_examples, self.cfg)
 
     def train_config(self, server_round: int, last_checkpoint: int) -> ConfigRecord:
+        """The instructions every train message of a round carries."""
         opt = self.cfg.optimizer
         return ConfigRecord(
             {
-                "lr": float(opt.lr) * float(opt.lr_decay) ** (server_round - 1),
-                "local-epochs": int(self.cfg.local_epochs),
-                "batch-size": int(self.cfg.batch_size),
-                "last-checkpoint": last_checkpoint,
+                LR: float(opt.lr) * float(opt.lr_decay) ** (server_round - 1),
+                LOCAL_EPOCHS: int(self.cfg.local_epochs),
+                BATCH_SIZE: int(self.cfg.batch_size),
+                LAST_CHECKPOINT: last_checkpoint,
             }
         )
 
@@ -189,6 +203,7 @@ class RoundLoop:
         record.update(self.account_privacy(messages))
         record["bytes_down"] = sum(payload_bytes(m.content) for m in messages)
         lost: list[dict[str, Any]] = []
+        aggregate: Callable[[], tuple[ArrayRecord | None, MetricRecord | None]]
         if (
             isinstance(self.grid, SimulatedGrid)
             and self.strategy.reduces_train_replies()
@@ -207,10 +222,13 @@ class RoundLoop:
             )
             aggregate = partial(self.strategy.aggregate_train, server_round, replies)
         try:
-            arrays, metrics = aggregate()
-            if "train-loss" in metrics:  # a round where nobody trained (FedSA's selection none) has none
-                record["train_loss"] = float(metrics["train-loss"])
-            record.update({k.replace("-", "_"): v for k, v in metrics.items() if k not in ("train-loss",)})
+            aggregated, metrics = aggregate()
+            if aggregated is None or metrics is None:
+                raise RoundFailedError(f"round {server_round}: the strategy aggregated no model")
+            arrays = aggregated
+            if TRAIN_LOSS in metrics:  # a round where nobody trained (FedSA's selection none) has none
+                record["train_loss"] = number(metrics, TRAIN_LOSS)
+            record.update({k.replace("-", "_"): v for k, v in metrics.items() if k != TRAIN_LOSS})
         except RoundFailedError as err:
             record["failed"] = str(err)
             log.warning("%s; the global model is kept as it was", err)
@@ -238,7 +256,7 @@ class RoundLoop:
             arrays = self.train_round(server_round, arrays, last_checkpoint, record)
             if server_round % cfg.eval_every == 0 or server_round == cfg.num_rounds:
                 result = self.strategy.evaluate_round(server_round, arrays, self.grid, self.evaluate)
-                record["test_accuracy"], record["test_loss"] = result.pop("accuracy"), result.pop("loss")
+                record["test_accuracy"], record["test_loss"] = result.pop(ACCURACY), result.pop(LOSS)
                 record.update(result)
             for observer in self.observers:
                 observer.observe_round(server_round, arrays, record)

@@ -19,7 +19,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -27,11 +27,31 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from typing_extensions import override
 
 from fedsim.errors import RoundFailedError
 from fedsim.params import check, spec
-from fedsim.protocols.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, SERVER_ROUND
-from fedsim.records import cast_like, shape_mismatch, tensor_of, tensor_record, train_reply_problem, weighted_average
+from fedsim.protocols.messages import (
+    ACCURACY,
+    ARRAYS,
+    CONFIG,
+    LOSS,
+    METRICS,
+    NUM_EXAMPLES,
+    SERVER_ROUND,
+    SUBSET_ACCURACY,
+)
+from fedsim.records import (
+    arrays_of,
+    cast_like,
+    integer,
+    metrics_of,
+    shape_mismatch,
+    tensor_of,
+    tensor_record,
+    train_reply_problem,
+    weighted_average,
+)
 from fedsim.reduction import PartialSum, client_error
 from fedsim.results import RunDirectory
 from fedsim.seeding import rng
@@ -48,7 +68,10 @@ class StrategyParams:
 
 
 log = logging.getLogger("fedsim")
-P = TypeVar("P", bound=StrategyParams)
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+P = TypeVar("P", bound="DataclassInstance")  # a Params dataclass, or a nested group's (FedSA's teachers)
 
 
 @dataclass(frozen=True)
@@ -60,7 +83,8 @@ class ClientReply:
 
     @property
     def num_examples(self) -> int:
-        return int(self.content[METRICS][NUM_EXAMPLES])
+        """The sample count the reply stands for (after :meth:`FedsimStrategy.trust_examples`)."""
+        return integer(metrics_of(self.content), NUM_EXAMPLES)
 
 
 def update_dissimilarity(global_arrays: ArrayRecord, replies: list[ClientReply], keys: list[str]) -> dict[str, float]:
@@ -76,7 +100,7 @@ def update_dissimilarity(global_arrays: ArrayRecord, replies: list[ClientReply],
     x = torch.cat([tensor_of(global_arrays[k]).double().ravel() for k in keys])
     mean, second = torch.zeros_like(x), 0.0
     for r in replies:
-        d = torch.cat([tensor_of(r.content[ARRAYS][k]).ravel() for k in keys]) - x
+        d = torch.cat([tensor_of(arrays_of(r.content)[k]).ravel() for k in keys]) - x
         mean.add_(d, alpha=r.num_examples / total)
         second += (r.num_examples / total) * float(d @ d)
     return dissimilarity_metrics(second, float(mean @ mean))
@@ -89,8 +113,8 @@ def dissimilarity_metrics(mean_square: float, drift: float) -> dict[str, float]:
 
 
 def typed_params(schema: type[P], node: Any) -> P:
-    """The strategy group ``node`` as its ``Params`` dataclass, every key checked (a ConfigError line if not);
-    nested groups stay config nodes."""
+    """The strategy group ``node`` (or a nested group of it) as its dataclass ``schema``, every key
+    checked (a ConfigError line if not); groups nested deeper stay config nodes."""
     check("strategy", schema, node)
     return schema(**{f.name: node[f.name] for f in fields(schema) if f.name in node})
 
@@ -98,8 +122,27 @@ def typed_params(schema: type[P], node: Any) -> P:
 class FedsimStrategy(FlowerFedAvg):
     """FedAvg with seeded per-client sampling, reply checks and checkpointable state.
 
-    ``params`` is the strategy's typed hyperparameters (its module's ``Params``, built and checked by
-    :func:`strategies.strategy_from_config`); ``cfg`` the run's config (sampling, seed, schedule).
+    The base of every fedsim strategy (``strategies/<name>.py``): a Flower strategy whose hooks a
+    subclass overrides (``train_content`` and ``configure_train`` for what clients receive,
+    ``reply_problem`` for what a reply must hold, ``aggregate`` for the new global model,
+    ``state_dict`` / ``load_state_dict`` for what a checkpoint keeps).
+
+    Parameters
+    ----------
+    cfg : DictConfig
+        The run's resolved config: sampling (``num_clients``, ``clients_per_round``,
+        ``min_clients``), seed and schedule.
+    param_keys : list[str]
+        Names of the model's trainable parameters (the rest of its state are buffers).
+    params : StrategyParams
+        The strategy's typed hyperparameters (its module's ``Params``), built and checked from
+        ``cfg.strategy`` by :func:`strategies.strategy_from_config`.
+
+    Notes
+    -----
+    The client's obligation (FedAvg's): reply to a train message with the trained model under
+    ``ARRAYS`` and a ``METRICS`` record holding ``NUM_EXAMPLES`` (its weight in the average), both
+    named in :mod:`fedsim.protocols.messages`.
     """
 
     paper: ClassVar[str] = "McMahan et al., AISTATS 2017 (arXiv:1602.05629)"  # what summary() cites
@@ -124,8 +167,12 @@ class FedsimStrategy(FlowerFedAvg):
         self._eligible = np.zeros(0, dtype=np.int64)
         self.global_arrays: ArrayRecord | None = None
 
-    def summary(self) -> str:
-        """What the strategy is and how it is set (printed at the start of a run, as Flower's strategies do)."""
+    def summary(self) -> None:
+        """Log :meth:`describe` (Flower's strategies log their summary at the start of a run)."""
+        log.info(self.describe())
+
+    def describe(self) -> str:
+        """What the strategy is, which paper it implements and how it is set (the run's banner shows it)."""
         own = [
             f"{f.name}={getattr(self.params, f.name)}"
             for f in fields(self.params)
@@ -152,12 +199,30 @@ class FedsimStrategy(FlowerFedAvg):
     def setup(self, grid: Grid, run: RunDirectory) -> None:
         """Work before the first FL round (e.g. FedFed's feature distillation); nothing for FedAvg.
 
-        Called on every start, resumed ones too: a strategy skips what its checkpointed state or
-        files in the run directory already hold.
+        Called on every start, resumed ones too: a strategy skips what its checkpointed state or files
+        in the run directory already hold.
+
+        Parameters
+        ----------
+        grid : flwr.serverapp.Grid
+            Where messages to the clients go (simulated or over gRPC).
+        run : fedsim.results.RunDirectory
+            The run's directory, for files the strategy keeps (e.g. FedFed's shared pool).
         """
 
     def initial_arrays(self, arrays: ArrayRecord) -> ArrayRecord:
-        """The global model round 1 starts from, given the seeded initial one (a fresh run only)."""
+        """The global model round 1 starts from (a fresh run only).
+
+        Parameters
+        ----------
+        arrays : ArrayRecord
+            The seeded initial model.
+
+        Returns
+        -------
+        ArrayRecord
+            ``arrays`` itself for FedAvg; a strategy that trains before round 1 returns its result.
+        """
         return arrays
 
     def evaluate_round(
@@ -168,10 +233,8 @@ class FedsimStrategy(FlowerFedAvg):
         (``evaluation=personal``, the score of personalized FL); strategies without a global model
         ask their clients."""
         if self.cfg.evaluation == "personal":
-            config = ConfigRecord({"server-round": server_round})
-            return self.evaluate_on_clients(
-                server_round, grid, lambda _: RecordDict({"config": config, ARRAYS: arrays})
-            )
+            config = ConfigRecord({SERVER_ROUND: server_round})
+            return self.evaluate_on_clients(server_round, grid, lambda _: RecordDict({CONFIG: config, ARRAYS: arrays}))
         return evaluate(arrays)
 
     def evaluate_on_clients(
@@ -195,20 +258,26 @@ class FedsimStrategy(FlowerFedAvg):
             if reply.has_error() or METRICS not in reply.content.metric_records:
                 log.warning("round %d: client %d did not evaluate its model", server_round, cid)
                 continue
-            m = reply.content[METRICS]
+            m = metrics_of(reply.content)
+            accuracy_value, loss_value, subset_value = m.get(ACCURACY), m.get(LOSS), m.get(SUBSET_ACCURACY)
+            examples = m.get(NUM_EXAMPLES, 0)
             if (
-                not all(isinstance(m.get(k), (int, float)) and math.isfinite(m[k]) for k in ("accuracy", "loss"))
-                or not 0.0 <= float(m["accuracy"]) <= 1.0
+                not isinstance(accuracy_value, (int, float))
+                or not isinstance(loss_value, (int, float))
+                or not isinstance(examples, (int, float))
+                or not math.isfinite(accuracy_value)
+                or not math.isfinite(loss_value)
+                or not 0.0 <= accuracy_value <= 1.0
             ):
                 log.warning(
                     "round %d: client %d reported an invalid evaluation (accuracy, loss): left out", server_round, cid
                 )
                 continue
-            if int(m.get(NUM_EXAMPLES, 0)) > 0:
-                accuracy[str(cid)] = float(m["accuracy"])
-                losses.append(float(m["loss"]))
-                if isinstance(m.get("subset-accuracy"), float) and 0.0 <= m["subset-accuracy"] <= 1.0:
-                    subset.append(float(m["subset-accuracy"]))
+            if examples > 0:
+                accuracy[str(cid)] = float(accuracy_value)
+                losses.append(float(loss_value))
+                if isinstance(subset_value, float) and 0.0 <= subset_value <= 1.0:
+                    subset.append(subset_value)
         if not accuracy:
             raise RoundFailedError(f"round {server_round}: no client evaluated its model")
         result: dict[str, Any] = {
@@ -228,6 +297,7 @@ class FedsimStrategy(FlowerFedAvg):
         return sorted(int(c) for c in rng(self.cfg.seed, purpose, server_round).choice(ids, k, replace=False))
 
     # -- train ------------------------------------------------------------------------------------
+    @override
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -244,9 +314,25 @@ class FedsimStrategy(FlowerFedAvg):
         ]
 
     def train_content(self, client_id: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
-        """What one sampled client receives this round."""
-        return RecordDict({"arrays": arrays, CONFIG: config})
+        """What one sampled client receives this round.
 
+        Parameters
+        ----------
+        client_id : int
+            The sampled client.
+        arrays : ArrayRecord
+            The current global model.
+        config : ConfigRecord
+            The round's instructions (``SERVER_ROUND``, ``LR``, ``LOCAL_EPOCHS``, ``BATCH_SIZE``, ...).
+
+        Returns
+        -------
+        RecordDict
+            The message content: ``ARRAYS`` and ``CONFIG`` for FedAvg, plus the strategy's own records.
+        """
+        return RecordDict({ARRAYS: arrays, CONFIG: config})
+
+    @override
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -256,6 +342,7 @@ class FedsimStrategy(FlowerFedAvg):
                 f"round {server_round}: only {len(accepted)} usable replies, min_clients={self.cfg.min_clients}"
             )
         arrays, metrics = self.aggregate(server_round, accepted)
+        assert self.global_arrays is not None  # set by configure_train
         metrics.update(update_dissimilarity(self.global_arrays, accepted, self.param_keys))
         return arrays, metrics
 
@@ -306,13 +393,40 @@ class FedsimStrategy(FlowerFedAvg):
         return arrays, metrics
 
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
-        """FedAvg: mean of the returned weights, weighted by local sample counts."""
-        weights = [r.num_examples for r in replies]
-        arrays = weighted_average([r.content[ARRAYS] for r in replies], weights)
+        """The next global model and the round's metrics from the accepted replies.
+
+        Parameters
+        ----------
+        server_round : int
+            The round being aggregated.
+        replies : list[ClientReply]
+            The replies that passed :meth:`reply_problem`, sorted by client id, their sample counts
+            capped by :meth:`trust_examples`.
+
+        Returns
+        -------
+        tuple[ArrayRecord, MetricRecord]
+            FedAvg: the mean of the returned models weighted by sample count, and the clients' metrics
+            averaged the same way (:meth:`aggregate_metrics`).
+        """
+        weights = [float(r.num_examples) for r in replies]
+        arrays = weighted_average([arrays_of(r.content) for r in replies], weights)
         return arrays, self.aggregate_metrics(replies)
 
     def aggregate_metrics(self, replies: list[ClientReply]) -> MetricRecord:
-        metrics = aggregate_metricrecords([RecordDict({"metrics": r.content[METRICS]}) for r in replies], NUM_EXAMPLES)
+        """The replies' metrics averaged with the sample-count weights, and their total sample count.
+
+        Parameters
+        ----------
+        replies : list[ClientReply]
+            The accepted replies.
+
+        Returns
+        -------
+        MetricRecord
+            Each metric's weighted mean, and ``NUM_EXAMPLES`` summed.
+        """
+        metrics = aggregate_metricrecords([RecordDict({METRICS: metrics_of(r.content)}) for r in replies], NUM_EXAMPLES)
         metrics[NUM_EXAMPLES] = sum(r.num_examples for r in replies)
         return metrics
 
@@ -321,14 +435,14 @@ class FedsimStrategy(FlowerFedAvg):
         self, server_round: int, replies: Iterable[Message], check: Callable[[Message], str | None] | None = None
     ) -> list[ClientReply]:
         """Replies that carry content and pass ``check`` (default :meth:`reply_problem`), sorted by client id."""
-        check = check or self.reply_problem
-        accepted, self.dropped = [], []
+        problem_of = check or self.reply_problem
+        accepted: list[ClientReply] = []
+        self.dropped = []
         for msg in replies:
             cid = self.client_of(msg.metadata.src_node_id)
-            if cid < 0:
-                problem = "a node that never answered the handshake"
-            else:
-                problem = client_error(msg) if msg.has_error() else check(msg)
+            problem: str | None = "a node that never answered the handshake"
+            if cid >= 0:
+                problem = client_error(msg) if msg.has_error() else problem_of(msg)
             if problem is None:
                 self.trust_examples(server_round, cid, msg.content)
                 accepted.append(ClientReply(cid, msg.content))
@@ -343,7 +457,7 @@ class FedsimStrategy(FlowerFedAvg):
         that, with a warning naming the client."""
         if METRICS not in content.metric_records or client_id not in self.num_examples:
             return
-        claimed, known = content[METRICS].get(NUM_EXAMPLES), self.num_examples[client_id]
+        claimed, known = metrics_of(content).get(NUM_EXAMPLES), self.num_examples[client_id]
         if isinstance(claimed, (int, float)) and claimed > known:
             log.warning(
                 "round %d: client %d claims %s examples, more than the %d it holds: weighted as %d",
@@ -353,18 +467,42 @@ class FedsimStrategy(FlowerFedAvg):
                 known,
                 known,
             )
-            content[METRICS][NUM_EXAMPLES] = known
+            metrics_of(content)[NUM_EXAMPLES] = known
 
     # The reply's ArrayRecord that holds the client's model.
     model_record = ARRAYS
 
     def reply_problem(self, msg: Message) -> str | None:
-        """Why a reply (one without an error) cannot be aggregated, or None. Subclasses add their
-        own records' checks."""
+        """Why a train reply (one without an error) cannot be aggregated, or None.
+
+        Subclasses add their own records' checks (and call this one first), so that a malformed or
+        hostile reply is dropped with its reason instead of corrupting the aggregate.
+
+        Parameters
+        ----------
+        msg : Message
+            The reply.
+
+        Returns
+        -------
+        str or None
+            The reason, phrased to follow "dropped client K: ", or None for a usable reply.
+        """
         return train_reply_problem(msg.content, self.model_record, self.model_problem)
 
     def model_problem(self, record: ArrayRecord) -> str | None:
-        """Why a returned model cannot stand in for the global one (keys, shapes), or None."""
+        """Why a returned model cannot stand in for the global one (keys, shapes, dtypes), or None.
+
+        Parameters
+        ----------
+        record : ArrayRecord
+            The model a reply carries.
+
+        Returns
+        -------
+        str or None
+            The mismatch, or None.
+        """
         assert self.global_arrays is not None
         return shape_mismatch(self.global_arrays, record)
 
@@ -372,13 +510,25 @@ class FedsimStrategy(FlowerFedAvg):
         """Why the reply's ArrayRecord ``name`` is missing or unlike ``reference``, or None."""
         if name not in msg.content.array_records:
             return f"malformed reply: {type(self).__name__} needs a '{name}' ArrayRecord"
-        mismatch = shape_mismatch(reference, msg.content[name])
+        mismatch = shape_mismatch(reference, arrays_of(msg.content, name))
         return f"returned '{name}' whose {mismatch}" if mismatch else None
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Server-side state to checkpoint (none for FedAvg)."""
+        """Server-side state to checkpoint (none for FedAvg).
+
+        Returns
+        -------
+        dict[str, Any]
+            Tensors, arrays and plain values that :meth:`load_state_dict` restores on resume.
+        """
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved."""
+        """Restore what :meth:`state_dict` saved.
+
+        Parameters
+        ----------
+        state : dict[str, Any]
+            The state of the checkpoint the run resumes from.
+        """

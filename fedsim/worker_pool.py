@@ -27,10 +27,12 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
+from typing_extensions import override
 
 from fedsim.backends import SimulatedGrid
 from fedsim.client_host import ClientHost, client_of_node
 from fedsim.errors import FedsimError
+from fedsim.protocols.messages import CONFIG
 from fedsim.reduction import PartialSum
 
 log = logging.getLogger("fedsim")
@@ -52,15 +54,17 @@ class ClientWorker:
     def prepare(self) -> None:
         """Build what the clients share (dataset, partition, model) before the first round: the
         handshake query of client 0 builds them."""
-        query = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=1, message_type=MessageType.QUERY)
+        query = Message(RecordDict({CONFIG: ConfigRecord({})}), dst_node_id=1, message_type=MessageType.QUERY)
         reply = self.host.deliver(query)
         if reply.has_error():
             raise FedsimError(f"a simulation worker could not start its clients: {reply.error.reason}")
 
     def deliver_all(self, messages: list[Message]) -> list[Message]:
+        """The replies of this worker's clients to ``messages``."""
         return self.host.deliver_all(messages)
 
     def reduce(self, messages: list[Message], param_keys: list[str], held: dict[int, int]) -> PartialSum:
+        """The sum of this worker's clients' train replies (:mod:`fedsim.reduction`)."""
         return self.host.reduce(messages, param_keys, held)
 
 
@@ -104,13 +108,16 @@ class WorkerPool:
             actor = ray.remote(ClientWorker).options(
                 num_cpus=per_worker, num_gpus=float(backend.num_gpus), max_restarts=3
             )
-            self.workers = [actor.remote(client_app, num_clients, max(1, int(per_worker))) for _ in range(count)]
+            self.workers: list[Any] = [  # Ray actor handles (typed by Ray as the class itself)
+                actor.remote(client_app, num_clients, max(1, int(per_worker))) for _ in range(count)
+            ]
             self.ready = [w.prepare.remote() for w in self.workers]
         except BaseException:
             ray.shutdown()
             raise
 
     def shutdown(self) -> None:
+        """Stop the workers and Ray."""
         self.ray.shutdown()
 
 
@@ -140,6 +147,7 @@ class WorkerPoolGrid(SimulatedGrid):
                 results.append(err)
         return results
 
+    @override
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         groups = batches(list(messages), len(self.workers))
         results = self._gather([w.deliver_all.remote(g) for w, g in zip(self.workers, groups)], timeout)
@@ -152,6 +160,7 @@ class WorkerPoolGrid(SimulatedGrid):
             replies += result
         return replies
 
+    @override
     def send_and_reduce(
         self, messages: list[Message], param_keys: list[str], timeout: float | None = None
     ) -> PartialSum:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from flwr.app import ArrayRecord
+from typing_extensions import override
 
 from fedsim.decentralized import PeerParams, PeerToPeerStrategy
 from fedsim.params import spec
@@ -23,8 +24,28 @@ from fedsim.sparse import decode_sparse
 
 
 class DisPFL(PeerToPeerStrategy):
+    """DisPFL: decentralized sparse training of personalized models.
+
+    The server relays each active client's sparse model to ``num_neighbours`` random peers and
+    accounts every link's traffic (kept values plus a mask bitmap); it holds no model of its own.
+
+    Notes
+    -----
+    The client keeps a personal mask, aggregates the received sparse models mask-aware into it,
+    trains, prunes and regrows its mask, and replies with its sparse model under ``PEER_RECORD``
+    and its ``METRICS`` (``clients/dispfl.py``).
+
+    References
+    ----------
+    Dai et al., "DisPFL: Towards Communication-Efficient Personalized Federated Learning via
+    Decentralized Sparse Training", ICML 2022, arXiv:2206.00187.
+    """
+
+    params: Params
+
     paper = "Dai et al., ICML 2022 (arXiv:2206.00187)"
 
+    @override
     def model_problem(self, record: ArrayRecord) -> str | None:
         assert self.initial is not None
         try:
@@ -40,6 +61,8 @@ class DisPFL(PeerToPeerStrategy):
 
 @dataclass(kw_only=True)
 class Params(PeerParams):
+    """DisPFL's hyperparameters (``configs/strategy/dispfl.yaml``)."""
+
     density: float = spec("fraction of kernel weights each personal mask keeps", gt=0, le=1)
     anneal_factor: float = spec("initial prune-and-regrow rate", ge=0, le=1)
     anneal_rounds: int | None = spec("length of the annealing schedule; null = num_rounds", ge=1)

@@ -21,7 +21,19 @@ class Params(PeerParams):
 
 
 class DPSGD(PeerToPeerStrategy):
-    """D-PSGD: gossip averaging with the neighbours, then local training."""
+    """D-PSGD: gossip averaging with the neighbours, then local training.
+
+    Notes
+    -----
+    The client averages its model with the peer models it receives (``peer-<id>`` ArrayRecords),
+    trains, and replies with the trained model under ``PEER_RECORD`` (what its neighbours receive
+    next) and its ``METRICS``.
+
+    References
+    ----------
+    Lian et al., "Can Decentralized Algorithms Outperform Centralized Algorithms? A Case Study for
+    Decentralized Parallel Stochastic Gradient Descent", NeurIPS 2017, arXiv:1705.09056.
+    """
 
     paper = "Lian et al., NeurIPS 2017 (arXiv:1705.09056)"
 

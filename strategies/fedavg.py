@@ -12,7 +12,18 @@ from fedsim.strategy import FedsimStrategy, StrategyParams
 
 
 class FedAvg(FedsimStrategy):
-    """Federated averaging."""
+    """Federated averaging: the sample-weighted mean of the clients' trained models.
+
+    Notes
+    -----
+    The client trains the received model for ``local_epochs`` and replies with it (``ARRAYS``) and
+    its sample count (``NUM_EXAMPLES`` in ``METRICS``); see :class:`fedsim.strategy.FedsimStrategy`.
+
+    References
+    ----------
+    McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data",
+    AISTATS 2017, arXiv:1602.05629.
+    """
 
 
 @dataclass(kw_only=True)

@@ -28,20 +28,32 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
+from typing_extensions import override
 
 from fedsim.data import dataset_from_config
 from fedsim.errors import ConfigError, FedsimError
 from fedsim.params import spec
 from fedsim.progress import show
-from fedsim.protocols.fedfed import DISTILL, RECEIVE, SHARE, SHARED_FEATURES, TRAIN, DistillationPair, shared_copy_keys
-from fedsim.protocols.messages import ARRAYS, CONFIG, SERVER_ROUND
-from fedsim.records import model_to_record, non_finite, payload_bytes, weighted_average
+from fedsim.protocols.fedfed import (
+    DISTILL,
+    LABELS,
+    PHASE,
+    POOL_DIGEST,
+    RECEIVE,
+    SHARE,
+    SHARED_FEATURES,
+    TRAIN,
+    DistillationPair,
+    shared_copy_keys,
+)
+from fedsim.protocols.messages import ARRAYS, BATCH_SIZE, CONFIG, LOCAL_EPOCHS, LR, SERVER_ROUND
+from fedsim.records import arrays_of, model_to_record, non_finite, payload_bytes, record_bytes, weighted_average
 from fedsim.results import RunDirectory
 from fedsim.seeding import rng, seed_torch
 from fedsim.strategy import FedsimStrategy, StrategyParams
@@ -59,18 +71,43 @@ def pool_digest(pool: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-class FedFedMixin:
-    """FedFed's distillation and sharing phases in front of a base strategy."""
+# The mixin goes in front of any base strategy (fedfed_strategy_class); the checker sees it as one.
+if TYPE_CHECKING:
+    _MixinBase = FedsimStrategy
+else:
+    _MixinBase = object
+
+
+class FedFedMixin(_MixinBase):
+    """FedFed: feature distillation and one-time sharing in front of a base strategy.
+
+    Phase A (``setup``): the clients train a generator G with an embedded classifier under FedAvg,
+    then each shares, once, noised copies of the performance-sensitive part x - G(x) of its
+    samples; the server pools them and sends the pool to every client once. Phase B: the base
+    algorithm (FedAvg, FedProx, SCAFFOLD or FedNova) runs with clients training on their data
+    mixed 1:1:1 with draws from the pool.
+
+    Notes
+    -----
+    The client answers the phase named by ``PHASE`` in ``CONFIG`` (:mod:`fedsim.protocols.fedfed`):
+    ``DISTILL`` (train the received (G, f) pair, reply it under ``ARRAYS``), ``SHARE`` (reply its
+    noised copies and ``LABELS`` under ``SHARED_FEATURES``), ``RECEIVE`` (keep the pool under its
+    ``POOL_DIGEST``), ``TRAIN`` (the base algorithm's obligation, with the pool it holds).
+
+    References
+    ----------
+    Yang et al., "FedFed: Feature Distillation against Data Heterogeneity in Federated Learning",
+    NeurIPS 2023, arXiv:2310.05077.
+    """
 
     paper = "Yang et al., NeurIPS 2023 (arXiv:2310.05077)"
 
-    cfg: Any
-    node_of: dict[int, int]
-    num_examples: dict[int, int]
+    params: Params
     pool: dict[str, np.ndarray] | None = None  # x1, x2, ... (float16) and y of every shared sample
     pool_digest: str = ""
 
     # -- phase A: feature distillation, then sharing -------------------------------------------
+    @override
     def setup(self, grid: Grid, run: RunDirectory) -> None:
         super().setup(grid, run)
         pool_file = run.path / "shared_pool.pt"
@@ -83,6 +120,7 @@ class FedFedMixin:
         arrays = self.distill(grid, log_file)
         self.collect_shared(grid, arrays, log_file)
         self.broadcast_pool(grid, log_file)
+        assert self.pool is not None  # collect_shared pooled the clients' copies
         torch.save({k: torch.from_numpy(v) for k, v in self.pool.items()}, pool_file)
 
     def _send(
@@ -90,7 +128,7 @@ class FedFedMixin:
     ) -> tuple[list[Message], list[Message]]:
         messages = [
             Message(
-                RecordDict({"arrays": arrays, CONFIG: config}),
+                RecordDict({ARRAYS: arrays, CONFIG: config}),
                 dst_node_id=self.node_of[cid],
                 message_type=MessageType.TRAIN,
             )
@@ -106,6 +144,7 @@ class FedFedMixin:
             )
 
     def distill(self, grid: Grid, log_file) -> ArrayRecord:
+        """Phase A: train G and the embedded classifier under FedAvg; returns the averaged pair."""
         s, data = self.params, self._dataset()
         seed_torch(self.cfg.seed, "fedfed-init")
         arrays = model_to_record(DistillationPair(self.cfg, data.input_shape, data.num_classes))
@@ -115,17 +154,17 @@ class FedFedMixin:
             self.global_arrays = arrays
             config = ConfigRecord(
                 {
-                    "fedfed-phase": DISTILL,
+                    PHASE: DISTILL,
                     SERVER_ROUND: r,
-                    "lr": float(s.distill_lr),
-                    "local-epochs": int(s.distill_epochs),
-                    "batch-size": int(self.cfg.batch_size),
+                    LR: float(s.distill_lr),
+                    LOCAL_EPOCHS: int(s.distill_epochs),
+                    BATCH_SIZE: int(self.cfg.batch_size),
                 }
             )
             messages, replies = self._send(grid, self.distill_clients(r), arrays, config)
             accepted = self.accept_replies(r, replies, check=lambda m: FedsimStrategy.reply_problem(self, m))
             self._require(f"distillation round {r}", accepted)
-            arrays = weighted_average([a.content[ARRAYS] for a in accepted], [a.num_examples for a in accepted])
+            arrays = weighted_average([arrays_of(a.content) for a in accepted], [a.num_examples for a in accepted])
             metrics = self.aggregate_metrics(accepted)
             record = {
                 "phase": DISTILL,
@@ -158,39 +197,40 @@ class FedFedMixin:
     def _share_problem(self, msg: Message) -> str | None:
         if SHARED_FEATURES not in msg.content.array_records:
             return "malformed reply: FedFed sharing needs a 'shared' ArrayRecord"
-        shared = msg.content[SHARED_FEATURES]
+        shared = arrays_of(msg.content, SHARED_FEATURES)
         shape = tuple(self._dataset().input_shape)
         copies = self.copy_keys()
-        if set(shared.keys()) != {*copies, "y"} or any(tuple(shared[k].shape[1:]) != shape for k in copies):
+        if set(shared.keys()) != {*copies, LABELS} or any(tuple(shared[k].shape[1:]) != shape for k in copies):
             return f"malformed shared features: expected {', '.join(copies)} of shape (n, {shape}) and y"
-        if len({shared[k].shape[0] for k in (*copies, "y")}) != 1:
+        if len({shared[k].shape[0] for k in (*copies, LABELS)}) != 1:
             return f"malformed shared features: {', '.join(copies)} and y differ in length"
-        if any(shared[k].dtype != "float16" for k in copies) or shared["y"].dtype != "int64":
+        if any(shared[k].dtype != "float16" for k in copies) or shared[LABELS].dtype != "int64":
             return f"malformed shared features: expected float16 {', '.join(copies)} and int64 y"
-        labels, classes = shared["y"].numpy(), self._dataset().num_classes
+        labels, classes = shared[LABELS].numpy(), self._dataset().num_classes
         if labels.size and not (0 <= labels.min() and labels.max() < classes):
             return f"malformed shared features: labels outside 0..{classes - 1}"
         bad = non_finite(shared)
         return f"returned NaN/Inf in shared '{bad}'" if bad else None
 
     def collect_shared(self, grid: Grid, arrays: ArrayRecord, log_file) -> None:
+        """Phase A, sharing: every client sends its noised copies once; the server pools them."""
         t0 = time.time()
-        config = ConfigRecord({"fedfed-phase": SHARE, SERVER_ROUND: 0})
+        config = ConfigRecord({PHASE: SHARE, SERVER_ROUND: 0})
         messages, replies = self._send(grid, sorted(self.node_of), arrays, config)
         accepted = self.accept_replies(0, replies, check=self._share_problem)
         self._require("sharing", accepted)
-        self.pool = {
-            k: np.concatenate([a.content[SHARED_FEATURES][k].numpy() for a in accepted])
-            for k in (*self.copy_keys(), "y")
+        pool = {
+            k: np.concatenate([arrays_of(a.content, SHARED_FEATURES)[k].numpy() for a in accepted])
+            for k in (*self.copy_keys(), LABELS)
         }
-        self.pool["y"] = self.pool["y"].astype(np.int64)
-        self.pool_digest = pool_digest(self.pool)
-        upload = {a.client_id: payload_bytes(RecordDict({"shared": a.content[SHARED_FEATURES]})) for a in accepted}
+        pool[LABELS] = pool[LABELS].astype(np.int64)
+        self.pool, self.pool_digest = pool, pool_digest(pool)
+        upload = {a.client_id: record_bytes(arrays_of(a.content, SHARED_FEATURES)) for a in accepted}
         s = self.params
-        record = {
+        record: dict[str, Any] = {
             "phase": SHARE,
-            "pool_samples": int(len(self.pool["y"])),
-            "pool_bytes": int(sum(v.nbytes for v in self.pool.values())),
+            "pool_samples": int(len(pool[LABELS])),
+            "pool_bytes": int(sum(v.nbytes for v in pool.values())),
             "upload_bytes_per_client": upload,
             "bytes_down": sum(payload_bytes(m.content) for m in messages),
             "share_noise_std": [float(v) for v in s.share_noise_std],
@@ -209,11 +249,11 @@ class FedFedMixin:
         """Send the global shared set to every client, once; each keeps it for the rest of the run."""
         assert self.pool is not None
         t0 = time.time()
-        config = ConfigRecord({"fedfed-phase": RECEIVE, SERVER_ROUND: 0, "fedfed-pool": self.pool_digest})
+        config = ConfigRecord({PHASE: RECEIVE, SERVER_ROUND: 0, POOL_DIGEST: self.pool_digest})
         shared = ArrayRecord({k: torch.from_numpy(v) for k, v in self.pool.items()})
         messages = [
             Message(
-                RecordDict({"shared": shared, CONFIG: config}),
+                RecordDict({SHARED_FEATURES: shared, CONFIG: config}),
                 dst_node_id=self.node_of[cid],
                 message_type=MessageType.TRAIN,
             )
@@ -228,7 +268,7 @@ class FedFedMixin:
                     self.client_of(reply.metadata.src_node_id),
                     reply.error.reason,
                 )
-        record = {
+        record: dict[str, Any] = {
             "phase": RECEIVE,
             "clients_ok": len(received),
             "bytes_down": sum(payload_bytes(m.content) for m in messages),
@@ -253,13 +293,15 @@ class FedFedMixin:
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        config["fedfed-phase"] = TRAIN
-        config["fedfed-pool"] = self.pool_digest
+        """Phase B: the base algorithm's train messages, naming the pool every client must hold."""
+        config[PHASE] = TRAIN
+        config[POOL_DIGEST] = self.pool_digest
         return super().configure_train(server_round, arrays, config, grid)
 
 
 @cache
 def fedfed_strategy_class(base_name: str) -> type[FedsimStrategy]:
+    """The FedFed strategy class over the base strategy ``base_name`` (fedavg, fedprox, scaffold, fednova)."""
     if base_name not in BASES:
         raise ConfigError(f"strategy.base={base_name!r} is invalid: FedFed plugs into {', '.join(BASES)}")
     base = load_strategy_class(base_name)
@@ -268,6 +310,8 @@ def fedfed_strategy_class(base_name: str) -> type[FedsimStrategy]:
 
 @dataclass(kw_only=True)
 class Params(StrategyParams):
+    """FedFed's hyperparameters (``configs/strategy/fedfed.yaml``), the base algorithm's included."""
+
     base: Literal["fedavg", "fedprox", "scaffold", "fednova"] = spec("the FL algorithm FedFed plugs into")
     mu: float = spec("FedProx proximal weight (base=fedprox)", ge=0)
     server_lr: float = spec("SCAFFOLD global step size (base=scaffold)", gt=0)
@@ -290,6 +334,7 @@ class Params(StrategyParams):
 
     @staticmethod
     def validate(node: Any) -> str | None:
+        """At least one shared copy, and an even generator width."""
         if len(node["share_noise_std"]) < 1:
             return "share_noise_std=[]: give at least one noise level (official: [0.2, 0.25])"
         if node["generator_width"] % 2:

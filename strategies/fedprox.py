@@ -13,23 +13,42 @@ from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
+from typing_extensions import override
 
 from fedsim.params import spec
+from fedsim.protocols.fedprox import MU
 from fedsim.strategy import FedsimStrategy, StrategyParams
 
 
 class FedProx(FedsimStrategy):
+    """FedProx: FedAvg whose clients stay close to the global model.
+
+    Notes
+    -----
+    The client minimises its loss plus ``mu / 2 * ||w - w_t||^2`` around the received weights
+    ``w_t``, with ``mu`` sent as ``MU`` in ``CONFIG``, and replies as for FedAvg.
+
+    References
+    ----------
+    Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020, arXiv:1812.06127.
+    """
+
+    params: Params
+
     paper = "Li et al., MLSys 2020 (arXiv:1812.06127)"
 
+    @override
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        config["proximal-mu"] = float(self.params.mu)
+        config[MU] = float(self.params.mu)
         return super().configure_train(server_round, arrays, config, grid)
 
 
 @dataclass(kw_only=True)
 class Params(StrategyParams):
+    """FedProx's hyperparameters (``configs/strategy/fedprox.yaml``)."""
+
     mu: float = spec("FedProx proximal weight", ge=0)
 
 

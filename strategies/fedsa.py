@@ -37,6 +37,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -45,19 +46,29 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from torch import nn
 from torch.nn import functional as F
+from typing_extensions import override
 
 from fedsim.client_app import resolve_device
 from fedsim.data import ImageDataset, dataset_from_config
 from fedsim.errors import ConfigError, FedsimError
-from fedsim.models import model_from_config
+from fedsim.models import classifier_of, model_from_config
 from fedsim.params import spec
 from fedsim.progress import show
-from fedsim.protocols.fedsa import AMALGAMATE, PROBE, SELECT, TEACHER
-from fedsim.protocols.messages import ARRAYS, CONFIG, METRICS, SERVER_ROUND
-from fedsim.records import load_record, model_to_record, payload_bytes, weighted_average
+from fedsim.protocols.fedsa import (
+    AMALGAMATE,
+    PHASE,
+    PROBE,
+    SELECT,
+    SIMILARITY_PREFIX,
+    TEACHER,
+    TEACHER_ACCURACY,
+    similarity_key,
+)
+from fedsim.protocols.messages import ARRAYS, BATCH_SIZE, CONFIG, LOCAL_EPOCHS, LR, METRICS, SERVER_ROUND
+from fedsim.records import arrays_of, load_record, metrics_of, model_to_record, number, payload_bytes, weighted_average
 from fedsim.results import RunDirectory
 from fedsim.seeding import rng, seed_torch, torch_generator
-from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
+from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams, typed_params
 
 log = logging.getLogger("fedsim")
 
@@ -129,7 +140,7 @@ class StudentTasks:
         load_record(model, arrays)
         seed_torch(self.cfg.seed, purpose)
         if fresh_head:
-            last = [m for m in model.classifier.modules() if isinstance(m, nn.Linear)][-1]
+            last = [m for m in classifier_of(model).modules() if isinstance(m, nn.Linear)][-1]
             last.reset_parameters()
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
         generator = torch_generator(self.cfg.seed, purpose, "shuffle")
@@ -173,6 +184,27 @@ class StudentTasks:
 
 
 class FedSA(FedsimStrategy):
+    """FedSA: a server-side student amalgamated from the parties' teachers, selected by saliency.
+
+    The server owns a student for a new task and a small labeled probe set; every
+    ``select_every`` rounds it asks the parties how similar their teachers' Grad-CAM saliency on
+    the probe images is to the student's, draws teachers by that similarity, and averages the
+    students the selected parties amalgamate.
+
+    Notes
+    -----
+    The client (a party) answers three phases named by ``PHASE`` in ``CONFIG``: ``TEACHER``
+    (prepare its teacher, reply ``TEACHER_ACCURACY``), ``SELECT`` (reply one
+    ``similarity_key(task)`` per task, a cosine in [-1, 1]) and ``AMALGAMATE`` (train the received
+    student from its teacher on the probe images, reply it under ``ARRAYS``).
+
+    References
+    ----------
+    Xie et al., "Federated Selective Aggregation for Knowledge Amalgamation", arXiv:2208.00561.
+    """
+
+    params: Params
+
     paper = "Xie et al., arXiv:2208.00561"
 
     def __init__(self, cfg: Any, param_keys: list[str], params: Params) -> None:
@@ -182,29 +214,32 @@ class FedSA(FedsimStrategy):
         self.probabilities: dict[int, list[float]] = {}  # task -> selection probability per party
         self.similarity: dict[int, list[float]] = {}  # task -> saliency similarity per party, last selection
         self.traffic: dict[str, int] = {}
-        self.log_file = None
+        self.log_file: Path | None = None
+        self.teachers = typed_params(TeacherParams, params.teachers)  # checked with the config
 
     # -- start: teachers, probe-trained student -----------------------------------------------------
+    @override
     def setup(self, grid: Grid, run: RunDirectory) -> None:
         self.log_file = run.path / "fedsa.jsonl"
-        t = self.params.teachers
+        t = self.teachers
         config = ConfigRecord(
             {
-                "fedsa-phase": TEACHER,
+                PHASE: TEACHER,
                 SERVER_ROUND: 0,
-                "lr": float(t.lr),
-                "local-epochs": int(t.epochs),
-                "batch-size": int(self.cfg.batch_size),
+                LR: float(t.lr),
+                LOCAL_EPOCHS: int(t.epochs),
+                BATCH_SIZE: int(self.cfg.batch_size),
             }
         )
-        replies = self.ask(grid, sorted(self.node_of), RecordDict({"config": config}))
-        teachers = {r.client_id: float(r.content[METRICS]["teacher-accuracy"]) for r in replies}
+        replies = self.ask(grid, sorted(self.node_of), RecordDict({CONFIG: config}))
+        teachers = {r.client_id: number(metrics_of(r.content), TEACHER_ACCURACY) for r in replies}
         self.write_log({"event": "teachers", "teacher_accuracy_own_task": teachers})
         show(
             "[fedsa] teachers ready; accuracy on their own tasks: "
             + ", ".join(f"{k}: {v:.3f}" for k, v in teachers.items())
         )
 
+    @override
     def initial_arrays(self, arrays: ArrayRecord) -> ArrayRecord:
         s = self.params
         arrays = self.student.train_on_probe(
@@ -229,24 +264,29 @@ class FedSA(FedsimStrategy):
         return accepted
 
     def metrics_problem(self, msg: Message) -> str | None:
+        """Why a phase reply's metrics cannot be used (non-finite, a similarity outside [-1, 1]), or None."""
         if METRICS not in msg.content.metric_records:
             return "malformed reply: needs a 'metrics' MetricRecord"
-        metrics = msg.content[METRICS]
+        metrics = metrics_of(msg.content)
         bad = [k for k, v in metrics.items() if isinstance(v, float) and not np.isfinite(v)]
         if bad:
             return f"returned non-finite metric '{bad[0]}'"
-        outside = [
-            k for k, v in metrics.items() if k.startswith("similarity-") and not -1.0 <= float(v) <= 1.0
-        ]  # cosine
+        outside = [  # a cosine
+            k
+            for k, v in metrics.items()
+            if k.startswith(SIMILARITY_PREFIX) and (not isinstance(v, (int, float)) or not -1.0 <= v <= 1.0)
+        ]
         return f"returned '{outside[0]}' outside [-1, 1]" if outside else None
 
     def write_log(self, record: dict[str, Any]) -> None:
+        """Append one record to the run's ``fedsa.jsonl``."""
         if self.log_file is not None:
             with self.log_file.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
     # -- selection ----------------------------------------------------------------------------------
     def select(self, server_round: int, arrays: ArrayRecord, grid: Grid) -> None:
+        """Ask every party for its saliency similarities and draw this period's teachers."""
         s, parties = self.params, sorted(self.node_of)
         uniform = {t: [1.0 / len(parties)] * len(parties) for t in range(len(self.student.tasks))}
         if s.selection in ("all", "none"):
@@ -262,18 +302,18 @@ class FedSA(FedsimStrategy):
                 {"event": "selection", "round": server_round, "probabilities": uniform, "selected": self.selected}
             )
             return
-        config = ConfigRecord({"fedsa-phase": SELECT, SERVER_ROUND: server_round})
+        config = ConfigRecord({PHASE: SELECT, SERVER_ROUND: server_round})
         replies = self.ask(
             grid,
             parties,
-            RecordDict({"arrays": arrays, PROBE: self.student.probe_record(), CONFIG: config}),
+            RecordDict({ARRAYS: arrays, PROBE: self.student.probe_record(), CONFIG: config}),
             server_round,
         )
         answered = [r.client_id for r in replies]
         gen = rng(self.cfg.seed, "fedsa-select", server_round)
         self.selected, self.probabilities, similarity = [], {}, {}
         for t in range(len(self.student.tasks)):
-            sim = np.array([float(r.content[METRICS][f"similarity-{t}"]) for r in replies])
+            sim = np.array([number(metrics_of(r.content), similarity_key(t)) for r in replies])
             p = selection_probabilities(sim)
             k = int(s.num_selected)
             chosen = (
@@ -294,6 +334,7 @@ class FedSA(FedsimStrategy):
         )
 
     # -- rounds -------------------------------------------------------------------------------------
+    @override
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -304,14 +345,17 @@ class FedSA(FedsimStrategy):
         if not self.selected:  # selection none: the student learns from its probe set only
             return []
         config[SERVER_ROUND] = server_round
-        config["fedsa-phase"] = AMALGAMATE
-        content = RecordDict({"arrays": arrays, CONFIG: config})
+        config[PHASE] = AMALGAMATE
+        content = RecordDict({ARRAYS: arrays, CONFIG: config})
         return [
             Message(content, dst_node_id=self.node_of[p], message_type=MessageType.TRAIN, group_id=str(server_round))
             for p in sorted(set(self.selected))
         ]
 
-    def aggregate_train(self, server_round: int, replies: list) -> tuple[ArrayRecord, MetricRecord]:
+    @override
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if self.params.selection == "none":  # no teacher was asked: the probe-trained student stays
             assert self.global_arrays is not None
             return self.global_arrays, MetricRecord({"selected-teachers": []})
@@ -319,8 +363,8 @@ class FedSA(FedsimStrategy):
 
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
         """Mean of the returned students, each weighted by how often its party was drawn."""
-        weights = [self.selected.count(r.client_id) for r in replies]
-        arrays = weighted_average([r.content[ARRAYS] for r in replies], weights)
+        weights = [float(self.selected.count(r.client_id)) for r in replies]
+        arrays = weighted_average([arrays_of(r.content) for r in replies], weights)
         metrics = self.aggregate_metrics(replies)
         metrics["selected-teachers"] = list(self.selected)
         for t, p in self.probabilities.items():
@@ -336,7 +380,7 @@ class FedSA(FedsimStrategy):
         """Where some teachers are useless by construction (``teachers.random`` / ``shuffled``): their
         mean selection probability, and the margin min(useful) - max(useless) (> 0: every useless
         teacher is ranked below every useful one), both averaged over tasks."""
-        t, parties = self.params.teachers, sorted(self.node_of)
+        t, parties = self.teachers, sorted(self.node_of)
         useless = {int(p) for p in [*(t.random or []), *(t.shuffled or [])]} & set(parties)
         if not useless or len(useless) == len(parties) or not self.probabilities:
             return {}
@@ -351,10 +395,12 @@ class FedSA(FedsimStrategy):
             "useless-teacher-probability": float(np.mean(probabilities)),
         }
 
+    @override
     def evaluate_round(self, server_round: int, arrays: ArrayRecord, grid: Grid, evaluate: Callable) -> dict[str, Any]:
         return self.student.adapted_score(arrays, f"fedsa-adapt-{server_round}")
 
     # -- checkpoints --------------------------------------------------------------------------------
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "selected": list(self.selected),
@@ -362,6 +408,7 @@ class FedSA(FedsimStrategy):
             "similarity": {str(k): v for k, v in self.similarity.items()},
         }
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.selected = [int(p) for p in state.get("selected", [])]
         self.probabilities = {int(k): list(v) for k, v in state.get("probabilities", {}).items()}
@@ -370,6 +417,10 @@ class FedSA(FedsimStrategy):
 
 @dataclass(kw_only=True)
 class TeacherParams:
+    """The parties' teachers (``strategy.teachers``): how they are trained or loaded, and which are
+    useless by construction.
+    """
+
     epochs: int = spec("epochs each party trains its teacher", ge=0)
     lr: float = spec("teacher learning rate", gt=0)
     paths: list[str] | None = spec("one teacher state_dict file per party, loaded instead of training")
@@ -379,6 +430,8 @@ class TeacherParams:
 
 @dataclass(kw_only=True)
 class Params(StrategyParams):
+    """FedSA's hyperparameters (``configs/strategy/fedsa.yaml``)."""
+
     tasks: list[list[int]] | None = spec("the student's task(s): class lists; null = every class", ge=0)
     probe_per_class: int = spec("labeled probe images per class", ge=1)
     probe_epochs: int = spec("student epochs on the probe set before amalgamation", ge=0)
@@ -403,6 +456,7 @@ class Params(StrategyParams):
 
     @staticmethod
     def validate(node: Any) -> str | None:
+        """Check the nested ``teachers`` group."""
         from fedsim.params import check
 
         check("strategy.teachers", TeacherParams, node["teachers"])

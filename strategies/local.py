@@ -19,7 +19,18 @@ class Params(PeerParams):
 
 
 class Local(PeerToPeerStrategy):
-    """Local training: each client alone."""
+    """Local training: each client trains its own model alone, with no links.
+
+    Notes
+    -----
+    The client keeps its model in its state store, trains it each round it is sampled, and replies
+    with its metrics only (``clients/dpsgd.py``'s update with no peers); it is evaluated on its own
+    test split.
+
+    References
+    ----------
+    The "Local" baseline of DisPFL (Dai et al., ICML 2022) and SCooL (Li et al., ICML 2023).
+    """
 
     paper = "no communication: the lower bar of personalized FL"
 

@@ -51,11 +51,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from scipy.special import digamma
+from typing_extensions import override
 
 from fedsim.decentralized import PeerParams, PeerToPeerStrategy, peer_records
 from fedsim.params import spec
 from fedsim.protocols import scool as protocol
-from fedsim.records import shape_mismatch
+from fedsim.protocols.scool import GRAPH, IDS, LOSSES, PRIOR, USE_LIKELIHOOD, WEIGHTS
+from fedsim.records import config_of, integers, numbers, shape_mismatch
 from fedsim.seeding import rng
 from fedsim.strategy import ClientReply
 
@@ -141,6 +143,26 @@ def attention_logits(features: torch.Tensor, query: torch.Tensor, key: torch.Ten
 
 
 class SCooL(PeerToPeerStrategy):
+    """SCooL: decentralized personalized learning over an inferred cooperation graph.
+
+    The server relays the peers' shared records and keeps the graph's prior (SBM or attention),
+    refitted from the rows the clients report.
+
+    Notes
+    -----
+    The client scores each received peer model on its own data, forms its row of the cooperation
+    graph from those losses and the prior logits in ``GRAPH`` (``IDS``, ``PRIOR``), mixes, trains,
+    and replies with its shared record (``PEER_RECORD``: the model, or in the official variant the
+    model and its update) and its row (``GRAPH``: ``IDS``, ``WEIGHTS``, ``LOSSES``).
+
+    References
+    ----------
+    Li et al., "Structured Cooperative Learning with Graphical Model Priors", ICML 2023,
+    arXiv:2306.09595.
+    """
+
+    params: Params
+
     paper = "Li et al., ICML 2023 (arXiv:2306.09595)"
 
     def __init__(self, cfg: Any, param_keys: list[str], params: Params) -> None:
@@ -157,6 +179,7 @@ class SCooL(PeerToPeerStrategy):
         self.key: np.ndarray | None = None
 
     # -- graph ------------------------------------------------------------------------------------
+    @override
     def neighbours(self, client_id: int, server_round: int) -> list[int]:
         if self.params.prior == "dirac":
             return super().neighbours(client_id, server_round)
@@ -170,9 +193,10 @@ class SCooL(PeerToPeerStrategy):
         shared = self.shared[client_id]
         return protocol.unpack(shared, protocol.MODEL) if self.params.variant == "official" else shared
 
+    @override
     def model_problem(self, record: ArrayRecord) -> str | None:
-        assert self.initial is not None or self.global_arrays is not None
         reference = self.initial if self.initial is not None else self.global_arrays
+        assert reference is not None  # configure_train set it
         if self.params.variant != "official":
             return shape_mismatch(reference, record)
         expected = {protocol.MODEL + k for k in reference.keys()} | {protocol.UPDATE + k for k in reference.keys()}
@@ -195,12 +219,13 @@ class SCooL(PeerToPeerStrategy):
             if cid in self.shared:
                 model = self.model_of(cid)
                 delta = np.concatenate([model[k].numpy().ravel() for k in head]) - start
-                rows.append(delta / max(np.linalg.norm(delta), 1e-12))
+                rows.append(delta / max(float(np.linalg.norm(delta)), 1e-12))
             else:
                 rows.append(np.zeros_like(start))
         return torch.tensor(np.stack(rows), dtype=torch.float32)
 
     def prior_logits(self) -> np.ndarray:
+        """The prior's log-odds of every edge of the cooperation graph (clients x clients)."""
         s, n = self.params, int(self.cfg.num_clients)
         if s.prior == "sbm":
             return sbm_log_odds(self.phi, self.blocks) if s.variant == "official" else sbm_prior(self.phi, self.blocks)
@@ -213,12 +238,14 @@ class SCooL(PeerToPeerStrategy):
                 )
         return np.zeros((n, n))
 
+    @override
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.round_prior: np.ndarray | None = None  # computed once per round, on first use
         return super().configure_train(server_round, arrays, config, grid)
 
+    @override
     def train_content(self, client_id: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
         content = super().train_content(client_id, arrays, config)
         peers = sorted(peer_records(content))
@@ -227,40 +254,49 @@ class SCooL(PeerToPeerStrategy):
                 self.round_prior = self.prior_logits()
             ids = [client_id, *peers]
             logits = self.round_prior[client_id, ids]
-            content["graph"] = ConfigRecord(
-                {"ids": ids, "prior": [float(v) for v in logits], "use-likelihood": self.params.prior != "dirac"}
+            content[GRAPH] = ConfigRecord(
+                {IDS: ids, PRIOR: [float(v) for v in logits], USE_LIKELIHOOD: self.params.prior != "dirac"}
             )
         return content
 
     # -- replies ----------------------------------------------------------------------------------
+    @override
     def reply_problem(self, msg: Message) -> str | None:
         problem = super().reply_problem(msg)
-        if problem is not None or "graph" not in msg.content.config_records:
+        if problem is not None or GRAPH not in msg.content.config_records:
             return problem
-        graph = msg.content["graph"]
+        graph = config_of(msg.content, GRAPH)
         n = int(self.cfg.num_clients)
-        ids, weights, losses = (list(graph.get(k, [])) for k in ("ids", "weights", "losses"))
+        malformed = "malformed 'graph' record: needs 'ids' of clients and as many finite 'weights' and 'losses'"
+        try:
+            ids, weights, losses = (numbers(graph, k) for k in (IDS, WEIGHTS, LOSSES))
+        except TypeError:
+            return malformed
         if (
             not len(ids) == len(weights) == len(losses)
             or any(not 0 <= int(i) < n for i in ids)
             or not np.all(np.isfinite(weights))
             or not np.all(np.isfinite(losses))
         ):
-            return "malformed 'graph' record: needs 'ids' of clients and as many finite 'weights' and 'losses'"
+            return malformed
         return None
 
+    @override
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
         arrays, metrics = super().aggregate(server_round, replies)
-        reported = [r for r in replies if "graph" in r.content.config_records]
+        reported = [r for r in replies if GRAPH in r.content.config_records]
         for reply in reported:
-            graph = reply.content["graph"]
+            graph = config_of(reply.content, GRAPH)
             row = np.full(self.posterior.shape[1], np.nan)
-            row[list(graph["ids"])] = list(graph["weights"])
+            ids = integers(graph, IDS)
+            row[ids] = numbers(graph, WEIGHTS)
             self.posterior[reply.client_id] = row
-            self.loss[list(graph["ids"]), reply.client_id] = list(graph["losses"])
+            self.loss[ids, reply.client_id] = numbers(graph, LOSSES)
         if reported:
             self.fit_prior(server_round)
-            metrics["graph-self-weight"] = float(np.mean([r.content["graph"]["weights"][0] for r in reported]))
+            metrics["graph-self-weight"] = float(
+                np.mean([numbers(config_of(r.content, GRAPH), WEIGHTS)[0] for r in reported])
+            )
             # the inferred graph: row i = client i's last reported weights (0 where it had none), row-major
             metrics["graph-weights"] = [float(w) for w in np.nan_to_num(self.posterior, nan=0.0).ravel()]
         s = self.params
@@ -293,6 +329,7 @@ class SCooL(PeerToPeerStrategy):
             self.fit_attention(observed | (np.eye(len(observed), dtype=bool) & np.isfinite(self.posterior)))
 
     def fit_attention(self, observed: np.ndarray) -> None:
+        """Refit the attention prior's query and key on the ``observed`` edges of the reported rows."""
         s = self.params
         features = self.features()
         if self.query is None or self.key is None:
@@ -324,6 +361,7 @@ class SCooL(PeerToPeerStrategy):
                 self.fixed[cid] = sorted(j for _, j in sorted(peers, key=lambda t: (-t[0], t[1]))[:k])
 
     # -- checkpoints ------------------------------------------------------------------------------
+    @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state.update(
@@ -339,6 +377,7 @@ class SCooL(PeerToPeerStrategy):
         )
         return state
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         for name in ("posterior", "loss", "fixed", "phi", "blocks", "query", "key"):
@@ -349,6 +388,8 @@ class SCooL(PeerToPeerStrategy):
 
 @dataclass(kw_only=True)
 class Params(PeerParams):
+    """SCooL's hyperparameters (``configs/strategy/scool.yaml``)."""
+
     variant: Literal["official", "fedsim"] = spec(
         "official: update mixing, sigmoid edges, SBM refit per round; fedsim: model mixing"
     )

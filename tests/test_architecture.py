@@ -147,3 +147,41 @@ def test_the_server_side_runs_without_client_modules():
                     seen.add(target)
                     todo.append(target)
         assert not any(m.split(".")[0] == "clients" for m in seen), strategy
+
+
+RECORD_ACCESSORS = {"arrays_of", "config_of", "metrics_of"}
+
+
+def bare_record_keys(source: str) -> list[str]:
+    """Record keys written as string literals: the names of a ``RecordDict``'s records, and a
+    record taken out of a message's content by a literal (``content["arrays"]``, ``arrays_of(c, "x")``)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            args = node.args
+            if node.func.id == "RecordDict" and args and isinstance(args[0], ast.Dict):
+                found += [k.value for k in args[0].keys if isinstance(k, ast.Constant) and isinstance(k.value, str)]
+            if node.func.id in RECORD_ACCESSORS and len(args) > 1 and isinstance(args[1], ast.Constant):
+                found.append(args[1].value)
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str):
+            target = node.value
+            name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+            if name == "content":
+                found.append(node.slice.value)
+    return found
+
+
+def test_record_keys_are_named_constants():
+    """Both sides name records through fedsim.protocols, never by a literal that could drift."""
+    offenders = {
+        str(path.relative_to(ROOT)): keys
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if (keys := bare_record_keys(path.read_text()))
+    }
+    assert offenders == {}
+
+
+def test_the_record_key_check_finds_literals():
+    source = 'RecordDict({"arrays": a, CONFIG: c})\nx = msg.content["metrics"]\ny = arrays_of(content, "shared")'
+    assert bare_record_keys(source) == ["arrays", "metrics", "shared"]

@@ -169,7 +169,7 @@ def test_every_strategy_is_built_with_typed_params_and_cites_its_paper(name):
     model = "cnn" if name == "fedsa" else "mlp"
     strategy = strategy_from_config(compose_run([f"strategy={name}", f"model={model}", "backend=inprocess"]), ["w"])
     assert type(strategy.params).__module__ == f"strategies.{name}" and strategy.params.name == name
-    assert strategy.paper and strategy.paper in strategy.summary()
+    assert strategy.paper and strategy.paper in strategy.describe()
 
 
 def test_a_bad_strategy_value_fails_when_the_strategy_is_built():

@@ -42,6 +42,7 @@ def weak(x: torch.Tensor, generator: torch.Generator, flip: bool = True) -> torc
 
 
 def strong(x: torch.Tensor, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """FixMatch's strong view of a uint8 batch: the weak view, then brightness, contrast and a cut-out."""
     out = weak(x, generator, flip).float()
     n, _, h, w = out.shape
     out = out * _uniform(n, 0.6, 1.4, generator)[:, None, None, None]  # brightness

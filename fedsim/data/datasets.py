@@ -42,6 +42,7 @@ class ImageDataset:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one image."""
         return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,8 +87,9 @@ def _find_idx(folders: list[Path], stem: str) -> Path | None:
 
 def _load_idx_dataset(folders: list[Path]) -> tuple[torch.Tensor, ...] | None:
     """Load (x_train, y_train, x_test, y_test) from the original IDX files, if all are present."""
-    paths = {stem: _find_idx(folders, stem) for pair in _IDX_FILES.values() for stem in pair}
-    if any(p is None for p in paths.values()):
+    found = {stem: _find_idx(folders, stem) for pair in _IDX_FILES.values() for stem in pair}
+    paths = {stem: path for stem, path in found.items() if path is not None}
+    if len(paths) < len(found):
         return None
     out = []
     for images, labels in _IDX_FILES.values():

@@ -9,7 +9,10 @@ import numpy as np
 
 from fedsim.errors import ConfigError
 
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_DTYPES: dict[int, np.dtype] = {
+    code: np.dtype(kind)
+    for code, kind in {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.items()
+}
 
 
 def read_idx(path: Path) -> np.ndarray:

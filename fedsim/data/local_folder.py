@@ -31,8 +31,8 @@ def load_image_folder(folder: Path, shape: tuple[int, int, int], num_classes: in
                 f"{class_dir}: class folders must be named by class index 0..{num_classes - 1} of the run's dataset"
             )
         for path in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            with Image.open(path) as img:
-                img = img.convert("L" if channels == 1 else "RGB").resize((width, height))
+            with Image.open(path) as opened:
+                img = opened.convert("L" if channels == 1 else "RGB").resize((width, height))
                 array = np.asarray(img, dtype=np.uint8)
             images.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
             labels.append(int(class_dir.name))

@@ -25,6 +25,7 @@ class ClientSplit:
 
     @property
     def all(self) -> np.ndarray:
+        """Every index the client holds, labeled first."""
         return np.concatenate([self.labeled, self.unlabeled])
 
 
@@ -40,7 +41,7 @@ def overlapping(num_samples: int, num_clients: int, per_client: int, rng: np.ran
     if per_client > num_samples:
         raise ConfigError(f"partition.samples_per_client={per_client} exceeds the {num_samples} training samples")
     draws = np.sort(rng.integers(0, num_samples, size=(num_clients, per_client)), axis=1)
-    repeated = np.flatnonzero((np.diff(draws, axis=1) == 0).any(axis=1)) if per_client > 1 else []
+    repeated = np.flatnonzero((np.diff(draws, axis=1) == 0).any(axis=1)) if per_client > 1 else np.zeros(0, int)
     for row in repeated:  # rare: a client drew a sample twice; it draws again without replacement
         draws[row] = np.sort(rng.choice(num_samples, per_client, replace=False))
     return list(draws)

@@ -22,13 +22,15 @@ from omegaconf import OmegaConf
 
 from fedsim import plugins
 from fedsim.progress import show
-from fedsim.protocols.messages import CONFIG
+from fedsim.protocols.messages import CONFIG, METRICS
+from fedsim.records import config_of
 
 server_app = ServerApp()
 
 
 @server_app.main()
 def serve(grid: Grid, context: Context) -> None:
+    """The deployment's ServerApp: the run's server job, its config from the run config."""
     from fedsim.engine import server_job
 
     job = server_job(OmegaConf.create(json.loads(str(context.run_config["fedsim-config"]))))
@@ -44,12 +46,13 @@ RUN_ENDED = "fedsim-run-ended"  # the config flag of the last message, and the m
 
 def announce_run_end(grid: Grid, timeout: float = 30.0) -> None:
     """Tell every connected node that the run is over (``fedsim client`` then exits 0)."""
-    content = RecordDict({"config": ConfigRecord({RUN_ENDED: 1})})
+    content = RecordDict({CONFIG: ConfigRecord({RUN_ENDED: 1})})
     messages = [Message(content, dst_node_id=node, message_type=MessageType.QUERY) for node in grid.get_node_ids()]
     list(grid.send_and_receive(messages, timeout=timeout))
 
 
 def state_dir(node_config: dict) -> Path:
+    """A node's state folder (``state-dir`` of its node config; ``~/.fedsim/client`` by default)."""
     return Path(str(node_config.get("state-dir", Path.home() / ".fedsim" / "client"))).expanduser().resolve()
 
 
@@ -82,17 +85,20 @@ client_app = ClientApp()
 
 @client_app.query()
 def query(msg: Message, context: Context) -> Message:
-    if CONFIG in msg.content.config_records and msg.content[CONFIG].get(RUN_ENDED):
+    """Handshake and end-of-run messages: the client's facts, or the marker that the run has ended."""
+    if CONFIG in msg.content.config_records and config_of(msg.content).get(RUN_ENDED):
         (state_dir(dict(context.node_config)) / RUN_ENDED).write_text(str(context.run_id))  # `fedsim client` watches it
-        return Message(RecordDict({"metrics": MetricRecord({"run-ended": 1})}), reply_to=msg)
+        return Message(RecordDict({METRICS: MetricRecord({RUN_ENDED: 1})}), reply_to=msg)
     return _app_for(context)(msg, context)
 
 
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
+    """Train messages, handled by the run's ClientApp (built once per run on this node)."""
     return _app_for(context)(msg, context)
 
 
 @client_app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate messages, handled by the run's ClientApp (built once per run on this node)."""
     return _app_for(context)(msg, context)

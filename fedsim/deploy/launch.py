@@ -49,6 +49,7 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
 
 
 def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
+    """Wait until ``host:port`` accepts connections (FedsimError if ``process`` exits or time runs out)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if process is not None and process.poll() is not None:
@@ -62,6 +63,7 @@ def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Pope
 
 
 def free_port() -> int:
+    """A TCP port free on this machine now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -69,6 +71,7 @@ def free_port() -> int:
 
 # -- server --------------------------------------------------------------------------------------
 def tls_files(credentials: Path) -> dict[str, Path]:
+    """The SuperLink's TLS files under ``credentials/tls`` (ConfigError naming any that is missing)."""
     files = {name: credentials / "tls" / name for name in ("ca.crt", "server.pem", "server.key")}
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
@@ -80,6 +83,7 @@ def tls_files(credentials: Path) -> dict[str, Path]:
 
 
 def node_keys(credentials: Path) -> list[Path]:
+    """The public keys of the nodes allowed to join (``credentials/nodes/*.pub``; ConfigError if none)."""
     keys = sorted((credentials / "nodes").glob("*.pub"))
     if not keys:
         raise ConfigError(
@@ -130,6 +134,7 @@ def write_connection(flwr_home: Path, address: str, ca: Path | None) -> None:
 
 
 def connect_host(host: str) -> str:
+    """The address a local process connects to for a server listening on ``host``."""
     return "127.0.0.1" if host in ("0.0.0.0", "::") else host
 
 
@@ -227,6 +232,7 @@ def serve(cfg: DictConfig) -> int:
 
 
 def cmd_server(args: list[str]) -> int:
+    """``python -m fedsim server``: start the SuperLink, run the ServerApp, stop the SuperLink."""
     from fedsim.engine import resume_from_command_line
     from fedsim.validation import compose_run
 
@@ -254,6 +260,7 @@ def retry_wait(attempt: int) -> float:
 
 
 def client_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m fedsim client``."""
     parser = argparse.ArgumentParser(
         prog="python -m fedsim client", description="Start a fedsim edge client (a Flower SuperNode)."
     )
@@ -296,6 +303,7 @@ def client_parser() -> argparse.ArgumentParser:
 
 
 def supernode_command(opts: argparse.Namespace) -> list[str]:
+    """The ``flower-supernode`` command line for the client ``opts`` describes."""
     state = Path(opts.state_dir).expanduser().resolve() / f"client-{opts.partition_id}"
     node_config = [f"partition-id={opts.partition_id}", f"state-dir='{state}'"]
     for key, value in (("data-root", opts.data_root), ("data-dir", opts.data_dir)):

@@ -33,6 +33,8 @@ class Job:
 
 @dataclass(frozen=True)
 class SweepPlan:
+    """A sweep's name, its jobs and the runs root its folder goes under."""
+
     name: str
     jobs: tuple[Job, ...]
     runs_root: str
@@ -50,7 +52,7 @@ def plan_sweep(args: list[str]) -> SweepPlan:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
             parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
             typed = parser.parse_overrides(args)
-            fixed = [o.input_line for o in typed if not o.is_sweep_override()]
+            fixed = [str(o.input_line) for o in typed if not o.is_sweep_override()]
             base = compose("config", overrides=fixed, return_hydra_config=True)
             params = base.hydra.sweeper.params
             experiment_sweep = [f"{k}={v}" for k, v in (params or {}).items()]

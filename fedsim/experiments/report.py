@@ -35,10 +35,12 @@ class ReportOptions:
 
 
 def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of ``metric`` is better (losses, dissimilarities, bytes)."""
     return "loss" in metric or "dissimilarity" in metric or "bytes" in metric
 
 
 def percent(metric: str) -> bool:
+    """Whether ``metric`` is shown in percent (accuracies)."""
     return "accuracy" in metric
 
 
@@ -163,6 +165,7 @@ class Report:
 
 
 def build_report(runs: RunTable, options: ReportOptions) -> Report:
+    """Group the runs, take each group's statistics over seeds and the paired differences to the baseline."""
     configs, metrics = runs.configs, runs.metrics
     metric = options.metrics[0]
     if metric not in metrics:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NoReturn
 
 from fedsim.errors import ConfigError
 from fedsim.experiments.report import ReportOptions, build_report
@@ -12,11 +13,12 @@ from fedsim.experiments.runs import load_runs
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like every fedsim input error
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, like every fedsim input error
         raise ConfigError(f"report: {message} (see python -m fedsim report --help)")
 
 
 def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m fedsim report``."""
     p = _Parser(prog="python -m fedsim report", description="Statistics over seeds for run and sweep directories.")
     p.add_argument("dirs", nargs="+", help="run directories and/or folders of runs (a sweep directory)")
     p.add_argument(
@@ -43,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_report(args: list[str]) -> int:
+    """``python -m fedsim report``: write report.md, report.csv and report.png; returns the exit code."""
     ns = parser().parse_args(args)
     if ns.last < 1:
         raise ConfigError(f"--last {ns.last} is invalid: expected an integer >= 1")

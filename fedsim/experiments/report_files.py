@@ -24,6 +24,7 @@ def _mean_std(mean: float, std: float, scale: float, digits: int) -> str:
 
 
 def markdown_table(report: Report) -> str:
+    """The report's table in Markdown: per group n, final, best and last-k means, traffic, paired differences."""
     options, table = report.options, report.table
     metric = options.metrics[0]
     scale, unit = (100.0, " (%)") if percent(metric) else (1.0, "")
@@ -60,6 +61,7 @@ def markdown_table(report: Report) -> str:
 
 
 def legend(report: Report, paths: list[str]) -> str:
+    """The lines under the table saying what each column is and where the runs came from."""
     options = report.options
     lines = [
         f"{report.num_runs} runs in {len(report.table)} groups from {', '.join(paths)}; metric `{options.metrics[0]}`.",
@@ -74,6 +76,7 @@ def legend(report: Report, paths: list[str]) -> str:
 
 
 def plot_curves(report: Report, path: Path) -> None:
+    """Per group, the metric's mean curve over rounds with a band of one standard deviation."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import OmegaConf
 
-from fedsim.config import CONFIG_DIR
+from fedsim.config import CONFIG_DIR, as_dict, load_dict_config
 from fedsim.errors import ConfigError
 from fedsim.experiments.graph import graph_metrics
 
@@ -65,6 +64,7 @@ def as_text(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def is_bookkeeping(key: str) -> bool:
+    """Whether a config key is bookkeeping (paths, resume, verbosity), not part of what a run is."""
     return any(key == b or key.startswith(b + ".") for b in BOOKKEEPING)
 
 
@@ -75,7 +75,7 @@ def own_strategy_keys(strategy: dict) -> dict:
     path = CONFIG_DIR / "strategy" / f"{strategy.get('name')}.yaml"
     if not path.is_file():
         return strategy
-    own = set(OmegaConf.to_container(OmegaConf.load(path)))
+    own = set(as_dict(load_dict_config(path)))
     return {k: v for k, v in strategy.items() if k in own}
 
 
@@ -83,7 +83,7 @@ def base_defaults() -> dict:
     """The top-level keys of configs/config.yaml that are not groups (seed, augment, optimizer.*,
     ...), flattened: what a run saved before a key existed ran with (a new key's default keeps the
     earlier behaviour)."""
-    base = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "config.yaml"))
+    base = as_dict(load_dict_config(CONFIG_DIR / "config.yaml"))
     base.pop("defaults", None)
     return pd.json_normalize(base, sep=".").iloc[0].to_dict()
 
@@ -97,7 +97,7 @@ def load_runs(paths: list[str]) -> RunTable:
         if not rows:
             continue
         graph_metrics(run, rows)
-        config = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"), resolve=True)
+        config = as_dict(load_dict_config(run / "config.yaml"), resolve=True)
         config["strategy"] = own_strategy_keys(config["strategy"])
         flat = pd.json_normalize(config, sep=".")
         for key in defaults.keys() - set(flat.columns):  # a key the run's fedsim did not have yet

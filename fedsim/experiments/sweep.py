@@ -43,6 +43,7 @@ class Manifest:
 
     @classmethod
     def create(cls, folder: Path, plan: SweepPlan, args: list[str]) -> Manifest:
+        """A new sweep folder's manifest: every job of ``plan``, pending."""
         jobs = [
             {
                 "index": j.index,
@@ -62,6 +63,7 @@ class Manifest:
 
     @classmethod
     def load(cls, folder: Path) -> Manifest:
+        """The manifest of the sweep in ``folder`` (ConfigError if there is none)."""
         path = folder / MANIFEST
         if not path.is_file():
             raise ConfigError(
@@ -71,17 +73,21 @@ class Manifest:
 
     @property
     def jobs(self) -> list[dict[str, Any]]:
+        """Every job's record (index, name, overrides, status, timings, final metrics)."""
         return self.data["jobs"]
 
     def unfinished(self) -> list[dict[str, Any]]:
+        """The jobs not yet done."""
         return [j for j in self.jobs if j["status"] != FINISHED]
 
     def update(self, index: int, **fields: Any) -> None:
+        """Change a job's record and save."""
         with self._lock:
             self.jobs[index].update(fields)
             self.save()
 
     def save(self) -> None:
+        """Write ``manifest.json`` atomically."""
         tmp = self.folder / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(self.data, indent=1) + "\n")
         os.replace(tmp, self.folder / MANIFEST)
@@ -150,6 +156,7 @@ class SweepRunner:
         (manifest.folder / "logs").mkdir(exist_ok=True)
 
     def run_job(self, job: dict[str, Any]) -> None:
+        """Run one job as a subprocess (resuming its run where it has a checkpoint), prefixing its output."""
         folder, index = self.manifest.folder, job["index"]
         tag = f"[job {index + 1}/{self.total}]"
         command = job_command(job, folder, self.threads)
@@ -239,10 +246,10 @@ def run_sweep(args: list[str], jobs: int = 1) -> int:
     else:
         plan = plan_sweep(args)
         check_jobs(plan)
-        folder = find_unfinished(Path(plan.runs_root) / "sweeps", plan)
-        if folder is not None:
-            manifest = Manifest.load(folder)
-            show(f"continuing the unfinished sweep {folder} (same jobs)")
+        unfinished = find_unfinished(Path(plan.runs_root) / "sweeps", plan)
+        if unfinished is not None:
+            manifest = Manifest.load(unfinished)
+            show(f"continuing the unfinished sweep {unfinished} (same jobs)")
         else:
             manifest = Manifest.create(new_run_dir(Path(plan.runs_root) / "sweeps", plan.name), plan, args)
     return SweepRunner(manifest, jobs).run()

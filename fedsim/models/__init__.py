@@ -22,16 +22,33 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def features_of(model: nn.Module) -> nn.Sequential:
+    """A zoo model's feature stack (every model of :data:`MODELS` has ``features`` and ``classifier``)."""
+    features = model.features
+    if not isinstance(features, nn.Sequential):
+        raise TypeError(f"{type(model).__name__} is not a zoo model: it has no nn.Sequential 'features'")
+    return features
+
+
+def classifier_of(model: nn.Module) -> nn.Module:
+    """A zoo model's classifier head (a linear layer, or the CNN's hidden layers and last linear)."""
+    classifier = model.classifier
+    if not isinstance(classifier, nn.Module):
+        raise TypeError(f"{type(model).__name__} is not a zoo model: it has no 'classifier' module")
+    return classifier
+
+
 def layer_list(model: nn.Module) -> list[nn.Module]:
     """A zoo model as an ordered list of layers: its ``features`` children, then its ``classifier``."""
-    return [*model.features.children(), model.classifier]
+    return [*features_of(model).children(), classifier_of(model)]
 
 
 def embedding(model: nn.Module) -> nn.Sequential:
     """The layers before a zoo model's last linear layer (its penultimate representation), sharing
     its parameters: ``features`` plus, for a classifier with hidden layers (the CNN), all but its last."""
-    head = list(model.classifier.children()) if isinstance(model.classifier, nn.Sequential) else [model.classifier]
-    return nn.Sequential(model.features, *head[:-1])
+    classifier = classifier_of(model)
+    head = list(classifier.children()) if isinstance(classifier, nn.Sequential) else [classifier]
+    return nn.Sequential(features_of(model), *head[:-1])
 
 
 # FedImpro's split point: mid-network (None: after the whole feature stack)
@@ -45,7 +62,7 @@ def split_model(model: nn.Module, at: int | None = None) -> tuple[nn.Sequential,
     split point: the CNN's first conv block, ResNet-18's stem and first two stages, the MLP's whole
     feature stack.
     """
-    features = list(model.features.children())
+    features = list(features_of(model).children())
     if at is None:
         at = DEFAULT_SPLIT.get(type(model).__name__) or len(features)
     if not 1 <= at <= len(features):

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 
 class FedAvgCNN(nn.Module):
+    """The CNN of the FedAvg paper: two 5x5 conv + max-pool blocks and a ``hidden``-unit classifier."""
+
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, hidden: int = 512) -> None:
         super().__init__()
         channels, height, width = input_shape
@@ -23,5 +26,6 @@ class FedAvgCNN(nn.Module):
         flat = 64 * (height // 4) * (width // 4)
         self.classifier = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

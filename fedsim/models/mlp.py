@@ -6,9 +6,12 @@ import math
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 
 class MLP(nn.Module):
+    """The 2NN of the FedAvg paper: two hidden layers of ``hidden`` units."""
+
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, hidden: int = 200) -> None:
         super().__init__()
         self.features = nn.Sequential(
@@ -20,5 +23,6 @@ class MLP(nn.Module):
         )
         self.classifier = nn.Linear(hidden, num_classes)
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from fedsim.models import embedding
 
@@ -20,5 +21,6 @@ class ProjectionModel(nn.Module):
         self.features.train()
         self.projector = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out_dim))
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(self.features(x))

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 
 class BasicBlock(nn.Module):
+    """ResNet's basic residual block (two 3x3 convolutions with BatchNorm)."""
+
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
@@ -18,12 +21,15 @@ class BasicBlock(nn.Module):
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
         return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
 class ResNet(nn.Module):
+    """ResNet for small images (3x3 stem, no max-pool), ``width`` channels in the first stage."""
+
     def __init__(
         self, blocks: tuple[int, ...], input_shape: tuple[int, int, int], num_classes: int, width: int = 64
     ) -> None:
@@ -43,9 +49,11 @@ class ResNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(in_planes, num_classes)
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 
 def resnet18(input_shape: tuple[int, int, int], num_classes: int, width: int = 64) -> ResNet:
+    """ResNet-18 for small images."""
     return ResNet((2, 2, 2, 2), input_shape, num_classes, width)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from typing_extensions import override
 
 
 def block_mask(h: int, w: int, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -61,12 +62,15 @@ class LearnedPositions(nn.Module):
         self.grid = grid
         self.pos_embed = nn.Parameter(torch.randn(1, grid[0] * grid[1] + 1, dim) * 0.02)
 
+    @override
     def forward(self, cls: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         return torch.cat([cls, patches], dim=1) + self.pos_embed
 
 
 class MJPPositions(LearnedPositions):
     """Masked Jigsaw Puzzle position embedding (rows: CLS, patches, unknown)."""
+
+    coords: torch.Tensor  # (patches, 2) grid coordinates in [0, 1], the localiser's targets (a buffer)
 
     def __init__(self, grid: tuple[int, int], dim: int, ratio: float, prob: float, aux_weight: float) -> None:
         super().__init__(grid, dim)
@@ -93,6 +97,7 @@ class MJPPositions(LearnedPositions):
             return torch.empty(0, dtype=torch.long)
         return block_mask(*self.grid, round(ratio * n), generator)
 
+    @override
     def forward(self, cls: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         n = patches.shape[1]
         table = self.pos_embed[0, : n + 1]
@@ -114,12 +119,15 @@ class MJPPositions(LearnedPositions):
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention."""
+
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
@@ -136,6 +144,7 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
@@ -150,6 +159,7 @@ class Tokens(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.positions = positions
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         patches = self.patch_embed(x).flatten(2).transpose(1, 2)
         return self.positions(self.cls_token.expand(len(x), -1, -1), patches)
@@ -162,11 +172,14 @@ class ClassToken(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x)[:, 0]
 
 
 class ViT(nn.Module):
+    """A small Vision Transformer: patch tokens with a class token and a position embedding (plain or MJP)."""
+
     def __init__(
         self,
         input_shape: tuple[int, int, int],
@@ -200,8 +213,12 @@ class ViT(nn.Module):
 
     @property
     def positions(self) -> LearnedPositions:
-        return self.features[0].positions
+        """The position embedding (MJP's where the defence is on)."""
+        tokens = self.features[0]
+        assert isinstance(tokens, Tokens)
+        return tokens.positions
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 

@@ -28,6 +28,7 @@ from fedsim.checkpoint import latest_checkpoint
 from fedsim.data import dataset_from_config
 from fedsim.errors import ConfigError
 from fedsim.models import model_from_config
+from fedsim.models.vit import ViT
 from fedsim.privacy.attacks import INVERSIONS, inversion_from_config
 from fedsim.privacy.attacks.base import ImageSpace, score_images
 from fedsim.privacy.attacks.observation import Observation, attacker_copy, observe_update
@@ -63,13 +64,15 @@ def victim_model(cfg: DictConfig, shape: tuple[int, int, int], num_classes: int)
 def jigsawed(model: torch.nn.Module, defence: Any, generator: torch.Generator) -> Iterator[None]:
     """Under MJP, the victim's patches are jigsawed at ``eval_ratio`` while its update is computed."""
     ratio = getattr(defence, "eval_ratio", None)
-    if ratio is not None:
-        model.jigsaw(ratio, generator)
+    if ratio is None:
+        yield
+        return
+    assert isinstance(model, ViT)  # MJP is a ViT defence (validated when the run is composed)
+    model.jigsaw(ratio, generator)
     try:
         yield
     finally:
-        if ratio is not None:
-            model.jigsaw(None)
+        model.jigsaw(None)
 
 
 def dp_sgd_gradient(
@@ -83,7 +86,7 @@ def dp_sgd_gradient(
         optimizer.zero_grad()
         F.cross_entropy(model(x), y).backward()
         optimizer.pre_step()  # clip per example, add noise, average: p.grad is what the step would use
-        return {k: p.grad.detach().clone() for k, p in trainable.items()}
+        return {k: p.grad.detach().clone() for k, p in trainable.items() if p.grad is not None}
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,9 @@ def attack_victims(
     and score each reconstruction beside a random other image's score (``reference_psnr``/``_ssim``)."""
     space = ImageSpace.of(dataset)
     references = reference_images(dataset, picks, seed)
-    originals, recs, rows = [], [], []
+    originals: list[torch.Tensor] = []
+    recs: list[torch.Tensor] = []
+    rows: list[dict[str, Any]] = []
     for start in range(0, len(picks), protocol.batch_size):
         idx = picks[start : start + protocol.batch_size]
         x01, y = dataset.x_train[idx].float() / 255.0, dataset.y_train[idx]
@@ -178,6 +183,7 @@ def attack_victims(
         obs = victim_update(protocol, model, defence, space.from_unit(x01), y, generator)
         rec = method.reconstruct(obs, len(idx), space, generator)
         result = score_images(space.to_unit(rec.images), x01, rec.labels, y, lpips_home)
+        assert result.originals is not None and result.reconstructions is not None  # score_images sets both
         reference = image_scores(
             dataset.x_train[references[start : start + len(idx)]].float() / 255.0, result.originals
         )
@@ -217,6 +223,7 @@ def write_attack_files(out: Path, attack: VictimAttack, title: str) -> None:
 
 
 def output_dir(cfg: DictConfig) -> Path:
+    """Where a stand-alone attack writes its files (``out_dir``, or a new folder under the runs root)."""
     path = (
         Path(cfg.out_dir)
         if cfg.out_dir

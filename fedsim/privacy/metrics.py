@@ -38,9 +38,11 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     # takes seconds, which every run would pay at start-up although only privacy attacks score images.
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    return structural_similarity_index_measure(
+    scores = structural_similarity_index_measure(
         x.float(), y.float(), data_range=1.0, kernel_size=11, sigma=1.5, reduction="none"
     )
+    assert isinstance(scores, torch.Tensor)  # a tuple only with return_full_image or return_contrast_sensitivity
+    return scores
 
 
 def match(reconstructions: torch.Tensor, candidates: torch.Tensor) -> np.ndarray:
@@ -89,8 +91,8 @@ def lpips(x: torch.Tensor, y: torch.Tensor, lpips_home: str | None) -> torch.Ten
 
 def label_accuracy(predicted: list[int] | torch.Tensor, true: list[int] | torch.Tensor) -> float:
     """Fraction of the true labels recovered, as multisets (order-free)."""
-    predicted, true = Counter(int(v) for v in predicted), Counter(int(v) for v in true)
-    return sum((predicted & true).values()) / max(sum(true.values()), 1)
+    found, truth = Counter(int(v) for v in predicted), Counter(int(v) for v in true)
+    return sum((found & truth).values()) / max(sum(truth.values()), 1)
 
 
 def membership_scores(members: torch.Tensor, non_members: torch.Tensor, fpr: float = 0.01) -> dict[str, float]:

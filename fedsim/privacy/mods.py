@@ -11,6 +11,7 @@ from typing import Any
 
 from flwr.app import Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
+from typing_extensions import override
 
 from fedsim.errors import FedsimError
 from fedsim.hooks import Mod, server_round_of
@@ -18,7 +19,9 @@ from fedsim.privacy.attacks import attack_from_config
 from fedsim.privacy.attacks.base import ClientView
 from fedsim.privacy.report import round_folder, round_means, save_result
 from fedsim.protocols.messages import ARRAYS
+from fedsim.records import arrays_of
 from fedsim.seeding import torch_generator
+from fedsim.server_loop import RoundObserver
 
 log = logging.getLogger("fedsim")
 
@@ -32,7 +35,7 @@ def defence_mod(defence: Any, seed: int, client_id: Callable[[Context], int]) ->
             return reply
         if ARRAYS in msg.content.array_records and ARRAYS in reply.content.array_records:
             generator = torch_generator(seed, "defence", server_round_of(msg), client_id(context))
-            reply.content[ARRAYS] = defence.transform(msg.content[ARRAYS], reply.content[ARRAYS], generator)
+            reply.content[ARRAYS] = defence.transform(arrays_of(msg.content), arrays_of(reply.content), generator)
         return reply
 
     return mod
@@ -96,7 +99,7 @@ def client_mods(
     return mods
 
 
-class AttackRoundMeans:
+class AttackRoundMeans(RoundObserver):
     """A :class:`~fedsim.server_loop.RoundObserver`: the round's mean leakage over the clients its
     attack observed (``attack_<metric>``), and in round 1 that of what clients shared before the
     first round (``attack_setup_<metric>``, FedFed's shared features)."""
@@ -104,6 +107,7 @@ class AttackRoundMeans:
     def __init__(self, run_dir: str) -> None:
         self.run_dir = run_dir
 
+    @override
     def observe_round(self, server_round: int, arrays: Any, record: dict[str, Any]) -> None:
         if server_round == 1:
             record.update(round_means(self.run_dir, 0, prefix="attack_setup_"))

@@ -51,6 +51,7 @@ def save_result(folder: Path, stem: str, result: AttackResult, info: dict[str, A
 
 
 def round_folder(run_dir: str | Path, server_round: int) -> Path:
+    """The folder of a round's attack outputs in a run directory."""
     return Path(run_dir) / "attacks" / f"round_{server_round:04d}"
 
 

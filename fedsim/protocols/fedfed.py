@@ -11,6 +11,9 @@ from fedsim.models import model_from_config
 from fedsim.models.generator import FeatureGenerator
 
 DISTILL, SHARE, RECEIVE, TRAIN = "distill", "share", "receive", "train"
+PHASE = "fedfed-phase"  # in CONFIG: one of the four phases above
+POOL_DIGEST = "fedfed-pool"  # in CONFIG (receive, train): the digest of the pool a client must hold
+LABELS = "y"  # in SHARED_FEATURES: the labels of the shared copies
 
 
 def shared_copy_keys(copies: int) -> tuple[str, ...]:

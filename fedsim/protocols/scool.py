@@ -11,6 +11,9 @@ from __future__ import annotations
 from flwr.app import ArrayRecord
 
 MODEL, UPDATE = "model.", "update."
+GRAPH = "graph"  # ConfigRecord: the server's IDS and PRIOR to a client; a client's row IDS, WEIGHTS, LOSSES back
+IDS, PRIOR, USE_LIKELIHOOD = "ids", "prior", "use-likelihood"  # in GRAPH from the server
+WEIGHTS, LOSSES = "weights", "losses"  # in GRAPH from a client: its mixing weights and its losses on peers' models
 
 
 def pack(model: dict, update: dict) -> ArrayRecord:

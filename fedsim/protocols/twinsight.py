@@ -10,6 +10,7 @@ from fedsim.models.projection import ProjectionModel
 
 
 def unsupervised_model(cfg: Any, input_shape: tuple[int, int, int], num_classes: int) -> ProjectionModel:
+    """Twin-sight's unsupervised model: the zoo model with a projection head of ``projection_dim``."""
     return ProjectionModel(
         model_from_config(cfg, input_shape, num_classes), input_shape, int(cfg.strategy.projection_dim)
     )

@@ -12,9 +12,10 @@ from typing import Any
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
+from typing_extensions import override
 
 from fedsim.results import RunDirectory
-from fedsim.tracking import require, scalar_metrics
+from fedsim.tracking import RunLogger, require, scalar_metrics
 
 RUN_ID_FILE = "mlflow_run.json"  # in the run directory: a resumed run keeps logging to the same MLflow run
 ARTIFACTS = ("config.yaml", "summary.json", "accuracy.png", "metrics.csv")
@@ -49,7 +50,7 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
     return {key: str(value)[:MAX_PARAM_CHARS] for key, value in row.items()}
 
 
-class MlflowLogger:
+class MlflowLogger(RunLogger):
     """Params = the flattened config; metrics per round (step = round); plots, config and summary as artifacts."""
 
     def __init__(self, options: DictConfig, cfg: DictConfig, run_dir: RunDirectory, start_round: int) -> None:
@@ -88,6 +89,7 @@ class MlflowLogger:
         artifacts = Path(uri.removeprefix("sqlite:///")).parent / "artifacts" if uri.startswith("sqlite:///") else None
         return self.client.create_experiment(name, artifact_location=artifacts.as_uri() if artifacts else None)
 
+    @override
     def log_round(self, record: dict[str, Any]) -> None:
         from mlflow.entities import Metric
 
@@ -95,6 +97,7 @@ class MlflowLogger:
         metrics = [Metric(key, value, stamp, step) for key, value in scalar_metrics(record).items()]
         self.client.log_batch(self.run_id, metrics=metrics)
 
+    @override
     def finish(self) -> None:
         for name in ARTIFACTS:
             if (self.run_dir.path / name).is_file():

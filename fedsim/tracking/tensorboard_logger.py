@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from typing_extensions import override
 
 from fedsim.results import RunDirectory
-from fedsim.tracking import require, scalar_metrics
+from fedsim.tracking import RunLogger, require, scalar_metrics
 
 
-class TensorBoardLogger:
+class TensorBoardLogger(RunLogger):
     """One scalar per metric per round (step = round) and the resolved config as text.
 
     A resumed run purges the events of rounds after its checkpoint, which are then redone.
@@ -29,9 +30,11 @@ class TensorBoardLogger:
             config = "\n".join("    " + line for line in OmegaConf.to_yaml(cfg, resolve=True).splitlines())
             self.writer.add_text("config", config, global_step=0)
 
+    @override
     def log_round(self, record: dict[str, Any]) -> None:
         for key, value in scalar_metrics(record).items():
             self.writer.add_scalar(key, value, global_step=int(record["round"]))
 
+    @override
     def finish(self) -> None:
         self.writer.close()

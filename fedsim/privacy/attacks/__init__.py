@@ -75,6 +75,7 @@ def attack_schemas(name: str) -> tuple[type, type]:
 
 
 def inversion_from_options(name: str, options: dict[str, Any]):
+    """The gradient inversion ``name`` with its ``options``."""
     if name not in INVERSIONS:
         raise ConfigError(f"unknown gradient inversion '{name}': choose one of {', '.join(sorted(INVERSIONS))}")
     return build_option("attack", name, INVERSIONS[name], **options)

@@ -9,7 +9,7 @@ import torch
 from flwr.app import RecordDict
 
 from fedsim.privacy.metrics import image_scores, label_accuracy
-from fedsim.protocols.messages import ARRAYS
+from fedsim.records import arrays_of
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,12 @@ class ImageSpace:
         return torch.tensor(self.mean, device=x.device).view(view), torch.tensor(self.std, device=x.device).view(view)
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Model inputs back to images in [0, 1]."""
         mean, std = self._stats(x)
         return (x * std + mean).clamp(0, 1)
 
     def from_unit(self, x01: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] as model inputs (standardised per channel)."""
         mean, std = self._stats(x01)
         return (x01 - mean) / std
 
@@ -39,6 +41,7 @@ class ImageSpace:
 
     @classmethod
     def of(cls, dataset: Any) -> ImageSpace:
+        """The image space of a dataset."""
         return cls(tuple(dataset.input_shape), tuple(dataset.mean), tuple(dataset.std))
 
 
@@ -69,11 +72,13 @@ def received_model(view: ClientView) -> torch.nn.Module:
     from fedsim.records import load_record
 
     model = attacker_copy(view.env.model)
-    load_record(model, view.sent[ARRAYS])
+    load_record(model, arrays_of(view.sent))
     return model
 
 
 class Attack(Protocol):
+    """What the attack mod calls with each attacked client's round."""
+
     def observe(self, view: ClientView) -> AttackResult | None:
         """Attack one client's reply; None when the reply carries nothing this attack targets."""
 

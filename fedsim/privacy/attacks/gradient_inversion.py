@@ -20,13 +20,17 @@
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from fedsim.errors import ConfigError
+from fedsim.models.vit import ViT
+from fedsim.numerics import tensor_sum
 from fedsim.params import spec
 from fedsim.privacy.attacks.base import ImageSpace
 from fedsim.privacy.attacks.labels import recover_labels
@@ -36,17 +40,19 @@ from fedsim.privacy.attacks.observation import Observation, Tensors, last_linear
 def cosine_distance(a: Tensors, b: Tensors, keys: list[str] | None = None) -> torch.Tensor:
     """1 - cosine similarity of two updates, over all (or ``keys``) parameters as one vector."""
     keys = keys or list(b)
-    dot = sum((a[k] * b[k]).sum() for k in keys)
-    norm_a = torch.sqrt(sum(a[k].pow(2).sum() for k in keys))
-    norm_b = torch.sqrt(sum(b[k].pow(2).sum() for k in keys))
+    dot = tensor_sum((a[k] * b[k]).sum() for k in keys)
+    norm_a = torch.sqrt(tensor_sum(a[k].pow(2).sum() for k in keys))
+    norm_b = torch.sqrt(tensor_sum(b[k].pow(2).sum() for k in keys))
     return 1 - dot / (norm_a * norm_b).clamp_min(1e-12)
 
 
 def squared_distance(a: Tensors, b: Tensors) -> torch.Tensor:
-    return sum((a[k] - b[k]).pow(2).sum() for k in b)
+    """Squared L2 distance of two updates, all arrays as one vector (DLG's objective)."""
+    return tensor_sum((a[k] - b[k]).pow(2).sum() for k in b)
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of neighbouring pixels (the image prior of Inverting Gradients)."""
     return (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().mean() + (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().mean()
 
 
@@ -61,13 +67,15 @@ def jigsawed_slots(obs: Observation) -> torch.Tensor:
 
 @dataclass
 class Reconstruction:
+    """Recovered images (model input space), their labels and the attack's final objective."""
+
     images: torch.Tensor  # in the model's input space
     labels: torch.Tensor
     loss: float
 
 
 @dataclass
-class GradientInversion:
+class GradientInversion(ABC):
     """Shared set-up: how many images to recover, their labels, and what to match."""
 
     labels: Literal["auto", "single", "top-k", "count"] = spec("label recovery (iDLG-style)", default="auto")
@@ -82,14 +90,21 @@ class GradientInversion:
         labels = recover_labels(obs, n, space.shape, generator, self.labels)
         return unroll, n, labels, target_of(obs, unroll)
 
+    @abstractmethod
+    def reconstruct(self, obs: Observation, n: int, space: ImageSpace, generator: torch.Generator) -> Reconstruction:
+        """Images (in the model's input space) and labels recovered from ``obs``, about ``n`` of them."""
+
 
 @dataclass
 class AnalyticFC(GradientInversion):
+    """The closed-form inversion of a fully connected first layer with bias (one image per gradient row)."""
+
     @staticmethod
     def validate_run(cfg: Any) -> str | None:
         """The closed form needs a fully connected first layer with bias."""
         return None if cfg.model.name == "mlp" else f"attack=analytic needs model=mlp (got model={cfg.model.name})"
 
+    @override
     def reconstruct(self, obs: Observation, n: int, space: ImageSpace, generator: torch.Generator) -> Reconstruction:
         first = next(m for m in obs.model.modules() if any(True for _ in m.parameters(recurse=False)))
         if not isinstance(first, nn.Linear) or first.bias is None:
@@ -107,6 +122,8 @@ class AnalyticFC(GradientInversion):
 
 @dataclass
 class APRIL(GradientInversion):
+    """APRIL (Lu et al., CVPR 2022): a ViT's input in closed form from its position-embedding gradient."""
+
     @staticmethod
     def validate_run(cfg: Any) -> str | None:
         """APRIL inverts a ViT's position-embedding gradient."""
@@ -114,6 +131,7 @@ class APRIL(GradientInversion):
             None if cfg.model.name == "vit_tiny" else f"attack=april needs model=vit_tiny (got model={cfg.model.name})"
         )
 
+    @override
     def reconstruct(self, obs: Observation, n: int, space: ImageSpace, generator: torch.Generator) -> Reconstruction:
         positions = [k for k in obs.update if k.endswith("pos_embed")]
         patch_weights = [k for k in obs.update if "patch_embed" in k and k.endswith("weight")]
@@ -133,16 +151,21 @@ class APRIL(GradientInversion):
 
 @dataclass
 class DLG(GradientInversion):
+    """DLG (Zhu et al., NeurIPS 2019) and iDLG: L-BFGS on dummy images so that their gradient matches."""
+
     iterations: int = spec("L-BFGS iterations", ge=1, default=300)
     idlg: bool = spec("labels from the gradient's signs (iDLG) instead of optimised soft labels", default=False)
 
+    @override
     def reconstruct(self, obs: Observation, n: int, space: ImageSpace, generator: torch.Generator) -> Reconstruction:
         unroll, n, labels, target = self.plan(obs, n, space, generator)
         x = torch.randn((n, *space.shape), generator=generator).requires_grad_(True)
         variables = [x]
         soft = None
         if not self.idlg:
-            classes = obs.model.get_submodule(last_linear(obs.model)).out_features
+            head = obs.model.get_submodule(last_linear(obs.model))
+            assert isinstance(head, nn.Linear)
+            classes = head.out_features
             soft = torch.randn((n, classes), generator=generator).requires_grad_(True)
             variables.append(soft)
         optimizer = torch.optim.LBFGS(
@@ -162,6 +185,8 @@ class DLG(GradientInversion):
 
 @dataclass
 class InvertingGradients(GradientInversion):
+    """Inverting Gradients (Geiping et al., NeurIPS 2020): cosine gradient matching with a TV prior, Adam."""
+
     iterations: int = spec("Adam iterations", ge=1, default=300)
     restarts: int = spec("random restarts", ge=1, default=1)
     lr: float = spec("Adam step size", gt=0, default=0.1)
@@ -178,14 +203,17 @@ class InvertingGradients(GradientInversion):
         return None
 
     def objective(self, replayed: Tensors, target: Tensors, x: torch.Tensor) -> torch.Tensor:
+        """Cosine distance of the replayed update to the observed one, plus ``tv`` times total variation."""
         loss = cosine_distance(replayed, target) + self.tv * total_variation(x)
         positional = [k for k in target if "pos_embed" in k]
         if self.position_weight > 0 and positional:
             loss = loss + self.position_weight * cosine_distance(replayed, target, positional)
         return loss
 
+    @override
     def reconstruct(self, obs: Observation, n: int, space: ImageSpace, generator: torch.Generator) -> Reconstruction:
         if self.adaptive:
+            assert isinstance(obs.model, ViT)  # validate_run: adaptive needs the ViT
             obs.model.assume_jigsawed(jigsawed_slots(obs))
         unroll, n, labels, target = self.plan(obs, n, space, generator)
         milestones = [math.floor(self.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
+from typing_extensions import override
 
 from fedsim.params import spec
-from fedsim.privacy.attacks.base import AttackResult, ClientView, received_model
+from fedsim.privacy.attacks.base import Attack, AttackResult, ClientView, received_model
 from fedsim.privacy.metrics import membership_scores
 from fedsim.protocols.messages import ARRAYS
 from fedsim.seeding import torch_generator
@@ -21,6 +22,7 @@ from fedsim.seeding import torch_generator
 
 @torch.no_grad()
 def membership_signals(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per sample of (x, y): the model's log-likelihood of the label, its top confidence and its negative entropy."""
     logits = torch.cat([model(chunk) for chunk in x.split(500)])
     log_p = F.log_softmax(logits, dim=1)
     return {
@@ -31,10 +33,15 @@ def membership_signals(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor)
 
 
 @dataclass
-class MembershipInference:
+class MembershipInference(Attack):
+    """Membership inference on a client's returned model: members (its training samples) against
+    non-members (test samples), scored by loss, confidence and entropy (AUROC, TPR at low FPR).
+    """
+
     max_samples: int = spec("members and non-members scored", ge=1, default=500)
     seed: int = 0
 
+    @override
     def observe(self, view: ClientView) -> AttackResult | None:
         if ARRAYS not in view.sent.array_records:
             return None

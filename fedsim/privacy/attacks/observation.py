@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -43,6 +44,7 @@ class Observation:
 
     @property
     def local_steps(self) -> int:
+        """The optimizer steps of the observed local training."""
         return self.local_epochs * math.ceil(self.num_examples / max(self.batch_size, 1))
 
     def mean_gradient(self) -> Tensors:
@@ -53,6 +55,7 @@ class Observation:
         return {k: scale * v for k, v in self.update.items()}
 
     def parameters(self) -> Tensors:
+        """The observed model's trainable parameters (detached)."""
         return {k: p.detach() for k, p in self.model.named_parameters() if p.requires_grad}
 
 
@@ -61,7 +64,7 @@ def attacker_copy(model: nn.Module) -> nn.Module:
     copied = copy.deepcopy(model).eval()
     for module in copied.modules():
         if hasattr(module, "inplace"):
-            module.inplace = False
+            cast(Any, module).inplace = False
     return copied
 
 

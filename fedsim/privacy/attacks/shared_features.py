@@ -24,17 +24,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from typing_extensions import override
 
 from clients.fedfed import distillation_pair
+from fedsim.numerics import tensor_sum
 from fedsim.params import spec
-from fedsim.privacy.attacks.base import AttackResult, ClientView
+from fedsim.privacy.attacks.base import Attack, AttackResult, ClientView
 from fedsim.privacy.metrics import psnr, ssim
 from fedsim.protocols.fedfed import SHARED_FEATURES, shared_copy_keys
 from fedsim.protocols.messages import ARRAYS
+from fedsim.records import arrays_of
 from fedsim.seeding import torch_generator
 
 
 def decoder(channels: int, width: int = 32) -> nn.Module:
+    """A small convolutional decoder from shared features back to images (the public-data attack)."""
     return nn.Sequential(
         nn.Conv2d(channels, width, 3, padding=1),
         nn.ReLU(),
@@ -53,7 +57,7 @@ def combine_copies(copies: list[torch.Tensor], sigmas: list[float]) -> tuple[tor
             return copy, 0.0
     weights = [1 / sigma**2 for sigma in sigmas]
     total = sum(weights)
-    return sum(w * copy for w, copy in zip(weights, copies)) / total, (1 / total) ** 0.5
+    return tensor_sum(w * copy for w, copy in zip(weights, copies)) / total, (1 / total) ** 0.5
 
 
 def fixed_point_inversion(generator: nn.Module, x_s: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
@@ -73,7 +77,11 @@ def fixed_point_inversion(generator: nn.Module, x_s: torch.Tensor, steps: int, l
 
 
 @dataclass
-class SharedFeatureInversion:
+class SharedFeatureInversion(Attack):
+    """Attack on FedFed's shared features: a decoder trained on public data, and the fixed-point inversion
+    min_x ||x - G(x) - x_s||^2 through the generator G the server knows.
+    """
+
     decoder_steps: int = spec("training steps of the decoder on public data", ge=0, default=300)
     fixed_point_steps: int = spec("Adam steps of the fixed-point inversion", ge=0, default=300)
     fixed_point_lr: float = spec("Adam step size of the fixed-point inversion", gt=0, default=0.01)
@@ -81,16 +89,17 @@ class SharedFeatureInversion:
     max_samples: int = spec("client samples scored", ge=1, default=256)
     seed: int = 0
 
+    @override
     def observe(self, view: ClientView) -> AttackResult | None:
         if SHARED_FEATURES not in view.reply.array_records or ARRAYS not in view.sent.array_records:
             return None
         env, s = view.env, view.env.cfg.strategy
         data = env.data.dataset
         generator = torch_generator(self.seed, "attack-fedfed", view.client_id)
-        pair = distillation_pair(env, view.sent[ARRAYS]).cpu().eval()
+        pair = distillation_pair(env, arrays_of(view.sent)).cpu().eval()
         sigmas = [float(v) for v in s.share_noise_std]
         copies = [
-            torch.from_numpy(view.reply[SHARED_FEATURES][k].numpy()).float()[: self.max_samples]
+            torch.from_numpy(arrays_of(view.reply, SHARED_FEATURES)[k].numpy()).float()[: self.max_samples]
             for k in shared_copy_keys(len(sigmas))
         ]
         shared, sigma = combine_copies(copies, sigmas)

@@ -11,18 +11,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from typing_extensions import override
 
 from fedsim.models import split_model
 from fedsim.params import spec
-from fedsim.privacy.attacks.base import AttackResult, ClientView, ImageSpace, received_model, score_images
+from fedsim.privacy.attacks.base import Attack, AttackResult, ClientView, ImageSpace, received_model, score_images
 from fedsim.privacy.attacks.gradient_inversion import total_variation
-from fedsim.protocols.fedimpro import FEATURE_STATS
+from fedsim.protocols.fedimpro import FEATURE_STATS, MEAN, STD
 from fedsim.protocols.messages import ARRAYS
+from fedsim.records import arrays_of
 from fedsim.seeding import torch_generator
 
 
 @dataclass
-class StatisticsInversion:
+class StatisticsInversion(Attack):
+    """Attack on FedImpro's shared per-class feature statistics: images whose features match a class's
+    shared mean and variance.
+    """
+
     iterations: int = spec("Adam iterations", ge=1, default=200)
     lr: float = spec("Adam step size", gt=0, default=0.1)
     tv: float = spec("weight of the total-variation prior", ge=0, default=1e-3)
@@ -30,13 +36,14 @@ class StatisticsInversion:
     max_classes: int = spec("the client's classes with most samples attacked", ge=1, default=3)
     seed: int = 0
 
+    @override
     def observe(self, view: ClientView) -> AttackResult | None:
         if FEATURE_STATS not in view.reply.array_records or ARRAYS not in view.sent.array_records:
             return None
         env = view.env
-        stats = view.reply[FEATURE_STATS]
-        mean = torch.from_numpy(stats["mean"].numpy()).float()
-        var = torch.from_numpy(stats["std"].numpy()).float().pow(2)
+        stats = arrays_of(view.reply, FEATURE_STATS)
+        mean = torch.from_numpy(stats[MEAN].numpy()).float()
+        var = torch.from_numpy(stats[STD].numpy()).float().pow(2)
         count = torch.bincount(env.data.y, minlength=len(mean))  # the client's classes, to score against
         low, _ = split_model(received_model(view), env.cfg.strategy.split_at)
         space = ImageSpace.of(env.data.dataset)
@@ -61,7 +68,7 @@ class StatisticsInversion:
         per_sample = {k: sum((r.per_sample[k] for r in per_class), []) for k in per_class[0].per_sample}
         return AttackResult(
             {k: sum(v) / len(v) for k, v in per_sample.items()},
-            torch.cat([r.originals for r in per_class]),
-            torch.cat([r.reconstructions for r in per_class]),
+            torch.cat([r.originals for r in per_class if r.originals is not None]),
+            torch.cat([r.reconstructions for r in per_class if r.reconstructions is not None]),
             per_sample,
         )

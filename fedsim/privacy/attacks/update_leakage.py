@@ -11,14 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from typing_extensions import override
 
 from fedsim.numerics import optimizer_momentum
-from fedsim.privacy.attacks.base import AttackResult, ClientView, ImageSpace, received_model, score_images
+from fedsim.privacy.attacks.base import Attack, AttackResult, ClientView, ImageSpace, received_model, score_images
 from fedsim.privacy.attacks.gradient_inversion import GradientInversion
 from fedsim.privacy.attacks.labels import largest_remainder
 from fedsim.privacy.attacks.observation import Observation
 from fedsim.privacy.defences.update import float_update
-from fedsim.protocols.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES
+from fedsim.protocols.messages import ARRAYS, BATCH_SIZE, LOCAL_EPOCHS, LR, NUM_EXAMPLES
+from fedsim.records import arrays_of, config_of, integer, metrics_of, number
 from fedsim.seeding import torch_generator
 
 
@@ -32,30 +34,33 @@ def observed_update(view: ClientView) -> Observation | None:
     """The client's update as the server sees it; None when the reply carries no model like the one sent."""
     if ARRAYS not in view.sent.array_records or ARRAYS not in view.reply.array_records:
         return None
-    sent, returned = view.sent[ARRAYS], view.reply[ARRAYS]
+    sent, returned = arrays_of(view.sent), arrays_of(view.reply)
     if set(sent.keys()) != set(returned.keys()):
         return None
-    model, config = received_model(view), view.sent[CONFIG]
+    model, config = received_model(view), config_of(view.sent)
     trainable = {k for k, p in model.named_parameters() if p.requires_grad}
     return Observation(
         model,
         {k: v for k, v in float_update(sent, returned).items() if k in trainable},
         "delta",
-        num_examples=int(view.reply[METRICS][NUM_EXAMPLES]),
-        batch_size=int(config["batch-size"]),
-        local_epochs=int(config["local-epochs"]),
-        lr=float(config["lr"]),
+        num_examples=integer(metrics_of(view.reply), NUM_EXAMPLES),
+        batch_size=integer(config, BATCH_SIZE),
+        local_epochs=integer(config, LOCAL_EPOCHS),
+        lr=number(config, LR),
         momentum=optimizer_momentum(view.env.cfg.optimizer),
     )
 
 
 @dataclass
-class UpdateLeakage:
+class UpdateLeakage(Attack):
+    """A gradient inversion (``method``) of each attacked client's model update."""
+
     method: GradientInversion
     num_images: int = 4  # images to recover when the client trained on too many to replay
     seed: int = 0
     lpips_home: str | None = None
 
+    @override
     def observe(self, view: ClientView) -> AttackResult | None:
         obs = observed_update(view)
         if obs is None:

@@ -20,7 +20,7 @@ from fedsim.privacy.defences.pruning import GradientPruning
 DEFENCES = {"local_dp": LocalDP, "dp_sgd": DPSGD, "central_dp": CentralDP, "pruning": GradientPruning, "mjp": MJP}
 
 
-def defence_from_config(defence_cfg: Any) -> Any | None:
+def defence_from_config(defence_cfg: Any) -> Any:
     """The defence ``defence_cfg`` names (None for ``none``), with the group's keys as options."""
     name = str(defence_cfg.name)
     if name == "none":

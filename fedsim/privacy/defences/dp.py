@@ -19,22 +19,26 @@ fedsim applies the same clip-and-noise steps itself, with Flower's clipping help
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
+from typing_extensions import override
 
 from fedsim.errors import ConfigError, RoundFailedError
+from fedsim.numerics import tensor_sum
 from fedsim.params import spec
-from fedsim.privacy.defences.update import Tensors, clip, float_update, with_update
-from fedsim.protocols.messages import ARRAYS
+from fedsim.privacy.defences.update import Tensors, UpdateDefence, clip, float_update, with_update
+from fedsim.records import arrays_of
 from fedsim.reduction import PartialSum
 from fedsim.results import RunDirectory
 from fedsim.seeding import torch_generator
@@ -57,7 +61,9 @@ def epsilon(releases: list[tuple[float, int]], noise_multiplier: float, delta: f
 
 
 @dataclass
-class GaussianMechanism:
+class GaussianMechanism(ABC):
+    """Clipping to ``clip`` and Gaussian noise of std ``noise_multiplier * clip``, with its RDP accountant."""
+
     clip: float = spec("clipping norm", gt=0, default=1.0)
     noise_multiplier: float = spec("noise std / clipping norm", ge=0, default=1.0)
     delta: float = spec("delta of the reported (epsilon, delta)", gt=0, lt=1, default=1e-5)
@@ -70,23 +76,28 @@ class GaussianMechanism:
             )
 
     def noised(self, update: Tensors, generator: torch.Generator, divisor: int = 1) -> Tensors:
+        """``update`` plus Gaussian noise of std ``noise_multiplier * clip / divisor`` per entry."""
         std = self.noise_multiplier * self.clip / divisor
         return {k: v + std * torch.randn(v.shape, generator=generator) for k, v in update.items()}
 
     def epsilon(self, releases: list[tuple[float, int]]) -> float:
+        """Epsilon at ``delta`` after ``releases`` (sampling rate, steps), by the RDP accountant."""
         return epsilon(releases, self.noise_multiplier, self.delta) if self.noise_multiplier > 0 else math.inf
+
+    @abstractmethod
+    def round_releases(self, sampled: list[int], sizes: dict[int, int], cfg: Any) -> list[tuple[str, float, int]]:
+        """What a round releases: (what is accounted, sampling rate, noised steps) per release."""
 
 
 @dataclass
-class LocalDP(GaussianMechanism):
+class LocalDP(GaussianMechanism, UpdateDefence):
     """Clip the update to ``clip`` and add N(0, (noise_multiplier * clip)^2) per entry, on the client."""
 
+    @override
     def transform_update(self, update: Tensors, generator: torch.Generator) -> Tensors:
         return self.noised(clip(update, self.clip), generator)
 
-    def transform(self, sent: ArrayRecord, returned: ArrayRecord, generator: torch.Generator) -> ArrayRecord:
-        return with_update(sent, returned, self.transform_update(float_update(sent, returned), generator))
-
+    @override
     def round_releases(self, sampled: list[int], sizes: dict[int, int], cfg: Any) -> list[tuple[str, float, int]]:
         return [(str(c), 1.0, 1) for c in sampled]
 
@@ -107,13 +118,14 @@ class DPSGD(GaussianMechanism):
     @contextmanager
     def training(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch_size: int
-    ) -> Iterator[torch.optim.Optimizer]:
+    ) -> Iterator[Any]:  # Opacus's DPOptimizer (untyped): pre_step, step, zero_grad
+        """The local optimizer made DP-SGD (Opacus: per-example clipping, noise every step) for the block."""
         from opacus import GradSampleModule
         from opacus.optimizers import DPOptimizer
 
         in_place = [m for m in model.modules() if getattr(m, "inplace", False)]
         for module in in_place:  # per-sample gradient hooks cannot see through in-place activations
-            module.inplace = False
+            cast(Any, module).inplace = False
         try:
             sampled = GradSampleModule(model)
         except Exception as err:  # Opacus names the unsupported layer
@@ -132,8 +144,9 @@ class DPSGD(GaussianMechanism):
             sampled.remove_hooks()
             sampled.del_grad_sample()
             for module in in_place:
-                module.inplace = True
+                cast(Any, module).inplace = True
 
+    @override
     def round_releases(self, sampled: list[int], sizes: dict[int, int], cfg: Any) -> list[tuple[str, float, int]]:
         b, epochs = int(cfg.batch_size), int(cfg.local_epochs)
         return [
@@ -148,14 +161,17 @@ class CentralDP(GaussianMechanism):
     def aggregate(
         self, global_arrays: ArrayRecord, replies: list[ArrayRecord], generator: torch.Generator
     ) -> ArrayRecord:
+        """Clip each returned update, average them with equal weights and noise the average."""
         updates = [clip(float_update(global_arrays, r), self.clip) for r in replies]
-        mean = {k: sum(u[k] for u in updates) / len(updates) for k in updates[0]}
+        mean = {k: tensor_sum(u[k] for u in updates) / len(updates) for k in updates[0]}
         return with_update(global_arrays, replies[0], self.noised(mean, generator, divisor=len(updates)))
 
+    @override
     def round_releases(self, sampled: list[int], sizes: dict[int, int], cfg: Any) -> list[tuple[str, float, int]]:
         return [("server", min(1.0, len(sampled) / max(len(sizes), 1)), 1)]
 
     def wrap(self, strategy: Any) -> CentralDPStrategy:
+        """``strategy`` with its aggregation made central DP."""
         return CentralDPStrategy(strategy, self)
 
 
@@ -193,71 +209,90 @@ class CentralDPStrategy:
             )
         assert inner.global_arrays is not None
         generator = torch_generator(inner.cfg.seed, "central-dp", server_round)
-        arrays = self.mechanism.aggregate(inner.global_arrays, [r.content[ARRAYS] for r in accepted], generator)
+        arrays = self.mechanism.aggregate(inner.global_arrays, [arrays_of(r.content) for r in accepted], generator)
         metrics = inner.aggregate_metrics(accepted)
         metrics.update(update_dissimilarity(inner.global_arrays, accepted, inner.param_keys))
         return arrays, metrics
 
     def aggregate_partial(self, server_round: int, part: PartialSum) -> tuple[ArrayRecord, MetricRecord]:
+        """Never called: central DP clips each update, so replies are not summed where they are produced."""
         raise RuntimeError("central DP clips each update: replies must not be summed where they are produced")
 
-    def summary(self) -> str:
-        """The wrapped strategy's summary, under DP-FedAvg."""
+    def summary(self) -> None:
+        """Log :meth:`describe`."""
+        logging.getLogger("fedsim").info(self.describe())
+
+    def describe(self) -> str:
+        """The wrapped strategy's description, under DP-FedAvg."""
         m = self.mechanism
         return (
             f"DP-FedAvg - McMahan et al., ICLR 2018 (clip={m.clip}, noise_multiplier={m.noise_multiplier}) - "
-            f"around {self.inner.summary()}"
+            f"around {self.inner.describe()}"
         )
 
     # Everything else is the wrapped strategy's.
     @property
     def cfg(self) -> Any:
+        """The wrapped strategy's run config."""
         return self.inner.cfg
 
     @property
     def param_keys(self) -> list[str]:
+        """The wrapped strategy's trainable parameter names."""
         return self.inner.param_keys
 
     @property
     def node_of(self) -> dict[int, int]:
+        """The wrapped strategy's client id -> node id."""
         return self.inner.node_of
 
     @property
     def num_examples(self) -> dict[int, int]:
+        """The wrapped strategy's client id -> sample count."""
         return self.inner.num_examples
 
     @property
     def dropped(self) -> list[dict[str, Any]]:
+        """The replies the wrapped strategy dropped in the last round, with their reasons."""
         return self.inner.dropped
 
     @property
     def global_arrays(self) -> ArrayRecord | None:
+        """The wrapped strategy's current global model."""
         return self.inner.global_arrays
 
     def set_clients(self, node_of: dict[int, int], num_examples: dict[int, int]) -> None:
+        """Forwarded to the wrapped strategy."""
         self.inner.set_clients(node_of, num_examples)
 
     def client_of(self, node: int) -> int:
+        """Forwarded to the wrapped strategy."""
         return self.inner.client_of(node)
 
     def setup(self, grid: Grid, run: RunDirectory) -> None:
+        """Forwarded to the wrapped strategy."""
         self.inner.setup(grid, run)
 
     def initial_arrays(self, arrays: ArrayRecord) -> ArrayRecord:
+        """Forwarded to the wrapped strategy."""
         return self.inner.initial_arrays(arrays)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """Forwarded to the wrapped strategy."""
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def evaluate_round(self, server_round: int, arrays: ArrayRecord, grid: Grid, evaluate: Any) -> dict[str, float]:
+        """Forwarded to the wrapped strategy."""
         return self.inner.evaluate_round(server_round, arrays, grid, evaluate)
 
     def state_dict(self) -> dict[str, Any]:
+        """Forwarded to the wrapped strategy."""
         return self.inner.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Forwarded to the wrapped strategy."""
         self.inner.load_state_dict(state)
 
 
@@ -269,6 +304,7 @@ class PrivacyLedger:
         self.releases: dict[str, dict[float, int]] = {}
 
     def add(self, key: str, rate: float, steps: int) -> None:
+        """Count ``steps`` more releases of ``key`` at sampling rate ``rate``."""
         per_rate = self.releases.setdefault(key, {})
         per_rate[rate] = per_rate.get(rate, 0) + steps
 
@@ -283,12 +319,14 @@ class PrivacyLedger:
         return max((self.mechanism.epsilon(list(r.items())) for r in self.releases.values()), default=0.0)
 
     def state_dict(self) -> dict[str, Any]:
+        """The releases so far, for the checkpoint."""
         return {
             key: {"rates": np.array(list(r), dtype=np.float64), "steps": np.array(list(r.values()), dtype=np.int64)}
             for key, r in self.releases.items()
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the releases of a checkpoint."""
         self.releases = {
             key: dict(zip((float(x) for x in v["rates"]), (int(s) for s in v["steps"]))) for key, v in state.items()
         }

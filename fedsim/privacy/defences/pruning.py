@@ -6,13 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from flwr.app import ArrayRecord
+from typing_extensions import override
 
 from fedsim.params import spec
-from fedsim.privacy.defences.update import Tensors, float_update, with_update
+from fedsim.privacy.defences.update import Tensors, UpdateDefence
 
 
 def prune(update: Tensors, ratio: float) -> Tensors:
+    """``update`` with the ``ratio`` smallest-magnitude entries of each array set to zero."""
     pruned = {}
     for key, value in update.items():
         drop = int(ratio * value.numel())
@@ -25,11 +26,11 @@ def prune(update: Tensors, ratio: float) -> Tensors:
 
 
 @dataclass
-class GradientPruning:
+class GradientPruning(UpdateDefence):
+    """Zero the ``ratio`` smallest-magnitude entries of each array of the update."""
+
     ratio: float = spec("fraction of the smallest-magnitude update entries zeroed", ge=0, lt=1, default=0.9)
 
+    @override
     def transform_update(self, update: Tensors, generator: torch.Generator) -> Tensors:
         return prune(update, self.ratio)
-
-    def transform(self, sent: ArrayRecord, returned: ArrayRecord, generator: torch.Generator) -> ArrayRecord:
-        return with_update(sent, returned, self.transform_update(float_update(sent, returned), generator))

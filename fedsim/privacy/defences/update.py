@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
+
+from fedsim.numerics import tensor_sum
 
 Tensors = dict[str, torch.Tensor]
 
@@ -33,8 +37,35 @@ def with_update(sent: ArrayRecord, returned: ArrayRecord, update: Tensors) -> Ar
     return ArrayRecord(out)
 
 
+class UpdateDefence(ABC):
+    """A defence that changes a client's model update before it is sent (local DP, pruning); the
+    ClientApp mod :func:`fedsim.privacy.mods.defence_mod` applies it to every train reply."""
+
+    @abstractmethod
+    def transform_update(self, update: Tensors, generator: torch.Generator) -> Tensors:
+        """The update to send instead of ``update`` (trained minus received weights).
+
+        Parameters
+        ----------
+        update
+            Per floating-point array of the model, the client's trained minus received weights.
+        generator
+            The source of any randomness the defence draws (seeded per client and round).
+
+        Returns
+        -------
+        dict[str, torch.Tensor]
+            The defended update, with the same keys and shapes.
+        """
+
+    def transform(self, sent: ArrayRecord, returned: ArrayRecord, generator: torch.Generator) -> ArrayRecord:
+        """The model record to send instead of ``returned``, the one trained from ``sent``."""
+        return with_update(sent, returned, self.transform_update(float_update(sent, returned), generator))
+
+
 def global_norm(update: Tensors) -> float:
-    return float(torch.sqrt(sum(v.double().pow(2).sum() for v in update.values())))
+    """L2 norm of an update, all its arrays as one vector."""
+    return float(torch.sqrt(tensor_sum(v.double().pow(2).sum() for v in update.values())))
 
 
 def clip(update: Tensors, max_norm: float) -> Tensors:
