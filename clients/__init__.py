@@ -14,8 +14,11 @@ from clients.base import Client
 
 
 def load_client_class(name: str, cfg: Any = None) -> type[Client]:
-    """``clients.<name>.CLIENT``; with the run's ``cfg``, ``clients.<name>.client_class(cfg)`` where the
-    module defines it (a client class that depends on the run, as FedFed's on its base)."""
+    """The client update class of a run's strategy.
+
+    ``clients.<name>.CLIENT``; with the run's ``cfg``, ``clients.<name>.client_class(cfg)`` where the module
+    defines it (a client class that depends on the run, as FedFed's on its base).
+    """
     module = importlib.import_module(f"clients.{name}")
     for_run = getattr(module, "client_class", None)
     return for_run(cfg) if for_run is not None and cfg is not None else module.CLIENT

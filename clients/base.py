@@ -47,12 +47,15 @@ class TrainStats:
 
 
 def make_optimizer(model: nn.Module, cfg: Any, lr: float) -> torch.optim.Optimizer:
-    """The local optimizer named in ``cfg.optimizer`` (sgd or adam) over the trainable parameters
-    of ``model``, at learning rate ``lr``, with no state (momentum, moments) from earlier use.
+    """The local optimizer of ``model``, reset to no state.
+
+    The local optimizer named in ``cfg.optimizer`` (sgd or adam) over the trainable parameters of ``model``,
+    at learning rate ``lr``, with no state (momentum, moments) from earlier use.
 
     Building a torch optimizer costs about as much as a small client's whole local step, so the
     optimizer of the same parameters and config is kept and reset (its state cleared, ``lr`` set):
-    the same as a new one."""
+    the same as a new one.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     key = (id(cfg), *map(id, params))
     kept = _optimizers.pop(key, None)
@@ -101,8 +104,11 @@ class Client:
 
     @classmethod
     def train_examples(cls, labeled: int, unlabeled: int) -> int:
-        """Samples a client with these counts trains on (its weight in averaging), known without
-        building it: the labeled ones, plus the unlabeled ones where ``counts_unlabeled``."""
+        """Samples a client with these counts trains on, known without building it.
+
+        Samples a client with these counts trains on (its weight in averaging), known without building it: the
+        labeled ones, plus the unlabeled ones where ``counts_unlabeled``.
+        """
         return labeled + (unlabeled if cls.counts_unlabeled else 0)
 
     def num_train_examples(self) -> int:
@@ -242,8 +248,11 @@ class Client:
         return self.test_metrics(self.env.model)
 
     def test_metrics(self, model: nn.Module) -> RecordDict:
-        """Accuracy and loss on the own test split, and ``subset-accuracy``: the argmax over the
-        labels of the client's training data only (where it has labeled data)."""
+        """Accuracy and loss of ``model`` on the client's own test split.
+
+        Accuracy and loss on the own test split, and ``subset-accuracy``: the argmax over the labels of the
+        client's training data only (where it has labeled data).
+        """
         env = self.env
         classes = [int(c) for c in torch.unique(env.data.y)] if len(env.data) else None
         result = evaluate(model, env.test, int(env.cfg.eval_batch_size), env.device, classes=classes)

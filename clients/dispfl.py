@@ -43,9 +43,12 @@ def maskable(state: State) -> list[str]:
 
 
 def erk_densities(shapes: dict[str, tuple[int, ...]], density: float, power: float = 1.0) -> dict[str, float]:
-    """Erdos-Renyi-kernel densities (Evci et al., 2020): layer l keeps a fraction proportional to
-    (sum of its dims / product of its dims)^power, scaled so the layers together keep ``density``
-    of their entries; layers that would exceed 1 are made dense and the rest rescaled."""
+    """Erdos-Renyi-kernel densities of the maskable layers (Evci et al., 2020).
+
+    Erdos-Renyi-kernel densities (Evci et al., 2020): layer l keeps a fraction proportional to (sum of its
+    dims / product of its dims)^power, scaled so the layers together keep ``density`` of their entries; layers
+    that would exceed 1 are made dense and the rest rescaled.
+    """
     numel = {n: int(np.prod(s)) for n, s in shapes.items()}
     dense: set[str] = set()
     while True:
@@ -74,8 +77,11 @@ def prune_and_regrow(
     generator: torch.Generator,
     gradient: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Drop the ceil(rate * nnz) kept entries of smallest |weight|, regrow as many among the
-    entries not kept after the drop (random, or largest |gradient|); nnz is unchanged."""
+    """DisPFL's mask update: prune the smallest kept weights, regrow as many.
+
+    Drop the ceil(rate * nnz) kept entries of smallest |weight|, regrow as many among the entries not kept
+    after the drop (random, or largest |gradient|); nnz is unchanged.
+    """
     flat = mask.flatten().clone()
     k = math.ceil(rate * int(flat.sum()))
     if k == 0:

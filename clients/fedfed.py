@@ -1,5 +1,7 @@
-"""FedFed client: "FedFed: Feature Distillation against Data Heterogeneity in Federated Learning"
-(Yang, Zhang et al., NeurIPS 2023, arXiv:2310.05077; official code github.com/visitworld123/FedFed).
+"""FedFed's client update.
+
+FedFed client: "FedFed: Feature Distillation against Data Heterogeneity in Federated Learning" (Yang, Zhang et
+al., NeurIPS 2023, arXiv:2310.05077; official code github.com/visitworld123/FedFed).
 
 The server tells the phase in the config record (``fedfed-phase``):
 
@@ -51,17 +53,7 @@ from clients.base import Client
 from fedsim.client_env import ClientEnv, augmented
 from fedsim.data.augment import shift_flip
 from fedsim.models.generator import kl_divergence
-from fedsim.protocols.fedfed import (
-    DISTILL,
-    LABELS,
-    PHASE,
-    POOL_DIGEST,
-    RECEIVE,
-    SHARE,
-    SHARED_FEATURES,
-    DistillationPair,
-    shared_copy_keys,
-)
+from fedsim.protocols import fedfed as protocol
 from fedsim.protocols.messages import (
     ARRAYS,
     BATCH_SIZE,
@@ -78,10 +70,10 @@ from fedsim.seeding import rng, seed_torch, torch_generator
 CURRICULUM = ((10, 10.0), (20, 5.0))  # official: re x10 while the local epoch index < 10, x5 below 20
 
 
-def distillation_pair(env: ClientEnv, arrays: ArrayRecord) -> DistillationPair:
+def distillation_pair(env: ClientEnv, arrays: ArrayRecord) -> protocol.DistillationPair:
     """The (G, f) pair at the weights of ``arrays``, on the client's device."""
     data = env.data.dataset
-    pair = DistillationPair(env.cfg, data.input_shape, data.num_classes).to(env.device)
+    pair = protocol.DistillationPair(env.cfg, data.input_shape, data.num_classes).to(env.device)
     load_record(pair, arrays)
     return pair
 
@@ -101,8 +93,11 @@ def recon_weight(weight: float, local_epoch: int) -> float:
 
 
 def mosaic(x01: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each output: four random images' half-side crops (one random offset per output) tiled 2 x 2,
-    then a cutout square of half the side (the official mosaic pre-training input)."""
+    """The official mosaic pre-training input of a batch.
+
+    Each output: four random images' half-side crops (one random offset per output) tiled 2 x 2, then a cutout
+    square of half the side (the official mosaic pre-training input).
+    """
     n, c, h, w = x01.shape
     hh, hw = h // 2, w // 2
     picks = torch.randint(n, (n, 4), generator=generator)
@@ -122,8 +117,11 @@ def mosaic(x01: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def balanced_draw(labels: np.ndarray, n: int, gen: np.random.Generator, num_classes: int) -> np.ndarray:
-    """n indices into ``labels``: n // C of every class without replacement (with, where a class has
-    fewer), and the remainder uniformly (the official per-round draw from the shared set)."""
+    """A class-balanced draw of ``n`` indices into ``labels``.
+
+    n indices into ``labels``: n // C of every class without replacement (with, where a class has fewer), and
+    the remainder uniformly (the official per-round draw from the shared set).
+    """
     per_class = n // num_classes
     picks = []
     for c in range(num_classes):
@@ -148,14 +146,14 @@ class FedFedMixin(_MixinBase):
 
     @override
     def train(self, content: RecordDict, server_round: int) -> RecordDict:
-        phase = config_of(content)[PHASE]
-        if phase == DISTILL:
+        phase = config_of(content)[protocol.PHASE]
+        if phase == protocol.DISTILL:
             return self.distill(content, server_round)
-        if phase == SHARE:
+        if phase == protocol.SHARE:
             return self.share(content)
-        if phase == RECEIVE:
+        if phase == protocol.RECEIVE:
             return self.receive(content)
-        digest = text(config_of(content), POOL_DIGEST)
+        digest = text(config_of(content), protocol.POOL_DIGEST)
         self.pool = self.env.state.shared_payload(digest)
         if self.pool is None:
             raise RuntimeError(
@@ -169,10 +167,10 @@ class FedFedMixin(_MixinBase):
         server_round = integer(config, SERVER_ROUND)
         pool = self.pool
         assert pool is not None  # train() received it
-        pool_y = pool[LABELS].numpy()
+        pool_y = pool[protocol.LABELS].numpy()
         n, size = len(env.data), integer(config, BATCH_SIZE)
         draws = rng(env.cfg.seed, "fedfed-draw", server_round, env.client_id)  # once per round, as official
-        keys = shared_copy_keys(len(env.cfg.strategy.share_noise_std))
+        keys = protocol.shared_copy_keys(len(env.cfg.strategy.share_noise_std))
         copies = [balanced_draw(pool_y, n, draws, data.num_classes) for _ in keys]
         augment = augmented(env.cfg)
 
@@ -185,7 +183,7 @@ class FedFedMixin(_MixinBase):
             for key, drawn in zip(keys, copies):
                 chosen = torch.from_numpy(drawn[idx.numpy()])
                 parts.append(data.scale_difference(view(pool[key][chosen])))
-                labels.append(pool[LABELS][chosen])
+                labels.append(pool[protocol.LABELS][chosen])
             yield torch.cat(parts).to(env.device), torch.cat(labels).to(env.device)
 
     def distill(self, content: RecordDict, server_round: int) -> RecordDict:
@@ -237,7 +235,7 @@ class FedFedMixin(_MixinBase):
         return shift_flip(self.env.data.x[idx].float().div_(255.0), generator, data.hflip).to(self.env.device)
 
     def warm_up_classifier(
-        self, pair: DistillationPair, optimizer: torch.optim.Optimizer, size: int, generator: torch.Generator
+        self, pair: protocol.DistillationPair, optimizer: torch.optim.Optimizer, size: int, generator: torch.Generator
     ) -> None:
         """One pass of f alone with mixup on augmented local images (official ``aug_classifier_train``)."""
         alpha, data = float(self.env.cfg.strategy.mixup_alpha), self.env.data.dataset
@@ -255,7 +253,12 @@ class FedFedMixin(_MixinBase):
         pair.generator.requires_grad_(True)
 
     def mosaic_pretrain(
-        self, pair: DistillationPair, optimizer: torch.optim.Optimizer, size: int, generator: torch.Generator, re: float
+        self,
+        pair: protocol.DistillationPair,
+        optimizer: torch.optim.Optimizer,
+        size: int,
+        generator: torch.Generator,
+        re: float,
     ) -> None:
         """One pass of G alone on mosaics: re * MSE + kl * KL (official ``aug_VAE_train``)."""
         kl_weight = float(self.env.cfg.strategy.weight_kl)
@@ -270,7 +273,7 @@ class FedFedMixin(_MixinBase):
             optimizer.step()
 
     def distill_losses(
-        self, pair: DistillationPair, idx: torch.Tensor, generator: torch.Generator
+        self, pair: protocol.DistillationPair, idx: torch.Tensor, generator: torch.Generator
     ) -> dict[str, torch.Tensor]:
         """FedFed's distillation losses on the batch ``idx``: reconstruction, views' and raw cross-entropy, KL."""
         s, env, data = self.env.cfg.strategy, self.env, self.env.data.dataset
@@ -293,12 +296,15 @@ class FedFedMixin(_MixinBase):
 
     @torch.no_grad()
     def share(self, content: RecordDict) -> RecordDict:
-        """One noised copy of the performance-sensitive part of every local sample per noise level,
-        float16, with labels."""
+        """The SHARE phase: this client's noised copies of its performance-sensitive features.
+
+        One noised copy of the performance-sensitive part of every local sample per noise level, float16, with
+        labels.
+        """
         env, sigmas = self.env, [float(v) for v in self.env.cfg.strategy.share_noise_std]
         pair = distillation_pair(self.env, arrays_of(content)).eval()
         noise_rng = torch_generator(env.cfg.seed, "fedfed-share-noise", env.client_id)
-        copies: dict[str, list[torch.Tensor]] = {key: [] for key in shared_copy_keys(len(sigmas))}
+        copies: dict[str, list[torch.Tensor]] = {key: [] for key in protocol.shared_copy_keys(len(sigmas))}
         for idx in env.data.index_batches(1000):
             x01 = env.data.x[idx].to(env.device).float().div_(255.0)
             x_s = (x01 - pair.generator(x01)[0]).cpu()
@@ -308,18 +314,22 @@ class FedFedMixin(_MixinBase):
         shared = {k: torch.cat(v).half() if v else empty for k, v in copies.items()}
         return RecordDict(
             {
-                SHARED_FEATURES: ArrayRecord({**shared, LABELS: env.data.y.clone()}),
+                protocol.SHARED_FEATURES: ArrayRecord({**shared, protocol.LABELS: env.data.y.clone()}),
                 METRICS: MetricRecord({NUM_EXAMPLES: len(env.data)}),
             }
         )
 
     def receive(self, content: RecordDict) -> RecordDict:
         """Keep the global shared set for the rest of the run."""
-        pool = arrays_of(content, SHARED_FEATURES)
-        digest = text(config_of(content), POOL_DIGEST)
+        pool = arrays_of(content, protocol.SHARED_FEATURES)
+        digest = text(config_of(content), protocol.POOL_DIGEST)
         self.env.state.keep_shared(digest, {k: torch.from_numpy(pool[k].numpy()) for k in pool.keys()})
         return RecordDict(
-            {METRICS: MetricRecord({NUM_EXAMPLES: len(self.env.data), "pool-samples": int(pool[LABELS].shape[0])})}
+            {
+                METRICS: MetricRecord(
+                    {NUM_EXAMPLES: len(self.env.data), "pool-samples": int(pool[protocol.LABELS].shape[0])}
+                )
+            }
         )
 
 

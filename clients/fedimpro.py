@@ -1,5 +1,7 @@
-"""FedImpro client: "FedImpro: Measuring and Improving Client Update in Federated Learning"
-(Tang, Zhang et al., ICLR 2024, arXiv:2402.07011; official code github.com/wizard1203/FedImpro).
+"""FedImpro's client update.
+
+FedImpro client: "FedImpro: Measuring and Improving Client Update in Federated Learning" (Tang, Zhang et al.,
+ICLR 2024, arXiv:2402.07011; official code github.com/wizard1203/FedImpro).
 
 The model is split into a low part (feature extractor) and a high part (``split_model``). The
 client starts the round from the global per-class feature distributions N(mean_c, diag std_c^2)
@@ -67,8 +69,11 @@ class RunningClassStats:
 
 
 class FedImproClient(Client):
-    """FedImpro client: trains on its data and on features drawn from the shared class distributions, and
-    returns its noised estimate of those distributions.
+    """FedImpro client: trains also on features drawn from the shared class distributions.
+
+    FedImpro client: trains on its data and on features drawn from the shared class distributions, and returns
+    its noised estimate of those distributions.
+
     """
 
     @override

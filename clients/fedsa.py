@@ -44,10 +44,13 @@ from fedsim.seeding import seed_torch, torch_generator
 def conv_split(
     model: nn.Module, input_shape: tuple[int, ...], layer: str = "last"
 ) -> tuple[nn.Sequential, nn.Sequential]:
-    """(low, high) of ``model`` split after a feature layer whose output is a spatial map (N, C, h, w):
-    ``last``: the last one with h * w > 1 (where the hint loss looks); ``intermediate``: the last one
-    at a higher resolution than that (the stage before the last, as the official Grad-CAM
-    target_layer, layer3 of a ResNet), or the last one where there is no earlier stage."""
+    """``model`` split after a feature layer with a spatial output.
+
+    (low, high) of ``model`` split after a feature layer whose output is a spatial map (N, C, h, w): ``last``:
+    the last one with h * w > 1 (where the hint loss looks); ``intermediate``: the last one at a higher
+    resolution than that (the stage before the last, as the official Grad-CAM target_layer, layer3 of a
+    ResNet), or the last one where there is no earlier stage.
+    """
     layers = list(features_of(model).children())
     x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
     spatial: list[tuple[int, int]] = []  # (split index, h * w)
@@ -72,8 +75,11 @@ def conv_split(
 
 
 def gradcam(model: nn.Module, x: torch.Tensor, layer: str = "intermediate") -> torch.Tensor:
-    """Grad-CAM maps (N, H, W) of ``model``'s predicted class on ``x`` at ``layer`` (see
-    :func:`conv_split`), each scaled to [0, 1] and upsampled to the input size (Selvaraju et al., 2017)."""
+    """Grad-CAM maps of ``model``'s predicted class on ``x`` (Selvaraju et al., 2017).
+
+    Grad-CAM maps (N, H, W) of ``model``'s predicted class on ``x`` at ``layer`` (see :func:`conv_split`),
+    each scaled to [0, 1] and upsampled to the input size (Selvaraju et al., 2017).
+    """
     low, high = conv_split(model, tuple(x.shape[1:]), layer)
     model.eval()
     feats = low(x).detach().requires_grad_(True)
@@ -111,9 +117,12 @@ def hint_loss(student_low: nn.Module, translator: nn.Module, teacher_low: nn.Mod
 
 
 def shuffled_labels(env: Any) -> Any:
-    """The party's environment with its labels permuted at random (seeded): a teacher trained on it
-    fits noise, the useless teacher of FedSA's selection test (its images, hence its low-level
-    features, stay those of real data)."""
+    """The party's environment with its labels shuffled: a useless teacher's data.
+
+    The party's environment with its labels permuted at random (seeded): a teacher trained on it fits noise,
+    the useless teacher of FedSA's selection test (its images, hence its low-level features, stay those of
+    real data).
+    """
     order = torch.randperm(len(env.data.y), generator=torch_generator(env.cfg.seed, "fedsa-shuffle", env.client_id))
     return dataclasses.replace(env, data=dataclasses.replace(env.data, y=env.data.y[order]))
 
@@ -128,7 +137,7 @@ class FedSAParty(Client):
 
     @cached_property
     def teacher(self) -> nn.Module:
-        """This party's teacher, loaded from :attr:`teacher_file` (prepared in the TEACHER phase)."""
+        """The party's teacher, loaded from :attr:`teacher_file` (prepared in the TEACHER phase)."""
         cfg, data = self.env.cfg, self.env.data.dataset
         teacher = model_from_config(cfg, data.input_shape, data.num_classes).to(self.env.device)
         teacher.load_state_dict(torch.load(self.teacher_file, map_location=self.env.device, weights_only=True))

@@ -1,5 +1,7 @@
-"""FedAvg + FixMatch client: "FixMatch: Simplifying Semi-Supervised Learning with Consistency and
-Confidence" (Sohn et al., NeurIPS 2020) as the local update of federated semi-supervised learning.
+"""FixMatch's client update, for federated semi-supervised learning.
+
+FedAvg + FixMatch client: "FixMatch: Simplifying Semi-Supervised Learning with Consistency and Confidence"
+(Sohn et al., NeurIPS 2020) as the local update of federated semi-supervised learning.
 
 Each local step takes a batch of labeled AND a batch of unlabeled samples (batch_size each, the
 smaller set cycled and reshuffled, as FixMatch's mu = 1 and the Twin-sight code do); a local epoch

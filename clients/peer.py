@@ -80,8 +80,11 @@ class PeerClient(Client):
         return state
 
     def combine(self, state: State, peers: dict[int, ArrayRecord], content: RecordDict) -> State:
-        """Model weights to start local training from, given the peers' shared records (own model
-        only: local training)."""
+        """Model weights to start local training from, given the peers' shared records.
+
+        Model weights to start local training from, given the peers' shared records (own model only: local
+        training).
+        """
         return self.model_weights(state)
 
     def next_state(self, model: nn.Module, state: State, server_round: int) -> State:

@@ -44,7 +44,7 @@ def official_row(prior: list[float], losses: list[float], scale: float) -> list[
 
 
 def mix_updates(start: State, updates: list[State], weights: list[float]) -> State:
-    """start + sum_j w_j update_j for floating tensors (others kept from ``start``)."""
+    """The mix ``start + sum_j w_j update_j`` of floating tensors (others kept from ``start``)."""
     mixed = {}
     for key, value in start.items():
         if value.is_floating_point():

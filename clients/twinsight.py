@@ -1,5 +1,7 @@
-"""Twin-sight client: "Robust Training of Federated Models with Extremely Label Deficiency"
-(Zhang, Yang et al., ICLR 2024, arXiv:2402.14430).
+"""Twin-sight's client update.
+
+Twin-sight client: "Robust Training of Federated Models with Extremely Label Deficiency" (Zhang, Yang et al.,
+ICLR 2024, arXiv:2402.14430).
 
 Each client trains twin models on all its samples, labeled or not:
 - the supervised model f (the run's model): CE on labeled samples, and FixMatch-style pseudo-labels
@@ -45,8 +47,11 @@ def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Te
 
 
 def neighbourhood_loss(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """sum((u u^T - v v^T)^2) / B of L2-normalised features (the official strength, see the module
-    docstring): 0 iff both feature spaces have the same geometry on the batch."""
+    """Twin-sight's neighbourhood-preserving loss between two feature spaces.
+
+    sum((u u^T - v v^T)^2) / B of L2-normalised features (the official strength, see the module docstring): 0
+    iff both feature spaces have the same geometry on the batch.
+    """
     u, v = F.normalize(u.flatten(1), dim=1), F.normalize(v.flatten(1), dim=1)
     return (u @ u.T - v @ v.T).pow(2).sum() / len(u)
 

@@ -41,9 +41,12 @@ ServerMain = Callable[[Grid], None]
 
 
 class SimulatedGrid(Grid):
-    """A Grid over simulated nodes 1..N (node id = client id + 1) that knows each client's sample
-    count from the partition (``sizes``), so discovery needs no message per registered client, and
-    that can return summed train replies (:meth:`send_and_reduce`)."""
+    """A Grid over simulated nodes that knows each client's sample count.
+
+    A Grid over simulated nodes 1..N (node id = client id + 1) that knows each client's sample count from the
+    partition (``sizes``), so discovery needs no message per registered client, and that can return summed
+    train replies (:meth:`send_and_reduce`).
+    """
 
     def __init__(self, sizes: dict[int, int]) -> None:
         self.sizes = sizes
@@ -88,8 +91,11 @@ class SimulatedGrid(Grid):
     def send_and_reduce(
         self, messages: list[Message], param_keys: list[str], timeout: float | None = None
     ) -> PartialSum:
-        """Deliver train ``messages`` that all carry the same global 'arrays' and return their
-        replies summed (:class:`~fedsim.reduction.PartialSum`)."""
+        """Deliver train ``messages`` and return their replies summed.
+
+        Deliver train ``messages`` that all carry the same global 'arrays' and return their replies summed
+        (:class:`~fedsim.reduction.PartialSum`).
+        """
 
 
 class InProcessGrid(SimulatedGrid):

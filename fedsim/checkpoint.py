@@ -43,8 +43,11 @@ def _arrays(tree: Any) -> Any:
 
 
 def save_checkpoint(folder: Path, ckpt: Checkpoint) -> Path:
-    """Write the checkpoint of ``ckpt.server_round`` atomically (a temporary file, then a rename):
-    if writing fails (a full disk), the previous checkpoint stays intact and the error is one line."""
+    """Write the checkpoint of ``ckpt.server_round`` atomically.
+
+    Write the checkpoint of ``ckpt.server_round`` atomically (a temporary file, then a rename): if writing
+    fails (a full disk), the previous checkpoint stays intact and the error is one line.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"round_{ckpt.server_round:06d}.pt"
     tmp = path.with_suffix(".tmp")

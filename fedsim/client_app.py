@@ -43,9 +43,12 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass(frozen=True)
 class ClientPlugins:
-    """What the runtime takes from above (:mod:`fedsim.plugins`), as module-level functions so that a
-    runtime pickles by reference: a run's client class (``clients``), its defence and the ClientApp
-    mods (attack observers, update defences: ``fedsim.privacy``)."""
+    """What the client runtime takes from above (:mod:`fedsim.plugins`).
+
+    What the runtime takes from above (:mod:`fedsim.plugins`), as module-level functions so that a runtime
+    pickles by reference: a run's client class (``clients``), its defence and the ClientApp mods (attack
+    observers, update defences: ``fedsim.privacy``).
+    """
 
     client_class: Callable[[str, Any], ClientClass]
     defence: Callable[[Any], Any]
@@ -172,7 +175,7 @@ class ClientRuntime:
 
 @lru_cache(maxsize=2)
 def shared_runtime(cfg_json: str, plugins: ClientPlugins) -> ClientRuntime:
-    """This process's runtime of the run ``cfg_json`` describes (what an unpickled runtime becomes)."""
+    """The process's runtime of the run ``cfg_json`` describes (what an unpickled runtime becomes)."""
     return ClientRuntime(json.loads(cfg_json), plugins)
 
 

@@ -1,6 +1,9 @@
-"""What the client runtime gives every client update: its data, the shared model instance, its
-state store, the run's defence and settings (the contract between :mod:`fedsim.client_app` and the
-client modules under ``clients/``)."""
+"""The contract between the client runtime and the client updates.
+
+What the client runtime gives every client update: its data, the shared model instance, its state store, the
+run's defence and settings (the contract between :mod:`fedsim.client_app` and the client modules under
+``clients/``).
+"""
 
 from __future__ import annotations
 
@@ -16,15 +19,21 @@ from fedsim.data.local import LocalData
 
 
 def augmented(cfg: Any) -> bool:
-    """Whether the run augments local training batches (``augment=shift_flip``; runs saved before
-    the key existed did not)."""
+    """Whether the run augments local training batches.
+
+    Whether the run augments local training batches (``augment=shift_flip``; runs saved before the key existed
+    did not).
+    """
     return str(cfg.get("augment", "none")) == "shift_flip"
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """The run keys every local step reads, read out of the config once per run (a DictConfig
-    lookup costs about as much as a small client's forward pass)."""
+    """The run keys every local step reads, read out of the config once per run.
+
+    The run keys every local step reads, read out of the config once per run (a DictConfig lookup costs about
+    as much as a small client's forward pass).
+    """
 
     seed: int
     clip_norm: float | None
@@ -73,8 +82,10 @@ class ClientUpdate(Protocol):
 
 
 class ClientClass(Protocol):
-    """A client update class (``clients.<name>.CLIENT``): built from its environment, and sized
-    without being built."""
+    """A client update class (``clients.<name>.CLIENT``).
+
+    Built from its environment, and sized without being built.
+    """
 
     def __call__(self, env: ClientEnv) -> ClientUpdate:
         """The client update for ``env``."""

@@ -30,8 +30,11 @@ class ClientStateStore:
         self.shared = Path(root) / SHARED
 
     def keep_shared(self, digest: str, tensors: dict[str, torch.Tensor]) -> None:
-        """Keep a large payload (e.g. FedFed's global shared set) under its content digest. Clients
-        of one simulation share the folder, so it is stored once; a device stores its own copy."""
+        """Keep a large payload under its content digest.
+
+        Keep a large payload (e.g. FedFed's global shared set) under its content digest. Clients of one
+        simulation share the folder, so it is stored once; a device stores its own copy.
+        """
         path = self.shared / f"{digest}.pt"
         if path.is_file():
             return

@@ -39,8 +39,11 @@ def group_options(group: str) -> list[str]:
 
 
 def explain_hydra_error(err: Exception, known_keys: Callable[[], list[str]] | None = None) -> str:
-    """Turn a Hydra/OmegaConf exception into one line naming the bad override and the fix;
-    ``known_keys`` lists the valid keys, for a suggestion when a key is unknown."""
+    """A Hydra/OmegaConf exception as one line naming the bad override and the fix.
+
+    Turn a Hydra/OmegaConf exception into one line naming the bad override and the fix; ``known_keys`` lists
+    the valid keys, for a suggestion when a key is unknown.
+    """
     text = str(err)
     missing = re.search(r"Could not find '(\w+)/([^']+)'", text)
     if missing and (CONFIG_DIR / missing.group(1)).is_dir():
@@ -81,10 +84,13 @@ STRATEGY_OPTIONS = "strategy_options"
 
 
 def apply_strategy_options(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """Merge a named experiment's ``strategy_options.<name>`` into ``strategy`` when ``<name>`` is
-    the chosen strategy, and drop the section. An experiment that compares several strategies puts
-    the keys only one of them reads there (e.g. ``strategy_options: {fedfed: {distill_rounds: 15}}``);
-    a ``strategy.<key>`` given on the command line (or as a sweep value) wins."""
+    """Merge a named experiment's per-strategy options into ``strategy``.
+
+    Merge a named experiment's ``strategy_options.<name>`` into ``strategy`` when ``<name>`` is the chosen
+    strategy, and drop the section. An experiment that compares several strategies puts the keys only one of
+    them reads there (e.g. ``strategy_options: {fedfed: {distill_rounds: 15}}``); a ``strategy.<key>`` given
+    on the command line (or as a sweep value) wins.
+    """
     if STRATEGY_OPTIONS not in cfg:
         return cfg
     data = as_dict(cfg)
@@ -158,9 +164,12 @@ def experiment_keys(name: str) -> set[str]:
 
 
 def strategy_setting(setting: list[str], overrides: list[str]) -> list[str]:
-    """The overrides of a strategy's ``setting`` (the experimental setting it is meant for, e.g.
-    FedSA's teacher parties) that the user's own choices leave standing: a key the user sets (on
-    the command line or in a named experiment), or a choice of the group a setting key belongs to, wins."""
+    """The overrides of a strategy's ``setting`` that the user's own choices leave standing.
+
+    The overrides of a strategy's ``setting`` (the experimental setting it is meant for, e.g. FedSA's teacher
+    parties) that the user's own choices leave standing: a key the user sets (on the command line or in a
+    named experiment), or a choice of the group a setting key belongs to, wins.
+    """
     user = {override_key(o) for o in overrides}
     groups = user - {"strategy"}  # choosing the strategy is what brings its setting
     return [s for s in setting if override_key(s) not in user and override_key(s).split(".")[0] not in groups]
@@ -171,9 +180,12 @@ def _get(cfg: DictConfig, dotted: str) -> Any:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check the core keys and groups against their schemas (``fedsim.schema``): types, ranges,
-    finite numbers, no unknown keys. Plug-in groups (strategy, attack, defence) are checked by
-    ``fedsim.validation``, which knows them."""
+    """Check the core keys and groups against their schemas.
+
+    Check the core keys and groups against their schemas (``fedsim.schema``): types, ranges, finite numbers,
+    no unknown keys. Plug-in groups (strategy, attack, defence) are checked by ``fedsim.validation``, which
+    knows them.
+    """
     from fedsim import schema
     from fedsim.params import check
 

@@ -47,9 +47,12 @@ log = logging.getLogger("fedsim")
 
 
 class StderrHandler(logging.StreamHandler):
-    """A stream handler writing to whatever ``sys.stderr`` is when a message is logged (a plain
-    StreamHandler keeps the stderr of the moment it was made: a later redirection would miss it or
-    write to a closed stream)."""
+    """A stream handler writing to whatever ``sys.stderr`` is when a message is logged.
+
+    A stream handler writing to whatever ``sys.stderr`` is when a message is logged (a plain StreamHandler
+    keeps the stderr of the moment it was made: a later redirection would miss it or write to a closed
+    stream).
+    """
 
     @property
     def stream(self) -> TextIO:
@@ -109,9 +112,12 @@ RESUME_MAY_CHANGE = ("num_rounds", "verbose", "resume", "device")
 
 
 def resume_from_command_line(cfg: DictConfig, args: list[str]) -> DictConfig:
-    """``resume=<dir>`` on the command line: the saved config, with ``num_rounds`` raised only when
-    the user typed it (the default must not lengthen a resumed run). Any other key typed with a value
-    different from the saved run's (e.g. another strategy) is an error: a resumed run keeps its config."""
+    """The config of ``resume=<dir>`` given on the command line.
+
+    ``resume=<dir>`` on the command line: the saved config, with ``num_rounds`` raised only when the user
+    typed it (the default must not lengthen a resumed run). Any other key typed with a value different from
+    the saved run's (e.g. another strategy) is an error: a resumed run keeps its config.
+    """
     typed = any(override_key(a) == "num_rounds" for a in args)
     resumed = resume_config(cfg.resume, cfg if typed else None)
     for arg in args:
@@ -207,8 +213,10 @@ class ServerJob:
 
 
 def round_observers(cfg: DictConfig, dataset: Any, splits: list, run_dir: RunDirectory) -> list[RoundObserver]:
-    """The privacy plug-ins' observers of a run's rounds: an attack's per-round leakage, or its audit
-    of the final model."""
+    """The privacy plug-ins' observers of a run's rounds.
+
+    An attack's per-round leakage, or its audit of the final model.
+    """
     if str(cfg.attack.name) == "none":
         return []
     if cfg.attack.get("final_model"):

@@ -16,9 +16,11 @@ from fedsim.records import load_record
 def evaluate(
     model: nn.Module, data: LocalData, batch_size: int, device: torch.device, classes: list[int] | None = None
 ) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` on ``data``; with ``classes``, also
-    ``subset_accuracy``: the argmax taken over those classes only (SCooL's official accuracy, which
-    scores a client's model among the labels it holds)."""
+    """Accuracy and mean cross-entropy of ``model`` on ``data``.
+
+    With ``classes``, also ``subset_accuracy``: the argmax taken over those classes only (SCooL's official
+    accuracy, which scores a client's model among the labels it holds).
+    """
     model.eval()
     loss_sum, correct, subset_correct = 0.0, 0, 0
     subset = torch.tensor(sorted(classes), device=device) if classes else None

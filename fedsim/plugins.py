@@ -1,7 +1,9 @@
-"""The plug-ins of a run, wired into the core from above: the client modules under ``clients/``,
-the defences and the attack observers of :mod:`fedsim.privacy`. The engine and the deployment
-apps build client runtimes and ClientApps here; the core (:mod:`fedsim.client_app`) takes them
-as :class:`~fedsim.client_app.ClientPlugins` and imports none of them."""
+"""The plug-ins of a run, wired into the core from above.
+
+The client modules under ``clients/``, the defences and the attack observers of :mod:`fedsim.privacy`. The
+engine and the deployment apps build client runtimes and ClientApps here; the core (:mod:`fedsim.client_app`)
+takes them as :class:`~fedsim.client_app.ClientPlugins` and imports none of them.
+"""
 
 from __future__ import annotations
 
@@ -28,5 +30,5 @@ def client_runtime(cfg: dict[str, Any]) -> ClientRuntime:
 
 
 def runtime_of(cfg_json: str) -> ClientRuntime:
-    """This process's shared runtime of the run ``cfg_json`` describes."""
+    """The process's shared runtime of the run ``cfg_json`` describes."""
     return shared_runtime(cfg_json, PLUGINS)

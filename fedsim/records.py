@@ -180,8 +180,11 @@ def model_to_record(model: nn.Module) -> ArrayRecord:
 
 
 def load_record(model: nn.Module, record: ArrayRecord) -> None:
-    """Copy an ArrayRecord into the model in place (dtypes follow the model; the same keys, as
-    ``load_state_dict(strict=True)`` requires)."""
+    """Copy an ArrayRecord into the model in place.
+
+    Copy an ArrayRecord into the model in place (dtypes follow the model; the same keys, as
+    ``load_state_dict(strict=True)`` requires).
+    """
     state = model_state(model)
     values = {k: tensor_of(v) for k, v in record.items()}
     if state.keys() != values.keys() or any(t.shape != values[k].shape for k, t in state.items()):
@@ -192,8 +195,11 @@ def load_record(model: nn.Module, record: ArrayRecord) -> None:
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model.state_dict(keep_vars=True)`` (the parameters and buffers themselves), kept while the
-    model holds the same ones: building a state dict costs more than a small client's copy of it."""
+    """The model's parameters and buffers by name, cached while they stay the same tensors.
+
+    ``model.state_dict(keep_vars=True)`` (the parameters and buffers themselves), kept while the model holds
+    the same ones: building a state dict costs more than a small client's copy of it.
+    """
     tensors = (*map(id, model.parameters()), *map(id, model.buffers()))
     found = _states.get(id(model))
     if found is None or found[0] != tensors:
@@ -260,10 +266,12 @@ def train_reply_problem(
     model_problem: Callable[[ArrayRecord], str | None],
     checked_elsewhere: Collection[str] = (),
 ) -> str | None:
-    """Why a train reply's content cannot be aggregated, or None: its model ArrayRecord
-    ``model_record`` and 'metrics' present, a positive 'num-examples', finite metrics and arrays
-    (but the model's arrays named in ``checked_elsewhere``, whose finiteness the caller tests), and
-    no ``model_problem`` (keys, shapes against the global model)."""
+    """Why a train reply's content cannot be aggregated, or None.
+
+    Its model ArrayRecord ``model_record`` and 'metrics' present, a positive 'num-examples', finite metrics
+    and arrays (but the model's arrays named in ``checked_elsewhere``, whose finiteness the caller tests), and
+    no ``model_problem`` (keys, shapes against the global model).
+    """
     if model_record not in content.array_records or METRICS not in content.metric_records:
         return f"malformed reply: needs an '{model_record}' ArrayRecord and a 'metrics' MetricRecord"
     examples = metrics_of(content).get(NUM_EXAMPLES, 0)

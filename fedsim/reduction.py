@@ -47,7 +47,7 @@ class PartialSum:
     bytes_up: int = 0
 
     def merge(self, other: PartialSum) -> PartialSum:
-        """This sum plus ``other`` (in place)."""
+        """Add ``other`` to this sum (in place)."""
         for key, value in other.arrays.items():
             if key in self.arrays:
                 self.arrays[key].add_(value)

@@ -82,8 +82,11 @@ class RunDirectory:
         (self.path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     def write_json(self, name: str, data: Any, compact: bool = False) -> None:
-        """``data`` as indented JSON, or on one line with ``compact`` (the indented form of 100,000
-        clients' records takes seconds: Python's JSON encoder is fast only without indentation)."""
+        """Write ``data`` as JSON to ``name`` in the run directory.
+
+        ``data`` as indented JSON, or on one line with ``compact`` (the indented form of 100,000 clients'
+        records takes seconds: Python's JSON encoder is fast only without indentation).
+        """
         (self.path / name).write_text(
             (json.dumps(data, separators=(",", ":")) if compact else json.dumps(data, indent=1)) + "\n"
         )

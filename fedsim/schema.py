@@ -1,6 +1,8 @@
-"""Schemas of the core config: the top-level keys and the groups the engine owns (optimizer, deploy,
-model, dataset, partition, backend, logger). Plug-in groups (strategy, attack, defence) carry their
-schemas with their code; ``fedsim.options`` checks those. Values live in ``configs/``.
+"""Schemas of the core config.
+
+The top-level keys and the groups the engine owns (optimizer, deploy, model, dataset, partition, backend,
+logger). Plug-in groups (strategy, attack, defence) carry their schemas with their code; ``fedsim.options``
+checks those. Values live in ``configs/``.
 """
 
 from __future__ import annotations

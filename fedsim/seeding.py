@@ -25,9 +25,12 @@ def torch_generator(*parts: int | str) -> torch.Generator:
 
 
 def seed_torch(*parts: int | str) -> None:
-    """Seed torch's global RNG (dropout, init) for one unit of work: the CPU generator, and CUDA's
-    where CUDA is in use (``torch.manual_seed`` also visits every other backend, about 1 ms a call:
-    as long as a small client's whole training step)."""
+    """Seed torch's global RNG for one unit of work.
+
+    Seed torch's global RNG (dropout, init) for one unit of work: the CPU generator, and CUDA's where CUDA is
+    in use (``torch.manual_seed`` also visits every other backend, about 1 ms a call: as long as a small
+    client's whole training step).
+    """
     seed = derive_seed(*parts)
     torch.default_generator.manual_seed(seed)
     if torch.cuda.is_initialized():

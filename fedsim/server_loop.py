@@ -62,8 +62,11 @@ def handshake(grid: Grid, nodes: list[int], timeout: float) -> list[tuple[int, i
 
 
 def shares_global_arrays(messages: list[Message]) -> bool:
-    """Whether every message carries the same 'arrays' record (the global model), and nothing else
-    per client: what :meth:`SimulatedGrid.send_and_reduce` sums against."""
+    """Whether every message carries the same global model and nothing else per client.
+
+    Whether every message carries the same 'arrays' record (the global model), and nothing else per client:
+    what :meth:`SimulatedGrid.send_and_reduce` sums against.
+    """
     if not messages or list(messages[0].content.array_records) != [ARRAYS]:
         return False
     first, names = arrays_of(messages[0].content), set(messages[0].content.keys())
@@ -71,8 +74,11 @@ def shares_global_arrays(messages: list[Message]) -> bool:
 
 
 def discover_clients(grid: Grid, expected: int, timeout: float) -> tuple[dict[int, int], dict[int, int]]:
-    """Ask every connected node which client it hosts: (client id -> node id, client id -> #examples).
-    A simulated grid knows the answer from the partition, without a message per registered client."""
+    """Ask every connected node which client it hosts.
+
+    (client id -> node id, client id -> #examples). A simulated grid knows the answer from the partition,
+    without a message per registered client.
+    """
     if isinstance(grid, SimulatedGrid):
         return grid.directory()
     deadline = time.time() + timeout
@@ -97,8 +103,11 @@ def discover_clients(grid: Grid, expected: int, timeout: float) -> tuple[dict[in
 
 
 class RoundObserver(Protocol):
-    """Something plugged in from above that looks at each finished round (e.g. an attack's leakage, a
-    privacy audit of the final model) and adds its metrics to the round's record."""
+    """An observer of each finished round, plugged in from above.
+
+    Something plugged in from above that looks at each finished round (e.g. an attack's leakage, a privacy
+    audit of the final model) and adds its metrics to the round's record.
+    """
 
     def observe_round(self, server_round: int, arrays: ArrayRecord, record: dict[str, Any]) -> None:
         """Add metrics of round ``server_round`` (its global ``arrays``) to ``record``."""
@@ -149,8 +158,11 @@ class RoundLoop:
     def unanswered(
         self, server_round: int, messages: list[Message], replies: list[Message]
     ) -> tuple[list[Message], list[dict[str, Any]]]:
-        """(replies from the sampled clients, clients that sent none): those whose node the SuperLink
-        reports unavailable (an error reply in its name) and those silent past ``round_timeout``."""
+        """The replies of the sampled clients, and the clients that sent none.
+
+        (replies from the sampled clients, clients that sent none): those whose node the SuperLink reports
+        unavailable (an error reply in its name) and those silent past ``round_timeout``.
+        """
         sampled = {m.metadata.dst_node_id for m in messages}
         node_of_message = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
         own = [r for r in replies if r.metadata.src_node_id in sampled]
@@ -177,8 +189,11 @@ class RoundLoop:
         return own, lost
 
     def admit_new_nodes(self) -> None:
-        """Clients that connected since the last round (a device that was not there at the start; a restarted
-        one comes back on its old node once Flower lets its key in again)."""
+        """Hand clients that connected since the last round to the strategy.
+
+        Clients that connected since the last round (a device that was not there at the start; a restarted one
+        comes back on its old node once Flower lets its key in again).
+        """
         known = set(self.strategy.node_of.values())
         new = sorted(n for n in self.grid.get_node_ids() if n not in known)
         if not new:
@@ -192,8 +207,11 @@ class RoundLoop:
     def train_round(
         self, server_round: int, arrays: ArrayRecord, last_checkpoint: int, record: dict[str, Any]
     ) -> ArrayRecord:
-        """Send the round's train messages, aggregate the replies into the next global arrays (the
-        same ones after a failed round) and note the round's traffic, replies and metrics in ``record``."""
+        """Run one round's training and return the next global model.
+
+        Send the round's train messages, aggregate the replies into the next global arrays (the same ones
+        after a failed round) and note the round's traffic, replies and metrics in ``record``.
+        """
         messages = list(
             self.strategy.configure_train(
                 server_round, arrays, self.train_config(server_round, last_checkpoint), self.grid

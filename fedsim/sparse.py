@@ -34,9 +34,12 @@ def encode_sparse(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tenso
 def decode_sparse(
     record: ArrayRecord, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(dense weights with zeros outside the masks, masks as float tensors) from an encoded record;
-    ``shapes`` are the model's tensor shapes and ``dtypes``, when given, their dtypes. Raises
-    ValueError naming what does not fit."""
+    """Dense weights and float masks from a sparse encoding.
+
+    (dense weights with zeros outside the masks, masks as float tensors) from an encoded record; ``shapes``
+    are the model's tensor shapes and ``dtypes``, when given, their dtypes. Raises ValueError naming what does
+    not fit.
+    """
     weights, masks = {}, {}
     expected = set()
     for name, shape in shapes.items():

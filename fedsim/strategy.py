@@ -59,8 +59,10 @@ from fedsim.seeding import rng
 
 @dataclass(kw_only=True)
 class StrategyParams:
-    """The keys every ``configs/strategy/*.yaml`` has; each strategy module's ``Params`` extends it
-    with its own (types, ranges and meaning: ``fedsim.params``)."""
+    """The keys every ``configs/strategy/*.yaml`` has.
+
+    Each strategy module's ``Params`` extends it with its own (types, ranges and meaning: ``fedsim.params``).
+    """
 
     name: str = spec("strategy")
     client: str = spec("module under clients/ holding the client update")
@@ -113,8 +115,11 @@ def dissimilarity_metrics(mean_square: float, drift: float) -> dict[str, float]:
 
 
 def typed_params(schema: type[P], node: Any) -> P:
-    """The strategy group ``node`` (or a nested group of it) as its dataclass ``schema``, every key
-    checked (a ConfigError line if not); groups nested deeper stay config nodes."""
+    """A strategy group as its typed, checked dataclass.
+
+    The strategy group ``node`` (or a nested group of it) as its dataclass ``schema``, every key checked (a
+    ConfigError line if not); groups nested deeper stay config nodes.
+    """
     check("strategy", schema, node)
     return schema(**{f.name: node[f.name] for f in fields(schema) if f.name in node})
 
@@ -228,10 +233,12 @@ class FedsimStrategy(FlowerFedAvg):
     def evaluate_round(
         self, server_round: int, arrays: ArrayRecord, grid: Grid, evaluate: Callable[[ArrayRecord], dict[str, float]]
     ) -> dict[str, Any]:
-        """Test metrics of a round ('accuracy', 'loss' and any extras): the global model on the
-        held-out test set (``evaluation=global``) or on every client's own test split
-        (``evaluation=personal``, the score of personalized FL); strategies without a global model
-        ask their clients."""
+        """Test metrics of a round.
+
+        Test metrics of a round ('accuracy', 'loss' and any extras): the global model on the held-out test set
+        (``evaluation=global``) or on every client's own test split (``evaluation=personal``, the score of
+        personalized FL); strategies without a global model ask their clients.
+        """
         if self.cfg.evaluation == "personal":
             config = ConfigRecord({SERVER_ROUND: server_round})
             return self.evaluate_on_clients(server_round, grid, lambda _: RecordDict({CONFIG: config, ARRAYS: arrays}))
@@ -240,10 +247,13 @@ class FedsimStrategy(FlowerFedAvg):
     def evaluate_on_clients(
         self, server_round: int, grid: Grid, content_for: Callable[[int], RecordDict]
     ) -> dict[str, Any]:
-        """Every client evaluates on its own test split what ``content_for(client)`` sends it:
-        'accuracy' and 'loss' are the means over clients, 'personal_accuracy' the per-client
-        figures, 'subset_accuracy' the mean accuracy with each client's argmax over the labels it
-        holds (SCooL's official score, which inflates accuracy: report both)."""
+        """Every client's evaluation on its own test split.
+
+        Every client evaluates on its own test split what ``content_for(client)`` sends it: 'accuracy' and
+        'loss' are the means over clients, 'personal_accuracy' the per-client figures, 'subset_accuracy' the
+        mean accuracy with each client's argmax over the labels it holds (SCooL's official score, which
+        inflates accuracy: report both).
+        """
         messages = [
             Message(
                 content_for(cid), dst_node_id=node, message_type=MessageType.EVALUATE, group_id=f"eval-{server_round}"
@@ -290,8 +300,11 @@ class FedsimStrategy(FlowerFedAvg):
         return result
 
     def sample_clients(self, server_round: int, purpose: str = "sample") -> list[int]:
-        """``clients_per_round`` client ids drawn from (seed, purpose, round), among the clients that
-        have samples to train on (e.g. not the unlabeled clients of a supervised baseline)."""
+        """The clients sampled for a round.
+
+        ``clients_per_round`` client ids drawn from (seed, purpose, round), among the clients that have
+        samples to train on (e.g. not the unlabeled clients of a supervised baseline).
+        """
         ids = self._eligible
         k = min(int(self.cfg.clients_per_round), len(ids))
         return sorted(int(c) for c in rng(self.cfg.seed, purpose, server_round).choice(ids, k, replace=False))
@@ -359,16 +372,21 @@ class FedsimStrategy(FlowerFedAvg):
     )
 
     def reduces_train_replies(self) -> bool:
-        """Whether train replies may be summed where they are produced (:mod:`fedsim.reduction`)
-        and handed to :meth:`aggregate_partial` instead of one by one to :meth:`aggregate_train`:
-        true for a strategy that keeps FedAvg's aggregation (FedAvg, FedProx, FixMatch), false for
-        one that overrides any of it (SCAFFOLD, FedNova, ... and central DP's wrapper)."""
+        """Whether train replies may be summed where they are produced.
+
+        Whether train replies may be summed where they are produced (:mod:`fedsim.reduction`) and handed to
+        :meth:`aggregate_partial` instead of one by one to :meth:`aggregate_train`: true for a strategy that
+        keeps FedAvg's aggregation (FedAvg, FedProx, FixMatch), false for one that overrides any of it
+        (SCAFFOLD, FedNova, ... and central DP's wrapper).
+        """
         cls = type(self)
         return all(getattr(cls, name, None) is getattr(FedsimStrategy, name) for name in self.MEAN_AGGREGATION)
 
     def aggregate_partial(self, server_round: int, part: PartialSum) -> tuple[ArrayRecord, MetricRecord]:
-        """:meth:`aggregate_train` from the summed replies: the same weighted means (up to float
-        rounding) and update dissimilarity."""
+        """:meth:`aggregate_train` from the summed replies.
+
+        The same weighted means (up to float rounding) and update dissimilarity.
+        """
         self.dropped = list(part.dropped)
         for entry in self.dropped:
             log.warning("round %d: dropped client %d: %s", server_round, entry["client"], entry["reason"])
@@ -452,9 +470,12 @@ class FedsimStrategy(FlowerFedAvg):
         return sorted(accepted, key=lambda r: r.client_id)
 
     def trust_examples(self, server_round: int, client_id: int, content: RecordDict) -> None:
-        """A reply weighs at most what the server knows the client holds (its partition size in
-        simulation, the size it declared at the handshake in deployment): a larger claim is cut to
-        that, with a warning naming the client."""
+        """Cap a reply's weight at what the server knows the client holds.
+
+        A reply weighs at most what the server knows the client holds (its partition size in simulation, the
+        size it declared at the handshake in deployment): a larger claim is cut to that, with a warning naming
+        the client.
+        """
         if METRICS not in content.metric_records or client_id not in self.num_examples:
             return
         claimed, known = metrics_of(content).get(NUM_EXAMPLES), self.num_examples[client_id]

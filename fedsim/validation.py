@@ -1,5 +1,7 @@
-"""The whole run config checked before any work starts: the core schemas (``fedsim.config``) and
-the plug-ins' own (the chosen strategy's ``Params``, the attack's and the defence's classes).
+"""The whole run config checked before any work starts.
+
+The core schemas (``fedsim.config``) and the plug-ins' own (the chosen strategy's ``Params``, the attack's and
+the defence's classes).
 
 This module sits above the plug-ins (like the engine), so the core never imports them; the CLI,
 deployment and sweeps compose through :func:`compose_run`.

@@ -39,8 +39,10 @@ log = logging.getLogger("fedsim")
 
 
 class ClientWorker:
-    """A Ray actor hosting clients: its ClientApp (built on first use) and the Contexts of the
-    clients it ran."""
+    """A Ray actor hosting clients.
+
+    Its ClientApp (built on first use) and the Contexts of the clients it ran.
+    """
 
     def __init__(self, client_app: ClientApp, num_clients: int, threads: int) -> None:
         import torch
@@ -52,8 +54,11 @@ class ClientWorker:
         self.host = ClientHost(client_app, num_clients)
 
     def prepare(self) -> None:
-        """Build what the clients share (dataset, partition, model) before the first round: the
-        handshake query of client 0 builds them."""
+        """Build what the clients share before the first round.
+
+        Build what the clients share (dataset, partition, model) before the first round: the handshake query
+        of client 0 builds them.
+        """
         query = Message(RecordDict({CONFIG: ConfigRecord({})}), dst_node_id=1, message_type=MessageType.QUERY)
         reply = self.host.deliver(query)
         if reply.has_error():
@@ -75,9 +80,11 @@ def batches(messages: list[Message], workers: int) -> list[list[Message]]:
 
 
 class WorkerPool:
-    """Ray and the client workers of a run, started as soon as the run's config is known: the
-    workers boot and build their runtimes (:meth:`ClientWorker.prepare`) while the server prepares
-    its own side."""
+    """Ray and the client workers of a run.
+
+    Started as soon as the run's config is known: the workers boot and build their runtimes
+    (:meth:`ClientWorker.prepare`) while the server prepares its own side.
+    """
 
     def __init__(self, client_app: ClientApp, num_clients: int, backend: Any, verbose: bool) -> None:
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")

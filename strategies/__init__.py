@@ -19,7 +19,9 @@ def load_strategy_class(name: str) -> Any:
 
 
 def strategy_from_config(cfg: Any, param_keys: list[str]) -> FedsimStrategy:
-    """The strategy ``cfg.strategy`` names, with its typed and checked ``Params``; ``param_keys``: the
-    model's trainable arrays."""
+    """The strategy ``cfg.strategy`` names.
+
+    With its typed and checked ``Params``; ``param_keys``: the model's trainable arrays.
+    """
     module = importlib.import_module(f"strategies.{cfg.strategy.name}")
     return module.STRATEGY(cfg, param_keys, typed_params(module.Params, cfg.strategy))

@@ -1,6 +1,7 @@
-"""DisPFL: "DisPFL: Towards Communication-Efficient Personalized Federated Learning via
-Decentralized Sparse Training" (Dai, Shen, Li, Tian, Tao; ICML 2022, arXiv:2206.00187; official
-code github.com/rong-dai/DisPFL).
+"""DisPFL (Dai et al., ICML 2022).
+
+DisPFL: "DisPFL: Towards Communication-Efficient Personalized Federated Learning via Decentralized Sparse
+Training" (Dai, Shen, Li, Tian, Tao; ICML 2022, arXiv:2206.00187; official code github.com/rong-dai/DisPFL).
 
 Decentralized: every client keeps a personalized sparse model (its own mask, ERK-initialised,
 updated by prune-and-regrow with a cosine-annealed rate; ``clients/dispfl.py``). Each round every

@@ -1,5 +1,7 @@
-"""D-PSGD: "Can Decentralized Algorithms Outperform Centralized Algorithms? A Case Study for
-Decentralized Parallel Stochastic Gradient Descent" (Lian et al., NeurIPS 2017, arXiv:1705.09056).
+"""D-PSGD (Lian et al., NeurIPS 2017).
+
+D-PSGD: "Can Decentralized Algorithms Outperform Centralized Algorithms? A Case Study for Decentralized
+Parallel Stochastic Gradient Descent" (Lian et al., NeurIPS 2017, arXiv:1705.09056).
 
 Gossip averaging without a server model: each round every active client averages its model with
 the models of its neighbours (``strategy.topology``: a fixed ring, the full graph, or

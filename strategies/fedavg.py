@@ -1,5 +1,7 @@
-"""FedAvg: "Communication-Efficient Learning of Deep Networks from Decentralized Data"
-(McMahan et al., AISTATS 2017, arXiv:1602.05629).
+"""FedAvg (McMahan et al., AISTATS 2017).
+
+FedAvg: "Communication-Efficient Learning of Deep Networks from Decentralized Data" (McMahan et al., AISTATS
+2017, arXiv:1602.05629).
 
 Each round a fraction of clients trains the global model for E local epochs; the server replaces it
 by the average of the returned weights, weighted by local sample counts. All of it is

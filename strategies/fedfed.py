@@ -1,5 +1,7 @@
-"""FedFed: "FedFed: Feature Distillation against Data Heterogeneity in Federated Learning"
-(Yang, Zhang et al., NeurIPS 2023, arXiv:2310.05077; official code github.com/visitworld123/FedFed).
+"""FedFed (Yang et al., NeurIPS 2023).
+
+FedFed: "FedFed: Feature Distillation against Data Heterogeneity in Federated Learning" (Yang, Zhang et al.,
+NeurIPS 2023, arXiv:2310.05077; official code github.com/visitworld123/FedFed).
 
 Before ordinary FL, clients train a feature-distillation generator G with an embedded classifier
 under FedAvg for ``distill_rounds`` rounds (official: 15, every client each round;

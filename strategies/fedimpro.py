@@ -1,5 +1,7 @@
-"""FedImpro: "FedImpro: Measuring and Improving Client Update in Federated Learning"
-(Tang, Zhang et al., ICLR 2024, arXiv:2402.07011; official code github.com/wizard1203/FedImpro).
+"""FedImpro (Tang et al., ICLR 2024).
+
+FedImpro: "FedImpro: Measuring and Improving Client Update in Federated Learning" (Tang, Zhang et al., ICLR
+2024, arXiv:2402.07011; official code github.com/wizard1203/FedImpro).
 
 FedAvg on the weights, plus shared per-class feature distributions at the split layer. The server
 starts them as the official code does (means uniform in [0, 1), std ``feature_std_max``), sends

@@ -1,5 +1,7 @@
-"""FedNova: "Tackling the Objective Inconsistency Problem in Heterogeneous Federated
-Optimization" (Wang et al., NeurIPS 2020, arXiv:2007.07481).
+"""FedNova (Wang et al., NeurIPS 2020).
+
+FedNova: "Tackling the Objective Inconsistency Problem in Heterogeneous Federated Optimization" (Wang et al.,
+NeurIPS 2020, arXiv:2007.07481).
 
 Clients run different numbers of local steps (their data sizes differ); plain averaging then
 optimises a skewed objective. With p_i = n_i / n, the normalised update d_i = (x - y_i) / a_i, where

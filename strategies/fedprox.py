@@ -1,5 +1,6 @@
-"""FedProx: "Federated Optimization in Heterogeneous Networks" (Li et al., MLSys 2020,
-arXiv:1812.06127).
+"""FedProx (Li et al., MLSys 2020).
+
+FedProx: "Federated Optimization in Heterogeneous Networks" (Li et al., MLSys 2020, arXiv:1812.06127).
 
 The server is FedAvg; it sends ``proximal-mu`` so that each client minimises
 CE + mu/2 * ||w - w_t||^2 around the received global weights w_t (see ``clients/fedprox.py``).

@@ -1,5 +1,7 @@
-"""FedSA: "Federated Selective Aggregation for Knowledge Amalgamation" (Xie, Yu, Fang, Song, Feng,
-Wang, Sun, Song; arXiv:2208.00561; official code in github.com/zju-vipa/KamalEngine,
+"""FedSA (Xie et al., arXiv:2208.00561).
+
+FedSA: "Federated Selective Aggregation for Knowledge Amalgamation" (Xie, Yu, Fang, Song, Feng, Wang, Sun,
+Song; arXiv:2208.00561; official code in github.com/zju-vipa/KamalEngine,
 examples/knowledge_amalgamation/FedSA).
 
 Parties (the clients) each hold a teacher pre-trained on their own task and data; neither leaves
@@ -377,9 +379,12 @@ class FedSA(FedsimStrategy):
         return arrays, metrics
 
     def useless_teacher_metrics(self) -> dict[str, float]:
-        """Where some teachers are useless by construction (``teachers.random`` / ``shuffled``): their
-        mean selection probability, and the margin min(useful) - max(useless) (> 0: every useless
-        teacher is ranked below every useful one), both averaged over tasks."""
+        """How the selection ranks teachers that are useless by construction.
+
+        Where some teachers are useless by construction (``teachers.random`` / ``shuffled``): their mean
+        selection probability, and the margin min(useful) - max(useless) (> 0: every useless teacher is ranked
+        below every useful one), both averaged over tasks.
+        """
         t, parties = self.teachers, sorted(self.node_of)
         useless = {int(p) for p in [*(t.random or []), *(t.shuffled or [])]} & set(parties)
         if not useless or len(useless) == len(parties) or not self.probabilities:
@@ -417,8 +422,10 @@ class FedSA(FedsimStrategy):
 
 @dataclass(kw_only=True)
 class TeacherParams:
-    """The parties' teachers (``strategy.teachers``): how they are trained or loaded, and which are
-    useless by construction.
+    """The parties' teachers (``strategy.teachers``).
+
+    How they are trained or loaded, and which are useless by construction.
+
     """
 
     epochs: int = spec("epochs each party trains its teacher", ge=0)

@@ -1,6 +1,8 @@
-"""FedAvg + FixMatch (Sohn et al., NeurIPS 2020, arXiv:2001.07685): federated semi-supervised
-baseline. The server is FedAvg, weighted by all local samples; ``clients/fixmatch.py`` trains on
-labels and on confident pseudo-labels of unlabeled data.
+"""FedAvg + FixMatch (Sohn et al., NeurIPS 2020).
+
+FedAvg + FixMatch (Sohn et al., NeurIPS 2020, arXiv:2001.07685): federated semi-supervised baseline. The
+server is FedAvg, weighted by all local samples; ``clients/fixmatch.py`` trains on labels and on confident
+pseudo-labels of unlabeled data.
 """
 
 from dataclasses import dataclass

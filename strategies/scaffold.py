@@ -1,5 +1,7 @@
-"""SCAFFOLD: "Stochastic Controlled Averaging for Federated Learning" (Karimireddy et al.,
-ICML 2020, arXiv:1910.06378).
+"""SCAFFOLD (Karimireddy et al., ICML 2020).
+
+SCAFFOLD: "Stochastic Controlled Averaging for Federated Learning" (Karimireddy et al., ICML 2020,
+arXiv:1910.06378).
 
 The server keeps a control variate c (one array per trainable parameter) and sends it with the
 model. With S the sampled clients and N all clients, after each round

@@ -1,5 +1,7 @@
-"""SCooL: "Structured Cooperative Learning with Graphical Model Priors" (Li, Zhou, Tian, Tao;
-ICML 2023, arXiv:2306.09595; official code github.com/ShuangtongLi/SCooL).
+"""SCooL (Li et al., ICML 2023).
+
+SCooL: "Structured Cooperative Learning with Graphical Model Priors" (Li, Zhou, Tian, Tao; ICML 2023,
+arXiv:2306.09595; official code github.com/ShuangtongLi/SCooL).
 
 Decentralized, personalized. A cooperation graph W (row i: how much client i learns from each
 peer) is latent, with a graphical-model prior p(W); models and graph are fitted by variational
@@ -65,9 +67,12 @@ from fedsim.strategy import ClientReply
 def sbm_update(
     adjacency: np.ndarray, observed: np.ndarray, phi: np.ndarray, blocks: np.ndarray, iterations: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean-field updates of the block memberships ``phi`` (N x K) and M-steps of the block link
-    probabilities ``blocks`` (K x K) of a stochastic block model, given soft edges ``adjacency``
-    (N x N in [0, 1]) where ``observed`` is True."""
+    """Mean-field and M-steps of a stochastic block model of the cooperation graph.
+
+    Mean-field updates of the block memberships ``phi`` (N x K) and M-steps of the block link probabilities
+    ``blocks`` (K x K) of a stochastic block model, given soft edges ``adjacency`` (N x N in [0, 1]) where
+    ``observed`` is True.
+    """
     m = observed.astype(np.float64)
     a = np.clip(adjacency, 0.0, 1.0) * m
     not_a = (1.0 - np.clip(adjacency, 0.0, 1.0)) * m
@@ -97,8 +102,11 @@ def sbm_prior(phi: np.ndarray, blocks: np.ndarray) -> np.ndarray:
 
 
 def sbm_log_odds(phi: np.ndarray, blocks: np.ndarray) -> np.ndarray:
-    """N x N prior log-odds E[log B_{z_i z_j} - log(1 - B_{z_i z_j})] under the memberships phi
-    (the official SBM.optimize_W prior term)."""
+    """The SBM prior's log-odds of every edge.
+
+    N x N prior log-odds E[log B_{z_i z_j} - log(1 - B_{z_i z_j})] under the memberships phi (the official
+    SBM.optimize_W prior term).
+    """
     return phi @ (np.log(blocks) - np.log1p(-blocks)) @ phi.T
 
 
@@ -110,10 +118,13 @@ def sbm_fit_official(
     iterations: int,
     generator: np.random.Generator,
 ) -> np.ndarray:
-    """Memberships phi (N x K) fitted as the official SBM.variational_inference does, from fresh
-    random memberships each call: ``iterations`` times, edges W = sigmoid((log-odds + Y) / scale)
-    (Y = -loss, model i on client j, where ``observed``), then one mean-field update of every
-    phi_i in random order against W and the fixed block probabilities, and gamma_i = 1 + phi_i."""
+    """SBM memberships fitted as the official SBM.variational_inference does.
+
+    Memberships phi (N x K) fitted as the official SBM.variational_inference does, from fresh random
+    memberships each call: ``iterations`` times, edges W = sigmoid((log-odds + Y) / scale) (Y = -loss, model i
+    on client j, where ``observed``), then one mean-field update of every phi_i in random order against W and
+    the fixed block probabilities, and gamma_i = 1 + phi_i.
+    """
     n, k = len(y), len(blocks)
     gamma = (2.0 / k) * (1.0 - generator.random((n, k)))
     phi = np.stack([generator.dirichlet(np.maximum(g, 1e-3)) for g in gamma])
@@ -209,8 +220,11 @@ class SCooL(PeerToPeerStrategy):
         return None
 
     def features(self) -> torch.Tensor:
-        """Per client: its classifier head's change since the common start, L2-normalised (zeros
-        for clients that have not shared a model)."""
+        """Per client: its classifier head's change since the common start, L2-normalised.
+
+        Per client: its classifier head's change since the common start, L2-normalised (zeros for clients that
+        have not shared a model).
+        """
         assert self.initial is not None
         head = [k for k in self.initial.keys() if k.startswith("classifier.")] or list(self.initial.keys())[-2:]
         start = np.concatenate([self.initial[k].numpy().ravel() for k in head]).astype(np.float64)

@@ -1,5 +1,7 @@
-"""Twin-sight: "Robust Training of Federated Models with Extremely Label Deficiency"
-(Zhang, Yang et al., ICLR 2024, arXiv:2402.14430; official code github.com/visitworld123/Twin-sight).
+"""Twin-sight (Zhang et al., ICLR 2024).
+
+Twin-sight: "Robust Training of Federated Models with Extremely Label Deficiency" (Zhang, Yang et al., ICLR
+2024, arXiv:2402.14430; official code github.com/visitworld123/Twin-sight).
 
 Federated semi-supervised learning with twin models per client (``clients/twinsight.py``): a
 supervised model f (the global model that is evaluated) and an unsupervised SimCLR model g, coupled

@@ -163,7 +163,11 @@ def bare_record_keys(source: str) -> list[str]:
                 found += [k.value for k in args[0].keys if isinstance(k, ast.Constant) and isinstance(k.value, str)]
             if node.func.id in RECORD_ACCESSORS and len(args) > 1 and isinstance(args[1], ast.Constant):
                 found.append(args[1].value)
-        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str):
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.slice, ast.Constant)
+            and isinstance(node.slice.value, str)
+        ):
             target = node.value
             name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
             if name == "content":

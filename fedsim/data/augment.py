@@ -18,8 +18,11 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> tor
 
 
 def shift_flip(x: torch.Tensor, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
-    """Random crop after reflect padding of 1/8 of the side, then random horizontal flip, on float images
-    (any range, e.g. FedFed's shared differences x - G(x))."""
+    """Random shifts (reflect padding, crop) and horizontal flips of float images.
+
+    Random crop after reflect padding of 1/8 of the side, then random horizontal flip, on float images (any
+    range, e.g. FedFed's shared differences x - G(x)).
+    """
     n, _, h, w = x.shape
     pad = max(1, h // 8)
     padded = F.pad(x.float(), (pad, pad, pad, pad), mode="reflect")

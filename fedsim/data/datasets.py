@@ -163,8 +163,11 @@ def _read_cifar(folder: Path, names: list[str], label_key: bytes) -> tuple[torch
 
 
 def _cifar(cls_name: str):
-    """CIFAR-10/100 read from the original python batches (``data`` rows of 3x32x32 uint8, labels),
-    downloaded by torchvision first when ``download`` is set."""
+    """CIFAR-10/100 from the original python batches.
+
+    CIFAR-10/100 read from the original python batches (``data`` rows of 3x32x32 uint8, labels), downloaded by
+    torchvision first when ``download`` is set.
+    """
     folder_name, train_files, test_files, label_key = _CIFAR[cls_name]
 
     def load(root: Path, download: bool):

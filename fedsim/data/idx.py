@@ -16,8 +16,11 @@ _DTYPES: dict[int, np.dtype] = {
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file: 2 zero bytes, a dtype code, the number of dims, big-endian sizes, data.
-    A file that cannot be read (a truncated or corrupt gzip, a bad header) is one ConfigError line."""
+    """Read an IDX file (the MNIST family's format).
+
+    Read an IDX file: 2 zero bytes, a dtype code, the number of dims, big-endian sizes, data. A file that
+    cannot be read (a truncated or corrupt gzip, a bad header) is one ConfigError line.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:

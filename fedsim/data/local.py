@@ -30,8 +30,11 @@ class LocalData:
     def batches(
         self, batch_size: int, device: torch.device, generator: torch.Generator | None = None, augment: bool = False
     ):
-        """Yield normalised (x, y) batches; shuffled when a generator is given; with ``augment``, each
-        image randomly cropped and flipped (:func:`fedsim.data.augment.shift_flip`, drawn from ``generator``)."""
+        """Yield normalised (x, y) batches.
+
+        Shuffled when a generator is given; with ``augment``, each image randomly cropped and flipped
+        (:func:`fedsim.data.augment.shift_flip`, drawn from ``generator``).
+        """
         for idx in self.index_batches(batch_size, generator):
             x = self.x[idx]
             if augment and generator is not None:

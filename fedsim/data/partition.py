@@ -1,5 +1,7 @@
-"""Client partitioners: IID, Dirichlet(alpha) over labels, k classes per client (shards), and a
-labeled/unlabeled split inside each client for semi-supervised methods.
+"""Client partitioners.
+
+IID, Dirichlet(alpha) over labels, k classes per client (shards), and a labeled/unlabeled split inside each
+client for semi-supervised methods.
 
 All are pure functions of the labels, the partition config and the seed, so every process
 (server, Ray actors, a resumed run) derives the same split.
@@ -35,9 +37,12 @@ def iid(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[
 
 
 def overlapping(num_samples: int, num_clients: int, per_client: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Each client draws ``per_client`` distinct samples uniformly from all ``num_samples``,
-    independently of the other clients (so clients share samples): a cross-device federation with
-    more clients than the dataset has samples."""
+    """Overlapping IID draws: each client samples independently of the others.
+
+    Each client draws ``per_client`` distinct samples uniformly from all ``num_samples``, independently of the
+    other clients (so clients share samples): a cross-device federation with more clients than the dataset has
+    samples.
+    """
     if per_client > num_samples:
         raise ConfigError(f"partition.samples_per_client={per_client} exceeds the {num_samples} training samples")
     draws = np.sort(rng.integers(0, num_samples, size=(num_clients, per_client)), axis=1)
@@ -177,9 +182,12 @@ def label_histograms(labels: np.ndarray, splits: list[ClientSplit], num_classes:
 def personal_test_split(
     test_labels: np.ndarray, histograms: list[list[int]], rng: np.random.Generator
 ) -> list[np.ndarray]:
-    """Each client's own test set, for personalized evaluation: the test samples of every class are
-    dealt out (disjointly) in proportion to how many training samples of that class each client
-    holds, so a client is tested on its own label distribution."""
+    """Each client's own test set, following its label distribution.
+
+    Each client's own test set, for personalized evaluation: the test samples of every class are dealt out
+    (disjointly) in proportion to how many training samples of that class each client holds, so a client is
+    tested on its own label distribution.
+    """
     test_labels = np.asarray(test_labels)
     counts = np.asarray(histograms, dtype=np.float64)  # (clients, classes)
     owners, samples = [], []

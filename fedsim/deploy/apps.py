@@ -1,5 +1,6 @@
-"""The Flower apps of a deployment: the ServerApp runs fedsim's round loop, the ClientApp the
-strategy's client code, as in simulation.
+"""The Flower apps of a deployment.
+
+The ServerApp runs fedsim's round loop, the ClientApp the strategy's client code, as in simulation.
 
 Both read the run's resolved config from the app's run config (``fedsim-config``, a JSON string
 that ``fedsim server`` writes into the app it submits). A SuperNode's own settings come from its

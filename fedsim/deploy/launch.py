@@ -1,5 +1,6 @@
-"""``python -m fedsim server`` and ``python -m fedsim client``: a real federation on Flower's
-SuperLink and SuperNodes.
+"""``python -m fedsim server`` and ``python -m fedsim client``.
+
+A real federation on Flower's SuperLink and SuperNodes.
 
 ``server`` starts a SuperLink (TLS and node authentication by default), registers the SuperNode
 public keys it is given, submits the run as a Flower app whose ServerApp is fedsim's round loop,
@@ -42,8 +43,11 @@ def flower_tool(name: str) -> str:
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
-    """Environment of Flower's processes: their own FLWR_HOME, and this Python's scripts first on
-    PATH (the SuperLink and SuperNode start further Flower executables by name)."""
+    """The environment of Flower's processes.
+
+    Environment of Flower's processes: their own FLWR_HOME, and this Python's scripts first on PATH (the
+    SuperLink and SuperNode start further Flower executables by name).
+    """
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return {**os.environ, "FLWR_HOME": str(flwr_home), "PATH": path}
 
@@ -253,9 +257,11 @@ RETRY_MAX_WAIT = 60.0
 
 
 def retry_wait(attempt: int) -> float:
-    """Seconds to wait after failed attempt ``attempt`` (1-based). Flower keeps a device's key
-    taken until its old session misses two 30 s heartbeats, so a restarted device is refused for up
-    to a minute; the doubling waits of the default ``--max-retries`` span that."""
+    """Seconds to wait after failed attempt ``attempt`` (1-based).
+
+    Flower keeps a device's key taken until its old session misses two 30 s heartbeats, so a restarted device
+    is refused for up to a minute; the doubling waits of the default ``--max-retries`` span that.
+    """
     return min(RETRY_FIRST_WAIT * 2 ** (attempt - 1), RETRY_MAX_WAIT)
 
 
@@ -360,8 +366,11 @@ def reachable(server: str, timeout: float = 3.0) -> bool:
 
 
 def refusal_cause(log_text: str, server: str) -> str:
-    """One line for why a SuperNode gave up: from its log where Flower names the TLS failure, else
-    from whether the server's port answers (it does: the server refused this device)."""
+    """One line for why a SuperNode gave up.
+
+    From its log where Flower names the TLS failure, else from whether the server's port answers (it does: the
+    server refused this device).
+    """
     if any(n in log_text for n in TLS_FAILURES):
         return "the TLS handshake failed: --root-certificates must be the CA (ca.crt) of the server's certificate"
     if not reachable(server):
@@ -373,8 +382,11 @@ def refusal_cause(log_text: str, server: str) -> str:
 
 
 def stop_process_tree(proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    """Stop ``proc`` and every process it started (a SuperNode's ClientApp processes outlive it
-    otherwise): SIGTERM to all, SIGKILL to what is left after ``timeout`` seconds."""
+    """Stop ``proc`` and every process it started.
+
+    Stop ``proc`` and every process it started (a SuperNode's ClientApp processes outlive it otherwise):
+    SIGTERM to all, SIGKILL to what is left after ``timeout`` seconds.
+    """
     tree = descendants(proc.pid)
     for pid in [proc.pid, *tree]:
         with contextlib.suppress(ProcessLookupError):
@@ -391,8 +403,11 @@ def stop_process_tree(proc: subprocess.Popen, timeout: float = 15.0) -> None:
 def run_supernode(
     command: list[str], env: dict[str, str], log_path: Path, verbose: bool, ended: Path | None
 ) -> int | None:
-    """Run one SuperNode until it exits (its exit code) or, with ``ended`` given, until the run it
-    serves announces its end (None: it was stopped)."""
+    """Run one SuperNode until it exits or its run ends.
+
+    Run one SuperNode until it exits (its exit code) or, with ``ended`` given, until the run it serves
+    announces its end (None: it was stopped).
+    """
     with log_path.open("a") as log_file:
         out = None if verbose else log_file
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
@@ -407,8 +422,11 @@ def run_supernode(
 
 
 def cmd_client(args: list[str]) -> int:
-    """A SuperNode for the run at ``--server``: exits 0 when the run ends (``--keep-waiting``: stays
-    for the next), and after ``--max-retries`` failed attempts exits 2 with one line naming the cause."""
+    """``python -m fedsim client``: a SuperNode for the run at ``--server``.
+
+    A SuperNode for the run at ``--server``: exits 0 when the run ends (``--keep-waiting``: stays for the
+    next), and after ``--max-retries`` failed attempts exits 2 with one line naming the cause.
+    """
     from fedsim.deploy.apps import RUN_ENDED
 
     opts = client_parser().parse_args(args)

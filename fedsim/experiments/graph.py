@@ -20,9 +20,12 @@ def label_groups(partition: dict) -> list[frozenset[int]]:
 
 
 def same_group_weight(weights: np.ndarray, groups: list[frozenset[int]]) -> tuple[float, float]:
-    """(mean over clients of the share of its peer weight, self excluded, on peers of its own group;
-    the same share under uniform weights over every other client: what a graph blind to the
-    grouping scores). Clients without peer weight are left out."""
+    """How much of a learned graph's weight stays within the true groups.
+
+    (mean over clients of the share of its peer weight, self excluded, on peers of its own group; the same
+    share under uniform weights over every other client: what a graph blind to the grouping scores). Clients
+    without peer weight are left out.
+    """
     n = len(groups)
     same = np.array([[groups[i] == groups[j] and i != j for j in range(n)] for i in range(n)])
     peer = weights.copy()
@@ -37,8 +40,11 @@ def same_group_weight(weights: np.ndarray, groups: list[frozenset[int]]) -> tupl
 
 
 def graph_metrics(run_dir: Path, rows: list[dict]) -> None:
-    """Add ``graph_same_group_weight`` and ``graph_same_group_chance`` to every metrics row of a run
-    that logged ``graph_weights`` (in place); nothing where the run has no partition.json."""
+    """Add the graph's same-group weight and its chance level to a run's metrics rows.
+
+    Add ``graph_same_group_weight`` and ``graph_same_group_chance`` to every metrics row of a run that logged
+    ``graph_weights`` (in place); nothing where the run has no partition.json.
+    """
     path = run_dir / "partition.json"
     if not path.is_file() or not any("graph_weights" in r for r in rows):
         return

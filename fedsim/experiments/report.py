@@ -1,5 +1,7 @@
-"""``python -m fedsim report DIR...``: group runs by config difference, statistics over seeds,
-paired differences to a baseline with Student-t intervals; report.md, report.csv, report.png.
+"""``python -m fedsim report DIR...``: statistics over seeds.
+
+``python -m fedsim report DIR...``: group runs by config difference, statistics over seeds, paired differences
+to a baseline with Student-t intervals; report.md, report.csv, report.png.
 
 A report is a function of run directories only, so every table it prints can be regenerated.
 """
@@ -217,8 +219,11 @@ def build_report(runs: RunTable, options: ReportOptions) -> Report:
 def compare_to_baseline(
     configs: pd.DataFrame, figures: pd.DataFrame, options: ReportOptions, warnings: list[str]
 ) -> pd.DataFrame:
-    """Per group: the paired difference of ``options.compare`` to the baseline run with the same seed
-    and otherwise the same config (every key but the baseline's own and bookkeeping)."""
+    """Per group, the paired difference to the baseline run of the same seed.
+
+    Per group: the paired difference of ``options.compare`` to the baseline run with the same seed and
+    otherwise the same config (every key but the baseline's own and bookkeeping).
+    """
     is_base, family = baseline_runs(configs, options.baseline)
     context_keys = [k for k in configs.columns if k != "seed" and not is_bookkeeping(k) and k not in family]
     context = as_text(configs[context_keys]).apply(tuple, axis=1)

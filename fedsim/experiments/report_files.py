@@ -1,5 +1,8 @@
-"""Write a :class:`~fedsim.experiments.report.Report`: report.md (a table a README can include),
-report.csv (every figure, raw) and report.png (mean curves with a band of one std over seeds)."""
+"""Write a report's files: report.md, report.csv and report.png.
+
+Write a :class:`~fedsim.experiments.report.Report`: report.md (a table a README can include), report.csv
+(every figure, raw) and report.png (mean curves with a band of one std over seeds).
+"""
 
 from __future__ import annotations
 

@@ -34,8 +34,11 @@ BOOKKEEPING = (
 
 @dataclass
 class RunTable:
-    """``configs``: one row per run (index = run path), dotted config keys as columns;
-    ``metrics``: one row per (run, round) with every scalar metric."""
+    """The configs and per-round metrics of a set of runs.
+
+    ``configs``: one row per run (index = run path), dotted config keys as columns; ``metrics``: one row per
+    (run, round) with every scalar metric.
+    """
 
     configs: pd.DataFrame
     metrics: pd.DataFrame
@@ -69,9 +72,12 @@ def is_bookkeeping(key: str) -> bool:
 
 
 def own_strategy_keys(strategy: dict) -> dict:
-    """The strategy node without keys its option file (configs/strategy/<name>.yaml) does not
-    define: runs composed before per-strategy ``strategy_options`` recorded an experiment's keys for
-    every strategy of a sweep, e.g. FedImpro's schedule on the FedAvg runs, which FedAvg never read."""
+    """The strategy node without keys its option file does not define.
+
+    The strategy node without keys its option file (configs/strategy/<name>.yaml) does not define: runs
+    composed before per-strategy ``strategy_options`` recorded an experiment's keys for every strategy of a
+    sweep, e.g. FedImpro's schedule on the FedAvg runs, which FedAvg never read.
+    """
     path = CONFIG_DIR / "strategy" / f"{strategy.get('name')}.yaml"
     if not path.is_file():
         return strategy
@@ -80,9 +86,12 @@ def own_strategy_keys(strategy: dict) -> dict:
 
 
 def base_defaults() -> dict:
-    """The top-level keys of configs/config.yaml that are not groups (seed, augment, optimizer.*,
-    ...), flattened: what a run saved before a key existed ran with (a new key's default keeps the
-    earlier behaviour)."""
+    """The defaults of the top-level keys of configs/config.yaml, flattened.
+
+    The top-level keys of configs/config.yaml that are not groups (seed, augment, optimizer.*, ...),
+    flattened: what a run saved before a key existed ran with (a new key's default keeps the earlier
+    behaviour).
+    """
     base = as_dict(load_dict_config(CONFIG_DIR / "config.yaml"))
     base.pop("defaults", None)
     return pd.json_normalize(base, sep=".").iloc[0].to_dict()

@@ -221,8 +221,10 @@ class SweepRunner:
 
 
 def check_jobs(plan: Any) -> None:
-    """Compose and check every job's config before any job starts: a bad value anywhere in the
-    sweep is one line naming the job, not a failure an hour in."""
+    """Compose and check every job's config before any job starts.
+
+    A bad value anywhere in the sweep is one line naming the job, not a failure an hour in.
+    """
     from fedsim.validation import compose_run
 
     for job in plan.jobs:

@@ -44,8 +44,11 @@ def layer_list(model: nn.Module) -> list[nn.Module]:
 
 
 def embedding(model: nn.Module) -> nn.Sequential:
-    """The layers before a zoo model's last linear layer (its penultimate representation), sharing
-    its parameters: ``features`` plus, for a classifier with hidden layers (the CNN), all but its last."""
+    """The layers before a zoo model's last linear layer (its penultimate representation).
+
+    Sharing its parameters: ``features`` plus, for a classifier with hidden layers (the CNN), all but its
+    last.
+    """
     classifier = classifier_of(model)
     head = list(classifier.children()) if isinstance(classifier, nn.Sequential) else [classifier]
     return nn.Sequential(features_of(model), *head[:-1])
@@ -72,8 +75,11 @@ def split_model(model: nn.Module, at: int | None = None) -> tuple[nn.Sequential,
 
 
 def model_from_config(cfg: Any, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """The model a run config names: ``model.name`` with the group's other keys as options, and
-    those ``defence=mjp`` sets (the ViT's MJP position embedding, :func:`fedsim.models.vit.mjp_options`)."""
+    """The model a run config names.
+
+    ``model.name`` with the group's other keys as options, and those ``defence=mjp`` sets (the ViT's MJP
+    position embedding, :func:`fedsim.models.vit.mjp_options`).
+    """
     options = {k: v for k, v in cfg.model.items() if k != "name"}
     if cfg.get("defence") is not None and cfg.defence.name == "mjp":
         options.update(mjp_options(cfg.defence))

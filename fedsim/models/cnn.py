@@ -1,5 +1,8 @@
-"""The CNN of the FedAvg paper (McMahan et al., 2017): two 5x5 conv layers (32, 64 channels),
-each followed by 2x2 max pooling, a 512-unit fully connected layer and a linear classifier."""
+"""The CNN of the FedAvg paper (McMahan et al., 2017).
+
+Two 5x5 conv layers (32, 64 channels), each followed by 2x2 max pooling, a 512-unit fully connected layer and
+a linear classifier.
+"""
 
 from __future__ import annotations
 

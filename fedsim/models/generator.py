@@ -13,8 +13,11 @@ from torch import nn
 
 
 class FeatureGenerator(nn.Module):
-    """``latent=None`` keeps the latent as wide as the encoder's output (the official VAE maps its
-    2048 encoder features to a 2048-d latent: no bottleneck, so G can reconstruct x closely)."""
+    """FedFed's feature generator G: a VAE whose reconstruction is the robust part of x.
+
+    ``latent=None`` keeps the latent as wide as the encoder's output (the official VAE maps its 2048 encoder
+    features to a 2048-d latent: no bottleneck, so G can reconstruct x closely).
+    """
 
     def __init__(self, input_shape: tuple[int, int, int], width: int = 32, latent: int | None = None) -> None:
         super().__init__()
@@ -53,8 +56,11 @@ class FeatureGenerator(nn.Module):
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) summed over batch and latent, divided by batch x 3 x latent
-    size: the official FedFed normalisation (its 3, the RGB channel count, is kept for grey images
-    too, so that ``weight_kl`` means what it means there)."""
+    """KL divergence to the standard normal, with the official FedFed normalisation.
+
+    KL(N(mu, exp(logvar)) || N(0, I)) summed over batch and latent, divided by batch x 3 x latent size: the
+    official FedFed normalisation (its 3, the RGB channel count, is kept for grey images too, so that
+    ``weight_kl`` means what it means there).
+    """
     batch, latent = mu.shape
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / (batch * 3 * latent)

@@ -10,8 +10,11 @@ from fedsim.models import embedding
 
 
 class ProjectionModel(nn.Module):
-    """A zoo model up to its penultimate layer (``embedding``) followed by a 2-layer MLP projector
-    to ``out_dim``: the last linear layer is replaced by the projector, as in SimCLR."""
+    """A zoo model with a SimCLR projector in place of its last linear layer.
+
+    A zoo model up to its penultimate layer (``embedding``) followed by a 2-layer MLP projector to
+    ``out_dim``: the last linear layer is replaced by the projector, as in SimCLR.
+    """
 
     def __init__(self, backbone: nn.Module, input_shape: tuple[int, int, int], out_dim: int = 128) -> None:
         super().__init__()

@@ -1,5 +1,8 @@
-"""ResNet-18 for small (32x32-like) images, as used by FedFed, FedImpro and Twin-sight:
-a 3x3 stride-1 stem without max pooling, then the four standard stages (He et al., 2016)."""
+"""ResNet-18 for small (32x32-like) images.
+
+As used by FedFed, FedImpro and Twin-sight: a 3x3 stride-1 stem without max pooling, then the four standard
+stages (He et al., 2016).
+"""
 
 from __future__ import annotations
 

@@ -25,8 +25,11 @@ from typing_extensions import override
 
 
 def block_mask(h: int, w: int, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flat indices of ``count`` grid cells chosen as BEiT-style random rectangles (aspect 0.3..3.3),
-    topped up with random cells when the blocks overshoot the grid."""
+    """Flat indices of ``count`` grid cells in BEiT-style random rectangles.
+
+    Flat indices of ``count`` grid cells chosen as BEiT-style random rectangles (aspect 0.3..3.3), topped up
+    with random cells when the blocks overshoot the grid.
+    """
     mask = torch.zeros(h, w, dtype=torch.bool)
     for _ in range(10 * count):
         remaining = count - int(mask.sum())
@@ -228,8 +231,11 @@ class ViT(nn.Module):
         return aux if (self.training and aux is not None) else 0.0
 
     def assume_jigsawed(self, slots: torch.Tensor | None) -> None:
-        """An adaptive attacker's replay: ``slots`` take the unknown embedding (order unknown, so none
-        is permuted); None: back to normal."""
+        """An adaptive attacker's replay: the jigsawed ``slots`` take the unknown embedding.
+
+        An adaptive attacker's replay: ``slots`` take the unknown embedding (order unknown, so none is
+        permuted); None: back to normal.
+        """
         if not isinstance(self.positions, MJPPositions):
             raise ValueError("assume_jigsawed needs position_embedding=mjp")
         self.positions.known_slots = slots

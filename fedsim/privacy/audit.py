@@ -1,5 +1,7 @@
-"""The final-model audit: how much a run's trained model leaks through one client's single-image
-gradient, the setting of the gradient-inversion and MJP papers' evaluations.
+"""The final-model audit.
+
+How much a run's trained model leaks through one client's single-image gradient, the setting of the
+gradient-inversion and MJP papers' evaluations.
 
 With ``attack.final_model=true`` a gradient-inversion attack does not observe the round updates;
 after the last round it attacks the final global model instead: ``num_images`` training images of

@@ -91,8 +91,11 @@ def dp_sgd_gradient(
 
 @dataclass(frozen=True)
 class VictimProtocol:
-    """How the victim computes what it sends: one gradient when a single step covers all its images
-    (``local_epochs`` 1 and a local batch of at least ``batch_size``), else a FedAvg weight delta."""
+    """How the victim computes what it sends.
+
+    One gradient when a single step covers all its images (``local_epochs`` 1 and a local batch of at least
+    ``batch_size``), else a FedAvg weight delta.
+    """
 
     batch_size: int = 1
     local_epochs: int = 1
@@ -153,8 +156,11 @@ class VictimAttack:
 
 
 def reference_images(dataset: Any, picks: torch.Tensor, seed: int) -> torch.Tensor:
-    """One other training image per victim (a seeded draw): what an attacker scores with a random
-    image of the same data, the level below which a reconstruction shows nothing of the victim."""
+    """One other training image per victim: the random-image reference.
+
+    One other training image per victim (a seeded draw): what an attacker scores with a random image of the
+    same data, the level below which a reconstruction shows nothing of the victim.
+    """
     others = np.setdiff1d(np.arange(len(dataset.y_train)), picks.numpy())
     return torch.from_numpy(rng(seed, "attack-reference").choice(others, len(picks), replace=False))
 
@@ -169,8 +175,11 @@ def attack_victims(
     seed: int,
     lpips_home: str | None = None,
 ) -> VictimAttack:
-    """Attack the training images ``picks``, ``protocol.batch_size`` of them behind each observed update,
-    and score each reconstruction beside a random other image's score (``reference_psnr``/``_ssim``)."""
+    """Attack the training images ``picks`` and score each reconstruction.
+
+    Attack the training images ``picks``, ``protocol.batch_size`` of them behind each observed update, and
+    score each reconstruction beside a random other image's score (``reference_psnr``/``_ssim``).
+    """
     space = ImageSpace.of(dataset)
     references = reference_images(dataset, picks, seed)
     originals: list[torch.Tensor] = []

@@ -1,7 +1,9 @@
-"""The ClientApp mods of a run's privacy plug-ins: an attack observer (outermost) sees exactly what the
-server receives and records the leakage (metrics under ``<run>/attacks/round_XXXX/``, which
-:class:`AttackRoundMeans` adds to the round's metrics, and a grid image); an update defence (local
-DP, pruning) transforms the model update before it leaves the client."""
+"""The ClientApp mods of a run's privacy plug-ins.
+
+An attack observer (outermost) sees exactly what the server receives and records the leakage (metrics under
+``<run>/attacks/round_XXXX/``, which :class:`AttackRoundMeans` adds to the round's metrics, and a grid image);
+an update defence (local DP, pruning) transforms the model update before it leaves the client.
+"""
 
 from __future__ import annotations
 
@@ -100,9 +102,12 @@ def client_mods(
 
 
 class AttackRoundMeans(RoundObserver):
-    """A :class:`~fedsim.server_loop.RoundObserver`: the round's mean leakage over the clients its
-    attack observed (``attack_<metric>``), and in round 1 that of what clients shared before the
-    first round (``attack_setup_<metric>``, FedFed's shared features)."""
+    """The round's mean leakage over the clients the attack observed.
+
+    A :class:`~fedsim.server_loop.RoundObserver`: the round's mean leakage over the clients its attack
+    observed (``attack_<metric>``), and in round 1 that of what clients shared before the first round
+    (``attack_setup_<metric>``, FedFed's shared features).
+    """
 
     def __init__(self, run_dir: str) -> None:
         self.run_dir = run_dir

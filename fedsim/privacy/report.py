@@ -1,5 +1,8 @@
-"""Attack outputs: per-attack JSON records, grid images (originals over reconstructions), tables,
-and the per-round means a federated run adds to metrics.jsonl."""
+"""Attack outputs.
+
+Per-attack JSON records, grid images (originals over reconstructions), tables, and the per-round means a
+federated run adds to metrics.jsonl.
+"""
 
 from __future__ import annotations
 

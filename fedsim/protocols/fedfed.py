@@ -1,5 +1,8 @@
-"""FedFed's protocol (``strategies/fedfed.py``, ``clients/fedfed.py``): the phases a train message
-names, the record keys of the shared copies, and the (G, f) pair both sides build for distillation."""
+"""FedFed's protocol.
+
+FedFed's protocol (``strategies/fedfed.py``, ``clients/fedfed.py``): the phases a train message names, the
+record keys of the shared copies, and the (G, f) pair both sides build for distillation.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""The records and keys every algorithm's messages use (Flower ``RecordDict`` names and the keys
-inside its records); an algorithm's own are in its module of :mod:`fedsim.protocols`."""
+"""The records and keys every algorithm's messages use.
+
+The records and keys every algorithm's messages use (Flower ``RecordDict`` names and the keys inside its
+records); an algorithm's own are in its module of :mod:`fedsim.protocols`.
+"""
 
 ARRAYS = "arrays"  # the model a message carries (ArrayRecord)
 CONFIG = "config"  # instructions (ConfigRecord): SERVER_ROUND and the algorithm's keys

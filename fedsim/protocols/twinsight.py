@@ -1,5 +1,8 @@
-"""Twin-sight's protocol (``strategies/twinsight.py``, ``clients/twinsight.py``): the unsupervised
-model both sides build (the server its initial weights, clients their local copy)."""
+"""Twin-sight's protocol.
+
+Twin-sight's protocol (``strategies/twinsight.py``, ``clients/twinsight.py``): the unsupervised model both
+sides build (the server its initial weights, clients their local copy).
+"""
 
 from __future__ import annotations
 

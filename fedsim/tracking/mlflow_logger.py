@@ -31,8 +31,11 @@ def default_tracking_uri() -> str:
 
 @contextmanager
 def store_lock(uri: str):
-    """Hold a file lock beside a SQLite store while opening it: runs of a sweep started together
-    would otherwise create its tables at the same time (and fail on 'duplicate column')."""
+    """Hold a file lock beside a SQLite store while opening it.
+
+    Runs of a sweep started together would otherwise create its tables at the same time (and fail on
+    'duplicate column').
+    """
     if not uri.startswith("sqlite:///"):
         yield
         return

@@ -82,8 +82,11 @@ class GradientInversion(ABC):
     unroll_limit: int = spec("replay local training when the client held at most this many samples", ge=0, default=32)
 
     def plan(self, obs: Observation, n: int, space: ImageSpace, generator: torch.Generator):
-        """(unroll, n, labels, target): replay the local steps when the sample count allows, else
-        treat a delta as a mean gradient of ``n`` dummy samples."""
+        """How to attack an observation: replay or mean gradient, how many images, which labels.
+
+        (unroll, n, labels, target): replay the local steps when the sample count allows, else treat a delta
+        as a mean gradient of ``n`` dummy samples.
+        """
         unroll = obs.kind == "delta" and obs.num_examples <= self.unroll_limit
         if unroll or obs.kind == "gradient":
             n = obs.num_examples

@@ -34,8 +34,11 @@ def membership_signals(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor)
 
 @dataclass
 class MembershipInference(Attack):
-    """Membership inference on a client's returned model: members (its training samples) against
-    non-members (test samples), scored by loss, confidence and entropy (AUROC, TPR at low FPR).
+    """Membership inference on a client's returned model.
+
+    Members (its training samples) against non-members (test samples), scored by loss, confidence and entropy
+    (AUROC, TPR at low FPR).
+
     """
 
     max_samples: int = spec("members and non-members scored", ge=1, default=500)

@@ -98,8 +98,10 @@ def local_update(
 
 
 def replay(obs: Observation, x: torch.Tensor, y: torch.Tensor, unroll: bool, create_graph: bool = True) -> Tensors:
-    """What the server would have seen had the client held (x, y): a gradient, or the local delta
-    when ``unroll`` (the replayed update then has the observed update's kind)."""
+    """What the server would have seen had the client held (x, y).
+
+    A gradient, or the local delta when ``unroll`` (the replayed update then has the observed update's kind).
+    """
     params = {k: v.detach().requires_grad_(True) for k, v in obs.parameters().items()}
     if obs.kind == "delta" and unroll:
         return local_update(obs.model, params, x, y, obs, create_graph)
@@ -107,8 +109,11 @@ def replay(obs: Observation, x: torch.Tensor, y: torch.Tensor, unroll: bool, cre
 
 
 def observe_update(obs_model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str, **protocol) -> Observation:
-    """A victim's true update on (x, y): the same local training an attacker replays (stand-alone
-    evaluation; in a federated run the observer reads the real reply instead)."""
+    """A victim's true update on (x, y).
+
+    The same local training an attacker replays (stand-alone evaluation; in a federated run the observer reads
+    the real reply instead).
+    """
     obs = Observation(obs_model, {}, kind, num_examples=len(y), **protocol)
     obs.update = {k: v.detach() for k, v in replay(obs, x, y, unroll=True, create_graph=False).items()}
     return obs

@@ -50,8 +50,11 @@ def decoder(channels: int, width: int = 32) -> nn.Module:
 
 
 def combine_copies(copies: list[torch.Tensor], sigmas: list[float]) -> tuple[torch.Tensor, float]:
-    """Inverse-variance weighted mean of noised copies of one signal (independent noise of std
-    ``sigmas``), and the noise std of that mean; a noiseless copy is the signal itself."""
+    """Inverse-variance weighted mean of noised copies of one signal, and its noise std.
+
+    Inverse-variance weighted mean of noised copies of one signal (independent noise of std ``sigmas``), and
+    the noise std of that mean; a noiseless copy is the signal itself.
+    """
     for copy, sigma in zip(copies, sigmas):
         if sigma == 0:
             return copy, 0.0
@@ -61,7 +64,7 @@ def combine_copies(copies: list[torch.Tensor], sigmas: list[float]) -> tuple[tor
 
 
 def fixed_point_inversion(generator: nn.Module, x_s: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
-    """argmin over x in [0, 1] of ||x - G(x) - x_s||^2, by Adam with the box enforced after each step."""
+    """The x in [0, 1] minimising ||x - G(x) - x_s||^2, by Adam with the box enforced after each step."""
     with torch.no_grad():
         x = (x_s + generator(x_s.clamp(0, 1))[0]).clamp(0, 1)
     x.requires_grad_(True)
@@ -78,8 +81,11 @@ def fixed_point_inversion(generator: nn.Module, x_s: torch.Tensor, steps: int, l
 
 @dataclass
 class SharedFeatureInversion(Attack):
-    """Attack on FedFed's shared features: a decoder trained on public data, and the fixed-point inversion
-    min_x ||x - G(x) - x_s||^2 through the generator G the server knows.
+    """Attack on FedFed's shared features.
+
+    A decoder trained on public data, and the fixed-point inversion min_x ||x - G(x) - x_s||^2 through the
+    generator G the server knows.
+
     """
 
     decoder_steps: int = spec("training steps of the decoder on public data", ge=0, default=300)

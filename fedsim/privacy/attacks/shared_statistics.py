@@ -25,8 +25,10 @@ from fedsim.seeding import torch_generator
 
 @dataclass
 class StatisticsInversion(Attack):
-    """Attack on FedImpro's shared per-class feature statistics: images whose features match a class's
-    shared mean and variance.
+    """Attack on FedImpro's shared per-class feature statistics.
+
+    Images whose features match a class's shared mean and variance.
+
     """
 
     iterations: int = spec("Adam iterations", ge=1, default=200)

@@ -176,13 +176,15 @@ class CentralDP(GaussianMechanism):
 
 
 class CentralDPStrategy:
-    """DP-FedAvg (McMahan et al., ICLR 2018) around a fedsim strategy, in the manner of Flower's DP
-    wrapper strategies: it changes aggregation (each update clipped to ``clip``, an equal-weight
-    mean, Gaussian noise of std ``noise_multiplier * clip / K``) and never lets replies be summed
-    where they are produced (the clipping needs each update); every other method is the wrapped
+    """DP-FedAvg (McMahan et al., ICLR 2018) around a fedsim strategy.
+
+    In the manner of Flower's DP wrapper strategies: it changes aggregation (each update clipped to ``clip``,
+    an equal-weight mean, Gaussian noise of std ``noise_multiplier * clip / K``) and never lets replies be
+    summed where they are produced (the clipping needs each update); every other method is the wrapped
     strategy's, forwarded below one by one.
 
     Only a strategy that keeps FedAvg's aggregation can be wrapped (FedAvg, FedProx, FixMatch, ...).
+
     """
 
     def __init__(self, inner: FedsimStrategy, mechanism: CentralDP) -> None:

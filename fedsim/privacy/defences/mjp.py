@@ -1,6 +1,8 @@
-"""Masked Jigsaw Puzzle (Ren et al., CVPR 2023) as a defence setting: it is a ViT position
-embedding (models/vit.py), so the defence is its settings: the model reads them
-(:func:`fedsim.models.vit.mjp_options`), privacy evaluations read ``eval_ratio``."""
+"""Masked Jigsaw Puzzle (Ren et al., CVPR 2023) as a defence setting.
+
+It is a ViT position embedding (models/vit.py), so the defence is its settings: the model reads them
+(:func:`fedsim.models.vit.mjp_options`), privacy evaluations read ``eval_ratio``.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +13,11 @@ from fedsim.params import spec
 
 @dataclass
 class MJP:
-    """Masked Jigsaw Puzzle (Ren et al., CVPR 2023): a ViT position embedding that jigsaws a fraction of
-    the patches in training and learns to localise them, so that gradients reveal little of the input.
+    """Masked Jigsaw Puzzle (Ren et al., CVPR 2023): MJP's position embedding settings.
+
+    Masked Jigsaw Puzzle (Ren et al., CVPR 2023): a ViT position embedding that jigsaws a fraction of the
+    patches in training and learns to localise them, so that gradients reveal little of the input.
+
     """
 
     ratio: float = spec("fraction of patches jigsawed in training", ge=0, le=1, default=0.1)

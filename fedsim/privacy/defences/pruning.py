@@ -1,5 +1,7 @@
-"""Gradient pruning (Zhu et al., NeurIPS 2019, the DLG paper's defence): each client zeroes the
-``ratio`` smallest-magnitude entries of every array of its update before sending it."""
+"""Gradient pruning (Zhu et al., NeurIPS 2019, the DLG paper's defence).
+
+Each client zeroes the ``ratio`` smallest-magnitude entries of every array of its update before sending it.
+"""
 
 from __future__ import annotations
 

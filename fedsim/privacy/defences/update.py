@@ -38,8 +38,11 @@ def with_update(sent: ArrayRecord, returned: ArrayRecord, update: Tensors) -> Ar
 
 
 class UpdateDefence(ABC):
-    """A defence that changes a client's model update before it is sent (local DP, pruning); the
-    ClientApp mod :func:`fedsim.privacy.mods.defence_mod` applies it to every train reply."""
+    """A defence that changes a client's model update before it is sent.
+
+    A defence that changes a client's model update before it is sent (local DP, pruning); the ClientApp mod
+    :func:`fedsim.privacy.mods.defence_mod` applies it to every train reply.
+    """
 
     @abstractmethod
     def transform_update(self, update: Tensors, generator: torch.Generator) -> Tensors:
