@@ -151,7 +151,8 @@ def matching_group(better: list[str], groups: list[str], configs) -> str | None:
     named = {item.split("=", 1)[0] for g in groups for item in g.split(", ")}
     for item in better:
         key, value = item.split("=", 1)
-        if key not in named and (key not in configs or value not in set(as_text(configs[[key]])[key]) - {""}):
+        column = f"{key}.name" if f"{key}.name" in configs else key  # a group (partition) means its option
+        if key not in named and (column not in configs or value not in set(as_text(configs[[column]])[column]) - {""}):
             return None
     wanted = {item for item in better if item.split("=", 1)[0] in named}
     return next((g for g in groups if wanted <= set(g.split(", "))), None)

@@ -101,3 +101,13 @@ def test_a_claimed_group_is_matched_on_the_keys_that_vary_and_the_values_the_run
     )  # its runs are not there
     both = ["strategy=twinsight, strategy.np_weight=0.015625", "strategy=twinsight, strategy.np_weight=1.0"]
     assert match(["strategy=twinsight", "strategy.np_weight=1.0"], both, configs) == both[1]
+
+
+def test_a_group_option_that_does_not_vary_is_matched_on_its_name():
+    import pandas as pd
+
+    groups = ["strategy=dispfl", "strategy=dpsgd"]  # only Dirichlet runs so far: partition does not vary
+    configs = pd.DataFrame({"strategy.name": ["dispfl", "dpsgd"], "partition.name": ["dirichlet", "dirichlet"]})
+    match = reproductions.matching_group
+    assert match(["strategy=dispfl", "partition=dirichlet"], groups, configs) == "strategy=dispfl"
+    assert match(["strategy=dispfl", "partition=shards"], groups, configs) is None
