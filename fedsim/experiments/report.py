@@ -104,8 +104,19 @@ def baseline_runs(configs: pd.DataFrame, baseline: list[str]) -> tuple[pd.Series
     return mask, family
 
 
+def late_trend(values: np.ndarray, last: int) -> float:
+    """How much a curve still moves at its end.
+
+    The mean of the last ``last`` evaluations minus the mean of the ``last`` before (fewer where the
+    run has fewer than twice as many; NaN with fewer than two): near 0 once a curve has levelled off,
+    positive while an accuracy still rises.
+    """
+    k = min(last, values.size // 2)
+    return float(values[-k:].mean() - values[-2 * k : -k].mean()) if k >= 1 else math.nan
+
+
 def run_figures(metrics: pd.DataFrame, metric: str, last: int, target: float | None) -> pd.DataFrame:
-    """Per run: final, best, mean of the last ``last`` evaluations, rounds to ``target``, traffic per round."""
+    """Per run: final, best, mean of the last ``last`` evaluations, late trend, rounds to ``target``, traffic."""
     rows = {}
     for run, frame in metrics.groupby("run", sort=False):
         evaluated = frame.dropna(subset=[metric]) if metric in frame else frame.iloc[0:0]
@@ -115,6 +126,7 @@ def run_figures(metrics: pd.DataFrame, metric: str, last: int, target: float | N
             "final": values[-1] if values.size else math.nan,
             "best": (values.min() if lower_is_better(metric) else values.max()) if values.size else math.nan,
             "last": values[-last:].mean() if values.size else math.nan,
+            "trend": late_trend(values, last),
         }
         if target is not None:
             reached = (
@@ -189,7 +201,7 @@ def build_report(runs: RunTable, options: ReportOptions) -> Report:
                 f"{label}: several runs share a seed ({', '.join(map(str, frame['seed'][frame['seed'].duplicated()]))})"
             )
     order = list(dict.fromkeys(labels))
-    stat_columns = ["final", "best", "last"] + [c for c in ("rounds_to_target", *TRAFFIC) if c in figures]
+    stat_columns = ["final", "best", "last", "trend"] + [c for c in ("rounds_to_target", *TRAFFIC) if c in figures]
     grouped = figures.groupby("group", sort=False)
     table = pd.DataFrame({"group": order}).set_index("group")
     table["n"] = grouped.size()

@@ -26,6 +26,11 @@ def _mean_std(mean: float, std: float, scale: float, digits: int) -> str:
     return text if text == "-" or math.isnan(std) else f"{text} ± {_number(std, scale, digits)}"
 
 
+def _signed(value: float, scale: float) -> str:
+    text = _number(value, scale, 2)
+    return text if text == "-" or text.startswith("-") else f"+{text}"
+
+
 def markdown_table(report: Report) -> str:
     """The report's table in Markdown: per group n, final, best and last-k means, traffic, paired differences."""
     options, table = report.options, report.table
@@ -36,6 +41,7 @@ def markdown_table(report: Report) -> str:
         columns[f"{title.format(last=options.last)}{unit}"] = [
             _mean_std(m, s, scale, 2) for m, s in zip(table[stat], table[stat + "_std"])
         ]
+    columns[f"trend{unit}"] = [_signed(m, scale) for m in table["trend"]]
     if "rounds_to_target" in table:
         columns[f"rounds to {options.target:g}"] = [
             f"{_mean_std(m, s, 1, 1)} ({k}/{n})"
@@ -60,7 +66,7 @@ def markdown_table(report: Report) -> str:
             )
         ]
         columns["p (paired t)"] = ["" if math.isnan(p) else f"{p:.3g}" for p in table["p"]]
-    return pd.DataFrame(columns).to_markdown(index=False)
+    return pd.DataFrame(columns).to_markdown(index=False, disable_numparse=True)  # keep the digits as formatted
 
 
 def legend(report: Report, paths: list[str]) -> str:
@@ -69,6 +75,8 @@ def legend(report: Report, paths: list[str]) -> str:
     lines = [
         f"{report.num_runs} runs in {len(report.table)} groups from {', '.join(paths)}; metric `{options.metrics[0]}`.",
         "Mean ± standard deviation over seeds (n runs); final = last evaluated round; best = best round.",
+        f"trend = mean of the last {options.last} evaluations minus that of the {options.last} before, averaged "
+        "over seeds: a curve that has levelled off is near 0; one that still rises calls for longer runs.",
     ]
     if options.baseline:
         lines.append(
