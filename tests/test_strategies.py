@@ -179,3 +179,23 @@ def test_a_bad_strategy_value_fails_when_the_strategy_is_built():
 
     with pytest.raises(ConfigError, match="strategy.mu=-1"):
         strategy_from_config(compose(["strategy=fedprox", "strategy.mu=-1"]), ["w"])
+
+
+def test_default_params_are_the_config_files_typed_and_checked():
+    from omegaconf import OmegaConf
+
+    from fedsim.config import CONFIG_DIR
+    from fedsim.errors import ConfigError
+    from strategies import default_params
+
+    for name in group_options("strategy"):
+        params = default_params(name)
+        yaml = OmegaConf.load(CONFIG_DIR / "strategy" / f"{name}.yaml")
+        assert {k: getattr(params, k) for k in yaml if k != "setting"} == {
+            k: v for k, v in OmegaConf.to_container(yaml).items() if k != "setting"
+        }, name
+    assert default_params("fedprox", mu=0.5).mu == 0.5
+    with pytest.raises(ConfigError, match=r"strategy.mu=-1: must be >= 0"):
+        default_params("fedprox", mu=-1)
+    with pytest.raises(ConfigError, match="no such key; did you mean strategy.mu"):
+        default_params("fedprox", muu=0.1)
