@@ -21,15 +21,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "dataset=digits",
-    "model=mlp",
-    "backend=inprocess",
-    "num_rounds=2",
-    "num_clients=4",
-    "clients_per_round=2",
-    "seed=3",
-]
+TINY = "dataset=digits model=mlp backend=inprocess num_rounds=2 num_clients=4 clients_per_round=2 seed=3".split()
 EXTRA = {"fedsa": ["model=cnn"], "fedfed": ["strategy.distill_rounds=1"]}
 
 
