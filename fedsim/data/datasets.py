@@ -43,7 +43,8 @@ class ImageDataset:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of one image."""
-        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+        channels, height, width = self.x_train.shape[1:]
+        return (channels, height, width)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images -> float32, scaled to [0, 1] then standardised per channel."""

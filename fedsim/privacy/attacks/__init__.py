@@ -28,7 +28,7 @@ INVERSIONS: dict[str, Callable[..., Any]] = {
     "inverting_gradients": InvertingGradients,
 }
 # Attacks on other shared information.
-OBSERVERS: dict[str, Callable[..., Attack]] = {
+OBSERVERS: dict[str, type[Attack]] = {
     "feature_inversion": SharedFeatureInversion,
     "statistics_inversion": StatisticsInversion,
     "membership": MembershipInference,
@@ -67,10 +67,11 @@ SCHEDULE_KEYS = tuple(f.name for f in fields(AttackSchedule))
 def attack_schemas(name: str) -> tuple[type, type]:
     """(the schedule schema, the schema of the attack's own keys: its class) of attack ``name``."""
     if name in INVERSIONS:
-        method = INVERSIONS[name]
-        return AttackSchedule, DLG if name == "idlg" else method  # type: ignore[return-value]
+        schema = DLG if name == "idlg" else INVERSIONS[name]  # idlg's builder is DLG with idlg=True
+        assert isinstance(schema, type)
+        return AttackSchedule, schema
     if name in OBSERVERS:
-        return AttackSchedule, OBSERVERS[name]  # type: ignore[return-value]
+        return AttackSchedule, OBSERVERS[name]
     raise ConfigError(f"unknown attack '{name}': choose one of {', '.join(sorted({**INVERSIONS, **OBSERVERS}))}")
 
 
