@@ -117,20 +117,21 @@ def _value(record: ConfigRecord | MetricRecord, key: str, default: Any) -> Any:
     return record[key] if default is _MISSING else record.get(key, default)
 
 
-def number(record: ConfigRecord | MetricRecord, key: str, default: float = _MISSING) -> float:
-    """``record[key]`` (or ``default`` where absent) as a float; TypeError if it is not a number."""
+def _numeric(record: ConfigRecord | MetricRecord, key: str, default: Any) -> int | float:
     value = _value(record, key, default)
     if not isinstance(value, (int, float)):
         raise TypeError(f"record value '{key}' is {type(value).__name__}, expected a number")
-    return float(value)
+    return value
+
+
+def number(record: ConfigRecord | MetricRecord, key: str, default: float = _MISSING) -> float:
+    """``record[key]`` (or ``default`` where absent) as a float; TypeError if it is not a number."""
+    return float(_numeric(record, key, default))
 
 
 def integer(record: ConfigRecord | MetricRecord, key: str, default: int = _MISSING) -> int:
     """``record[key]`` (or ``default`` where absent) as an int; TypeError if it is not a number."""
-    value = _value(record, key, default)
-    if not isinstance(value, (int, float)):
-        raise TypeError(f"record value '{key}' is {type(value).__name__}, expected a number")
-    return int(value)
+    return int(_numeric(record, key, default))
 
 
 def numbers(record: ConfigRecord | MetricRecord, key: str) -> list[float]:
