@@ -33,7 +33,7 @@ from fedsim.protocols.messages import (
     SUBSET_ACCURACY,
     TRAIN_LOSS,
 )
-from fedsim.records import arrays_of, config_of, integer, load_record, model_to_record, number
+from fedsim.records import arrays_of, config_of, integer, load_record, model_reply, number
 from fedsim.seeding import seed_torch, torch_generator
 
 
@@ -150,7 +150,7 @@ class Client:
         torch.optim.Optimizer
             With no state from earlier rounds (wrapped by DP-SGD where that defence is on).
         """
-        return make_optimizer(model, self.env.cfg.optimizer, lr)
+        return make_optimizer(model, self.env.train_settings().optimizer, lr)
 
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss of one local step (a forward pass and :meth:`loss` by default).
@@ -226,7 +226,7 @@ class Client:
         model = self.env.model
         load_record(model, arrays_of(content))
         stats = self.fit(model, config, server_round)
-        return RecordDict({ARRAYS: model_to_record(model), METRICS: self.metrics(stats)})
+        return RecordDict({ARRAYS: model_reply(model), METRICS: self.metrics(stats)})
 
     def evaluate(self, content: RecordDict, server_round: int) -> RecordDict:
         """The reply to an evaluate message: the received model scored on the client's own test split.

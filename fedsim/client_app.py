@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property, lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -136,16 +136,16 @@ class ClientRuntime:
         loaded = load_device_data(Path(self.cfg.data_dir), ds.input_shape, ds.num_classes)
         return {part: LocalData(x, y, ds) for part, (x, y) in loaded.items()}
 
-    def client_data(self, client_id: int) -> tuple[LocalData, LocalData, LocalData]:
-        """(labeled, unlabeled, test) samples of a client."""
+    def client_data(self, client_id: int) -> tuple[LocalData, LocalData, Callable[[], LocalData]]:
+        """(labeled, unlabeled) samples of a client and what builds its test samples (most rounds never do)."""
         if self.device_data is not None:
             train, test = self.device_data["train"], self.device_data["test"]
-            return train, LocalData(train.x[:0], train.y[:0], train.dataset), test
+            return train, LocalData(train.x[:0], train.y[:0], train.dataset), lambda: test
         split = self.splits[client_id]
         return (
             self.local_data(split.labeled),
             self.local_data(split.unlabeled),
-            self.local_data(self.test_splits[client_id], test=True),
+            partial(self.local_data, self.test_splits[client_id], test=True),
         )
 
     def train_sizes(self) -> dict[int, int]:
@@ -157,13 +157,13 @@ class ClientRuntime:
 
     def client(self, client_id: int) -> ClientUpdate:
         """The client update of ``client_id``, built on this process's shared model and data."""
-        data, unlabeled, test = self.client_data(client_id)
+        data, unlabeled, test_split = self.client_data(client_id)
         env = ClientEnv(
             client_id=client_id,
             cfg=self.cfg,
             data=data,
             unlabeled=unlabeled,
-            test=test,
+            test_split=test_split,
             model=self.model,
             device=self.device,
             state=ClientStateStore(self.state_root, client_id),

@@ -7,7 +7,9 @@ run's defence and settings (the contract between :mod:`fedsim.client_app` and th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
 import torch
@@ -38,12 +40,13 @@ class TrainSettings:
     seed: int
     clip_norm: float | None
     augment: bool
+    optimizer: Any  # the run's optimizer config node (``cfg.optimizer``)
 
     @classmethod
     def of(cls, cfg: Any) -> TrainSettings:
         """The settings read out of a run config."""
         clip = cfg.optimizer.get("clip_norm")
-        return cls(int(cfg.seed), None if clip is None else float(clip), augmented(cfg))
+        return cls(int(cfg.seed), None if clip is None else float(clip), augmented(cfg), cfg.optimizer)
 
 
 @dataclass
@@ -54,12 +57,17 @@ class ClientEnv:
     cfg: Any  # the resolved run config (DictConfig)
     data: LocalData  # labeled samples
     unlabeled: LocalData  # samples whose labels the client may not use (semi-supervised splits)
-    test: LocalData  # the client's own test set (its label distribution), for personalized evaluation
+    test_split: Callable[[], LocalData]  # builds the client's own test set (see ``test``)
     model: nn.Module  # one instance per process, overwritten by the received weights each round
     device: torch.device
     state: ClientStateStore
     defence: Any = None  # the run's defence (fedsim.privacy.defences), if any
     settings: TrainSettings | None = None  # the run's, where the runtime has read them (else from cfg)
+
+    @cached_property
+    def test(self) -> LocalData:
+        """The client's own test set (its label distribution), for personalized evaluation; built on first use."""
+        return self.test_split()
 
     def train_settings(self) -> TrainSettings:
         """The run's train settings (read from ``cfg`` where the runtime did not provide them)."""

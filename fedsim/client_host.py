@@ -11,7 +11,7 @@ from __future__ import annotations
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsim.records import arrays_of
+from fedsim.records import arrays_of, consumed_at_once
 from fedsim.reduction import PartialSum, ReplyReducer
 
 
@@ -56,5 +56,6 @@ class ClientHost:
         """Deliver train ``messages`` (all carrying the same global 'arrays') and sum the replies."""
         reducer = ReplyReducer(arrays_of(messages[0].content), param_keys, held)
         for msg in messages:
-            reducer.add(client_of_node(msg.metadata.dst_node_id), self.deliver(msg))
+            with consumed_at_once():  # each reply is summed before the next client runs: it may lend its model
+                reducer.add(client_of_node(msg.metadata.dst_node_id), self.deliver(msg))
         return reducer.sum

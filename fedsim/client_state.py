@@ -9,7 +9,7 @@ can need any more are pruned. Idle clients cost disk only, no memory.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import torch
@@ -26,8 +26,17 @@ class ClientStateStore:
     """A client's files across rounds: its state per round (kept up to the last checkpoint) and shared payloads."""
 
     def __init__(self, root: str | Path, client_id: int) -> None:
-        self.folder = Path(root) / f"{client_id:06d}"
-        self.shared = Path(root) / SHARED
+        self.root, self.client_id = root, client_id  # paths built on first use: most clients never store
+
+    @cached_property
+    def folder(self) -> Path:
+        """The folder of the client's versioned state files."""
+        return Path(self.root) / f"{self.client_id:06d}"
+
+    @cached_property
+    def shared(self) -> Path:
+        """Payloads stored once per content, shared by the clients of this root."""
+        return Path(self.root) / SHARED
 
     def keep_shared(self, digest: str, tensors: dict[str, torch.Tensor]) -> None:
         """Keep a large payload under its content digest.

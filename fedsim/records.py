@@ -13,7 +13,8 @@ from __future__ import annotations
 import io
 import math
 import weakref
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any, TypeVar
 
@@ -180,6 +181,99 @@ def model_to_record(model: nn.Module) -> ArrayRecord:
     return tensor_record({k: v.detach().to("cpu", copy=True) for k, v in model_state(model).items()})
 
 
+def model_reply(model: nn.Module) -> ArrayRecord:
+    """The model's full state for a train reply: lent inside :func:`consumed_at_once`, else copied.
+
+    Inside :func:`consumed_at_once` (a host that reads each reply before it runs the next client) the
+    record lends the model's own tensors instead of copying them; outside, it is
+    :func:`model_to_record`. A lent array read after the model has changed raises instead of giving other
+    values.
+    """
+    state = model_state(model)
+    if not _lending or any(tensor.device.type != "cpu" for tensor in state.values()):
+        return model_to_record(model)
+    loan = _Loan()
+    _lending[-1].append(loan)
+    record = ArrayRecord()  # filled item by item, as in tensor_record
+    for key, tensor in state.items():
+        loan.tensors.append((tensor, _storage_uses(tensor)))
+        record[key] = LentTensorArray(tensor.detach(), loan)
+    return record
+
+
+@contextmanager
+def consumed_at_once() -> Iterator[None]:
+    """A host's promise: each reply made inside is read before the model that made it changes.
+
+    :func:`model_reply` lends the model's tensors inside it. On leaving, a model tensor that something
+    still references (a kept reply, a tensor or a view taken from it) moves to a copy of its values, so
+    that whoever kept the lent values keeps them, unchanged and readable.
+    """
+    loans: list[_Loan] = []
+    _lending.append(loans)
+    try:
+        yield
+    finally:
+        _lending.pop()
+        for loan in loans:
+            for tensor, uses in loan.tensors:
+                if _storage_uses(tensor) > uses:
+                    tensor.data = tensor.data.clone()
+                    loan.settled = True
+            loan.tensors.clear()
+
+
+class _Loan:
+    """The model tensors one reply lent, with their storages' use counts before; settled once kept."""
+
+    __slots__ = ("settled", "tensors")
+
+    def __init__(self) -> None:
+        self.tensors: list[tuple[torch.Tensor, int]] = []
+        self.settled = False  # the model moved to copies: the lent storages are no longer written
+
+
+_lending: list[list[_Loan]] = []  # the open consumed_at_once scopes, innermost last
+
+
+def _storage_uses(tensor: torch.Tensor) -> int:
+    """How many tensors (the temporary storage handle included) share ``tensor``'s storage."""
+    return int(torch._C._storage_Use_Count(tensor.untyped_storage()._cdata))
+
+
+class LentTensorArray(TensorArray):
+    """A :class:`TensorArray` over a model's own tensor, valid while the model leaves it unchanged.
+
+    Made by :func:`model_reply` inside :func:`consumed_at_once`. Reading it after the model wrote the
+    tensor in place (trained or loaded again) raises ``RuntimeError``; it pickles as a plain copy.
+    """
+
+    __qualname__ = "Array"
+
+    def __init__(self, tensor: torch.Tensor, loan: _Loan) -> None:
+        super().__init__(tensor)
+        self.__dict__.update(_version=tensor._version, _loan=loan)
+
+    @property
+    def _tensor(self) -> torch.Tensor:  # type: ignore[override]
+        tensor: torch.Tensor = self.__dict__["_tensor"]
+        if tensor._version != self.__dict__["_version"] and not self.__dict__["_loan"].settled:
+            raise RuntimeError(
+                "a train reply lent the model's tensors and the model changed before the reply was read: "
+                "the host must read each reply before it runs the next client"
+            )
+        return tensor
+
+    @override
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_owned_copy, (self._tensor,))
+
+
+def _owned_copy(tensor: torch.Tensor) -> TensorArray:
+    """A TensorArray of its own copy of ``tensor`` (what a lent array unpickles to)."""
+    return TensorArray(tensor.clone())
+
+
 def load_record(model: nn.Module, record: ArrayRecord) -> None:
     """Copy an ArrayRecord into the model in place.
 
@@ -273,19 +367,26 @@ def train_reply_problem(
     and arrays (but the model's arrays named in ``checked_elsewhere``, whose finiteness the caller tests), and
     no ``model_problem`` (keys, shapes against the global model).
     """
-    if model_record not in content.array_records or METRICS not in content.metric_records:
+    # Read through get/items: Flower's array_records/metric_records views hold their RecordDict in a reference
+    # cycle, which would keep every checked reply (and the model tensors it lends) alive until the next gc.
+    model, metrics = content.get(model_record), content.get(METRICS)
+    if not isinstance(model, ArrayRecord) or not isinstance(metrics, MetricRecord):
         return f"malformed reply: needs an '{model_record}' ArrayRecord and a 'metrics' MetricRecord"
-    examples = metrics_of(content).get(NUM_EXAMPLES, 0)
+    examples = metrics.get(NUM_EXAMPLES, 0)
     if not isinstance(examples, (int, float)) or not math.isfinite(examples) or examples <= 0:
         return "malformed reply: 'num-examples' missing or not a positive number"
-    bad_metric = non_finite_metric(metrics_of(content))
+    bad_metric = non_finite_metric(metrics)
     if bad_metric:
         return f"returned a non-finite metric '{bad_metric}'"
-    mismatch = model_problem(arrays_of(content, model_record))
+    mismatch = model_problem(model)
     if mismatch:
         return f"returned {mismatch}"
-    for name, record in content.array_records.items():
-        bad = non_finite(record, skip=checked_elsewhere if name == model_record else ())
+    for name, record in content.items():
+        bad = (
+            non_finite(record, skip=checked_elsewhere if name == model_record else ())
+            if isinstance(record, ArrayRecord)
+            else None
+        )
         if bad:
             return f"returned NaN/Inf in '{name}/{bad}'"
     return None

@@ -1,6 +1,8 @@
 """Train replies summed where they are produced give FedAvg's aggregate, checks included; the
 pool engine and the in-process backend run the same clients to the same metrics."""
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +13,11 @@ from omegaconf import OmegaConf
 
 from fedsim.engine import run
 from fedsim.records import (
+    LentTensorArray,
     TensorArray,
+    consumed_at_once,
     from_numpy,
+    model_reply,
     model_to_record,
     npy_header_bytes,
     payload_bytes,
@@ -169,3 +174,75 @@ def test_sums_over_many_blocks_match_the_weighted_mean():
     for key, value in part.arrays.items():
         np.testing.assert_allclose((value / part.examples).numpy(), expected[key], rtol=1e-5, atol=1e-6)
     assert part.examples == sum(weights) and len(part.clients) == len(weights)
+
+
+def _trained_model() -> torch.nn.Module:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    return model
+
+
+def test_a_reply_lends_the_model_only_inside_a_host_promise():
+    model = _trained_model()
+    copied = model_reply(model)
+    assert not any(isinstance(a, LentTensorArray) for a in copied.values())
+    with consumed_at_once():
+        lent = model_reply(model)
+        assert all(isinstance(a, LentTensorArray) for a in lent.values())
+        weight = model[0].weight
+        assert tensor_of(lent["0.weight"]).data_ptr() == weight.data_ptr()  # no copy
+        assert torch.equal(tensor_of(lent["0.weight"]), tensor_of(copied["0.weight"]))
+        assert lent["0.weight"].numpy().tolist() == copied["0.weight"].numpy().tolist()
+
+
+def test_a_lent_reply_read_after_the_model_changed_raises():
+    model = _trained_model()
+    with consumed_at_once():
+        lent = model_reply(model)
+        with torch.no_grad():
+            model[0].weight.add_(1.0)  # the host ran the next client before reading the reply
+        with pytest.raises(RuntimeError, match="model changed before the reply was read"):
+            tensor_of(lent["0.weight"])
+
+
+@pytest.mark.parametrize("keep", ["record", "tensor", "view"])
+def test_what_is_kept_of_a_lent_reply_keeps_its_values(keep):
+    """A reply (or a tensor or view of it) kept past the host's promise moves the model to a copy instead."""
+    model = _trained_model()
+    with consumed_at_once():
+        lent = model_reply(model)
+        before = tensor_of(lent["0.weight"]).clone()
+        kept = {"record": lent, "tensor": tensor_of(lent["0.weight"]), "view": tensor_of(lent["0.weight"]).view(-1)}[
+            keep
+        ]
+        del lent
+    with torch.no_grad():
+        model[0].weight.add_(5.0)  # the next client trains the model
+    values = tensor_of(kept["0.weight"]) if keep == "record" else kept
+    assert torch.equal(values.reshape(before.shape), before)
+    assert model[0].weight.data_ptr() != values.data_ptr()
+
+
+def test_a_reply_nobody_kept_leaves_the_model_in_place():
+    model = _trained_model()
+    where = model[0].weight.data_ptr()
+    with consumed_at_once():
+        reducer = ReplyReducer(model_to_record(model), ["0.weight", "0.bias", "1.weight", "1.bias"], {})
+        sent = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=1, message_type=MessageType.TRAIN)
+        reply = RecordDict({"arrays": model_reply(model), "metrics": MetricRecord({"num-examples": 3})})
+        reducer.add(0, Message(reply, reply_to=sent))
+        del reply
+    assert model[0].weight.data_ptr() == where  # not re-homed: no copy was needed
+    assert torch.allclose(reducer.sum.arrays["0.weight"], 3 * model[0].weight.detach().double())
+
+
+def test_a_lent_array_pickles_as_a_plain_copy():
+    model = _trained_model()
+    with consumed_at_once():
+        lent = model_reply(model)["0.weight"]
+        copy = pickle.loads(pickle.dumps(lent))
+    assert type(copy) is TensorArray
+    assert torch.equal(tensor_of(copy), model[0].weight.detach())
+    assert tensor_of(copy).data_ptr() != model[0].weight.data_ptr()

@@ -52,13 +52,26 @@ class ImageDataset:
 
     def standardize(self, x01: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] standardised per channel (the second half of ``normalize``)."""
-        mean = torch.tensor(self.mean, device=x01.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x01.device).view(1, -1, 1, 1)
+        mean, std = _channel_statistics(self.mean, self.std, x01.device)
         return (x01 - mean) / std
 
     def scale_difference(self, d: torch.Tensor) -> torch.Tensor:
         """The linear part of ``normalize`` for a difference of [0, 1] images (no mean shift)."""
-        return d / torch.tensor(self.std, device=d.device).view(1, -1, 1, 1)
+        return d / _channel_statistics(self.mean, self.std, d.device)[1]
+
+
+@lru_cache(maxsize=16)
+def _channel_statistics(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std as (1, C, 1, 1) tensors on ``device``, made once.
+
+    Made once per device: a tensor built from a tuple costs about as much as normalising a small batch.
+    """
+    return (
+        torch.tensor(mean, device=device).view(1, -1, 1, 1),
+        torch.tensor(std, device=device).view(1, -1, 1, 1),
+    )
 
 
 def _nchw(images: np.ndarray | torch.Tensor, channels_last: bool) -> torch.Tensor:
