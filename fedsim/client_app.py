@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property, lru_cache, partial
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +145,7 @@ class ClientRuntime:
         return (
             self.local_data(split.labeled),
             self.local_data(split.unlabeled),
-            partial(self.local_data, self.test_splits[client_id], test=True),
+            lambda: self.local_data(self.test_splits[client_id], test=True),  # the split too, on first use
         )
 
     def train_sizes(self) -> dict[int, int]:

@@ -224,11 +224,15 @@ def round_observers(cfg: DictConfig, dataset: Any, splits: list, run_dir: RunDir
     return [AttackRoundMeans(str(run_dir.path))]
 
 
-def server_job(cfg: DictConfig) -> ServerJob:
-    """Prepare the run directory, the global model (or the checkpoint to resume), strategy and evaluator."""
+def server_job(cfg: DictConfig, splits: list | None = None) -> ServerJob:
+    """Prepare the run directory, the global model (or the checkpoint to resume), strategy and evaluator.
+
+    ``splits``: the partition where this process has already made it (a simulation's client runtime).
+    """
     quiet_logs(cfg.verbose)
     dataset = dataset_from_config(cfg)
-    splits = make_partition(dataset.y_train.numpy(), cfg.num_clients, cfg.partition, cfg.seed)
+    if splits is None:
+        splits = make_partition(dataset.y_train.numpy(), cfg.num_clients, cfg.partition, cfg.seed)
     run_dir = prepare_run_dir(cfg)
     run_dir.write_config(cfg)
     run_dir.write_json(
@@ -275,12 +279,11 @@ def run(cfg: DictConfig) -> Path:
         else None
     )
     try:
-        job = server_job(cfg)
+        runtime = runtime_of(json.dumps(cfg_dict, sort_keys=True))  # this process's clients (the in-process backend)
+        job = server_job(cfg, splits=runtime.splits)  # one partition for both sides
         t0 = time.time()
         show(job.banner())
-        sizes = runtime_of(
-            json.dumps(cfg_dict, sort_keys=True)
-        ).train_sizes()  # client id -> samples, from the partition
+        sizes = runtime.train_sizes()  # client id -> samples, from the partition
         # Float results depend on the number of threads a reduction is split over: set it from config.
         # On Ray the server's own work (evaluation, aggregation) runs while the client actors wait.
         torch.set_num_threads(int(cfg.backend.get("num_threads", 0)) or os.cpu_count() or 1)

@@ -11,8 +11,8 @@ the loop and scales it perfectly over its cores. While it runs, the proportional
 among the
 processes sharing them, so the sum is the real footprint) of the whole process tree (the server,
 Ray's daemons and actors) is sampled from /proc every 0.2 s. Prints per configuration: seconds to
-start (launch to the end of the client handshake), rounds/s and clients/s over the rounds after the
-first, the floor's clients/s and the ratio, peak memory of all processes, the final accuracy of both
+start (launch to the first round's start) and to the end of the first round, rounds/s and clients/s over the
+rounds after the first, the floor's clients/s and the ratio, peak memory of all processes, the final accuracy of both
 (equal within seed noise: nothing is skipped), and the memory growth per registered client between
 the smallest and the largest N at the same clients per round (what an idle client costs).
 
@@ -202,6 +202,7 @@ def measure(
         "backend": backend,
         "cores": cores,
         "startup_s": startup,
+        "first_round_done_s": (first_round_at or t0) - t0,
         "rounds_per_s": 1 / round_time,
         "clients_per_s": per_round / round_time,
         "peak_gib": peak / 2**30,
@@ -272,25 +273,29 @@ def main() -> None:
         f"in {root}"
     )
     print(
-        f"{'N':>7} {'K':>6} {'backend':>17} {'cores':>5} {'start s':>8} {'clients/s':>10} {'floor c/s':>10} "
+        f"{'N':>7} {'K':>6} {'backend':>17} {'cores':>5} {'start s':>8} {'round 1 s':>9} {'clients/s':>10} "
+        f"{'floor c/s':>10} "
         f"{'ratio':>6} "
         f"{'peak GiB':>9} {'acc':>6} {'floor acc':>9} {'all ok':>7}"
     )
     for r in rows:
         print(
             f"{r['clients']:>7} {r['per_round']:>6} {r['backend']:>17} {r['cores']:>5} {r['startup_s']:>8.1f} "
+            f"{r['first_round_done_s']:>9.1f} "
             f"{r['clients_per_s']:>10.1f} "
             f"{r['floor_clients_per_s']:>10.1f} {r['ratio']:>6.2f} {r['peak_gib']:>9.2f} {r['accuracy']:>6.3f} "
             f"{r['floor_accuracy']:>9.3f} {str(r['ok']):>7}"
         )
     print("\nAs markdown (the README's table):\n")
     print(
-        "| backend | registered N | per round K | cores | start-up s | clients/s | floor clients/s | ratio | peak GiB |"
+        "| backend | registered N | per round K | cores | start-up s | round 1 done s | clients/s | floor clients/s "
+        "| ratio | peak GiB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['backend']} | {r['clients']:,} | {r['per_round']:,} | {r['cores']} | {r['startup_s']:.1f} | "
+            f"{r['first_round_done_s']:.1f} | "
             f"{r['clients_per_s']:.0f} | "
             f"{r['floor_clients_per_s']:.0f} | {r['ratio']:.2f} | {r['peak_gib']:.2f} |"
         )

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 log = logging.getLogger("fedsim")
 
@@ -47,6 +46,8 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def match(reconstructions: torch.Tensor, candidates: torch.Tensor) -> np.ndarray:
     """For each reconstruction, the index of its original: a one-to-one assignment minimising MSE."""
+    from scipy.optimize import linear_sum_assignment  # here: importing scipy.optimize costs every run 0.3 s
+
     cost = torch.cdist(reconstructions.flatten(1).double(), candidates.flatten(1).double()).pow(2).numpy()
     rows, cols = linear_sum_assignment(cost)
     order = np.empty(len(reconstructions), dtype=np.int64)
