@@ -6,7 +6,8 @@ A party holds a teacher pre-trained on its own task and data. It answers three k
 - ``teacher``: prepare the teacher once (train it on the party's own labeled data, load it from
   ``strategy.teachers.paths[party]``, or keep it at random init for parties listed in
   ``strategy.teachers.random``, or train it on the party's images with shuffled labels for parties
-  in ``strategy.teachers.shuffled``: deliberately useless teachers) and report its accuracy on the
+  in ``strategy.teachers.shuffled``, or train it on another dataset's images for parties in
+  ``strategy.teachers.foreign``: deliberately useless teachers) and report its accuracy on the
   party's own test split;
 - ``select``: given the student and the student owner's probe images, compare the Grad-CAM
   saliency maps of teacher and student (at ``strategy.saliency_layer``) on each image and return the mean similarity
@@ -25,6 +26,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from torch import nn
@@ -32,6 +34,8 @@ from torch.nn import functional as F
 from typing_extensions import override
 
 from clients.base import Client, make_optimizer
+from fedsim.data.datasets import ImageDataset, load_dataset
+from fedsim.data.local import LocalData
 from fedsim.errors import ConfigError
 from fedsim.evaluation import evaluate
 from fedsim.models import features_of, model_from_config, split_model
@@ -127,6 +131,44 @@ def shuffled_labels(env: Any) -> Any:
     return dataclasses.replace(env, data=dataclasses.replace(env.data, y=env.data.y[order]))
 
 
+def as_images_of(foreign: ImageDataset, like: ImageDataset) -> ImageDataset:
+    """``foreign``'s images in ``like``'s shape: channels averaged or repeated, then resized (bilinear)."""
+    channels, height, width = like.input_shape
+
+    def convert(x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if x.shape[1] != channels:
+            x = x.mean(1, keepdim=True).expand(-1, channels, -1, -1)
+        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+        return x.round().clamp(0, 255).to(torch.uint8)
+
+    grey = (float(np.mean(foreign.mean)),) * channels if len(foreign.mean) != channels else foreign.mean
+    spread = (float(np.mean(foreign.std)),) * channels if len(foreign.std) != channels else foreign.std
+    return dataclasses.replace(
+        foreign, x_train=convert(foreign.x_train), x_test=convert(foreign.x_test), mean=grey, std=spread
+    )
+
+
+def foreign_data(env: Any, dataset: str) -> Any:
+    """The party's environment with another dataset's images and labels in place of its own: a useless teacher's data.
+
+    As many images as the party holds, drawn (seeded) from ``dataset``'s training set and converted to the run's image
+    shape (:func:`as_images_of`): a teacher trained on them is a working network for another task, which knows none of
+    the student's classes (FedSA's selection test with a teacher that is useless but not broken).
+    """
+    own = env.data.dataset
+    foreign = load_dataset(dataset, str(env.cfg.data_root), bool(env.cfg.dataset.download))
+    if foreign.num_classes > own.num_classes:
+        raise ConfigError(
+            f"strategy.teachers.foreign_dataset={dataset} has {foreign.num_classes} classes, more than the run's "
+            f"{own.num_classes}: pick a dataset with at most {own.num_classes}"
+        )
+    images = as_images_of(foreign, own)
+    pick = torch.randperm(len(images.y_train), generator=torch_generator(env.cfg.seed, "fedsa-foreign", env.client_id))
+    pick = pick[: len(env.data)]
+    return dataclasses.replace(env, data=LocalData(images.x_train[pick], images.y_train[pick], images))
+
+
 class FedSAParty(Client):
     """A teacher party: prepares its teacher, scores saliency similarity, amalgamates locally."""
 
@@ -178,6 +220,8 @@ class FedSAParty(Client):
                 model.load_state_dict(torch.load(path, map_location=env.device, weights_only=True))
             elif env.client_id in list(teachers.shuffled or []):
                 Client(shuffled_labels(env)).fit(model, config, server_round=0)  # a teacher that learned nothing true
+            elif env.client_id in list(teachers.foreign or []):
+                Client(foreign_data(env, str(teachers.foreign_dataset))).fit(model, config, server_round=0)
             elif env.client_id not in list(teachers.random or []):
                 Client(env).fit(model, config, server_round=0)  # plain supervised training on the party's task
             self.teacher_file.parent.mkdir(parents=True, exist_ok=True)

@@ -144,12 +144,19 @@ def override_key(item: str) -> str:
 
 
 def experiment_keys(name: str) -> set[str]:
-    """The config keys a named experiment (configs/experiment/NAME.yaml) sets, and the groups it picks."""
+    """The config keys a named experiment (configs/experiment/NAME.yaml) sets, and the groups it picks.
+
+    Those of the experiments it builds on (a plain name in its defaults list) included.
+    """
     path = CONFIG_DIR / "experiment" / f"{name}.yaml"
     if not path.is_file():
         return set()
     data = as_dict(load_dict_config(path))
-    keys = {str(next(iter(d))).split("/")[-1] for d in data.pop("defaults", []) if isinstance(d, dict)}
+    defaults = data.pop("defaults", [])
+    keys = {str(next(iter(d))).split("/")[-1] for d in defaults if isinstance(d, dict)}
+    for base in defaults:
+        if isinstance(base, str) and base != "_self_":
+            keys |= experiment_keys(base)
     data.pop("hydra", None)
 
     def walk(tree: dict, prefix: str) -> None:

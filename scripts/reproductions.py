@@ -145,9 +145,10 @@ def group_table(runs, spec: dict) -> list[str]:
 
 
 def matching_group(better: list[str], groups: list[str], configs) -> str | None:
-    """The group label holding every ``key=value`` of ``better``. A key that no label names does not
-    vary among the runs (e.g. the runs that would set it otherwise are not committed yet): the runs
-    that have it must then all have the wanted value, else nothing matches."""
+    """The group label holding every ``key=value`` of ``better``, the one naming fewest other options
+    where several do (``selection=random`` is the plain group, not ``selection=random, teachers.foreign=[5]``).
+    A key that no label names does not vary among the runs (e.g. the runs that would set it otherwise are
+    not committed yet): the runs that have it must then all have the wanted value, else nothing matches."""
     named = {item.split("=", 1)[0] for g in groups for item in g.split(", ")}
     for item in better:
         key, value = item.split("=", 1)
@@ -155,7 +156,8 @@ def matching_group(better: list[str], groups: list[str], configs) -> str | None:
         if key not in named and (column not in configs or value not in set(as_text(configs[[column]])[column]) - {""}):
             return None
     wanted = {item for item in better if item.split("=", 1)[0] in named}
-    return next((g for g in groups if wanted <= set(g.split(", "))), None)
+    holding = [g for g in groups if wanted <= set(g.split(", "))]
+    return min(holding, key=lambda g: len(g.split(", ")), default=None)
 
 
 def fmt(value: float, metric: str) -> str:

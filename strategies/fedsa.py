@@ -381,12 +381,12 @@ class FedSA(FedsimStrategy):
     def useless_teacher_metrics(self) -> dict[str, float]:
         """How the selection ranks teachers that are useless by construction.
 
-        Where some teachers are useless by construction (``teachers.random`` / ``shuffled``): their mean
+        Where some teachers are useless by construction (``teachers.random`` / ``shuffled`` / ``foreign``): their mean
         selection probability, and the margin min(useful) - max(useless) (> 0: every useless teacher is ranked
         below every useful one), both averaged over tasks.
         """
         t, parties = self.teachers, sorted(self.node_of)
-        useless = {int(p) for p in [*(t.random or []), *(t.shuffled or [])]} & set(parties)
+        useless = {int(p) for p in [*(t.random or []), *(t.shuffled or []), *(t.foreign or [])]} & set(parties)
         if not useless or len(useless) == len(parties) or not self.probabilities:
             return {}
         margins, probabilities = [], []
@@ -433,6 +433,10 @@ class TeacherParams:
     paths: list[str] | None = spec("one teacher state_dict file per party, loaded instead of training")
     random: list[int] = spec("party ids whose teacher stays at random init (useless teachers)", ge=0)
     shuffled: list[int] = spec("party ids whose teacher trains on shuffled labels (useless teachers)", ge=0)
+    foreign: list[int] = spec(
+        "party ids whose teacher trains on another dataset (foreign_dataset): useless for the task", ge=0
+    )
+    foreign_dataset: str = spec("the dataset the foreign teachers learn, its images resized to the run's")
 
 
 @dataclass(kw_only=True)

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from fedsim.cli import main
+from fedsim.config import compose
 from fedsim.errors import ConfigError
 from fedsim.experiments.plan import plan_sweep
 from fedsim.experiments.report import ReportOptions, build_report, group_labels, paired_difference
@@ -73,6 +74,14 @@ def test_named_experiment_holds_its_sweep_and_the_command_line_wins():
     assert len(plan_sweep(["+experiment=example_digits", "seed=5,6,7"]).jobs) == 6
     with pytest.raises(ConfigError, match="unknown experiment 'nosuch'"):
         plan_sweep(["+experiment=nosuch"])
+
+
+def test_an_experiment_built_on_another_keeps_its_keys_against_the_strategys_setting():
+    """repro_fedsa_foreign builds on repro_fedsa, whose num_clients=6 must beat FedSA's setting (5 parties)."""
+    job = plan_sweep(["+experiment=repro_fedsa_foreign"]).jobs[0]
+    cfg = compose(list(job.overrides))
+    assert cfg.num_clients == 6 and list(cfg.strategy.teachers.foreign) == [5]
+    assert list(cfg.strategy.teachers.shuffled) == [] and cfg.num_rounds == 50
 
 
 def test_strategy_options_reach_only_their_strategy():

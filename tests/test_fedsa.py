@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from clients.fedsa import gradcam, saliency_similarity
+from clients.fedsa import as_images_of, gradcam, saliency_similarity
 from fedsim.backends import InProcessGrid
+from fedsim.data.datasets import ImageDataset
 from fedsim.engine import resume_config, run
 from fedsim.models import build_model
 from strategies.fedsa import probe_split, selection_probabilities, target_tasks
@@ -177,3 +178,35 @@ def test_random_and_no_teacher_baselines(make_cfg):
     assert student and all(
         np.array_equal(first["arrays"][k], second["arrays"][k]) for k in student
     )  # the student stays
+
+
+def test_foreign_images_take_the_runs_shape():
+    def dataset(channels: int, side: int) -> ImageDataset:
+        x = torch.randint(0, 256, (4, channels, side, side), dtype=torch.uint8)
+        y = torch.arange(4)
+        mean, std = (0.5,) * channels, (0.25,) * channels
+        return ImageDataset("d", x, y, x.clone(), y.clone(), 10, mean, std)
+
+    colour, grey = dataset(3, 32), dataset(1, 8)
+    as_grey = as_images_of(colour, grey)
+    assert as_grey.input_shape == (1, 8, 8) and as_grey.x_train.dtype == torch.uint8
+    assert as_grey.mean == (0.5,) and torch.equal(as_grey.y_train, colour.y_train)
+    as_colour = as_images_of(grey, colour)
+    assert as_colour.input_shape == (3, 32, 32) and as_colour.mean == (0.5, 0.5, 0.5)
+    assert torch.equal(as_colour.x_train[:, 0], as_colour.x_train[:, 2])  # grey repeated over the channels
+
+
+def test_a_teacher_on_another_dataset_is_useless_and_counted_as_such(make_cfg):
+    path = run(
+        make_cfg(
+            *FEDSA,
+            "num_rounds=1",
+            "strategy.teachers.foreign=[0]",
+            "strategy.teachers.foreign_dataset=fashion_mnist",
+            "strategy.teachers.epochs=10",
+        )
+    )
+    accuracy = fedsa_log(path)[0]["teacher_accuracy_own_task"]
+    assert accuracy["0"] < 0.75 and min(accuracy[p] for p in ("1", "2", "3")) > 0.9  # 2 classes each: chance 0.5
+    p = read_metrics(path)[0]["selection_probability_0"]
+    assert read_metrics(path)[0]["useless_teacher_margin"] == pytest.approx(min(p[1:]) - p[0])

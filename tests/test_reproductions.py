@@ -103,6 +103,16 @@ def test_a_claimed_group_is_matched_on_the_keys_that_vary_and_the_values_the_run
     assert match(["strategy=twinsight", "strategy.np_weight=1.0"], both, configs) == both[1]
 
 
+def test_the_most_specific_group_is_matched():
+    import pandas as pd
+
+    groups = ["strategy.selection=random, strategy.teachers.foreign=[5]", "strategy.selection=random"]
+    configs = pd.DataFrame({"strategy.selection": ["random", "random"]})
+    match = reproductions.matching_group
+    assert match(["strategy.selection=random"], groups, configs) == groups[1]
+    assert match(["strategy.selection=random", "strategy.teachers.foreign=[5]"], groups, configs) == groups[0]
+
+
 def test_a_group_option_that_does_not_vary_is_matched_on_its_name():
     import pandas as pd
 
