@@ -1,6 +1,7 @@
 """Train replies summed where they are produced give FedAvg's aggregate, checks included; the
 pool engine and the in-process backend run the same clients to the same metrics."""
 
+import json
 import pickle
 
 import numpy as np
@@ -11,7 +12,11 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 from omegaconf import OmegaConf
 
+from fedsim.client_host import ClientHost
+from fedsim.config import as_dict
 from fedsim.engine import run
+from fedsim.plugins import client_app, runtime_of
+from fedsim.protocols.messages import ARRAYS, BATCH_SIZE, CONFIG, LOCAL_EPOCHS, LR, SERVER_ROUND
 from fedsim.records import (
     LentTensorArray,
     TensorArray,
@@ -246,3 +251,22 @@ def test_a_lent_array_pickles_as_a_plain_copy():
     assert type(copy) is TensorArray
     assert torch.equal(tensor_of(copy), model[0].weight.detach())
     assert tensor_of(copy).data_ptr() != model[0].weight.data_ptr()
+
+
+def test_a_hosts_summed_round_lends_the_clients_model_without_a_copy(make_cfg):
+    """FedAvg's clients on a ClientHost: replies lent and summed, the shared model never re-homed to a copy."""
+    cfg = as_dict(make_cfg("strategy=fedavg", "num_clients=4"), resolve=True)
+    runtime = runtime_of(json.dumps(cfg, sort_keys=True))
+    host = ClientHost(client_app(cfg), 4)
+    weight = next(runtime.model.parameters())
+    where = weight.data_ptr()
+    config = ConfigRecord({SERVER_ROUND: 1, LR: 0.01, LOCAL_EPOCHS: 1, BATCH_SIZE: 8})
+    arrays = model_to_record(runtime.model)
+    messages = [
+        Message(RecordDict({ARRAYS: arrays, CONFIG: config}), dst_node_id=cid + 1, message_type=MessageType.TRAIN)
+        for cid in range(4)
+    ]
+    keys = [name for name, _ in runtime.model.named_parameters()]
+    part = host.reduce(messages, keys, {cid: 10**6 for cid in range(4)})
+    assert part.clients == [0, 1, 2, 3] and not part.dropped
+    assert weight.data_ptr() == where  # every reply was lent and read in place
