@@ -265,7 +265,7 @@ class FedSAParty(Client):
 
     def optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
         """Student and translator train together."""
-        return make_optimizer(nn.ModuleList([model, self.translator]), self.env.cfg.optimizer, lr)
+        return make_optimizer(nn.ModuleList([model, self.translator]), self.env.train_settings().optimizer, lr)
 
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The hint loss on the party's images; their labels are never used for the student."""

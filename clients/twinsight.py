@@ -71,7 +71,7 @@ class TwinSightClient(FixMatchClient):
 
     @override
     def optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-        return make_optimizer(nn.ModuleList([model, self.unsup]), self.env.cfg.optimizer, lr)
+        return make_optimizer(nn.ModuleList([model, self.unsup]), self.env.train_settings().optimizer, lr)
 
     @override
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

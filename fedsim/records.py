@@ -15,7 +15,7 @@ import math
 import weakref
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from functools import cache
+from functools import cache, partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -168,11 +168,13 @@ def tensor_of(array: Array) -> torch.Tensor:
     return found
 
 
-def tensor_record(tensors: dict[str, torch.Tensor]) -> ArrayRecord:
-    """An ArrayRecord of :class:`TensorArray` holding ``tensors`` (CPU tensors the record now owns)."""
+def tensor_record(
+    tensors: dict[str, torch.Tensor], array: Callable[[torch.Tensor], TensorArray] = TensorArray
+) -> ArrayRecord:
+    """An ArrayRecord of :class:`TensorArray` (or ``array``) holding ``tensors`` (CPU tensors the record now owns)."""
     record = ArrayRecord()  # filled item by item: ArrayRecord({...}) would serialize each Array
     for key, tensor in tensors.items():
-        record[key] = TensorArray(tensor)
+        record[key] = array(tensor)
     return record
 
 
@@ -189,16 +191,15 @@ def model_reply(model: nn.Module) -> ArrayRecord:
     :func:`model_to_record`. A lent array read after the model has changed raises instead of giving other
     values.
     """
+    if not _lending:
+        return model_to_record(model)
     state = model_state(model)
-    if not _lending or any(tensor.device.type != "cpu" for tensor in state.values()):
+    if any(tensor.device.type != "cpu" for tensor in state.values()):
         return model_to_record(model)
     loan = _Loan()
     _lending[-1].append(loan)
-    record = ArrayRecord()  # filled item by item, as in tensor_record
-    for key, tensor in state.items():
-        loan.tensors.append((tensor, _storage_uses(tensor)))
-        record[key] = LentTensorArray(tensor.detach(), loan)
-    return record
+    loan.tensors = [(tensor, _storage_uses(tensor)) for tensor in state.values()]
+    return tensor_record({k: v.detach() for k, v in state.items()}, partial(LentTensorArray, loan=loan))
 
 
 @contextmanager
@@ -382,11 +383,9 @@ def train_reply_problem(
     if mismatch:
         return f"returned {mismatch}"
     for name, record in content.items():
-        bad = (
-            non_finite(record, skip=checked_elsewhere if name == model_record else ())
-            if isinstance(record, ArrayRecord)
-            else None
-        )
+        if not isinstance(record, ArrayRecord):
+            continue
+        bad = non_finite(record, skip=checked_elsewhere if name == model_record else ())
         if bad:
             return f"returned NaN/Inf in '{name}/{bad}'"
     return None
