@@ -14,7 +14,8 @@ for the overall density ``strategy.density``. Each round:
    gradient magnitude on one local batch, ``strategy.regrow``), with the cosine-annealed rate
    r_t = anneal_factor / 2 * (1 + cos(pi t / T)), T = ``anneal_rounds`` (default: the run's
    rounds). Every layer keeps its number of active entries.
-The state kept between rounds: the trained weights, the mask they were shared with, the new mask.
+The state kept between rounds: the trained weights under the mask they were shared with, stored as
+they are shared (values + bitmap), and the new mask as a bitmap: a fifth of the dense tensors on disk.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ from typing_extensions import override
 from clients.base import TrainStats
 from clients.peer import PeerClient, State, part, prefixed
 from fedsim.numerics import tensor_sum
+from fedsim.records import from_numpy
 from fedsim.seeding import torch_generator
-from fedsim.sparse import decode_sparse, encode_sparse
+from fedsim.sparse import decode_sparse, pack_mask, sparse_arrays, unpack_mask
 
-WEIGHTS, SHARED_MASK, MASK = "weights.", "shared-mask.", "mask."
+WEIGHTS, MASK = "weights.", "mask."  # state: the shared sparse weights, the next round's mask (bitmap)
 
 
 def maskable(state: State) -> list[str]:
@@ -107,15 +109,33 @@ class DisPFLClient(PeerClient):
         generator = torch_generator(self.env.cfg.seed, "dispfl-mask", self.env.client_id)
         masks = {n: random_mask(tuple(initial[n].shape), densities[n], generator) for n in names}
         weights = {k: v * masks[k] if k in masks else v for k, v in initial.items()}
-        return {**prefixed(WEIGHTS, weights), **prefixed(SHARED_MASK, masks), **prefixed(MASK, masks)}
+        return self.pack(weights, masks, masks)
+
+    def pack(self, weights: State, shared_masks: State, masks: State) -> State:
+        """The state to keep: ``weights`` under the masks they are shared with, and the next round's masks."""
+        arrays = sparse_arrays(weights, shared_masks)
+        return {
+            **prefixed(WEIGHTS, {k: torch.from_numpy(v) for k, v in arrays.items()}),
+            **prefixed(MASK, {n: torch.from_numpy(pack_mask(m)) for n, m in masks.items()}),
+        }
+
+    def unpack(self, state: State) -> tuple[State, State, State]:
+        """(dense weights, the masks they were shared with, the next round's masks) of a kept state."""
+        shapes = {k: tuple(v.shape) for k, v in self.env.model.state_dict().items()}
+        weights, shared_masks = decode_sparse(part(state, WEIGHTS), shapes)
+        masks = {
+            n: torch.from_numpy(unpack_mask(v.numpy(), shapes[n], MASK + n).astype(np.float32))
+            for n, v in part(state, MASK).items()
+        }
+        return weights, shared_masks, masks
 
     @override
     def model_weights(self, state: State) -> State:
-        return part(state, WEIGHTS)
+        return self.unpack(state)[0]
 
     @override
     def combine(self, state: State, peers: dict[int, ArrayRecord], content: RecordDict) -> State:
-        own, own_shared, self.mask = part(state, WEIGHTS), part(state, SHARED_MASK), part(state, MASK)
+        own, own_shared, self.mask = self.unpack(state)
         shapes = {k: tuple(v.shape) for k, v in own.items()}
         sources = [(own, own_shared)] + [decode_sparse(record, shapes) for record in peers.values()]
         start = {}
@@ -147,7 +167,7 @@ class DisPFLClient(PeerClient):
         gradients = self.batch_gradients(model) if s.regrow == "gradient" else {}
         generator = torch_generator(self.env.cfg.seed, "dispfl-regrow", server_round, self.env.client_id)
         new_mask = {n: prune_and_regrow(weights[n], m, rate, generator, gradients.get(n)) for n, m in self.mask.items()}
-        return {**prefixed(WEIGHTS, weights), **prefixed(SHARED_MASK, self.mask), **prefixed(MASK, new_mask)}
+        return self.pack(weights, self.mask, new_mask)
 
     def batch_gradients(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Gradients of the loss on one local batch (dense: also where the mask is 0)."""
@@ -159,7 +179,7 @@ class DisPFLClient(PeerClient):
 
     @override
     def share(self, model: nn.Module, state: State) -> ArrayRecord:
-        return encode_sparse(part(state, WEIGHTS), part(state, SHARED_MASK))
+        return from_numpy({k: v.numpy() for k, v in part(state, WEIGHTS).items()})
 
     @override
     def metrics(self, stats: TrainStats) -> MetricRecord:

@@ -42,11 +42,12 @@ def _arrays(tree: Any) -> Any:
     return tree
 
 
-def save_checkpoint(folder: Path, ckpt: Checkpoint) -> Path:
-    """Write the checkpoint of ``ckpt.server_round`` atomically.
+def save_checkpoint(folder: Path, ckpt: Checkpoint, keep: int = 0) -> Path:
+    """Write the checkpoint of ``ckpt.server_round`` atomically, keeping the newest ``keep`` (0: all).
 
     Write the checkpoint of ``ckpt.server_round`` atomically (a temporary file, then a rename): if writing
-    fails (a full disk), the previous checkpoint stays intact and the error is one line.
+    fails (a full disk), the previous checkpoint stays intact and the error is one line. Once it is written,
+    older checkpoints beyond the newest ``keep`` are deleted (a paper-scale DisPFL checkpoint is 2.4 GB).
     """
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"round_{ckpt.server_round:06d}.pt"
@@ -72,6 +73,9 @@ def save_checkpoint(folder: Path, ckpt: Checkpoint) -> Path:
             f"cannot write the checkpoint of round {ckpt.server_round} to {folder} ({reason}); {previous}: "
             f"free space and continue with resume={folder.parent}"
         ) from None
+    if keep:
+        for old in sorted(folder.glob("round_*.pt"))[:-keep]:
+            old.unlink(missing_ok=True)
     return path
 
 

@@ -88,6 +88,10 @@ def prepare_run_dir(cfg: DictConfig) -> RunDirectory:
     return RunDirectory(path)
 
 
+# Keys added after runs were saved, with the behaviour those runs had (their config.yaml lacks them).
+ADDED_KEYS = {"augment": "none", "checkpoints_kept": 0}
+
+
 def resume_config(run_dir: str | Path, overrides: DictConfig | None = None) -> DictConfig:
     """The saved config of ``run_dir``; only ``num_rounds`` may be raised when resuming."""
     path = Path(run_dir) / "config.yaml"
@@ -103,8 +107,9 @@ def resume_config(run_dir: str | Path, overrides: DictConfig | None = None) -> D
             cfg[group] = {"name": "none"}
     if "logger" not in cfg:
         cfg.logger = {"csv": {"file": "metrics.csv"}}
-    if "augment" not in cfg:  # runs saved before the key existed trained without augmentation
-        cfg.augment = "none"
+    for key, then in ADDED_KEYS.items():
+        if key not in cfg:
+            cfg[key] = then
     return cfg
 
 

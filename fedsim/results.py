@@ -7,7 +7,7 @@ runs/<timestamp>-<strategy>/
     metrics.csv        the same table (logger=csv, the default), rewritten every round
     summary.json       final figures
     accuracy.png       test accuracy and loss per round
-    checkpoints/       round_XXXXXX.pt every ``checkpoint_every`` rounds
+    checkpoints/       round_XXXXXX.pt every ``checkpoint_every`` rounds (the newest ``checkpoints_kept``)
     client_state/      clients' persistent state, versioned by round
 """
 

@@ -54,6 +54,7 @@ class Run:
     )
     eval_batch_size: int = spec("evaluation batch size", ge=1)
     checkpoint_every: int = spec("checkpoint every N rounds; 0 = only the last", ge=0)
+    checkpoints_kept: int = spec("keep the newest N checkpoints; 0 = all", ge=0)
     round_timeout: float = spec("seconds to wait for replies", gt=0)
     connect_timeout: float = spec("seconds to wait for the clients to connect", gt=0)
     device: str = spec("auto, cpu, cuda or cuda:N")

@@ -286,7 +286,9 @@ class RoundLoop:
             if cfg.checkpoint_every and (server_round % cfg.checkpoint_every == 0 or server_round == cfg.num_rounds):
                 privacy = self.ledger.state_dict() if self.ledger is not None else {}
                 save_checkpoint(
-                    self.run.checkpoints, Checkpoint(server_round, arrays, self.strategy.state_dict(), privacy)
+                    self.run.checkpoints,
+                    Checkpoint(server_round, arrays, self.strategy.state_dict(), privacy),
+                    keep=cfg.checkpoints_kept,
                 )
                 last_checkpoint = server_round
         return arrays

@@ -2,6 +2,7 @@
 aggregation, the SBM cooperation graph, link accounting, and end-to-end runs."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 from flwr.app import ConfigRecord
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
+from torch import nn
 
 from clients.dispfl import DisPFLClient, erk_densities, prune_and_regrow, random_mask
 from clients.scool import mix_updates, official_row
@@ -90,8 +92,14 @@ def test_mask_aware_aggregation_on_a_constructed_example():
         {"k": torch.tensor([[6.0, 8.0], [0.0, 0.0]]), "b": torch.tensor([3.0])},
         {"k": torch.tensor([[1.0, 1.0], [0.0, 0.0]])},
     )
-    state = {"weights.k": own["k"], "weights.b": own["b"], "shared-mask.k": own_shared["k"], "mask.k": own_next["k"]}
-    start = DisPFLClient(env=None).combine(state, {7: peer}, content=None)
+    model = nn.Module()
+    model.k, model.b = nn.Parameter(torch.zeros(2, 2)), nn.Parameter(torch.zeros(1))
+    client = DisPFLClient(env=SimpleNamespace(model=model))
+    state = client.pack(own, own_shared, own_next)
+    weights, shared, following = client.unpack(state)  # the kept state decodes to what was packed
+    assert torch.equal(weights["k"], own["k"]) and torch.equal(shared["k"], own_shared["k"])
+    assert torch.equal(following["k"], own_next["k"])
+    start = client.combine(state, {7: peer}, content=None)
     # entry (0,0): both keep it -> (2+6)/2; (0,1): only the peer -> 8; (1,1): nobody -> 0;
     # (1,0): dropped from the own mask -> 0; dense bias: plain mean
     assert torch.equal(start["k"], torch.tensor([[4.0, 8.0], [0.0, 0.0]]))

@@ -55,6 +55,28 @@ def test_resume_after_kill_matches_uninterrupted_run(make_cfg, strategy):
     assert comparable(read_metrics(path)) == comparable(full)
 
 
+def test_only_the_newest_checkpoints_are_kept(make_cfg):
+    """checkpoints_kept=N deletes older checkpoints once a newer one is written; 0 keeps them all."""
+    kept = run(make_cfg("num_rounds=4", "checkpoints_kept=1", name="one"))
+    assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["round_000004.pt"]
+    every = run(make_cfg("num_rounds=3", "checkpoints_kept=0", name="all"))
+    assert len(list((every / "checkpoints").iterdir())) == 3
+
+
+def test_a_run_saved_before_newer_keys_resumes(make_cfg):
+    """A config.yaml written before augment and checkpoints_kept existed resumes with what those runs did."""
+    path = run(make_cfg("num_rounds=2", "checkpoints_kept=0"))
+    saved = OmegaConf.load(path / "config.yaml")
+    for key in ("augment", "checkpoints_kept"):
+        del saved[key]
+    OmegaConf.save(saved, path / "config.yaml")
+    resumed = resume_config(path, make_cfg("num_rounds=4"))
+    assert resumed.augment == "none" and resumed.checkpoints_kept == 0
+    run(resumed)
+    assert [r["round"] for r in read_metrics(path)] == [1, 2, 3, 4]
+    assert len(list((path / "checkpoints").iterdir())) == 4
+
+
 def test_resume_before_the_first_checkpoint_redoes_the_rounds(make_cfg):
     """A run killed before its first checkpoint restarts from round 1 without duplicating records."""
     full = read_metrics(run(make_cfg("strategy=scaffold", "num_rounds=2", "checkpoint_every=5", name="full")))

@@ -24,6 +24,7 @@ BOOKKEEPING = (
     "round_timeout",
     "connect_timeout",
     "checkpoint_every",
+    "checkpoints_kept",
     "eval_batch_size",
     "backend.num_threads",
     "backend.ray_init_args",
