@@ -37,6 +37,7 @@ from fedsim.seeding import torch_generator
 from fedsim.sparse import decode_sparse, pack_mask, sparse_arrays, unpack_mask
 
 WEIGHTS, MASK = "weights.", "mask."  # state: the shared sparse weights, the next round's mask (bitmap)
+DENSE_SHARED_MASK = "shared-mask."  # the shared mask in states kept dense, by runs that resume
 
 
 def maskable(state: State) -> list[str]:
@@ -121,6 +122,8 @@ class DisPFLClient(PeerClient):
 
     def unpack(self, state: State) -> tuple[State, State, State]:
         """(dense weights, the masks they were shared with, the next round's masks) of a kept state."""
+        if any(k.startswith(DENSE_SHARED_MASK) for k in state):  # kept dense (fedsim before 2026-12-04)
+            return part(state, WEIGHTS), part(state, DENSE_SHARED_MASK), part(state, MASK)
         shapes = {k: tuple(v.shape) for k, v in self.env.model.state_dict().items()}
         weights, shared_masks = decode_sparse(part(state, WEIGHTS), shapes)
         masks = {

@@ -99,6 +99,8 @@ def test_mask_aware_aggregation_on_a_constructed_example():
     weights, shared, following = client.unpack(state)  # the kept state decodes to what was packed
     assert torch.equal(weights["k"], own["k"]) and torch.equal(shared["k"], own_shared["k"])
     assert torch.equal(following["k"], own_next["k"])
+    dense = {"weights.k": own["k"], "weights.b": own["b"], "shared-mask.k": own_shared["k"], "mask.k": own_next["k"]}
+    assert all(torch.equal(a["k"], b["k"]) for a, b in zip(client.unpack(dense), (weights, shared, following)))
     start = client.combine(state, {7: peer}, content=None)
     # entry (0,0): both keep it -> (2+6)/2; (0,1): only the peer -> 8; (1,1): nobody -> 0;
     # (1,0): dropped from the own mask -> 0; dense bias: plain mean
