@@ -22,8 +22,8 @@ from typing_extensions import override
 from clients.base import Client
 from fedsim.decentralized import peer_records
 from fedsim.numerics import tensor_sum
-from fedsim.protocols.messages import ARRAYS, LAST_CHECKPOINT, METRICS, PEER_RECORD
-from fedsim.records import arrays_of, config_of, integer, model_to_record
+from fedsim.protocols.messages import LAST_CHECKPOINT, METRICS, PEER_RECORD
+from fedsim.records import arrays_of, config_of, has_record, integer, model_to_record
 
 log = logging.getLogger("fedsim")
 
@@ -65,7 +65,7 @@ class PeerClient(Client):
         saved = self.env.state.load(before_round=server_round)
         if saved is not None:
             return saved
-        if ARRAYS not in content.array_records:
+        if not has_record(content):
             raise ValueError(
                 f"client {self.env.client_id} has no saved model and the message carries no initial 'arrays'"
             )

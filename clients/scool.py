@@ -31,7 +31,7 @@ from typing_extensions import override
 from clients.peer import PeerClient, State, part, prefixed, weighted_mix
 from fedsim.protocols import scool as protocol
 from fedsim.protocols.scool import GRAPH, IDS, LOSSES, PRIOR, USE_LIKELIHOOD, WEIGHTS
-from fedsim.records import config_of, integers, numbers
+from fedsim.records import config_of, has_record, integers, numbers
 from fedsim.seeding import torch_generator
 
 
@@ -104,7 +104,7 @@ class SCooLClient(PeerClient):
     def combine(self, state: State, peers: dict[int, ArrayRecord], content: RecordDict) -> State:
         own = self.model_weights(state)
         self.start = part(state, START) if self.official() else own
-        if not peers or GRAPH not in content.config_records:
+        if not peers or not has_record(content, GRAPH, ConfigRecord):
             self.start = own  # own weight 1: start + delta is the trained model
             return own
         s, graph = self.env.cfg.strategy, config_of(content, GRAPH)

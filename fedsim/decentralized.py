@@ -32,7 +32,7 @@ from typing_extensions import override
 
 from fedsim.params import spec
 from fedsim.protocols.messages import ARRAYS, CONFIG, PEER_RECORD, SERVER_ROUND
-from fedsim.records import arrays_of, from_numpy, integer, record_bytes, to_numpy
+from fedsim.records import array_records_of, arrays_of, from_numpy, integer, record_bytes, to_numpy
 from fedsim.seeding import rng
 from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
 
@@ -53,7 +53,7 @@ def peer_records(content: RecordDict) -> dict[int, ArrayRecord]:
     """The peers' shared records a message carries, by peer id."""
     return {
         int(name[len(PEER_PREFIX) :]): record
-        for name, record in content.array_records.items()
+        for name, record in array_records_of(content).items()
         if name.startswith(PEER_PREFIX)
     }
 

@@ -16,11 +16,11 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
-from flwr.app import Context, Message
+from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedsim.protocols.messages import CONFIG, SERVER_ROUND
-from fedsim.records import config_of, integer
+from fedsim.records import config_of, has_record, integer
 
 Mod = Callable[[Message, Context, ClientAppCallable], Message]
 
@@ -36,4 +36,4 @@ def local_training(
 
 def server_round_of(msg: Message) -> int:
     """The round a message belongs to (0 where its config names none)."""
-    return integer(config_of(msg.content), SERVER_ROUND, 0) if CONFIG in msg.content.config_records else 0
+    return integer(config_of(msg.content), SERVER_ROUND, 0) if has_record(msg.content, CONFIG, ConfigRecord) else 0

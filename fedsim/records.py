@@ -96,6 +96,20 @@ def _record(content: RecordDict, key: str, kind: type[_Record]) -> _Record:
     return record
 
 
+# Read records through get/items, not Flower's array_records/metric_records views: a view holds its RecordDict
+# in a reference cycle, which keeps the content (and any model tensors it lends) alive until the next gc.
+
+
+def has_record(content: RecordDict, key: str = ARRAYS, kind: type = ArrayRecord) -> bool:
+    """Whether ``content[key]`` is a record of ``kind`` (an ArrayRecord unless told)."""
+    return isinstance(content.get(key), kind)
+
+
+def array_records_of(content: RecordDict) -> dict[str, ArrayRecord]:
+    """The ArrayRecords of ``content`` by name, in order."""
+    return {name: record for name, record in content.items() if isinstance(record, ArrayRecord)}
+
+
 def arrays_of(content: RecordDict, key: str = ARRAYS) -> ArrayRecord:
     """The ArrayRecord ``content[key]`` (KeyError if absent, TypeError if another kind of record)."""
     return _record(content, key, ArrayRecord)
@@ -368,8 +382,6 @@ def train_reply_problem(
     and arrays (but the model's arrays named in ``checked_elsewhere``, whose finiteness the caller tests), and
     no ``model_problem`` (keys, shapes against the global model).
     """
-    # Read through get/items: Flower's array_records/metric_records views hold their RecordDict in a reference
-    # cycle, which would keep every checked reply (and the model tensors it lends) alive until the next gc.
     model, metrics = content.get(model_record), content.get(METRICS)
     if not isinstance(model, ArrayRecord) or not isinstance(metrics, MetricRecord):
         return f"malformed reply: needs an '{model_record}' ArrayRecord and a 'metrics' MetricRecord"

@@ -37,7 +37,7 @@ from fedsim.protocols.messages import (
     NUM_EXAMPLES,
     TRAIN_LOSS,
 )
-from fedsim.records import arrays_of, integer, metrics_of, number, payload_bytes
+from fedsim.records import array_records_of, arrays_of, integer, metrics_of, number, payload_bytes
 from fedsim.reduction import client_error
 from fedsim.results import RunDirectory
 from fedsim.strategy import FedsimStrategy
@@ -67,7 +67,7 @@ def shares_global_arrays(messages: list[Message]) -> bool:
     Whether every message carries the same 'arrays' record (the global model), and nothing else per client:
     what :meth:`SimulatedGrid.send_and_reduce` sums against.
     """
-    if not messages or list(messages[0].content.array_records) != [ARRAYS]:
+    if not messages or list(array_records_of(messages[0].content)) != [ARRAYS]:
         return False
     first, names = arrays_of(messages[0].content), set(messages[0].content.keys())
     return all(m.content.get(ARRAYS) is first and m.content.keys() == names for m in messages)

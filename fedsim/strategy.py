@@ -44,6 +44,7 @@ from fedsim.protocols.messages import (
 from fedsim.records import (
     arrays_of,
     cast_like,
+    has_record,
     integer,
     metrics_of,
     shape_mismatch,
@@ -95,7 +96,7 @@ def update_dissimilarity(global_arrays: ArrayRecord, replies: list[ClientReply],
     With d_i = y_i - x over the trainable parameters and p_i the sample weights:
     ``update-variance`` = sum_i p_i ||d_i - d||^2 and ``update-dissimilarity`` = that / ||d||^2, d = sum_i p_i d_i.
     """
-    if ARRAYS not in replies[0].content.array_records or not keys:
+    if not has_record(replies[0].content) or not keys:
         return {}
     # One pass, no per-client copies (thousands of replies): sum_i p_i ||d_i - d||^2 = sum_i p_i ||d_i||^2 - ||d||^2.
     total = float(sum(r.num_examples for r in replies))
@@ -265,7 +266,7 @@ class FedsimStrategy(FlowerFedAvg):
         subset: list[float] = []
         for reply in grid.send_and_receive(messages, timeout=self.cfg.round_timeout):
             cid = self.client_of(reply.metadata.src_node_id)
-            if reply.has_error() or METRICS not in reply.content.metric_records:
+            if reply.has_error() or not has_record(reply.content, METRICS, MetricRecord):
                 log.warning("round %d: client %d did not evaluate its model", server_round, cid)
                 continue
             m = metrics_of(reply.content)
@@ -476,7 +477,7 @@ class FedsimStrategy(FlowerFedAvg):
         size it declared at the handshake in deployment): a larger claim is cut to that, with a warning naming
         the client.
         """
-        if METRICS not in content.metric_records or client_id not in self.num_examples:
+        if not has_record(content, METRICS, MetricRecord) or client_id not in self.num_examples:
             return
         claimed, known = metrics_of(content).get(NUM_EXAMPLES), self.num_examples[client_id]
         if isinstance(claimed, (int, float)) and claimed > known:
@@ -529,7 +530,7 @@ class FedsimStrategy(FlowerFedAvg):
 
     def record_problem(self, msg: Message, name: str, reference: ArrayRecord) -> str | None:
         """Why the reply's ArrayRecord ``name`` is missing or unlike ``reference``, or None."""
-        if name not in msg.content.array_records:
+        if not has_record(msg.content, name):
             return f"malformed reply: {type(self).__name__} needs a '{name}' ArrayRecord"
         mismatch = shape_mismatch(reference, arrays_of(msg.content, name))
         return f"returned '{name}' whose {mismatch}" if mismatch else None

@@ -55,7 +55,15 @@ from fedsim.protocols.fedfed import (
     shared_copy_keys,
 )
 from fedsim.protocols.messages import ARRAYS, BATCH_SIZE, CONFIG, LOCAL_EPOCHS, LR, SERVER_ROUND
-from fedsim.records import arrays_of, model_to_record, non_finite, payload_bytes, record_bytes, weighted_average
+from fedsim.records import (
+    arrays_of,
+    has_record,
+    model_to_record,
+    non_finite,
+    payload_bytes,
+    record_bytes,
+    weighted_average,
+)
 from fedsim.results import RunDirectory
 from fedsim.seeding import rng, seed_torch
 from fedsim.strategy import FedsimStrategy, StrategyParams
@@ -197,7 +205,7 @@ class FedFedMixin(_MixinBase):
         )
 
     def _share_problem(self, msg: Message) -> str | None:
-        if SHARED_FEATURES not in msg.content.array_records:
+        if not has_record(msg.content, SHARED_FEATURES):
             return "malformed reply: FedFed sharing needs a 'shared' ArrayRecord"
         shared = arrays_of(msg.content, SHARED_FEATURES)
         shape = tuple(self._dataset().input_shape)

@@ -36,7 +36,7 @@ from fedsim.data import dataset_from_config
 from fedsim.models import model_from_config, split_model
 from fedsim.params import spec
 from fedsim.protocols.fedimpro import FEATURE_STATS, LAMBDA, MEAN, STD
-from fedsim.records import arrays_of, from_numpy, non_finite
+from fedsim.records import arrays_of, from_numpy, has_record, non_finite
 from fedsim.seeding import torch_generator
 from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams
 
@@ -112,7 +112,7 @@ class FedImpro(FedsimStrategy):
         problem = super().reply_problem(msg)
         if problem is not None:
             return problem
-        if FEATURE_STATS not in msg.content.array_records:
+        if not has_record(msg.content, FEATURE_STATS):
             return "malformed reply: FedImpro needs a 'feature-stats' ArrayRecord"
         stats = arrays_of(msg.content, FEATURE_STATS)
         shape = self.stats[MEAN].shape

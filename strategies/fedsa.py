@@ -67,7 +67,16 @@ from fedsim.protocols.fedsa import (
     similarity_key,
 )
 from fedsim.protocols.messages import ARRAYS, BATCH_SIZE, CONFIG, LOCAL_EPOCHS, LR, METRICS, SERVER_ROUND
-from fedsim.records import arrays_of, load_record, metrics_of, model_to_record, number, payload_bytes, weighted_average
+from fedsim.records import (
+    arrays_of,
+    has_record,
+    load_record,
+    metrics_of,
+    model_to_record,
+    number,
+    payload_bytes,
+    weighted_average,
+)
 from fedsim.results import RunDirectory
 from fedsim.seeding import rng, seed_torch, torch_generator
 from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams, typed_params
@@ -267,7 +276,7 @@ class FedSA(FedsimStrategy):
 
     def metrics_problem(self, msg: Message) -> str | None:
         """Why a phase reply's metrics cannot be used (non-finite, a similarity outside [-1, 1]), or None."""
-        if METRICS not in msg.content.metric_records:
+        if not has_record(msg.content, METRICS, MetricRecord):
             return "malformed reply: needs a 'metrics' MetricRecord"
         metrics = metrics_of(msg.content)
         bad = [k for k, v in metrics.items() if isinstance(v, float) and not np.isfinite(v)]

@@ -59,7 +59,7 @@ from fedsim.decentralized import PeerParams, PeerToPeerStrategy, peer_records
 from fedsim.params import spec
 from fedsim.protocols import scool as protocol
 from fedsim.protocols.scool import GRAPH, IDS, LOSSES, PRIOR, USE_LIKELIHOOD, WEIGHTS
-from fedsim.records import config_of, integers, numbers, shape_mismatch
+from fedsim.records import config_of, has_record, integers, numbers, shape_mismatch
 from fedsim.seeding import rng
 from fedsim.strategy import ClientReply
 
@@ -277,7 +277,7 @@ class SCooL(PeerToPeerStrategy):
     @override
     def reply_problem(self, msg: Message) -> str | None:
         problem = super().reply_problem(msg)
-        if problem is not None or GRAPH not in msg.content.config_records:
+        if problem is not None or not has_record(msg.content, GRAPH, ConfigRecord):
             return problem
         graph = config_of(msg.content, GRAPH)
         n = int(self.cfg.num_clients)
@@ -298,7 +298,7 @@ class SCooL(PeerToPeerStrategy):
     @override
     def aggregate(self, server_round: int, replies: list[ClientReply]) -> tuple[ArrayRecord, MetricRecord]:
         arrays, metrics = super().aggregate(server_round, replies)
-        reported = [r for r in replies if GRAPH in r.content.config_records]
+        reported = [r for r in replies if has_record(r.content, GRAPH, ConfigRecord)]
         for reply in reported:
             graph = config_of(reply.content, GRAPH)
             row = np.full(self.posterior.shape[1], np.nan)

@@ -253,9 +253,11 @@ def test_a_lent_array_pickles_as_a_plain_copy():
     assert tensor_of(copy).data_ptr() != model[0].weight.data_ptr()
 
 
-def test_a_hosts_summed_round_lends_the_clients_model_without_a_copy(make_cfg):
-    """FedAvg's clients on a ClientHost: replies lent and summed, the shared model never re-homed to a copy."""
-    cfg = as_dict(make_cfg("strategy=fedavg", "num_clients=4"), resolve=True)
+@pytest.mark.parametrize("defence", ["none", "local_dp", "pruning"])
+def test_a_hosts_summed_round_lends_the_clients_model_without_a_copy(make_cfg, defence):
+    """FedAvg's clients on a ClientHost: replies lent and summed, the shared model never re-homed to a copy
+    (also where a client-side defence transforms each reply on its way out)."""
+    cfg = as_dict(make_cfg("strategy=fedavg", "num_clients=4", f"defence={defence}"), resolve=True)
     runtime = runtime_of(json.dumps(cfg, sort_keys=True))
     host = ClientHost(client_app(cfg), 4)
     weight = next(runtime.model.parameters())

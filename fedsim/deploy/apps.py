@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from fedsim import plugins
 from fedsim.progress import show
 from fedsim.protocols.messages import CONFIG, METRICS
-from fedsim.records import config_of
+from fedsim.records import config_of, has_record
 
 server_app = ServerApp()
 
@@ -87,7 +87,7 @@ client_app = ClientApp()
 @client_app.query()
 def query(msg: Message, context: Context) -> Message:
     """Handshake and end-of-run messages: the client's facts, or the marker that the run has ended."""
-    if CONFIG in msg.content.config_records and config_of(msg.content).get(RUN_ENDED):
+    if has_record(msg.content, CONFIG, ConfigRecord) and config_of(msg.content).get(RUN_ENDED):
         (state_dir(dict(context.node_config)) / RUN_ENDED).write_text(str(context.run_id))  # `fedsim client` watches it
         return Message(RecordDict({METRICS: MetricRecord({RUN_ENDED: 1})}), reply_to=msg)
     return _app_for(context)(msg, context)

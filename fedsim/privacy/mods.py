@@ -21,7 +21,7 @@ from fedsim.privacy.attacks import attack_from_config
 from fedsim.privacy.attacks.base import ClientView
 from fedsim.privacy.report import round_folder, round_means, save_result
 from fedsim.protocols.messages import ARRAYS
-from fedsim.records import arrays_of
+from fedsim.records import arrays_of, has_record
 from fedsim.seeding import torch_generator
 from fedsim.server_loop import RoundObserver
 
@@ -35,7 +35,7 @@ def defence_mod(defence: Any, seed: int, client_id: Callable[[Context], int]) ->
         reply = call_next(msg, context)
         if msg.metadata.message_type != MessageType.TRAIN or reply.has_error():
             return reply
-        if ARRAYS in msg.content.array_records and ARRAYS in reply.content.array_records:
+        if has_record(msg.content) and has_record(reply.content):
             generator = torch_generator(seed, "defence", server_round_of(msg), client_id(context))
             reply.content[ARRAYS] = defence.transform(arrays_of(msg.content), arrays_of(reply.content), generator)
         return reply

@@ -16,7 +16,7 @@ from typing_extensions import override
 from fedsim.params import spec
 from fedsim.privacy.attacks.base import Attack, AttackResult, ClientView, received_model
 from fedsim.privacy.metrics import membership_scores
-from fedsim.protocols.messages import ARRAYS
+from fedsim.records import has_record
 from fedsim.seeding import torch_generator
 
 
@@ -46,7 +46,7 @@ class MembershipInference(Attack):
 
     @override
     def observe(self, view: ClientView) -> AttackResult | None:
-        if ARRAYS not in view.sent.array_records:
+        if not has_record(view.sent):
             return None
         env = view.env
         data = env.data

@@ -32,8 +32,7 @@ from fedsim.params import spec
 from fedsim.privacy.attacks.base import Attack, AttackResult, ClientView
 from fedsim.privacy.metrics import psnr, ssim
 from fedsim.protocols.fedfed import SHARED_FEATURES, shared_copy_keys
-from fedsim.protocols.messages import ARRAYS
-from fedsim.records import arrays_of
+from fedsim.records import arrays_of, has_record
 from fedsim.seeding import torch_generator
 
 
@@ -97,7 +96,7 @@ class SharedFeatureInversion(Attack):
 
     @override
     def observe(self, view: ClientView) -> AttackResult | None:
-        if SHARED_FEATURES not in view.reply.array_records or ARRAYS not in view.sent.array_records:
+        if not has_record(view.reply, SHARED_FEATURES) or not has_record(view.sent):
             return None
         env, s = view.env, view.env.cfg.strategy
         data = env.data.dataset

@@ -18,8 +18,7 @@ from fedsim.params import spec
 from fedsim.privacy.attacks.base import Attack, AttackResult, ClientView, ImageSpace, received_model, score_images
 from fedsim.privacy.attacks.gradient_inversion import total_variation
 from fedsim.protocols.fedimpro import FEATURE_STATS, MEAN, STD
-from fedsim.protocols.messages import ARRAYS
-from fedsim.records import arrays_of
+from fedsim.records import arrays_of, has_record
 from fedsim.seeding import torch_generator
 
 
@@ -40,7 +39,7 @@ class StatisticsInversion(Attack):
 
     @override
     def observe(self, view: ClientView) -> AttackResult | None:
-        if FEATURE_STATS not in view.reply.array_records or ARRAYS not in view.sent.array_records:
+        if not has_record(view.reply, FEATURE_STATS) or not has_record(view.sent):
             return None
         env = view.env
         stats = arrays_of(view.reply, FEATURE_STATS)

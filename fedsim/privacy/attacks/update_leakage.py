@@ -19,8 +19,8 @@ from fedsim.privacy.attacks.gradient_inversion import GradientInversion
 from fedsim.privacy.attacks.labels import largest_remainder
 from fedsim.privacy.attacks.observation import Observation
 from fedsim.privacy.defences.update import float_update
-from fedsim.protocols.messages import ARRAYS, BATCH_SIZE, LOCAL_EPOCHS, LR, NUM_EXAMPLES
-from fedsim.records import arrays_of, config_of, integer, metrics_of, number
+from fedsim.protocols.messages import BATCH_SIZE, LOCAL_EPOCHS, LR, NUM_EXAMPLES
+from fedsim.records import arrays_of, config_of, has_record, integer, metrics_of, number
 from fedsim.seeding import torch_generator
 
 
@@ -32,7 +32,7 @@ def label_sample(labels: torch.Tensor, n: int, num_classes: int) -> torch.Tensor
 
 def observed_update(view: ClientView) -> Observation | None:
     """The client's update as the server sees it; None when the reply carries no model like the one sent."""
-    if ARRAYS not in view.sent.array_records or ARRAYS not in view.reply.array_records:
+    if not has_record(view.sent) or not has_record(view.reply):
         return None
     sent, returned = arrays_of(view.sent), arrays_of(view.reply)
     if set(sent.keys()) != set(returned.keys()):
