@@ -1,15 +1,16 @@
-"""Reproduction evidence: keep the small outputs of reproduction sweeps and render docs/REPRODUCTIONS.md.
+"""Reproduction evidence: keep the small outputs of reproduction sweeps, render docs/REPRODUCTIONS.md, check reruns.
 
     python scripts/reproductions.py collect runs/sweeps/<timestamp>-repro_fedimpro
     python scripts/reproductions.py render
+    python scripts/reproductions.py check b runs/sweeps/<timestamp>-repro_fedimpro   # e.g. rerun with seed=5,6,7
 
 ``collect`` copies each finished run's config.yaml, metrics.jsonl, summary.json and partition.json (no checkpoints)
-and the sweep's manifest (manifests/<sweep>.json) into docs/reproductions/<experiment>/. ``render`` runs `fedsim
-report` on
-those folders for every claim of docs/reproductions/claims.yaml, writes each comparison's
-report.md/.csv/.png under docs/reproductions/claim_<id>/, decides the verdict from the paired
-95% interval, and writes docs/REPRODUCTIONS.md plus the summary table between the reproduction
-markers of README.md. Every number on the page comes from the committed run outputs.
+and the sweep's manifest (manifests/<sweep>.json) into docs/reproductions/<experiment>/. ``render`` decides every
+claim of docs/reproductions/claims.yaml on those folders (fedsim.experiments.claims: paired 95% intervals), writes
+each comparison's report.md/.csv/.png under docs/reproductions/claim_<id>/, and writes docs/REPRODUCTIONS.md plus
+the summary table between the reproduction markers of README.md. Every number on the page comes from the
+committed run outputs. ``check`` decides one claim on other runs, such as a rerun of its command with other
+seeds, and sets each verdict beside the committed one (exit 1 when one differs).
 """
 
 from __future__ import annotations
@@ -24,23 +25,14 @@ import pandas as pd
 import yaml
 
 from fedsim.errors import ConfigError
-from fedsim.experiments.report import (
-    ReportOptions,
-    baseline_runs,
-    build_report,
-    group_labels,
-    lower_is_better,
-    paired_difference,
-    percent,
-    run_figures,
-)
+from fedsim.experiments.claims import NOT_RUN, Outcome, evaluate_claim
+from fedsim.experiments.report import group_labels, percent, run_figures
 from fedsim.experiments.report_files import write_report
-from fedsim.experiments.runs import as_text, load_runs
+from fedsim.experiments.runs import RunTable, load_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "reproductions"
 KEPT = ("config.yaml", "metrics.jsonl", "summary.json", "partition.json")
-MIN_SEEDS, MIN_ROUNDS = 3, 50
 README_START, README_END = "<!-- reproductions:start -->", "<!-- reproductions:end -->"
 
 
@@ -63,61 +55,6 @@ def collect(sweep: Path) -> Path:
     (manifests / f"{sweep.name}.json").write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"{target}: {kept} of {len(manifest['jobs'])} runs kept")
     return target
-
-
-def verdict(row: dict, claimed_lower: bool, seeds: int, rounds: int, margin: float = 0.0) -> str:
-    """From the paired interval of the claimed-better group - baseline, in the direction the claim
-    states; with a ``margin``, the claim is "no worse than ``margin``" (non-inferiority)."""
-    if seeds < MIN_SEEDS or rounds < MIN_ROUNDS:
-        return f"incomplete ({seeds} seeds, {rounds} rounds; the protocol asks {MIN_SEEDS} and {MIN_ROUNDS})"
-    sign = -1.0 if claimed_lower else 1.0
-    low, high = sorted((sign * row["ci_low"], sign * row["ci_high"]))
-    if low > -margin:
-        return "reproduced"
-    if high < -margin:
-        return (
-            "not reproduced (the interval excludes 0 the other way)"
-            if margin == 0
-            else f"not reproduced (the interval lies beyond the margin of {margin:g})"
-        )
-    return (
-        "inconclusive (the interval contains 0)"
-        if margin == 0
-        else f"inconclusive (the interval crosses the margin of {margin:g})"
-    )
-
-
-def level_check(runs, spec: dict) -> tuple[list[str], str, str]:
-    """Whether ``spec['metric']`` of the runs ``spec['runs']`` selects stays within ``spec['margin']`` of
-    ``spec['reference']`` measured in the same runs (e.g. an attack's PSNR against a random image's):
-    the 95% interval of the per-run difference (last round) must lie below the margin.
-    Returns (the section's lines, the summary's figure, the verdict)."""
-    mask, _ = baseline_runs(runs.configs, list(spec["runs"]))
-    metrics = runs.metrics[runs.metrics["run"].isin(runs.configs.index[mask])]
-    value = run_figures(metrics, spec["metric"], 1, None)
-    reference = run_figures(metrics, spec["reference"], 1, None)
-    both = value[["final", "rounds"]].join(reference["final"].rename("reference")).dropna()
-    row = paired_difference(both["final"].to_numpy(), both["reference"].to_numpy())
-    seeds, rounds, margin = int(row["pairs"]), int(both["rounds"].min()) if len(both) else 0, float(spec["margin"])
-    if seeds < MIN_SEEDS or rounds < MIN_ROUNDS:
-        decision = f"incomplete ({seeds} seeds, {rounds} rounds; the protocol asks {MIN_SEEDS} and {MIN_ROUNDS})"
-    elif row["ci_high"] < margin:
-        decision = "reproduced"
-    elif row["ci_low"] > margin:
-        decision = f"not reproduced (more than {margin:g} above the reference)"
-    else:
-        decision = f"inconclusive (the interval crosses the margin of {margin:g})"
-    figure = f"{row['diff']:.4g} [{row['ci_low']:.4g}, {row['ci_high']:.4g}] (n={seeds})"
-    lines = [
-        f"### {spec['label']}",
-        "",
-        f"`{spec['metric']}` - `{spec['reference']}` in the same runs ({', '.join(spec['runs'])}), "
-        f"mean over seeds with its 95% interval: {figure}; the claim holds when the interval lies below {margin:g}.",
-        "",
-        f"Verdict: **{decision}**.",
-        "",
-    ]
-    return lines, figure, decision
 
 
 def group_table(runs, spec: dict) -> list[str]:
@@ -144,26 +81,6 @@ def group_table(runs, spec: dict) -> list[str]:
     return lines + [""]
 
 
-def matching_group(better: list[str], groups: list[str], configs) -> str | None:
-    """The group label holding every ``key=value`` of ``better``, the one naming fewest other options
-    where several do (``selection=random`` is the plain group, not ``selection=random, teachers.foreign=[5]``).
-    A key that no label names does not vary among the runs (e.g. the runs that would set it otherwise are
-    not committed yet): the runs that have it must then all have the wanted value, else nothing matches."""
-    named = {item.split("=", 1)[0] for g in groups for item in g.split(", ")}
-    for item in better:
-        key, value = item.split("=", 1)
-        column = f"{key}.name" if f"{key}.name" in configs else key  # a group (partition) means its option
-        if key not in named and (column not in configs or value not in set(as_text(configs[[column]])[column]) - {""}):
-            return None
-    wanted = {item for item in better if item.split("=", 1)[0] in named}
-    holding = [g for g in groups if wanted <= set(g.split(", "))]
-    return min(holding, key=lambda g: len(g.split(", ")), default=None)
-
-
-def fmt(value: float, metric: str) -> str:
-    return f"{value * 100:.2f}" if percent(metric) else f"{value:.4g}"
-
-
 def cell(value: float, metric: str) -> str:
     """A table entry: percent points for accuracies, three decimals below 1, two above."""
     if percent(metric):
@@ -171,9 +88,13 @@ def cell(value: float, metric: str) -> str:
     return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
 
 
+def committed_runs(experiments: list[str]) -> RunTable | None:
+    dirs = [str(DOCS / e) for e in experiments if (DOCS / e).is_dir()]
+    return load_runs(dirs) if dirs else None
+
+
 def render_claim(claim: dict) -> tuple[list[str], list[str]]:
     """(the claim's section of REPRODUCTIONS.md, its summary rows)."""
-    dirs = [str(DOCS / e) for e in claim["experiments"] if (DOCS / e).is_dir()]
     section = [f"## Claim {claim['id']}: {claim['title']}", "", f"**Paper.** {claim['paper']}", ""]
     section += [
         "**Command.** "
@@ -181,71 +102,32 @@ def render_claim(claim: dict) -> tuple[list[str], list[str]]:
         + " (each file states the proxy's scale-down next to the paper's setting).",
         "",
     ]
-    rows = []
-    if not dirs:
+    runs = committed_runs(claim["experiments"])
+    if runs is None:
         section += ["No runs committed yet.", ""]
-        return section, [f"| {claim['id']} | {claim['title']} | - | not run yet |"]
-    runs = load_runs(dirs)
-    for k, comparison in enumerate(claim["comparisons"]):
-        metric = comparison["metric"]
-        metrics = [metric] + [m for m in claim["metrics"] if m != metric]
-        out = (
-            DOCS / f"claim_{claim['id']}" / f"{k + 1}-{metric}-vs-{'_'.join(comparison['baseline']).replace('=', '-')}"
-        )
-        last = int(comparison.get("last", claim["last"]))
-        options = ReportOptions(
-            metrics, [], list(comparison["baseline"]), None, last, comparison.get("compare", claim["compare"]), out
-        )
-        better = [comparison["better"]] if isinstance(comparison["better"], str) else list(comparison["better"])
-        title = comparison.get("label") or f"{', '.join(better)} vs {' '.join(comparison['baseline'])}"
-        title += f", `{metric}`"
-        try:
-            report = build_report(runs, options)
-        except ConfigError as err:  # e.g. the baseline's runs are not there yet
-            section += [f"### {title}", "", f"Not run yet ({err}).", ""]
-            rows.append(f"| {claim['id']} | {title} | - | not run yet |")
+        return section, [f"| {claim['id']} | {claim['title']} | - | {NOT_RUN} |"]
+    comparisons, levels = evaluate_claim(runs, claim)
+    dirs = [str((DOCS / e).relative_to(ROOT)) for e in claim["experiments"] if (DOCS / e).is_dir()]
+    for k, (comparison, outcome) in enumerate(zip(claim["comparisons"], comparisons, strict=True)):
+        section += [f"### {outcome.label}", ""]
+        if outcome.report is None:
+            section += [outcome.explanation, ""]
             continue
-        _, table = write_report(report, [str(Path(d).relative_to(ROOT)) for d in dirs])
-        rows_by_group = report.table.set_index("group")
-        label = matching_group(better, list(rows_by_group.index), runs.configs)
-        if label is None or "diff" not in rows_by_group:
-            decision, ours = "not run yet", "-"
-        else:
-            row = rows_by_group.loc[label].to_dict()
-            seeds, rounds = int(row["pairs"]), int(row["rounds"])
-            claimed_lower = comparison.get("claimed", "lower" if lower_is_better(metric) else "higher") == "lower"
-            decision = verdict(row, claimed_lower, seeds, rounds, float(comparison.get("margin", 0.0)))
-            ours = (
-                f"{fmt(row['diff'], metric)} [{fmt(row['ci_low'], metric)}, {fmt(row['ci_high'], metric)}] (n={seeds})"
-            )
+        baseline = "_".join(comparison["baseline"]).replace("=", "-")
+        out = DOCS / f"claim_{claim['id']}" / f"{k + 1}-{comparison['metric']}-vs-{baseline}"
+        outcome.report.options.out = out
+        _, table = write_report(outcome.report, dirs)
         image = out.relative_to(DOCS.parent) / "report.png"
-        section += [
-            f"### {title}",
-            "",
-            table,
-            "",
-            f"Verdict: **{decision}**.",
-            "",
-            f"![{title}]({image.as_posix()})",
-            "",
-        ]
-        for warning in report.warnings:
-            section.append(f"- warning: {warning}")
-        rows.append(f"| {claim['id']} | {title} | {ours} | {decision} |")
-    for spec in claim.get("levels", []):
-        try:
-            lines, figure, decision = level_check(runs, spec)
-        except ConfigError as err:  # the runs it selects are not there yet
-            lines, figure, decision = [f"### {spec['label']}", "", f"Not run yet ({err}).", ""], "-", "not run yet"
-        section += lines
-        rows.append(f"| {claim['id']} | {spec['label']} | {figure} | {decision} |")
+        section += [table, "", f"Verdict: **{outcome.decision}**.", "", f"![{outcome.label}]({image.as_posix()})", ""]
+        section += [f"- warning: {warning}" for warning in outcome.warnings]
+    for outcome in levels:
+        section += [f"### {outcome.label}", "", outcome.explanation, ""]
+        if outcome.decision != NOT_RUN:
+            section += [f"Verdict: **{outcome.decision}**.", ""]
+    rows = [f"| {claim['id']} | {o.label} | {o.figure} | {o.decision} |" for o in comparisons + levels]
     for spec in claim.get("tables", []):
-        table_runs = (
-            load_runs([str(DOCS / e) for e in spec["experiments"] if (DOCS / e).is_dir()])
-            if "experiments" in spec
-            else runs
-        )
-        section += group_table(table_runs, spec)
+        table_runs = committed_runs(spec["experiments"]) if "experiments" in spec else runs
+        section += group_table(table_runs, spec) if table_runs is not None else []
     notes = DOCS / f"claim_{claim['id']}" / "notes.md"
     if notes.is_file():
         section += ["**Findings.**", "", notes.read_text().strip(), ""]
@@ -263,6 +145,11 @@ def render() -> None:
         "mean difference of the compared figure with its 95% Student-t interval, and decides: **reproduced**",
         "when the interval excludes 0 in the claimed direction, **not reproduced** when it excludes 0 the",
         "other way, **inconclusive** otherwise.",
+        "",
+        "To check a verdict on other seeds, rerun the claim's commands with them",
+        "(`python -m fedsim run -m +experiment=<name> seed=5,6,7 --jobs 2`)",
+        "and decide the claim on those runs beside the committed ones:",
+        "`python scripts/reproductions.py check <claim> runs/sweeps/<new sweep>...` (exit 1 when a verdict differs).",
         "",
     ]
     summary = ["| claim | comparison | ours: paired difference, 95% CI | verdict |", "|---|---|---|---|"]
@@ -282,17 +169,55 @@ def render() -> None:
     print(f"wrote {ROOT / 'docs' / 'REPRODUCTIONS.md'}")
 
 
+def check(claim_id: str, paths: list[str]) -> int:
+    """Decide claim ``claim_id`` on the runs under ``paths`` (e.g. a rerun with other seeds) beside the committed
+    runs' verdicts; 0 when every comparison decided on both has the same verdict, 1 when one differs."""
+    claims = {str(c["id"]): c for c in yaml.safe_load((DOCS / "claims.yaml").read_text())}
+    if claim_id not in claims:
+        raise ConfigError(f"no claim '{claim_id}' in docs/reproductions/claims.yaml; claims: {', '.join(claims)}")
+    claim = claims[claim_id]
+    theirs = sum(evaluate_claim(load_runs(paths), claim), [])
+    committed_table = committed_runs(claim["experiments"])
+    ours = (
+        sum(evaluate_claim(committed_table, claim), [])
+        if committed_table is not None
+        else [Outcome(o.label) for o in theirs]
+    )
+    undecided = {NOT_RUN, "incomplete"}
+    print(f"| claim {claim_id} | committed runs | these runs | same verdict |")
+    print("|---|---|---|---|")
+    decided = differ = 0
+    for committed, rerun in zip(ours, theirs, strict=True):
+        both = committed.verdict_class not in undecided and rerun.verdict_class not in undecided
+        same = "-" if not both else "yes" if committed.verdict_class == rerun.verdict_class else "NO"
+        decided += both
+        differ += same == "NO"
+        print(f"| {rerun.label} | {committed.verdict_class}: {committed.figure} | ", end="")
+        print(f"{rerun.decision}: {rerun.figure} | {same} |")
+    print(f"{decided} comparisons decided on both, {differ} with another verdict")
+    return 1 if differ else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("collect").add_argument("sweeps", nargs="+", type=Path)
     sub.add_parser("render")
+    checking = sub.add_parser("check", help="a claim's verdicts on other runs (e.g. other seeds) beside the committed")
+    checking.add_argument("claim", help="the claim's id in docs/reproductions/claims.yaml, e.g. a")
+    checking.add_argument("runs", nargs="+", help="sweep or run directories")
     args = parser.parse_args(argv)
-    if args.command == "collect":
-        for sweep in args.sweeps:
-            collect(sweep)
-    else:
-        render()
+    try:
+        if args.command == "collect":
+            for sweep in args.sweeps:
+                collect(sweep)
+        elif args.command == "check":
+            return check(args.claim, args.runs)
+        else:
+            render()
+    except ConfigError as err:
+        print(f"reproductions: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,7 +1,12 @@
-"""scripts/reproductions.py: the verdict of a claim follows the paired interval and the protocol's minimums."""
+"""Claims' verdicts (fedsim.experiments.claims) and scripts/reproductions.py: the verdict of a claim follows the
+paired interval and the protocol's minimums; the page is generated; a rerun is checked against it."""
 
 import importlib.util
+import json
+import shutil
 from pathlib import Path
+
+from fedsim.experiments import claims
 
 spec = importlib.util.spec_from_file_location(
     "reproductions", Path(__file__).resolve().parent.parent / "scripts" / "reproductions.py"
@@ -16,7 +21,7 @@ def test_verdict_reads_the_interval_in_the_claimed_direction():
         {"ci_low": -0.05, "ci_high": -0.01},
         {"ci_low": -0.01, "ci_high": 0.02},
     )
-    verdict = reproductions.verdict
+    verdict = claims.verdict
     assert verdict(above, False, 3, 50) == "reproduced"
     assert verdict(below, False, 3, 50).startswith("not reproduced")
     assert verdict(straddles, False, 5, 50).startswith("inconclusive")
@@ -26,7 +31,7 @@ def test_verdict_reads_the_interval_in_the_claimed_direction():
 
 
 def test_a_margin_makes_the_claim_no_worse_than_the_margin():
-    verdict = reproductions.verdict
+    verdict = claims.verdict
     slightly_worse, much_worse = {"ci_low": -0.008, "ci_high": 0.003}, {"ci_low": -0.05, "ci_high": -0.02}
     assert verdict(slightly_worse, False, 3, 50, margin=0.01) == "reproduced"
     assert verdict(slightly_worse, False, 3, 50).startswith("inconclusive")
@@ -61,11 +66,11 @@ def test_a_level_check_holds_when_the_interval_lies_below_the_margin():
     at_random = runs_table(
         {"a": ("mjp", 7.1, 7.3), "b": ("mjp", 7.0, 6.9), "c": ("mjp", 7.4, 7.5), "d": ("none", 90.0, 7.0)}
     )
-    assert reproductions.level_check(at_random, spec)[2] == "reproduced"
+    assert claims.level_check(at_random, spec).decision == "reproduced"
     leaking = runs_table({"a": ("mjp", 12.1, 7.3), "b": ("mjp", 11.0, 6.9), "c": ("mjp", 12.4, 7.5)})
-    assert reproductions.level_check(leaking, spec)[2].startswith("not reproduced")
+    assert claims.level_check(leaking, spec).decision.startswith("not reproduced")
     two_seeds = runs_table({"a": ("mjp", 7.1, 7.3), "b": ("mjp", 7.0, 6.9)})
-    assert reproductions.level_check(two_seeds, spec)[2].startswith("incomplete")
+    assert claims.level_check(two_seeds, spec).decision.startswith("incomplete")
 
 
 def test_a_group_table_shows_each_groups_mean_and_spread():
@@ -94,7 +99,7 @@ def test_a_claimed_group_is_matched_on_the_keys_that_vary_and_the_values_the_run
 
     groups = ["strategy=fedavg", "strategy=twinsight"]  # np_weight does not vary: only the twinsight runs have it
     configs = pd.DataFrame({"strategy.name": ["fedavg", "twinsight"], "strategy.np_weight": [None, 1.0]})
-    match = reproductions.matching_group
+    match = claims.matching_group
     assert match(["strategy=twinsight", "strategy.np_weight=1.0"], groups, configs) == "strategy=twinsight"
     assert (
         match(["strategy=twinsight", "strategy.np_weight=0.015625"], groups, configs) is None
@@ -108,7 +113,7 @@ def test_the_most_specific_group_is_matched():
 
     groups = ["strategy.selection=random, strategy.teachers.foreign=[5]", "strategy.selection=random"]
     configs = pd.DataFrame({"strategy.selection": ["random", "random"]})
-    match = reproductions.matching_group
+    match = claims.matching_group
     assert match(["strategy.selection=random"], groups, configs) == groups[1]
     assert match(["strategy.selection=random", "strategy.teachers.foreign=[5]"], groups, configs) == groups[0]
 
@@ -118,6 +123,36 @@ def test_a_group_option_that_does_not_vary_is_matched_on_its_name():
 
     groups = ["strategy=dispfl", "strategy=dpsgd"]  # only Dirichlet runs so far: partition does not vary
     configs = pd.DataFrame({"strategy.name": ["dispfl", "dpsgd"], "partition.name": ["dirichlet", "dirichlet"]})
-    match = reproductions.matching_group
+    match = claims.matching_group
     assert match(["strategy=dispfl", "partition=dirichlet"], groups, configs) == "strategy=dispfl"
     assert match(["strategy=dispfl", "partition=shards"], groups, configs) is None
+
+
+COMMITTED = Path(__file__).resolve().parent.parent / "docs" / "reproductions"
+
+
+def test_check_finds_the_committed_verdicts_on_the_committed_runs(capsys):
+    runs = [str(COMMITTED / "repro_scool"), str(COMMITTED / "repro_scool_attention")]
+    assert reproductions.main(["check", "e", *runs]) == 0
+    out = capsys.readouterr().out
+    assert "| yes |" in out and "| NO |" not in out
+
+
+def test_check_flags_a_rerun_whose_verdict_differs(tmp_path, capsys):
+    """SCooL's runs 30 points worse: 'far above FedAvg' turns into not reproduced, and check says so."""
+    rerun = tmp_path / "repro_scool"
+    shutil.copytree(COMMITTED / "repro_scool", rerun)
+    for metrics in rerun.glob("*-strategy_scool/metrics.jsonl"):
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        for row in rows:
+            if "test_accuracy" in row:
+                row["test_accuracy"] -= 0.3
+        metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert reproductions.main(["check", "e", str(rerun)]) == 1
+    out = capsys.readouterr().out
+    assert "| NO |" in out and "not reproduced" in out
+
+
+def test_check_names_an_unknown_claim(tmp_path, capsys):
+    assert reproductions.main(["check", "z", str(tmp_path)]) == 2
+    assert "no claim 'z'" in capsys.readouterr().err
