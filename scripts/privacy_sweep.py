@@ -11,14 +11,13 @@ at its trained weights. Prints the table and saves privacy_vs_utility.png.
 
 from __future__ import annotations
 
+import argparse
+import json
+import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from repro_common import attack_fedsim, repro_parser, run_fedsim  # noqa: E402
-
-from fedsim.privacy.report import table  # noqa: E402
+from fedsim.privacy.report import table
 
 SETTINGS = [
     ("none", ["defence=none"]),
@@ -30,6 +29,16 @@ SETTINGS = [
     ("DP-SGD z=1", ["defence=dp_sgd", "defence.noise_multiplier=1.0"]),
     ("central DP z=1", ["defence=central_dp", "defence.noise_multiplier=1.0"]),
 ]
+
+
+def fedsim(command: list[str], out: Path, what: str) -> dict:
+    """Run ``python -m fedsim COMMAND`` unless ``out`` already holds its summary.json; that summary."""
+    if not (out / "summary.json").is_file():
+        print(f"{what} ...", flush=True)
+        proc = subprocess.run([sys.executable, "-m", "fedsim", *command], capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"{what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads((out / "summary.json").read_text())
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -51,8 +60,13 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = repro_parser(__doc__)
-    parser.set_defaults(rounds=3)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--alpha", type=float, default=0.1, help="Dirichlet alpha of the partition")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-root", default="./data")
+    parser.add_argument("--runs-root", default=None, help="keep the run directories here (default: runs/privacy_sweep)")
+    parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every run, e.g. backend=inprocess")
     parser.add_argument("--images", type=int, default=4, help="victim images attacked per setting")
     parser.add_argument("--iterations", type=int, default=200, help="Inverting Gradients iterations")
     parser.add_argument("--samples", type=int, default=1000, help="samples per client in the training runs")
@@ -71,10 +85,11 @@ def main() -> None:
     rows = []
     for label, overrides in SETTINGS:
         name = label.replace(" ", "_").replace("%", "pct").replace("=", "")
-        summary = run_fedsim([*common, *overrides], str(root), name)
+        summary = fedsim(["run", *common, *overrides, f"run_dir={root / name}"], root / name, f"training {name}")
         attacked = ["defence=none"] if "defence=central_dp" in overrides else overrides  # the server sees raw updates
-        mean = attack_fedsim(
+        mean = fedsim(
             [
+                "attack",
                 *attacked,
                 "attack=inverting_gradients",
                 f"attack.iterations={args.iterations}",
@@ -83,10 +98,13 @@ def main() -> None:
                 "batch_size=1",
                 f"seed={args.seed}",
                 f"data_root={args.data_root}",
+                f"out_dir={root / f'attack-{name}'}",
             ],
             root / f"attack-{name}",
-        )
-        eps = summary["metrics"][-1].get("dp_epsilon")
+            f"attacking {name}",
+        )["mean"]
+        last = json.loads((root / name / "metrics.jsonl").read_text().splitlines()[-1])
+        eps = last.get("dp_epsilon")
         rows.append(
             {
                 "defence": label,
