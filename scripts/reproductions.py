@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -73,12 +74,15 @@ def group_table(runs, spec: dict) -> list[str]:
         "|---" * (len(spec["metrics"]) + 2) + "|",
     ]
     for label, frame in values.groupby(labels, sort=False):
-        cells = [
-            f"{cell(frame[m].mean(), m)} +- {cell(frame[m].std(), m)}" if frame[m].notna().any() else "-"
-            for m in spec["metrics"]
-        ]
+        cells = [mean_std(frame[m], m) if frame[m].notna().any() else "-" for m in spec["metrics"]]
         lines.append(f"| {label} | {len(frame)} | " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def mean_std(values: pd.Series, metric: str) -> str:
+    """``mean +- std`` over seeds; the mean alone where the spread is undefined (an infinite epsilon)."""
+    mean, std = values.mean(), values.std()
+    return f"{cell(mean, metric)} +- {cell(std, metric)}" if math.isfinite(std) else cell(mean, metric)
 
 
 def cell(value: float, metric: str) -> str:
