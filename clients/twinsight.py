@@ -10,7 +10,9 @@ Each client trains twin models on all its samples, labeled or not:
   strong views learn them, 0 turns it off);
 - the unsupervised model g (the same network up to its penultimate layer + a projector, server
   record ``unsupervised``): SimCLR's InfoNCE between the weak and the strong view of each sample,
-  as in the official code (temperature ``temperature``, weight ``contrastive_weight``);
+  as in the official code (temperature ``temperature``, weight ``contrastive_weight``). The projector
+  is SimCLR's (feature width, ReLU, ``projection_dim``), smaller than the official BYOL-style MLP
+  (512 -> 4096 with BatchNorm -> 2048) to keep CPU proxies affordable: a deliberate difference;
 - the neighbourhood-preserving constraint couples them on weak views: with u and v the
   L2-normalised penultimate features of g and f (``embedding``: 512-d for the CNN, not the
   3136-d conv output), L_np = sum((u u^T - v v^T)^2) / B over the B x B
