@@ -81,8 +81,10 @@ def group_table(runs, spec: dict) -> list[str]:
 
 def mean_std(values: pd.Series, metric: str) -> str:
     """``mean +- std`` over seeds; the mean alone where the spread is undefined (an infinite epsilon)."""
-    mean, std = values.mean(), values.std()
-    return f"{cell(mean, metric)} +- {cell(std, metric)}" if math.isfinite(std) else cell(mean, metric)
+    finite = values.dropna()
+    if len(finite) < 2 or not finite.map(math.isfinite).all():
+        return cell(values.mean(), metric)
+    return f"{cell(finite.mean(), metric)} +- {cell(finite.std(), metric)}"
 
 
 def cell(value: float, metric: str) -> str:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -17,7 +20,7 @@ from fedsim.cli import main
 from fedsim.config import compose
 from fedsim.errors import ConfigError
 from fedsim.experiments.plan import plan_sweep
-from fedsim.experiments.report import ReportOptions, build_report, group_labels, paired_difference
+from fedsim.experiments.report import ReportOptions, build_report, group_labels, late_trend, paired_difference
 from fedsim.experiments.report_files import markdown_table
 from fedsim.experiments.runs import load_runs
 
@@ -365,3 +368,12 @@ def test_runs_keep_integer_keys_and_fill_keys_older_runs_lacked(tmp_path):
     configs = load_runs([str(tmp_path)]).configs
     assert sorted(map(str, configs["partition.labeled_clients"])) == ["4", "None"]
     assert list(configs["augment"]) == ["none", "none"]
+
+
+def test_late_trend_is_the_last_means_difference_and_nan_where_undefined():
+    assert late_trend(np.array([0.1, 0.2, 0.5, 0.6]), 2) == pytest.approx(0.4)  # (0.5 + 0.6 - 0.1 - 0.2) / 2
+    assert late_trend(np.array([0.1, 0.2, 0.5]), 2) == pytest.approx(0.3)  # fewer than twice `last`: k = 1
+    assert math.isnan(late_trend(np.array([0.5]), 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an infinite epsilon has no trend, and no warning either
+        assert math.isnan(late_trend(np.array([1.0, math.inf, math.inf, math.inf]), 2))

@@ -108,11 +108,13 @@ def late_trend(values: np.ndarray, last: int) -> float:
     """How much a curve still moves at its end.
 
     The mean of the last ``last`` evaluations minus the mean of the ``last`` before (fewer where the
-    run has fewer than twice as many; NaN with fewer than two): near 0 once a curve has levelled off,
-    positive while an accuracy still rises.
+    run has fewer than twice as many; NaN with fewer than two, or with a non-finite value): near 0 once
+    a curve has levelled off, positive while an accuracy still rises.
     """
     k = min(last, values.size // 2)
-    return float(values[-k:].mean() - values[-2 * k : -k].mean()) if k >= 1 else math.nan
+    if k < 1 or not np.isfinite(values[-2 * k :]).all():  # e.g. an infinite epsilon: no trend to read
+        return math.nan
+    return float(values[-k:].mean() - values[-2 * k : -k].mean())
 
 
 def run_figures(metrics: pd.DataFrame, metric: str, last: int, target: float | None) -> pd.DataFrame:
