@@ -44,6 +44,7 @@ from fedsim.strategy import FedsimStrategy
 from fedsim.tracking import RunLogger
 
 log = logging.getLogger("fedsim")
+HANDSHAKE_WAIT_S = 15.0  # how long the first handshake query waits for its answers; each repeat waits twice as long
 
 
 def handshake(grid: Grid, nodes: list[int], timeout: float) -> list[tuple[int, int, int]]:
@@ -93,10 +94,19 @@ def discover_clients(grid: Grid, expected: int, timeout: float) -> tuple[dict[in
         )
     node_of: dict[int, int] = {}
     sizes: dict[int, int] = {}
-    for node, cid, size in handshake(grid, nodes, timeout):
-        if cid in node_of:
-            raise FedsimError(f"two nodes claim client id {cid}: give every client a distinct partition-id")
-        node_of[cid], sizes[cid] = node, size
+    pending, wait = nodes, HANDSHAKE_WAIT_S
+    while pending:
+        # A node can miss a query (e.g. a restarted server's, while the node still runs a killed run's last
+        # message): ask the silent ones again, waiting twice as long each time, until the deadline.
+        for node, cid, size in handshake(grid, pending, max(min(wait, deadline - time.time()), 1.0)):
+            if cid in node_of and node_of[cid] != node:
+                raise FedsimError(f"two nodes claim client id {cid}: give every client a distinct partition-id")
+            node_of[cid], sizes[cid] = node, size
+        answered = set(node_of.values())
+        pending = [n for n in sorted(grid.get_node_ids()) if n not in answered]
+        if len(node_of) >= expected or time.time() >= deadline:
+            break
+        wait *= 2
     if not node_of:
         raise FedsimError("no client answered the handshake: check the client logs")
     return node_of, sizes
