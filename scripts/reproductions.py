@@ -26,7 +26,7 @@ import pandas as pd
 import yaml
 
 from fedsim.errors import ConfigError
-from fedsim.experiments.claims import NOT_RUN, Outcome, evaluate_claim
+from fedsim.experiments.claims import MIN_ROUNDS, MIN_SEEDS, NOT_RUN, Outcome, evaluate_claim
 from fedsim.experiments.report import group_labels, percent, run_figures
 from fedsim.experiments.report_files import write_report
 from fedsim.experiments.runs import RunTable, load_runs
@@ -177,7 +177,8 @@ def render() -> None:
 
 def check(claim_id: str, paths: list[str]) -> int:
     """Decide claim ``claim_id`` on the runs under ``paths`` (e.g. a rerun with other seeds) beside the committed
-    runs' verdicts; 0 when every comparison decided on both has the same verdict, 1 when one differs."""
+    runs' verdicts; 0 when every comparison decided on both has the same verdict, 1 when one differs (a
+    ConfigError when none is decided on the given runs)."""
     claims = {str(c["id"]): c for c in yaml.safe_load((DOCS / "claims.yaml").read_text())}
     if claim_id not in claims:
         raise ConfigError(f"no claim '{claim_id}' in docs/reproductions/claims.yaml; claims: {', '.join(claims)}")
@@ -201,6 +202,11 @@ def check(claim_id: str, paths: list[str]) -> int:
         print(f"| {rerun.label} | {committed.verdict_class}: {committed.figure} | ", end="")
         print(f"{rerun.decision}: {rerun.figure} | {same} |")
     print(f"{decided} comparisons decided on both, {differ} with another verdict")
+    if all(rerun.verdict_class in undecided for rerun in theirs):
+        raise ConfigError(
+            f"none of claim {claim_id}'s comparisons is decided on these runs (each needs its two groups, "
+            f"{MIN_SEEDS} seeds and {MIN_ROUNDS} rounds): pass the sweeps of {', '.join(claim['experiments'])}"
+        )
     return 1 if differ else 0
 
 

@@ -156,3 +156,8 @@ def test_check_flags_a_rerun_whose_verdict_differs(tmp_path, capsys):
 def test_check_names_an_unknown_claim(tmp_path, capsys):
     assert reproductions.main(["check", "z", str(tmp_path)]) == 2
     assert "no claim 'z'" in capsys.readouterr().err
+
+
+def test_check_says_when_the_runs_decide_none_of_the_claims_comparisons(capsys):
+    assert reproductions.main(["check", "e", str(COMMITTED / "repro_fedfed_iid")]) == 2
+    assert "none of claim e's comparisons is decided on these runs" in capsys.readouterr().err
