@@ -34,6 +34,8 @@ from fedsim.experiments.runs import RunTable, load_runs
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "reproductions"
 KEPT = ("config.yaml", "metrics.jsonl", "summary.json", "partition.json")
+RERUNS = DOCS / "reruns"  # reruns of claims' commands with other seeds, for the page's check of their verdicts
+UNDECIDED = {NOT_RUN, "incomplete"}
 README_START, README_END = "<!-- reproductions:start -->", "<!-- reproductions:end -->"
 
 
@@ -156,6 +158,7 @@ def render() -> None:
         "(`python -m fedsim run -m +experiment=<name> seed=5,6,7 --jobs 2`)",
         "and decide the claim on those runs beside the committed ones:",
         "`python scripts/reproductions.py check <claim> runs/sweeps/<new sweep>...` (exit 1 when a verdict differs).",
+        "Reruns kept under `docs/reproductions/reruns/` are decided so at the end of this page.",
         "",
     ]
     summary = ["| claim | comparison | ours: paired difference, 95% CI | verdict |", "|---|---|---|---|"]
@@ -164,7 +167,7 @@ def render() -> None:
         section, rows = render_claim(claim)
         body += section
         summary += rows
-    page = header + ["## Summary", "", *summary, "", *body]
+    page = header + ["## Summary", "", *summary, "", *body, *render_reruns(claims)]
     (ROOT / "docs" / "REPRODUCTIONS.md").write_text("\n".join(page).rstrip() + "\n")
     readme = (ROOT / "README.md").read_text()
     if README_START in readme and README_END in readme:
@@ -175,6 +178,35 @@ def render() -> None:
     print(f"wrote {ROOT / 'docs' / 'REPRODUCTIONS.md'}")
 
 
+def rerun_rows(claim: dict, paths: list[str]) -> list[tuple[Outcome, Outcome, str]]:
+    """Each of ``claim``'s comparisons decided on the committed runs and on the runs under ``paths`` (e.g. a rerun
+    with other seeds): (committed, rerun, same), where same is "yes", "NO", or "-" unless decided on both."""
+    rerun = sum(evaluate_claim(load_runs(paths), claim), [])
+    committed_table = committed_runs(claim["experiments"])
+    committed = (
+        sum(evaluate_claim(committed_table, claim), [])
+        if committed_table is not None
+        else [Outcome(o.label) for o in rerun]
+    )
+    rows = []
+    for ours, theirs in zip(committed, rerun, strict=True):
+        both = ours.verdict_class not in UNDECIDED and theirs.verdict_class not in UNDECIDED
+        rows.append((ours, theirs, "-" if not both else "yes" if ours.verdict_class == theirs.verdict_class else "NO"))
+    return rows
+
+
+def rerun_table(rows: list[tuple[Outcome, Outcome, str]], title: str) -> list[str]:
+    """The markdown table of :func:`rerun_rows` and its one-line count."""
+    lines = [f"| {title} | committed runs | these runs | same verdict |", "|---|---|---|---|"]
+    for ours, theirs, same in rows:
+        lines.append(
+            f"| {theirs.label} | {ours.verdict_class}: {ours.figure} | {theirs.decision}: {theirs.figure} | {same} |"
+        )
+    decided = sum(same != "-" for *_, same in rows)
+    differ = sum(same == "NO" for *_, same in rows)
+    return [*lines, "", f"{decided} comparisons decided on both, {differ} with another verdict."]
+
+
 def check(claim_id: str, paths: list[str]) -> int:
     """Decide claim ``claim_id`` on the runs under ``paths`` (e.g. a rerun with other seeds) beside the committed
     runs' verdicts; 0 when every comparison decided on both has the same verdict, 1 when one differs (a
@@ -183,31 +215,42 @@ def check(claim_id: str, paths: list[str]) -> int:
     if claim_id not in claims:
         raise ConfigError(f"no claim '{claim_id}' in docs/reproductions/claims.yaml; claims: {', '.join(claims)}")
     claim = claims[claim_id]
-    theirs = sum(evaluate_claim(load_runs(paths), claim), [])
-    committed_table = committed_runs(claim["experiments"])
-    ours = (
-        sum(evaluate_claim(committed_table, claim), [])
-        if committed_table is not None
-        else [Outcome(o.label) for o in theirs]
-    )
-    undecided = {NOT_RUN, "incomplete"}
-    print(f"| claim {claim_id} | committed runs | these runs | same verdict |")
-    print("|---|---|---|---|")
-    decided = differ = 0
-    for committed, rerun in zip(ours, theirs, strict=True):
-        both = committed.verdict_class not in undecided and rerun.verdict_class not in undecided
-        same = "-" if not both else "yes" if committed.verdict_class == rerun.verdict_class else "NO"
-        decided += both
-        differ += same == "NO"
-        print(f"| {rerun.label} | {committed.verdict_class}: {committed.figure} | ", end="")
-        print(f"{rerun.decision}: {rerun.figure} | {same} |")
-    print(f"{decided} comparisons decided on both, {differ} with another verdict")
-    if all(rerun.verdict_class in undecided for rerun in theirs):
+    rows = rerun_rows(claim, paths)
+    print("\n".join(rerun_table(rows, f"claim {claim_id}")))
+    if all(theirs.verdict_class in UNDECIDED for _, theirs, _ in rows):
         raise ConfigError(
             f"none of claim {claim_id}'s comparisons is decided on these runs (each needs its two groups, "
             f"{MIN_SEEDS} seeds and {MIN_ROUNDS} rounds): pass the sweeps of {', '.join(claim['experiments'])}"
         )
-    return 1 if differ else 0
+    return 1 if any(same == "NO" for *_, same in rows) else 0
+
+
+def render_reruns(claims: list[dict]) -> list[str]:
+    """The page's section on the reruns kept under docs/reproductions/reruns/: each claim decided on them beside
+    its committed verdicts, the comparisons the rerun decides."""
+    folders = sorted(p for p in RERUNS.iterdir() if p.is_dir()) if RERUNS.is_dir() else []
+    if not folders:
+        return []
+    section = [
+        "## Reruns with other seeds",
+        "",
+        "Each rerun below is a claim's command run again with other seeds, its outputs kept under",
+        "`docs/reproductions/reruns/<sweep>/` and decided with",
+        "`python scripts/reproductions.py check <claim> <that folder>`.",
+        "",
+    ]
+    for folder in folders:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        seeds = sorted(
+            {int(o.split("=", 1)[1]) for job in manifest["jobs"] for o in job["overrides"] if o.startswith("seed=")}
+        )
+        for claim in claims:
+            if manifest["name"] not in claim["experiments"]:
+                continue
+            rows = [row for row in rerun_rows(claim, [str(folder)]) if row[1].verdict_class not in UNDECIDED]
+            section += [f"### Claim {claim['id']}: `{manifest['name']}` with seeds {', '.join(map(str, seeds))}", ""]
+            section += [*rerun_table(rows, f"claim {claim['id']}"), ""]
+    return section
 
 
 def main(argv: list[str] | None = None) -> int:

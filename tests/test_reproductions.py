@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import yaml
+
 from fedsim.experiments import claims
 
 spec = importlib.util.spec_from_file_location(
@@ -161,3 +163,20 @@ def test_check_names_an_unknown_claim(tmp_path, capsys):
 def test_check_says_when_the_runs_decide_none_of_the_claims_comparisons(capsys):
     assert reproductions.main(["check", "e", str(COMMITTED / "repro_fedfed_iid")]) == 2
     assert "none of claim e's comparisons is decided on these runs" in capsys.readouterr().err
+
+
+def test_the_page_decides_each_kept_rerun_on_the_comparisons_it_covers(tmp_path, monkeypatch):
+    kept = next((COMMITTED / "reruns").glob("*-repro_scool_scarce"))
+    shutil.copytree(kept, tmp_path / kept.name)
+    monkeypatch.setattr(reproductions, "RERUNS", tmp_path)
+    claims = yaml.safe_load((COMMITTED / "claims.yaml").read_text())
+    section = "\n".join(reproductions.render_reruns(claims))
+    assert "### Claim e: `repro_scool_scarce` with seeds 5, 6, 7" in section
+    assert "10 samples per client" in section  # the comparisons of repro_scool_scarce
+    assert "300 samples per client" not in section  # repro_scool's: not rerun, so not listed
+    assert "2 comparisons decided on both" in section
+
+
+def test_the_page_has_no_rerun_section_without_reruns(tmp_path, monkeypatch):
+    monkeypatch.setattr(reproductions, "RERUNS", tmp_path / "none")
+    assert reproductions.render_reruns([]) == []
