@@ -180,3 +180,16 @@ def test_the_page_decides_each_kept_rerun_on_the_comparisons_it_covers(tmp_path,
 def test_the_page_has_no_rerun_section_without_reruns(tmp_path, monkeypatch):
     monkeypatch.setattr(reproductions, "RERUNS", tmp_path / "none")
     assert reproductions.render_reruns([]) == []
+
+
+def test_a_comparisons_target_adds_the_rounds_to_reach_it_and_decides_nothing():
+    from fedsim.experiments.runs import load_runs
+
+    runs = load_runs([str(COMMITTED / "repro_scool_scarce")])
+    claim = {"metrics": ["test_accuracy"], "compare": "last", "last": 10}
+    plain = {"baseline": ["strategy=local"], "better": ["strategy=scool"], "metric": "test_accuracy"}
+    with_target = {**plain, "target": 0.5}
+    untimed, timed = claims.compare(runs, claim, plain), claims.compare(runs, claim, with_target)
+    assert "rounds_to_target" not in untimed.report.table
+    assert (timed.report.table["rounds_to_target"] >= 1).all()  # every group reaches 50% within its 50 rounds
+    assert (timed.decision, timed.figure) == (untimed.decision, untimed.figure)

@@ -151,7 +151,7 @@ def compare(runs: RunTable, claim: dict, comparison: dict) -> Outcome:
         [metric] + [m for m in claim["metrics"] if m != metric],
         [],
         list(comparison["baseline"]),
-        None,
+        comparison.get("target"),  # optional: rounds each run takes to reach it, as a column of the table
         int(comparison.get("last", claim["last"])),
         comparison.get("compare", claim["compare"]),
     )
