@@ -3,6 +3,7 @@
     python scripts/reproductions.py collect runs/sweeps/<timestamp>-repro_fedimpro
     python scripts/reproductions.py render
     python scripts/reproductions.py check b runs/sweeps/<timestamp>-repro_fedimpro   # e.g. rerun with seed=5,6,7
+    python scripts/reproductions.py collect --rerun runs/sweeps/<timestamp>-repro_fedimpro  # keep it for the page
 
 ``collect`` copies each finished run's config.yaml, metrics.jsonl, summary.json and partition.json (no checkpoints)
 and the sweep's manifest (manifests/<sweep>.json) into docs/reproductions/<experiment>/. ``render`` decides every
@@ -39,9 +40,10 @@ UNDECIDED = {NOT_RUN, "incomplete"}
 README_START, README_END = "<!-- reproductions:start -->", "<!-- reproductions:end -->"
 
 
-def collect(sweep: Path) -> Path:
+def collect(sweep: Path, rerun: bool = False) -> Path:
     manifest = json.loads((sweep / "manifest.json").read_text())
-    target = DOCS / manifest["name"]
+    # a claim's runs go to its experiment's folder; a rerun with other seeds to reruns/<sweep>/, beside it on the page
+    target = RERUNS / sweep.name if rerun else DOCS / manifest["name"]
     target.mkdir(parents=True, exist_ok=True)
     kept = 0
     for job in manifest["jobs"]:
@@ -53,9 +55,12 @@ def collect(sweep: Path) -> Path:
             if (sweep / job["run_dir"] / name).is_file():
                 shutil.copy2(sweep / job["run_dir"] / name, out / name)
         kept += 1
-    manifests = target / "manifests"  # one per sweep: an experiment may be run in parts (e.g. more seeds later)
-    manifests.mkdir(exist_ok=True)
-    (manifests / f"{sweep.name}.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    if rerun:
+        (target / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    else:  # one manifest per sweep: an experiment may be run in parts (e.g. more seeds later)
+        manifests = target / "manifests"
+        manifests.mkdir(exist_ok=True)
+        (manifests / f"{sweep.name}.json").write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"{target}: {kept} of {len(manifest['jobs'])} runs kept")
     return target
 
@@ -158,7 +163,8 @@ def render() -> None:
         "(`python -m fedsim run -m +experiment=<name> seed=5,6,7 --jobs 2`)",
         "and decide the claim on those runs beside the committed ones:",
         "`python scripts/reproductions.py check <claim> runs/sweeps/<new sweep>...` (exit 1 when a verdict differs).",
-        "Reruns kept under `docs/reproductions/reruns/` are decided so at the end of this page.",
+        "Reruns kept with `collect --rerun <sweep>` (under `docs/reproductions/reruns/`) are decided so at the end",
+        "of this page.",
         "",
     ]
     summary = ["| claim | comparison | ours: paired difference, 95% CI | verdict |", "|---|---|---|---|"]
@@ -256,7 +262,9 @@ def render_reruns(claims: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("collect").add_argument("sweeps", nargs="+", type=Path)
+    collecting = sub.add_parser("collect", help="keep sweeps' small outputs under docs/reproductions/")
+    collecting.add_argument("sweeps", nargs="+", type=Path)
+    collecting.add_argument("--rerun", action="store_true", help="a claim's command rerun with other seeds: kept apart")
     sub.add_parser("render")
     checking = sub.add_parser("check", help="a claim's verdicts on other runs (e.g. other seeds) beside the committed")
     checking.add_argument("claim", help="the claim's id in docs/reproductions/claims.yaml, e.g. a")
@@ -265,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "collect":
             for sweep in args.sweeps:
-                collect(sweep)
+                collect(sweep, args.rerun)
         elif args.command == "check":
             return check(args.claim, args.runs)
         else:

@@ -193,3 +193,16 @@ def test_a_comparisons_target_adds_the_rounds_to_reach_it_and_decides_nothing():
     assert "rounds_to_target" not in untimed.report.table
     assert (timed.report.table["rounds_to_target"] >= 1).all()  # every group reaches 50% within its 50 rounds
     assert (timed.decision, timed.figure) == (untimed.decision, untimed.figure)
+
+
+def test_a_rerun_is_collected_apart_from_the_claims_runs(tmp_path, monkeypatch):
+    kept = next((COMMITTED / "reruns").glob("*-repro_scool_scarce"))
+    sweep = tmp_path / "sweeps" / kept.name
+    shutil.copytree(kept, sweep)
+    monkeypatch.setattr(reproductions, "DOCS", tmp_path / "docs")
+    monkeypatch.setattr(reproductions, "RERUNS", tmp_path / "docs" / "reruns")
+    assert reproductions.main(["collect", "--rerun", str(sweep)]) == 0
+    target = tmp_path / "docs" / "reruns" / kept.name
+    assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p in kept.iterdir())
+    assert (target / "manifest.json").read_text() == (kept / "manifest.json").read_text()
+    assert not (tmp_path / "docs" / "repro_scool_scarce").exists()  # the claim's own runs are left as they are
