@@ -55,12 +55,10 @@ def collect(sweep: Path, rerun: bool = False) -> Path:
             if (sweep / job["run_dir"] / name).is_file():
                 shutil.copy2(sweep / job["run_dir"] / name, out / name)
         kept += 1
-    if rerun:
-        (target / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    else:  # one manifest per sweep: an experiment may be run in parts (e.g. more seeds later)
-        manifests = target / "manifests"
-        manifests.mkdir(exist_ok=True)
-        (manifests / f"{sweep.name}.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    # a rerun folder holds one sweep; an experiment's, one manifest per sweep (it may be run in parts, e.g. more seeds)
+    kept_manifest = target / "manifest.json" if rerun else target / "manifests" / f"{sweep.name}.json"
+    kept_manifest.parent.mkdir(exist_ok=True)
+    kept_manifest.write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"{target}: {kept} of {len(manifest['jobs'])} runs kept")
     return target
 
