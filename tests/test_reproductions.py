@@ -130,6 +130,45 @@ def test_a_group_option_that_does_not_vary_is_matched_on_its_name():
     assert match(["strategy=dispfl", "partition=shards"], groups, configs) is None
 
 
+def test_a_comparison_shows_only_its_settings_runs_and_groups_paired_with_its_baseline():
+    import pandas as pd
+
+    from fedsim.experiments.runs import RunTable
+
+    # (strategy, alpha) for seeds 0-2, final accuracy = a per-setting level + a per-strategy gain
+    runs = [
+        (s, a, seed)
+        for s, a in [("fedavg", 0.1), ("fedfed", 0.1), ("fedavg", 0.05), ("fedfed", 0.05)]
+        for seed in range(3)
+    ] + [("fedprox", 0.1, seed) for seed in range(3)]
+    names = [f"{s}-{a}-{seed}" for s, a, seed in runs]
+    configs = pd.DataFrame(
+        {"strategy.name": [r[0] for r in runs], "partition.alpha": [r[1] for r in runs], "seed": [r[2] for r in runs]},
+        index=names,
+    )
+    level, gain = {0.1: 0.8, 0.05: 0.6}, {"fedavg": 0.0, "fedfed": 0.05, "fedprox": 0.01}
+    metrics = pd.DataFrame(
+        [
+            {"run": n, "round": 50, "test_accuracy": level[a] + gain[s] + 0.001 * seed}
+            for n, (s, a, seed) in zip(names, runs)
+        ]
+    )
+    claim = {"metrics": ["test_accuracy"], "compare": "final", "last": 1}
+    at_005 = {
+        "baseline": ["strategy=fedavg", "partition.alpha=0.05"],
+        "better": ["strategy=fedfed", "partition.alpha=0.05"],
+        "metric": "test_accuracy",
+    }
+    outcome = claims.compare(RunTable(configs, metrics), claim, at_005)
+    assert outcome.report.num_runs == 6  # the Dirichlet 0.1 runs are another setting: not paired, not shown
+    assert outcome.figure.startswith("5.00 ") and outcome.decision == "reproduced"
+    assert not outcome.warnings
+    against_fedprox = {"baseline": ["strategy=fedprox"], "better": ["strategy=fedfed"], "metric": "test_accuracy"}
+    outcome = claims.compare(RunTable(configs, metrics), claim, against_fedprox)
+    assert outcome.report.num_runs == 9  # the 0.05 runs have no FedProx run beside them: left out, no warning
+    assert outcome.figure.startswith("4.00 ") and not outcome.warnings
+
+
 COMMITTED = Path(__file__).resolve().parent.parent / "docs" / "reproductions"
 
 

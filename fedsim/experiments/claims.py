@@ -11,12 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
+
 from fedsim.errors import ConfigError
 from fedsim.experiments.report import (
     Report,
     ReportOptions,
     baseline_runs,
     build_report,
+    group_labels,
     lower_is_better,
     paired_difference,
     percent,
@@ -143,6 +146,38 @@ def as_list(selector: str | list[str]) -> list[str]:
     return [selector] if isinstance(selector, str) else list(selector)
 
 
+def in_setting(runs: RunTable, comparison: dict) -> RunTable:
+    """The runs of the setting ``comparison`` is made in: those holding every ``key=value`` its two groups share.
+
+    A baseline pins its setting with such items (``partition.alpha=0.05``, ``num_rounds=150``). The report pairs
+    each group with the baseline run of the same seed and otherwise the same config *but the baseline's keys*, so
+    without this a run of another setting (FedFed at Dirichlet 0.1) would be paired with the baseline's (FedAvg at
+    0.05) and shown beside it. Raises :class:`ConfigError` when no run is of that setting.
+    """
+    shared = [item for item in as_list(comparison["better"]) if item in comparison["baseline"]]
+    if not shared:
+        return runs
+    return subset(runs, baseline_runs(runs.configs, shared)[0])
+
+
+def paired_with_baseline(runs: RunTable, options: ReportOptions) -> RunTable:
+    """The baseline's runs and those of every group paired with it on at least one seed.
+
+    A group with no run of the baseline's config beside it (FedAvg at Dirichlet 0.05 in a comparison against
+    FedProx, run at 0.1 only) has nothing to say about the comparison: the page leaves it out of its table.
+    """
+    table = build_report(runs, options).table
+    if "pairs" not in table:  # no group beside the baseline's
+        return runs
+    shown = set(table.loc[table["pairs"].fillna(-1) != 0, "group"])  # the baseline's rows have no pairs (NaN)
+    return subset(runs, group_labels(runs.configs, options.group_by).isin(shown))
+
+
+def subset(runs: RunTable, mask: pd.Series) -> RunTable:
+    """The runs ``mask`` (over ``runs.configs``' rows) selects, with their metrics."""
+    return RunTable(runs.configs[mask], runs.metrics[runs.metrics["run"].isin(runs.configs.index[mask])])
+
+
 def compare(runs: RunTable, claim: dict, comparison: dict) -> Outcome:
     """One comparison of ``claim`` decided on ``runs``."""
     metric = comparison["metric"]
@@ -156,6 +191,7 @@ def compare(runs: RunTable, claim: dict, comparison: dict) -> Outcome:
         comparison.get("compare", claim["compare"]),
     )
     try:
+        runs = paired_with_baseline(in_setting(runs, comparison), options)
         report = build_report(runs, options)
     except ConfigError as err:  # e.g. the baseline's runs are not there
         return Outcome(label, explanation=f"Not run yet ({err}).")

@@ -240,7 +240,11 @@ def compare_to_baseline(
     """
     is_base, family = baseline_runs(configs, options.baseline)
     context_keys = [k for k in configs.columns if k != "seed" and not is_bookkeeping(k) and k not in family]
-    context = as_text(configs[context_keys]).apply(tuple, axis=1)
+    context = (
+        as_text(configs[context_keys]).apply(tuple, axis=1)
+        if context_keys  # runs differing only in the baseline's keys all share one (empty) context
+        else pd.Series([()] * len(configs), index=configs.index)
+    )
     partners = {(context[r], configs.at[r, "seed"]): r for r in configs.index[is_base]}
     base_labels = set(figures.loc[is_base, "group"])
     rows = {}
