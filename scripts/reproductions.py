@@ -8,10 +8,11 @@
 ``collect`` copies each finished run's config.yaml, metrics.jsonl, summary.json and partition.json (no checkpoints)
 and the sweep's manifest (manifests/<sweep>.json) into docs/reproductions/<experiment>/. ``render`` decides every
 claim of docs/reproductions/claims.yaml on those folders (fedsim.experiments.claims: paired 95% intervals), writes
-each comparison's report.md/.csv/.png under docs/reproductions/claim_<id>/, and writes docs/REPRODUCTIONS.md plus
-the summary table between the reproduction markers of README.md. Every number on the page comes from the
-committed run outputs. ``check`` decides one claim on other runs, such as a rerun of its command with other
-seeds, and sets each verdict beside the committed one (exit 1 when one differs).
+each comparison's report.md/.csv/.png under docs/reproductions/claim_<id>/ (removing the reports no comparison
+writes any more), and writes docs/REPRODUCTIONS.md plus the summary table between the reproduction markers of
+README.md. Every number on the page comes from the committed run outputs. ``check`` decides one claim on other runs,
+such as a rerun of its command with other seeds, and sets each verdict beside the committed one (exit 1 when one
+differs).
 """
 
 from __future__ import annotations
@@ -104,8 +105,8 @@ def committed_runs(experiments: list[str]) -> RunTable | None:
     return load_runs(dirs) if dirs else None
 
 
-def render_claim(claim: dict) -> tuple[list[str], list[str]]:
-    """(the claim's section of REPRODUCTIONS.md, its summary rows)."""
+def render_claim(claim: dict) -> tuple[list[str], list[str], list[Path]]:
+    """(the claim's section of REPRODUCTIONS.md, its summary rows, the report folders it wrote)."""
     section = [f"## Claim {claim['id']}: {claim['title']}", "", f"**Paper.** {claim['paper']}", ""]
     section += [
         "**Command.** "
@@ -116,9 +117,10 @@ def render_claim(claim: dict) -> tuple[list[str], list[str]]:
     runs = committed_runs(claim["experiments"])
     if runs is None:
         section += ["No runs committed yet.", ""]
-        return section, [f"| {claim['id']} | {claim['title']} | - | {NOT_RUN} |"]
+        return section, [f"| {claim['id']} | {claim['title']} | - | {NOT_RUN} |"], []
     comparisons, levels = evaluate_claim(runs, claim)
     dirs = [str((DOCS / e).relative_to(ROOT)) for e in claim["experiments"] if (DOCS / e).is_dir()]
+    written: list[Path] = []
     for k, (comparison, outcome) in enumerate(zip(claim["comparisons"], comparisons, strict=True)):
         section += [f"### {outcome.label}", ""]
         if outcome.report is None:
@@ -128,6 +130,7 @@ def render_claim(claim: dict) -> tuple[list[str], list[str]]:
         out = DOCS / f"claim_{claim['id']}" / f"{k + 1}-{comparison['metric']}-vs-{baseline}"
         outcome.report.options.out = out
         _, table = write_report(outcome.report, dirs)
+        written.append(out)
         image = out.relative_to(DOCS.parent) / "report.png"
         section += [table, "", f"Verdict: **{outcome.decision}**.", "", f"![{outcome.label}]({image.as_posix()})", ""]
         section += [f"- warning: {warning}" for warning in outcome.warnings]
@@ -142,7 +145,7 @@ def render_claim(claim: dict) -> tuple[list[str], list[str]]:
     notes = DOCS / f"claim_{claim['id']}" / "notes.md"
     if notes.is_file():
         section += ["**Findings.**", "", notes.read_text().strip(), ""]
-    return section, rows
+    return section, rows, written
 
 
 def render() -> None:
@@ -167,10 +170,14 @@ def render() -> None:
     ]
     summary = ["| claim | comparison | ours: paired difference, 95% CI | verdict |", "|---|---|---|---|"]
     body: list[str] = []
+    written: list[Path] = []
     for claim in claims:
-        section, rows = render_claim(claim)
+        section, rows, reports = render_claim(claim)
         body += section
         summary += rows
+        written += reports
+    for stale in {d for d in DOCS.glob("claim_*/*") if d.is_dir()} - set(written):
+        shutil.rmtree(stale)  # a renamed or renumbered comparison's old report
     page = header + ["## Summary", "", *summary, "", *body, *render_reruns(claims)]
     (ROOT / "docs" / "REPRODUCTIONS.md").write_text("\n".join(page).rstrip() + "\n")
     readme = (ROOT / "README.md").read_text()

@@ -245,3 +245,33 @@ def test_a_rerun_is_collected_apart_from_the_claims_runs(tmp_path, monkeypatch):
     assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p in kept.iterdir())
     assert (target / "manifest.json").read_text() == (kept / "manifest.json").read_text()
     assert not (tmp_path / "docs" / "repro_scool_scarce").exists()  # the claim's own runs are left as they are
+
+
+def test_render_removes_the_reports_of_comparisons_that_are_gone(tmp_path, monkeypatch):
+    docs = tmp_path / "docs" / "reproductions"
+    shutil.copytree(COMMITTED / "repro_scool_scarce", docs / "repro_scool_scarce")
+    claim = {
+        "id": "e",
+        "title": "t",
+        "paper": "p",
+        "experiments": ["repro_scool_scarce"],
+        "metrics": ["test_accuracy"],
+        "compare": "last",
+        "last": 10,
+        "comparisons": [{"baseline": ["strategy=local"], "better": ["strategy=scool"], "metric": "test_accuracy"}],
+    }
+    (docs / "claims.yaml").write_text(yaml.safe_dump([claim]))
+    renamed = docs / "claim_e" / "1-test_accuracy-vs-strategy-dpsgd"  # the comparison's report under an old name
+    renamed.mkdir(parents=True)
+    (renamed / "report.md").write_text("old")
+    (tmp_path / "README.md").write_text("no reproduction markers\n")
+    monkeypatch.setattr(reproductions, "ROOT", tmp_path)
+    monkeypatch.setattr(reproductions, "DOCS", docs)
+    monkeypatch.setattr(reproductions, "RERUNS", docs / "reruns")
+    reproductions.render()
+    assert not renamed.exists()
+    assert (docs / "claim_e" / "1-test_accuracy-vs-strategy-local" / "report.png").is_file()
+    assert (
+        "reproductions/claim_e/1-test_accuracy-vs-strategy-local/report.png"
+        in (tmp_path / "docs" / "REPRODUCTIONS.md").read_text()
+    )
