@@ -533,3 +533,35 @@ def test_final_model_audit_inverts_single_image_gradients_of_the_trained_model(m
     with (path / "attacks" / "final" / "metrics.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 3
     assert (path / "attacks" / "final" / "grid.png").is_file()
+
+
+def test_the_final_model_audit_attacks_on_the_cpu_whatever_device_trained_the_model(make_cfg, tmp_path):
+    """A run trained with device=cuda hands the audit its final weights; the attacks are CPU code, so the audit
+    must not move the model to the training device (it did: 'Input type (torch.FloatTensor) and weight type
+    (torch.cuda.FloatTensor)' on a GPU machine, 'Torch not compiled with CUDA' or 'no NVIDIA driver' here)."""
+    from omegaconf import open_dict
+
+    from fedsim.data.partition import make_partition
+    from fedsim.models import model_from_config
+    from fedsim.privacy.audit import FinalModelAudit
+    from fedsim.records import model_to_record
+    from fedsim.results import RunDirectory
+
+    cfg = make_cfg(
+        "attack=april",
+        "attack.final_model=true",
+        "attack.num_images=2",
+        "model=vit_tiny",
+        "model.patch=2",
+        "model.dim=24",
+        "model.depth=1",
+        "num_rounds=1",
+    )
+    with open_dict(cfg):
+        cfg.device = "cuda"  # what trained the model; no GPU needs to be here
+    dataset = load_dataset(cfg.dataset.name, cfg.data_root)
+    splits = make_partition(dataset.y_train.numpy(), cfg.num_clients, cfg.partition, cfg.seed)
+    audit = FinalModelAudit(cfg, dataset, splits, RunDirectory(tmp_path / "run"))
+    record: dict = {}
+    audit.observe_round(1, model_to_record(model_from_config(cfg, dataset.input_shape, dataset.num_classes)), record)
+    assert record["attack_final_psnr"] > 60  # APRIL's closed form on the plain ViT: exact

@@ -11,6 +11,7 @@ local DP or pruning on the update, MJP's jigsaw at ``defence.eval_ratio``), exac
 ``python -m fedsim attack weights=<run dir>`` does. Per-image scores and the grid go to
 ``<run>/attacks/final/``; the means join the last round's metrics as ``attack_final_<metric>``,
 beside ``attack_final_reference_psnr``/``_ssim``: the scores of a random other image of the data.
+The audit runs on the CPU whatever device trained the model, as ``fedsim attack`` does.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from fedsim.client_app import resolve_device
 from fedsim.data.partition import ClientSplit
 from fedsim.errors import ConfigError
 from fedsim.models import model_from_config
@@ -57,8 +57,7 @@ class FinalModelAudit:
         if server_round != cfg.num_rounds:
             return
         model = model_from_config(cfg, self.dataset.input_shape, self.dataset.num_classes)
-        load_record(model, arrays)
-        model = model.to(resolve_device(cfg.device))
+        load_record(model, arrays)  # on the CPU, whatever device trained it: the attacks are CPU code
         method = inversion_from_config(cfg.attack)
         attack = attack_victims(
             model,

@@ -42,7 +42,7 @@ from fedsim.seeding import rng, seed_torch, torch_generator
 
 
 def victim_model(cfg: DictConfig, shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
-    """The model the victim trains: seeded initial weights, or a run's last checkpoint."""
+    """The model the victim trains, on the CPU where the attacks run: seeded initial weights, or a run's checkpoint."""
     seed_torch(cfg.seed, "init")
     model = model_from_config(cfg, shape, num_classes)
     if cfg.weights:
@@ -57,7 +57,7 @@ def victim_model(cfg: DictConfig, shape: tuple[int, int, int], num_classes: int)
             raise ConfigError(
                 f"weights={cfg.weights} do not fit model={cfg.model.name}: {str(err).splitlines()[0]}"
             ) from err
-    return model.to(torch.device(cfg.device))
+    return model
 
 
 @contextmanager
