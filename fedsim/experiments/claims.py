@@ -88,7 +88,7 @@ def level_check(runs: RunTable, spec: dict) -> Outcome:
         mask, _ = baseline_runs(runs.configs, list(spec["runs"]))
     except ConfigError as err:  # the runs it selects are not there
         return Outcome(spec["label"], explanation=f"Not run yet ({err}).")
-    metrics = runs.metrics[runs.metrics["run"].isin(runs.configs.index[mask])]
+    metrics = subset(runs, mask).metrics
     value = run_figures(metrics, spec["metric"], 1, None)
     reference = run_figures(metrics, spec["reference"], 1, None)
     both = value[["final", "rounds"]].join(reference["final"].rename("reference")).dropna()
