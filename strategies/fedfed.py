@@ -14,7 +14,8 @@ FL then runs the base algorithm ``strategy.base`` (FedAvg, FedProx, SCAFFOLD or 
 unchanged, except that every local step also trains on class-balanced items of each shared copy
 (1:1:1 with the local batch and the official two copies, ``clients/fedfed.py``). Distillation rounds, the pool and the
 one-off broadcast, with their bytes, are logged to ``distill_metrics.jsonl``; per-round traffic
-in metrics.jsonl is the base algorithm's.
+in metrics.jsonl is the base algorithm's. The averaged pair is checkpointed after every distillation round
+(``distill_checkpoints/``, removed once the pool is saved), so a run stopped during distillation resumes there.
 
 Client obligation: the phases ``distill`` (return the (G, f) pair), ``share`` (return ``shared``:
 x1, x2, ..., y), ``receive`` (keep the set under its digest) and ``train`` (the base update with the
@@ -26,10 +27,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -38,6 +41,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from typing_extensions import override
 
+from fedsim.checkpoint import Checkpoint, latest_checkpoint, save_checkpoint
 from fedsim.data import dataset_from_config
 from fedsim.errors import ConfigError, FedsimError
 from fedsim.params import spec
@@ -126,12 +130,12 @@ class FedFedMixin(_MixinBase):
             self.pool = {k: v.numpy() for k, v in torch.load(pool_file, weights_only=True).items()}
             self.pool_digest = pool_digest(self.pool)
             return
-        log_file.write_text("")
-        arrays = self.distill(grid, log_file)
+        arrays = self.distill(grid, log_file, run.path / "distill_checkpoints")
         self.collect_shared(grid, arrays, log_file)
         self.broadcast_pool(grid, log_file)
         assert self.pool is not None  # collect_shared pooled the clients' copies
         torch.save({k: torch.from_numpy(v) for k, v in self.pool.items()}, pool_file)
+        shutil.rmtree(run.path / "distill_checkpoints", ignore_errors=True)  # the pool supersedes them
 
     def _send(
         self, grid: Grid, clients: list[int], arrays: ArrayRecord, config: ConfigRecord
@@ -153,13 +157,27 @@ class FedFedMixin(_MixinBase):
                 "warnings above"
             )
 
-    def distill(self, grid: Grid, log_file) -> ArrayRecord:
-        """Phase A: train G and the embedded classifier under FedAvg; returns the averaged pair."""
+    def distill(self, grid: Grid, log_file: Path, checkpoints: Path) -> ArrayRecord:
+        """Phase A: train G and the embedded classifier under FedAvg; returns the averaged pair.
+
+        The averaged pair is checkpointed after every distillation round (the clients keep no state between
+        them), so that a run stopped during distillation continues after its last finished round; its log keeps
+        the rounds up to there.
+        """
         s, data = self.params, self._dataset()
-        seed_torch(self.cfg.seed, "fedfed-init")
-        arrays = model_to_record(DistillationPair(self.cfg, data.input_shape, data.num_classes))
+        done = latest_checkpoint(checkpoints)
+        if done is None:
+            seed_torch(self.cfg.seed, "fedfed-init")
+            arrays = model_to_record(DistillationPair(self.cfg, data.input_shape, data.num_classes))
+            log_file.write_text("")
+        else:
+            arrays = done.arrays
+            records = [json.loads(line) for line in log_file.read_text().splitlines()]
+            kept = [r for r in records if r["phase"] == DISTILL and r["round"] <= done.server_round]
+            log_file.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            show(f"[distill] resuming after distillation round {done.server_round}")
         rounds = int(s.distill_rounds)
-        for r in range(1, rounds + 1):
+        for r in range(1 if done is None else done.server_round + 1, rounds + 1):
             t0 = time.time()
             self.global_arrays = arrays
             config = ConfigRecord(
@@ -187,6 +205,7 @@ class FedFedMixin(_MixinBase):
             }
             with log_file.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            save_checkpoint(checkpoints, Checkpoint(r, arrays, {}), keep=1)
             show(
                 f"[distill {r}/{rounds}] loss {record['train_loss']:.4f} (recon {record['distill_recon']:.4f}, "
                 f"ce_views {record['distill_ce_views']:.4f}) | clients {len(accepted)}/{len(messages)} | "

@@ -1,6 +1,7 @@
 """FedFed: the x = x_s + x_r split, the sharing noise, the shared pool, and composition with each base."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from fedsim.models.generator import kl_divergence
 from fedsim.plugins import client_runtime
 from fedsim.protocols.fedfed import SHARE, DistillationPair
 from fedsim.records import model_to_record
+from strategies.fedfed import FedFedMixin
 from tests.conftest import comparable, read_metrics
 
 FEDFED = ["strategy=fedfed", "strategy.distill_rounds=2"]
@@ -134,3 +136,39 @@ def test_resume_reuses_the_pool(make_cfg):
     run(resume_config(cut, make_cfg("num_rounds=3")))
     assert (cut / "distill_metrics.jsonl").read_text() == before  # no second distillation
     assert comparable(read_metrics(cut)) == comparable(full)
+
+
+class Stopped(Exception):
+    """The test's stand-in for a run killed mid-way."""
+
+
+def test_a_run_stopped_during_distillation_resumes_after_its_last_distillation_round(make_cfg, monkeypatch):
+    """Stopped before distillation round 3 of 3, the resumed run does only round 3 and ends as an uninterrupted one."""
+    three = (*FEDFED[:1], "strategy.distill_rounds=3", "num_rounds=2")
+    full = run(make_cfg(*three, name="full"))
+    calls: list[int] = []
+    distill_clients = FedFedMixin.distill_clients
+
+    def stop_at_round_3(self, distill_round: int) -> list[int]:
+        calls.append(distill_round)
+        if calls == [1, 2, 3]:
+            raise Stopped
+        return distill_clients(self, distill_round)
+
+    monkeypatch.setattr(FedFedMixin, "distill_clients", stop_at_round_3)
+    cut = make_cfg(*three, name="cut")
+    with pytest.raises(Stopped):
+        run(cut)
+    path = Path(cut.run_dir)
+    assert [json.loads(line)["round"] for line in (path / "distill_metrics.jsonl").read_text().splitlines()] == [1, 2]
+    run(resume_config(path))
+    assert calls == [1, 2, 3, 3]  # the resumed run redid no finished distillation round
+    for name in ("x1", "x2", "y"):
+        assert torch.equal(
+            torch.load(path / "shared_pool.pt", weights_only=True)[name],
+            torch.load(full / "shared_pool.pt", weights_only=True)[name],
+        )
+    assert not (path / "distill_checkpoints").exists()
+    log = [json.loads(line) for line in (path / "distill_metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in log] == ["distill"] * 3 + ["share", "receive"]
+    assert comparable(read_metrics(path)) == comparable(read_metrics(full))
