@@ -23,6 +23,7 @@ from fedsim.experiments.plan import plan_sweep
 from fedsim.experiments.report import ReportOptions, build_report, group_labels, late_trend, paired_difference
 from fedsim.experiments.report_files import markdown_table
 from fedsim.experiments.runs import load_runs
+from fedsim.experiments.sweep import Manifest, SweepRunner, job_command, threads_per_job
 
 TINY = ["dataset=digits", "model=mlp", "backend=inprocess", "num_rounds=1", "num_clients=3", "clients_per_round=2"]
 
@@ -151,7 +152,7 @@ def test_killed_sweep_reruns_only_unfinished_jobs(tmp_path):
     assert len(first) == 1 and len(manifest["jobs"]) == 4
     finished_metrics = (folder / first[0]["run_dir"] / "metrics.jsonl").read_text()
 
-    rerun = sweep_process(tmp_path, *args)
+    rerun = sweep_process(tmp_path, *args, "--jobs", "2")  # started with --jobs 1: each job keeps its threads
     output, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, output
     assert "1 already done, 3 to run" in output and f"continuing the unfinished sweep {folder}" in output
@@ -162,7 +163,9 @@ def test_killed_sweep_reruns_only_unfinished_jobs(tmp_path):
     for job in manifest["jobs"]:
         run_dir = folder / job["run_dir"]
         assert (run_dir / "summary.json").is_file() and job["final"]["final_test_accuracy"] is not None
-        assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == int(job["varying"][0].split("=")[1])
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert config["seed"] == int(job["varying"][0].split("=")[1])
+        assert config["backend"]["num_threads"] == manifest["threads"] == threads_per_job(1)
 
     out = subprocess.run(
         [sys.executable, "-m", "fedsim", "report", str(folder), "--baseline", "strategy=fedavg"],
@@ -175,6 +178,21 @@ def test_killed_sweep_reruns_only_unfinished_jobs(tmp_path):
         r"\| strategy=fedprox +\| 2 +\|", out.stdout
     )
     assert all((folder / name).is_file() for name in ("report.md", "report.csv", "report.png"))
+
+
+def test_a_resumed_sweep_keeps_the_thread_count_it_started_with(tmp_path):
+    """Pending jobs of a sweep get the torch threads fixed at its start, whatever --jobs resumes it."""
+    plan = plan_sweep([*TINY, "seed=0,1"])
+    (tmp_path / "sweep").mkdir()
+    manifest = Manifest.create(tmp_path / "sweep", plan, [], threads=3)
+    runner = SweepRunner(Manifest.load(tmp_path / "sweep"), jobs=2)
+    assert runner.threads == 3
+    command = job_command(manifest.jobs[1], manifest.folder, runner.threads)
+    assert "backend.num_threads=3" in command and command[-1].startswith("run_dir=")
+    del manifest.data["threads"]  # a manifest written before the count was recorded takes this invocation's
+    manifest.save()
+    assert SweepRunner(Manifest.load(tmp_path / "sweep"), jobs=1).threads == threads_per_job(1)
+    assert json.loads((tmp_path / "sweep" / "manifest.json").read_text())["threads"] == threads_per_job(1)
 
 
 def test_failing_job_is_recorded_and_the_rest_finish(tmp_path):

@@ -42,8 +42,8 @@ class Manifest:
         self._lock = threading.Lock()
 
     @classmethod
-    def create(cls, folder: Path, plan: SweepPlan, args: list[str]) -> Manifest:
-        """A new sweep folder's manifest: every job of ``plan``, pending."""
+    def create(cls, folder: Path, plan: SweepPlan, args: list[str], threads: int) -> Manifest:
+        """A new sweep folder's manifest: every job of ``plan``, pending, each to run on ``threads`` torch threads."""
         jobs = [
             {
                 "index": j.index,
@@ -56,7 +56,14 @@ class Manifest:
             for j in plan.jobs
         ]
         manifest = cls(
-            folder, {"name": plan.name, "args": args, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "jobs": jobs}
+            folder,
+            {
+                "name": plan.name,
+                "args": args,
+                "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "threads": threads,
+                "jobs": jobs,
+            },
         )
         manifest.save()
         return manifest
@@ -76,6 +83,19 @@ class Manifest:
         """Every job's record (index, name, overrides, status, timings, final metrics)."""
         return self.data["jobs"]
 
+    def threads(self, jobs: int) -> int:
+        """The torch threads every job of this sweep runs on, fixed when the sweep started.
+
+        A sweep started with ``--jobs N`` gives each job the cores divided by N. Resumed with another
+        ``--jobs``, it keeps that count, so that its jobs' configs (and so their metrics: torch's sums
+        follow the thread count) do not depend on how it was resumed. A manifest written before the count
+        was recorded takes this invocation's.
+        """
+        if "threads" not in self.data:
+            self.data["threads"] = threads_per_job(jobs)
+            self.save()
+        return int(self.data["threads"])
+
     def unfinished(self) -> list[dict[str, Any]]:
         """The jobs not yet done."""
         return [j for j in self.jobs if j["status"] != FINISHED]
@@ -91,6 +111,11 @@ class Manifest:
         tmp = self.folder / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(self.data, indent=1) + "\n")
         os.replace(tmp, self.folder / MANIFEST)
+
+
+def threads_per_job(jobs: int) -> int:
+    """The cores divided by the jobs run at once (at least 1)."""
+    return max(1, (os.cpu_count() or 1) // jobs)
 
 
 def find_unfinished(sweeps_root: Path, plan: SweepPlan) -> Path | None:
@@ -151,9 +176,14 @@ class SweepRunner:
     def __init__(self, manifest: Manifest, jobs: int) -> None:
         self.manifest = manifest
         self.parallel = jobs
-        self.threads = max(1, (os.cpu_count() or 1) // jobs)
+        self.threads = manifest.threads(jobs)
         self.total = len(manifest.jobs)
         (manifest.folder / "logs").mkdir(exist_ok=True)
+        if self.threads != threads_per_job(jobs):
+            show(
+                f"sweep {manifest.folder}: each job runs on {self.threads} torch threads, as when the sweep "
+                f"started (the same configs whatever --jobs resumes it)"
+            )
 
     def run_job(self, job: dict[str, Any]) -> None:
         """Run one job as a subprocess (resuming its run where it has a checkpoint), prefixing its output."""
@@ -253,5 +283,7 @@ def run_sweep(args: list[str], jobs: int = 1) -> int:
             manifest = Manifest.load(unfinished)
             show(f"continuing the unfinished sweep {unfinished} (same jobs)")
         else:
-            manifest = Manifest.create(new_run_dir(Path(plan.runs_root) / "sweeps", plan.name), plan, args)
+            manifest = Manifest.create(
+                new_run_dir(Path(plan.runs_root) / "sweeps", plan.name), plan, args, threads_per_job(jobs)
+            )
     return SweepRunner(manifest, jobs).run()
