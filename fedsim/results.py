@@ -24,6 +24,24 @@ from omegaconf import DictConfig, OmegaConf
 from fedsim.errors import ConfigError
 
 
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file, one per line (none where it does not exist)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """Rewrite a JSONL file with ``records``, one per line."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` as one line to a JSONL file."""
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def make_folder(path: Path, exist_ok: bool = True) -> None:
     """``path.mkdir(parents=True)``; a folder that cannot be created is one ConfigError line."""
     try:
@@ -93,19 +111,15 @@ class RunDirectory:
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one round's record to ``metrics.jsonl``."""
-        with self.metrics_file.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_record(self.metrics_file, record)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every round's record so far."""
-        if not self.metrics_file.exists():
-            return []
-        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+        return read_records(self.metrics_file)
 
     def truncate_metrics(self, last_round: int) -> None:
         """Drop records of rounds after ``last_round`` (what a killed run wrote past its checkpoint)."""
-        kept = [r for r in self.read_metrics() if r["round"] <= last_round]
-        self.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        write_records(self.metrics_file, [r for r in self.read_metrics() if r["round"] <= last_round])
 
     def write_csv(self, name: str = "metrics.csv") -> None:
         """Write the metrics as a CSV table, one column per key of any round."""

@@ -25,7 +25,6 @@ kept set).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 import time
@@ -68,7 +67,7 @@ from fedsim.records import (
     record_bytes,
     weighted_average,
 )
-from fedsim.results import RunDirectory
+from fedsim.results import RunDirectory, append_record, read_records, write_records
 from fedsim.seeding import rng, seed_torch
 from fedsim.strategy import FedsimStrategy, StrategyParams
 from strategies import load_strategy_class
@@ -125,17 +124,17 @@ class FedFedMixin(_MixinBase):
     def setup(self, grid: Grid, run: RunDirectory) -> None:
         super().setup(grid, run)
         pool_file = run.path / "shared_pool.pt"
-        log_file = run.path / "distill_metrics.jsonl"
+        log_file, checkpoints = run.path / "distill_metrics.jsonl", run.path / "distill_checkpoints"
         if pool_file.exists():  # a resumed run: the distillation and the broadcast already happened
             self.pool = {k: v.numpy() for k, v in torch.load(pool_file, weights_only=True).items()}
             self.pool_digest = pool_digest(self.pool)
             return
-        arrays = self.distill(grid, log_file, run.path / "distill_checkpoints")
+        arrays = self.distill(grid, log_file, checkpoints)
         self.collect_shared(grid, arrays, log_file)
         self.broadcast_pool(grid, log_file)
         assert self.pool is not None  # collect_shared pooled the clients' copies
         torch.save({k: torch.from_numpy(v) for k, v in self.pool.items()}, pool_file)
-        shutil.rmtree(run.path / "distill_checkpoints", ignore_errors=True)  # the pool supersedes them
+        shutil.rmtree(checkpoints, ignore_errors=True)  # the pool supersedes them
 
     def _send(
         self, grid: Grid, clients: list[int], arrays: ArrayRecord, config: ConfigRecord
@@ -172,9 +171,8 @@ class FedFedMixin(_MixinBase):
             log_file.write_text("")
         else:
             arrays = done.arrays
-            records = [json.loads(line) for line in log_file.read_text().splitlines()]
-            kept = [r for r in records if r["phase"] == DISTILL and r["round"] <= done.server_round]
-            log_file.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            kept = [r for r in read_records(log_file) if r["phase"] == DISTILL and r["round"] <= done.server_round]
+            write_records(log_file, kept)
             show(f"[distill] resuming after distillation round {done.server_round}")
         rounds = int(s.distill_rounds)
         for r in range(1 if done is None else done.server_round + 1, rounds + 1):
@@ -203,8 +201,7 @@ class FedFedMixin(_MixinBase):
                 **{k.replace("-", "_"): v for k, v in metrics.items()},
                 "round_time_s": time.time() - t0,
             }
-            with log_file.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(log_file, record)
             save_checkpoint(checkpoints, Checkpoint(r, arrays, {}), keep=1)
             show(
                 f"[distill {r}/{rounds}] loss {record['train_loss']:.4f} (recon {record['distill_recon']:.4f}, "
@@ -241,7 +238,7 @@ class FedFedMixin(_MixinBase):
         bad = non_finite(shared)
         return f"returned NaN/Inf in shared '{bad}'" if bad else None
 
-    def collect_shared(self, grid: Grid, arrays: ArrayRecord, log_file) -> None:
+    def collect_shared(self, grid: Grid, arrays: ArrayRecord, log_file: Path) -> None:
         """Phase A, sharing: every client sends its noised copies once; the server pools them."""
         t0 = time.time()
         config = ConfigRecord({PHASE: SHARE, SERVER_ROUND: 0})
@@ -265,8 +262,7 @@ class FedFedMixin(_MixinBase):
             "share_noise_std": [float(v) for v in s.share_noise_std],
             "round_time_s": time.time() - t0,
         }
-        with log_file.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_record(log_file, record)
         sigmas = record["share_noise_std"]
         show(
             f"[share] pool of {record['pool_samples']} samples x {len(sigmas)} noised copies "
@@ -274,7 +270,7 @@ class FedFedMixin(_MixinBase):
             f"from {len(accepted)} clients, sigma={'/'.join(str(v) for v in sigmas)}"
         )
 
-    def broadcast_pool(self, grid: Grid, log_file) -> None:
+    def broadcast_pool(self, grid: Grid, log_file: Path) -> None:
         """Send the global shared set to every client, once; each keeps it for the rest of the run."""
         assert self.pool is not None
         t0 = time.time()
@@ -304,8 +300,7 @@ class FedFedMixin(_MixinBase):
             "pool_digest": self.pool_digest,
             "round_time_s": time.time() - t0,
         }
-        with log_file.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_record(log_file, record)
         show(
             f"[receive] shared set sent once to {len(received)}/{len(messages)} clients "
             f"({record['bytes_down'] / 2**20:.1f}MB in all)"

@@ -35,7 +35,6 @@ and ``selection_similarity_<t>`` (one entry per party; -1 where it did not answe
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -77,7 +76,7 @@ from fedsim.records import (
     payload_bytes,
     weighted_average,
 )
-from fedsim.results import RunDirectory
+from fedsim.results import RunDirectory, append_record
 from fedsim.seeding import rng, seed_torch, torch_generator
 from fedsim.strategy import ClientReply, FedsimStrategy, StrategyParams, typed_params
 
@@ -292,8 +291,7 @@ class FedSA(FedsimStrategy):
     def write_log(self, record: dict[str, Any]) -> None:
         """Append one record to the run's ``fedsa.jsonl``."""
         if self.log_file is not None:
-            with self.log_file.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(self.log_file, record)
 
     # -- selection ----------------------------------------------------------------------------------
     def select(self, server_round: int, arrays: ArrayRecord, grid: Grid) -> None:

@@ -163,11 +163,9 @@ def test_a_run_stopped_during_distillation_resumes_after_its_last_distillation_r
     assert [json.loads(line)["round"] for line in (path / "distill_metrics.jsonl").read_text().splitlines()] == [1, 2]
     run(resume_config(path))
     assert calls == [1, 2, 3, 3]  # the resumed run redid no finished distillation round
+    pool, full_pool = (torch.load(p / "shared_pool.pt", weights_only=True) for p in (path, full))
     for name in ("x1", "x2", "y"):
-        assert torch.equal(
-            torch.load(path / "shared_pool.pt", weights_only=True)[name],
-            torch.load(full / "shared_pool.pt", weights_only=True)[name],
-        )
+        assert torch.equal(pool[name], full_pool[name])
     assert not (path / "distill_checkpoints").exists()
     log = [json.loads(line) for line in (path / "distill_metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in log] == ["distill"] * 3 + ["share", "receive"]

@@ -12,6 +12,7 @@ import pandas as pd
 from fedsim.config import CONFIG_DIR, as_dict, load_dict_config
 from fedsim.errors import ConfigError
 from fedsim.experiments.graph import graph_metrics
+from fedsim.results import read_records
 
 # Keys that say where or how a run was executed, not what was run: never a reason to group apart.
 BOOKKEEPING = (
@@ -103,7 +104,7 @@ def load_runs(paths: list[str]) -> RunTable:
     configs, metrics = [], []
     defaults = base_defaults()
     for run in find_run_dirs(paths):
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        rows = read_records(run / "metrics.jsonl")
         if not rows:
             continue
         graph_metrics(run, rows)
