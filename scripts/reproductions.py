@@ -6,7 +6,9 @@
     python scripts/reproductions.py collect --rerun runs/sweeps/<timestamp>-repro_fedimpro  # keep it for the page
 
 ``collect`` copies each finished run's config.yaml, metrics.jsonl, summary.json and partition.json (no checkpoints)
-and the sweep's manifest (manifests/<sweep>.json) into docs/reproductions/<experiment>/. ``render`` decides every
+and the sweep's manifest (manifests/<sweep>.json) into docs/reproductions/<experiment>/, or with ``--rerun`` into
+docs/reproductions/reruns/<experiment>/ (a rerun may come in parts, as a claim's runs may: seeds 8, 9 after 5, 6, 7
+where an interval straddles 0, as the protocol asks). ``render`` decides every
 claim of docs/reproductions/claims.yaml on those folders (fedsim.experiments.claims: paired 95% intervals), writes
 each comparison's report.md/.csv/.png under docs/reproductions/claim_<id>/ (removing the reports no comparison
 writes any more), and writes docs/REPRODUCTIONS.md plus the summary table between the reproduction markers of
@@ -36,15 +38,16 @@ from fedsim.experiments.runs import RunTable, load_runs
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "reproductions"
 KEPT = ("config.yaml", "metrics.jsonl", "summary.json", "partition.json")
-RERUNS = DOCS / "reruns"  # reruns of claims' commands with other seeds, for the page's check of their verdicts
+RERUNS = DOCS / "reruns"  # per experiment, its command rerun with other seeds, for the page's check of its verdicts
 UNDECIDED = {NOT_RUN, "incomplete"}
 README_START, README_END = "<!-- reproductions:start -->", "<!-- reproductions:end -->"
 
 
 def collect(sweep: Path, rerun: bool = False) -> Path:
     manifest = json.loads((sweep / "manifest.json").read_text())
-    # a claim's runs go to its experiment's folder; a rerun with other seeds to reruns/<sweep>/, beside it on the page
-    target = RERUNS / sweep.name if rerun else DOCS / manifest["name"]
+    # a claim's runs go to its experiment's folder; a rerun with other seeds to reruns/<experiment>/, beside it on the
+    # page; either may be run in parts (e.g. more seeds), one manifest per sweep
+    target = (RERUNS if rerun else DOCS) / manifest["name"]
     target.mkdir(parents=True, exist_ok=True)
     kept = 0
     for job in manifest["jobs"]:
@@ -56,8 +59,7 @@ def collect(sweep: Path, rerun: bool = False) -> Path:
             if (sweep / job["run_dir"] / name).is_file():
                 shutil.copy2(sweep / job["run_dir"] / name, out / name)
         kept += 1
-    # a rerun folder holds one sweep; an experiment's, one manifest per sweep (it may be run in parts, e.g. more seeds)
-    kept_manifest = target / "manifest.json" if rerun else target / "manifests" / f"{sweep.name}.json"
+    kept_manifest = target / "manifests" / f"{sweep.name}.json"
     kept_manifest.parent.mkdir(exist_ok=True)
     kept_manifest.write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"{target}: {kept} of {len(manifest['jobs'])} runs kept")
@@ -164,8 +166,8 @@ def render() -> None:
         "(`python -m fedsim run -m +experiment=<name> seed=5,6,7 --jobs 2`)",
         "and decide the claim on those runs beside the committed ones:",
         "`python scripts/reproductions.py check <claim> runs/sweeps/<new sweep>...` (exit 1 when a verdict differs).",
-        "Reruns kept with `collect --rerun <sweep>` (under `docs/reproductions/reruns/`) are decided so at the end",
-        "of this page.",
+        "Reruns kept with `collect --rerun <sweep>...` (under `docs/reproductions/reruns/<experiment>/`) are decided",
+        "so at the end of this page.",
         "",
     ]
     summary = ["| claim | comparison | ours: paired difference, 95% CI | verdict |", "|---|---|---|---|"]
@@ -246,20 +248,26 @@ def render_reruns(claims: list[dict]) -> list[str]:
         "## Reruns with other seeds",
         "",
         "Each rerun below is a claim's command run again with other seeds, its outputs kept under",
-        "`docs/reproductions/reruns/<sweep>/` and decided with",
+        "`docs/reproductions/reruns/<experiment>/` (one manifest per sweep it took) and decided with",
         "`python scripts/reproductions.py check <claim> <that folder>`.",
         "",
     ]
     for folder in folders:
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifests = [json.loads(m.read_text()) for m in sorted((folder / "manifests").glob("*.json"))]
         seeds = sorted(
-            {int(o.split("=", 1)[1]) for job in manifest["jobs"] for o in job["overrides"] if o.startswith("seed=")}
+            {
+                int(o.split("=", 1)[1])
+                for manifest in manifests
+                for job in manifest["jobs"]
+                for o in job["overrides"]
+                if o.startswith("seed=")
+            }
         )
         for claim in claims:
-            if manifest["name"] not in claim["experiments"]:
+            if folder.name not in claim["experiments"]:
                 continue
             rows = [row for row in rerun_rows(claim, [str(folder)]) if row[1].verdict_class not in UNDECIDED]
-            section += [f"### Claim {claim['id']}: `{manifest['name']}` with seeds {', '.join(map(str, seeds))}", ""]
+            section += [f"### Claim {claim['id']}: `{folder.name}` with seeds {', '.join(map(str, seeds))}", ""]
             section += [*rerun_table(rows, f"claim {claim['id']}"), ""]
     return section
 

@@ -205,7 +205,7 @@ def test_check_says_when_the_runs_decide_none_of_the_claims_comparisons(capsys):
 
 
 def test_the_page_decides_each_kept_rerun_on_the_comparisons_it_covers(tmp_path, monkeypatch):
-    kept = next((COMMITTED / "reruns").glob("*-repro_scool_scarce"))
+    kept = COMMITTED / "reruns" / "repro_scool_scarce"
     shutil.copytree(kept, tmp_path / kept.name)
     monkeypatch.setattr(reproductions, "RERUNS", tmp_path)
     claims = yaml.safe_load((COMMITTED / "claims.yaml").read_text())
@@ -234,17 +234,43 @@ def test_a_comparisons_target_adds_the_rounds_to_reach_it_and_decides_nothing():
     assert (timed.decision, timed.figure) == (untimed.decision, untimed.figure)
 
 
-def test_a_rerun_is_collected_apart_from_the_claims_runs(tmp_path, monkeypatch):
-    kept = next((COMMITTED / "reruns").glob("*-repro_scool_scarce"))
-    sweep = tmp_path / "sweeps" / kept.name
-    shutil.copytree(kept, sweep)
+def as_sweeps(kept: Path, parts: list[set[int]], root: Path) -> list[Path]:
+    """The sweeps a kept rerun came from, split by seed into ``parts`` (a rerun run in parts, e.g. more seeds)."""
+    (manifest_file,) = (kept / "manifests").glob("*.json")
+    manifest = json.loads(manifest_file.read_text())
+    sweeps = []
+    for k, seeds in enumerate(parts):
+        jobs = [j for j in manifest["jobs"] if any(f"seed={seed}" in j["overrides"] for seed in seeds)]
+        sweep = root / f"{k}-{manifest['name']}"
+        for job in jobs:
+            shutil.copytree(kept / job["run_dir"], sweep / job["run_dir"])
+        (sweep / "manifest.json").write_text(json.dumps({**manifest, "jobs": jobs}))
+        sweeps.append(sweep)
+    return sweeps
+
+
+def test_a_rerun_in_parts_is_collected_apart_from_the_claims_runs_and_decided_on_all_its_seeds(tmp_path, monkeypatch):
+    kept = COMMITTED / "reruns" / "repro_scool_scarce"
+    first, second = as_sweeps(kept, [{5, 6}, {7}], tmp_path / "sweeps")  # seeds 5, 6; then seed 7 added
     monkeypatch.setattr(reproductions, "DOCS", tmp_path / "docs")
     monkeypatch.setattr(reproductions, "RERUNS", tmp_path / "docs" / "reruns")
-    assert reproductions.main(["collect", "--rerun", str(sweep)]) == 0
-    target = tmp_path / "docs" / "reruns" / kept.name
-    assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p in kept.iterdir())
-    assert (target / "manifest.json").read_text() == (kept / "manifest.json").read_text()
+    assert reproductions.main(["collect", "--rerun", str(first)]) == 0
+    assert reproductions.main(["collect", "--rerun", str(second)]) == 0
+    target = tmp_path / "docs" / "reruns" / "repro_scool_scarce"
+    assert sorted(p.name for p in target.iterdir() if p.name != "manifests") == sorted(
+        p.name for p in kept.iterdir() if p.name != "manifests"
+    )
+    assert sorted(p.name for p in (target / "manifests").iterdir()) == [f"{first.name}.json", f"{second.name}.json"]
     assert not (tmp_path / "docs" / "repro_scool_scarce").exists()  # the claim's own runs are left as they are
+    claims = yaml.safe_load((COMMITTED / "claims.yaml").read_text())
+    monkeypatch.setattr(reproductions, "DOCS", COMMITTED)  # the committed runs a rerun is decided against
+    in_parts = reproductions.render_reruns(claims)
+    heading = "### Claim e: `repro_scool_scarce` with seeds 5, 6, 7"
+    section = in_parts[in_parts.index(heading) :]
+    monkeypatch.setattr(reproductions, "RERUNS", COMMITTED / "reruns")
+    whole = reproductions.render_reruns(claims)  # the rerun kept whole: the same tables
+    assert section == whole[whole.index(heading) :][: len(section)]
+    assert "2 comparisons decided on both, 0 with another verdict." in section
 
 
 def test_render_removes_the_reports_of_comparisons_that_are_gone(tmp_path, monkeypatch):
