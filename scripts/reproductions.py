@@ -253,16 +253,7 @@ def render_reruns(claims: list[dict]) -> list[str]:
         "",
     ]
     for folder in folders:
-        manifests = [json.loads(m.read_text()) for m in sorted((folder / "manifests").glob("*.json"))]
-        seeds = sorted(
-            {
-                int(o.split("=", 1)[1])
-                for manifest in manifests
-                for job in manifest["jobs"]
-                for o in job["overrides"]
-                if o.startswith("seed=")
-            }
-        )
+        seeds = sorted(int(seed) for seed in load_runs([str(folder)]).configs["seed"].unique())  # of the runs kept
         for claim in claims:
             if folder.name not in claim["experiments"]:
                 continue
