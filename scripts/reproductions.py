@@ -239,28 +239,33 @@ def check(claim_id: str, paths: list[str]) -> int:
 
 
 def render_reruns(claims: list[dict]) -> list[str]:
-    """The page's section on the reruns kept under docs/reproductions/reruns/: each claim decided on them beside
-    its committed verdicts, the comparisons the rerun decides."""
-    folders = sorted(p for p in RERUNS.iterdir() if p.is_dir()) if RERUNS.is_dir() else []
-    if not folders:
+    """The page's section on the reruns kept under docs/reproductions/reruns/: each claim decided on the reruns of
+    its experiments together (a claim's baseline and method may come from two experiments) beside its committed
+    verdicts, the comparisons the reruns decide."""
+    kept = {p.name: p for p in RERUNS.iterdir() if p.is_dir()} if RERUNS.is_dir() else {}
+    section = []
+    for claim in claims:
+        folders = [kept[name] for name in claim["experiments"] if name in kept]
+        if not folders:
+            continue
+        parts = []
+        for folder in folders:
+            seeds = sorted(int(seed) for seed in load_runs([str(folder)]).configs["seed"].unique())  # of the runs kept
+            parts.append(f"`{folder.name}` with seeds {', '.join(map(str, seeds))}")
+        rows = [row for row in rerun_rows(claim, [str(f) for f in folders]) if row[1].verdict_class not in UNDECIDED]
+        section += [f"### Claim {claim['id']}: {'; '.join(parts)}", ""]
+        section += [*rerun_table(rows, f"claim {claim['id']}"), ""]
+    if not section:
         return []
-    section = [
+    return [
         "## Reruns with other seeds",
         "",
-        "Each rerun below is a claim's command run again with other seeds, its outputs kept under",
+        "Each rerun below is a claim's commands run again with other seeds, its outputs kept under",
         "`docs/reproductions/reruns/<experiment>/` (one manifest per sweep it took) and decided with",
-        "`python scripts/reproductions.py check <claim> <that folder>`.",
+        "`python scripts/reproductions.py check <claim> <those folders>`.",
         "",
+        *section,
     ]
-    for folder in folders:
-        seeds = sorted(int(seed) for seed in load_runs([str(folder)]).configs["seed"].unique())  # of the runs kept
-        for claim in claims:
-            if folder.name not in claim["experiments"]:
-                continue
-            rows = [row for row in rerun_rows(claim, [str(folder)]) if row[1].verdict_class not in UNDECIDED]
-            section += [f"### Claim {claim['id']}: `{folder.name}` with seeds {', '.join(map(str, seeds))}", ""]
-            section += [*rerun_table(rows, f"claim {claim['id']}"), ""]
-    return section
 
 
 def main(argv: list[str] | None = None) -> int:

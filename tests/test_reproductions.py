@@ -216,6 +216,23 @@ def test_the_page_decides_each_kept_rerun_on_the_comparisons_it_covers(tmp_path,
     assert "2 comparisons decided on both" in section
 
 
+def test_a_claims_rerun_is_decided_on_all_its_experiments_together(tmp_path, monkeypatch):
+    """Claim a's method (repro_fedfed) and its bases (repro_fedfed_baselines) are two experiments: a rerun of each
+    decides nothing alone, and the page decides the claim on both (here the committed runs, so every verdict holds)."""
+    for name in ("repro_fedfed", "repro_fedfed_baselines"):
+        shutil.copytree(COMMITTED / name, tmp_path / name)
+    monkeypatch.setattr(reproductions, "RERUNS", tmp_path)
+    claims = yaml.safe_load((COMMITTED / "claims.yaml").read_text())
+    (claim_a,) = [claim for claim in claims if claim["id"] == "a"]
+    for name in ("repro_fedfed", "repro_fedfed_baselines"):
+        alone = reproductions.rerun_rows(claim_a, [str(tmp_path / name)])
+        assert all(theirs.verdict_class in reproductions.UNDECIDED for _, theirs, _ in alone)
+    section = "\n".join(reproductions.render_reruns(claims))
+    seeds = "with seeds 0, 1, 2, 3, 4"
+    assert f"### Claim a: `repro_fedfed` {seeds}; `repro_fedfed_baselines` {seeds}" in section
+    assert "4 comparisons decided on both, 0 with another verdict." in section  # the four bases at Dirichlet 0.1
+
+
 def test_the_page_has_no_rerun_section_without_reruns(tmp_path, monkeypatch):
     monkeypatch.setattr(reproductions, "RERUNS", tmp_path / "none")
     assert reproductions.render_reruns([]) == []
