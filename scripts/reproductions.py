@@ -241,7 +241,7 @@ def check(claim_id: str, paths: list[str]) -> int:
 def render_reruns(claims: list[dict]) -> list[str]:
     """The page's section on the reruns kept under docs/reproductions/reruns/: each claim decided on the reruns of
     its experiments together (a claim's baseline and method may come from two experiments) beside its committed
-    verdicts, the comparisons the reruns decide."""
+    verdicts, the comparisons the reruns decide (a claim whose reruns decide none is left off)."""
     kept = {p.name: p for p in RERUNS.iterdir() if p.is_dir()} if RERUNS.is_dir() else {}
     section = []
     for claim in claims:
@@ -253,6 +253,8 @@ def render_reruns(claims: list[dict]) -> list[str]:
             seeds = sorted(int(seed) for seed in load_runs([str(folder)]).configs["seed"].unique())  # of the runs kept
             parts.append(f"`{folder.name}` with seeds {', '.join(map(str, seeds))}")
         rows = [row for row in rerun_rows(claim, [str(f) for f in folders]) if row[1].verdict_class not in UNDECIDED]
+        if not rows:  # e.g. a rerun under way: the bases kept, the method not yet
+            continue
         section += [f"### Claim {claim['id']}: {'; '.join(parts)}", ""]
         section += [*rerun_table(rows, f"claim {claim['id']}"), ""]
     if not section:

@@ -218,15 +218,17 @@ def test_the_page_decides_each_kept_rerun_on_the_comparisons_it_covers(tmp_path,
 
 def test_a_claims_rerun_is_decided_on_all_its_experiments_together(tmp_path, monkeypatch):
     """Claim a's method (repro_fedfed) and its bases (repro_fedfed_baselines) are two experiments: a rerun of each
-    decides nothing alone, and the page decides the claim on both (here the committed runs, so every verdict holds)."""
-    for name in ("repro_fedfed", "repro_fedfed_baselines"):
-        shutil.copytree(COMMITTED / name, tmp_path / name)
+    decides nothing alone (the page leaves it off), and the page decides the claim on both (here the committed runs,
+    so every verdict holds)."""
     monkeypatch.setattr(reproductions, "RERUNS", tmp_path)
     claims = yaml.safe_load((COMMITTED / "claims.yaml").read_text())
     (claim_a,) = [claim for claim in claims if claim["id"] == "a"]
-    for name in ("repro_fedfed", "repro_fedfed_baselines"):
-        alone = reproductions.rerun_rows(claim_a, [str(tmp_path / name)])
+    for name in ("repro_fedfed_baselines", "repro_fedfed"):
+        alone = reproductions.rerun_rows(claim_a, [str(COMMITTED / name)])
         assert all(theirs.verdict_class in reproductions.UNDECIDED for _, theirs, _ in alone)
+    shutil.copytree(COMMITTED / "repro_fedfed_baselines", tmp_path / "repro_fedfed_baselines")
+    assert "Claim a" not in "\n".join(reproductions.render_reruns(claims))  # the bases' rerun alone, e.g. under way
+    shutil.copytree(COMMITTED / "repro_fedfed", tmp_path / "repro_fedfed")
     section = "\n".join(reproductions.render_reruns(claims))
     seeds = "with seeds 0, 1, 2, 3, 4"
     assert f"### Claim a: `repro_fedfed` {seeds}; `repro_fedfed_baselines` {seeds}" in section
