@@ -102,8 +102,12 @@ def cell(value: float, metric: str) -> str:
     return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
 
 
+def committed_dirs(experiments: list[str]) -> list[str]:
+    return [str(DOCS / e) for e in experiments if (DOCS / e).is_dir()]
+
+
 def committed_runs(experiments: list[str]) -> RunTable | None:
-    dirs = [str(DOCS / e) for e in experiments if (DOCS / e).is_dir()]
+    dirs = committed_dirs(experiments)
     return load_runs(dirs) if dirs else None
 
 
@@ -191,29 +195,39 @@ def render() -> None:
     print(f"wrote {ROOT / 'docs' / 'REPRODUCTIONS.md'}")
 
 
-def rerun_rows(claim: dict, paths: list[str]) -> list[tuple[Outcome, Outcome, str]]:
-    """Each of ``claim``'s comparisons decided on the committed runs and on the runs under ``paths`` (e.g. a rerun
-    with other seeds): (committed, rerun, same), where same is "yes", "NO", or "-" unless decided on both."""
-    rerun = sum(evaluate_claim(load_runs(paths), claim), [])
+def rerun_rows(claim: dict, paths: list[str]) -> list[tuple[Outcome, Outcome, Outcome, str]]:
+    """Each of ``claim``'s comparisons decided on the committed runs, on the runs under ``paths`` (e.g. a rerun with
+    other seeds) and on both together where their seeds differ: (committed, rerun, together, same), where same is
+    "yes", "NO", or "-" unless decided on both."""
+    rerun_runs = load_runs(paths)
+    rerun = sum(evaluate_claim(rerun_runs, claim), [])
     committed_table = committed_runs(claim["experiments"])
-    committed = (
-        sum(evaluate_claim(committed_table, claim), [])
-        if committed_table is not None
-        else [Outcome(o.label) for o in rerun]
-    )
+    if committed_table is None:
+        committed = together = [Outcome(o.label) for o in rerun]
+    else:
+        committed = sum(evaluate_claim(committed_table, claim), [])
+        shared_seeds = set(committed_table.configs["seed"]) & set(rerun_runs.configs["seed"])
+        together = (
+            [Outcome(o.label) for o in rerun]  # the same seeds twice: nothing to pool
+            if shared_seeds
+            else sum(evaluate_claim(load_runs(committed_dirs(claim["experiments"]) + paths), claim), [])
+        )
     rows = []
-    for ours, theirs in zip(committed, rerun, strict=True):
+    for ours, theirs, pooled in zip(committed, rerun, together, strict=True):
         both = ours.verdict_class not in UNDECIDED and theirs.verdict_class not in UNDECIDED
-        rows.append((ours, theirs, "-" if not both else "yes" if ours.verdict_class == theirs.verdict_class else "NO"))
+        same = "-" if not both else "yes" if ours.verdict_class == theirs.verdict_class else "NO"
+        rows.append((ours, theirs, pooled, same))
     return rows
 
 
-def rerun_table(rows: list[tuple[Outcome, Outcome, str]], title: str) -> list[str]:
+def rerun_table(rows: list[tuple[Outcome, Outcome, Outcome, str]], title: str) -> list[str]:
     """The markdown table of :func:`rerun_rows` and its one-line count."""
-    lines = [f"| {title} | committed runs | these runs | same verdict |", "|---|---|---|---|"]
-    for ours, theirs, same in rows:
+    lines = [f"| {title} | committed runs | these runs | same verdict | all seeds together |", "|---|---|---|---|---|"]
+    for ours, theirs, pooled, same in rows:
+        together = f"{pooled.verdict_class}: {pooled.figure}" if pooled.verdict_class not in UNDECIDED else "-"
         lines.append(
-            f"| {theirs.label} | {ours.verdict_class}: {ours.figure} | {theirs.decision}: {theirs.figure} | {same} |"
+            f"| {theirs.label} | {ours.verdict_class}: {ours.figure} | {theirs.decision}: {theirs.figure} | {same} "
+            f"| {together} |"
         )
     decided = sum(same != "-" for *_, same in rows)
     differ = sum(same == "NO" for *_, same in rows)
@@ -230,7 +244,7 @@ def check(claim_id: str, paths: list[str]) -> int:
     claim = claims[claim_id]
     rows = rerun_rows(claim, paths)
     print("\n".join(rerun_table(rows, f"claim {claim_id}")))
-    if all(theirs.verdict_class in UNDECIDED for _, theirs, _ in rows):
+    if all(theirs.verdict_class in UNDECIDED for _, theirs, *_ in rows):
         raise ConfigError(
             f"none of claim {claim_id}'s comparisons is decided on these runs (each needs its two groups, "
             f"{MIN_SEEDS} seeds and {MIN_ROUNDS} rounds): pass the sweeps of {', '.join(claim['experiments'])}"
@@ -264,7 +278,8 @@ def render_reruns(claims: list[dict]) -> list[str]:
         "",
         "Each rerun below is a claim's commands run again with other seeds, its outputs kept under",
         "`docs/reproductions/reruns/<experiment>/` (one manifest per sweep it took) and decided with",
-        "`python scripts/reproductions.py check <claim> <those folders>`.",
+        "`python scripts/reproductions.py check <claim> <those folders>`. The last column decides each comparison on",
+        "the committed runs and the rerun together (paired by seed, all seeds): the better estimate once both exist.",
         "",
         *section,
     ]

@@ -214,6 +214,7 @@ def test_the_page_decides_each_kept_rerun_on_the_comparisons_it_covers(tmp_path,
     assert "10 samples per client" in section  # the comparisons of repro_scool_scarce
     assert "300 samples per client" not in section  # repro_scool's: not rerun, so not listed
     assert "2 comparisons decided on both" in section
+    assert section.count("(n=8) |") == 2  # each also decided on its 5 committed and 3 rerun seeds together
 
 
 def test_a_claims_rerun_is_decided_on_all_its_experiments_together(tmp_path, monkeypatch):
@@ -225,7 +226,7 @@ def test_a_claims_rerun_is_decided_on_all_its_experiments_together(tmp_path, mon
     (claim_a,) = [claim for claim in claims if claim["id"] == "a"]
     for name in ("repro_fedfed_baselines", "repro_fedfed"):
         alone = reproductions.rerun_rows(claim_a, [str(COMMITTED / name)])
-        assert all(theirs.verdict_class in reproductions.UNDECIDED for _, theirs, _ in alone)
+        assert all(theirs.verdict_class in reproductions.UNDECIDED for _, theirs, *_ in alone)
     shutil.copytree(COMMITTED / "repro_fedfed_baselines", tmp_path / "repro_fedfed_baselines")
     assert "Claim a" not in "\n".join(reproductions.render_reruns(claims))  # the bases' rerun alone, e.g. under way
     shutil.copytree(COMMITTED / "repro_fedfed", tmp_path / "repro_fedfed")
@@ -233,6 +234,7 @@ def test_a_claims_rerun_is_decided_on_all_its_experiments_together(tmp_path, mon
     seeds = "with seeds 0, 1, 2, 3, 4"
     assert f"### Claim a: `repro_fedfed` {seeds}; `repro_fedfed_baselines` {seeds}" in section
     assert "4 comparisons decided on both, 0 with another verdict." in section  # the four bases at Dirichlet 0.1
+    assert section.count("| yes | - |") == 4  # the same seeds as the committed runs: nothing to pool
 
 
 def test_the_page_has_no_rerun_section_without_reruns(tmp_path, monkeypatch):
