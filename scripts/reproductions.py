@@ -33,7 +33,7 @@ from fedsim.errors import ConfigError
 from fedsim.experiments.claims import MIN_ROUNDS, MIN_SEEDS, NOT_RUN, Outcome, evaluate_claim
 from fedsim.experiments.report import group_labels, percent, run_figures
 from fedsim.experiments.report_files import write_report
-from fedsim.experiments.runs import RunTable, load_runs
+from fedsim.experiments.runs import RunTable, join_runs, load_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "reproductions"
@@ -195,11 +195,10 @@ def render() -> None:
     print(f"wrote {ROOT / 'docs' / 'REPRODUCTIONS.md'}")
 
 
-def rerun_rows(claim: dict, paths: list[str]) -> list[tuple[Outcome, Outcome, Outcome, str]]:
-    """Each of ``claim``'s comparisons decided on the committed runs, on the runs under ``paths`` (e.g. a rerun with
-    other seeds) and on both together where their seeds differ: (committed, rerun, together, same), where same is
+def rerun_rows(claim: dict, rerun_runs: RunTable) -> list[tuple[Outcome, Outcome, Outcome, str]]:
+    """Each of ``claim``'s comparisons decided on the committed runs, on ``rerun_runs`` (e.g. a rerun with other
+    seeds) and on both together where their seeds differ: (committed, rerun, together, same), where same is
     "yes", "NO", or "-" unless decided on both."""
-    rerun_runs = load_runs(paths)
     rerun = sum(evaluate_claim(rerun_runs, claim), [])
     committed_table = committed_runs(claim["experiments"])
     if committed_table is None:
@@ -210,7 +209,7 @@ def rerun_rows(claim: dict, paths: list[str]) -> list[tuple[Outcome, Outcome, Ou
         together = (
             [Outcome(o.label) for o in rerun]  # the same seeds twice: nothing to pool
             if shared_seeds
-            else sum(evaluate_claim(load_runs(committed_dirs(claim["experiments"]) + paths), claim), [])
+            else sum(evaluate_claim(join_runs([committed_table, rerun_runs]), claim), [])
         )
     rows = []
     for ours, theirs, pooled in zip(committed, rerun, together, strict=True):
@@ -242,7 +241,7 @@ def check(claim_id: str, paths: list[str]) -> int:
     if claim_id not in claims:
         raise ConfigError(f"no claim '{claim_id}' in docs/reproductions/claims.yaml; claims: {', '.join(claims)}")
     claim = claims[claim_id]
-    rows = rerun_rows(claim, paths)
+    rows = rerun_rows(claim, load_runs(paths))
     print("\n".join(rerun_table(rows, f"claim {claim_id}")))
     if all(theirs.verdict_class in UNDECIDED for _, theirs, *_ in rows):
         raise ConfigError(
@@ -262,11 +261,10 @@ def render_reruns(claims: list[dict]) -> list[str]:
         folders = [kept[name] for name in claim["experiments"] if name in kept]
         if not folders:
             continue
-        parts = []
-        for folder in folders:
-            seeds = sorted(int(seed) for seed in load_runs([str(folder)]).configs["seed"].unique())  # of the runs kept
-            parts.append(f"`{folder.name}` with seeds {', '.join(map(str, seeds))}")
-        rows = [row for row in rerun_rows(claim, [str(f) for f in folders]) if row[1].verdict_class not in UNDECIDED]
+        tables = [load_runs([str(folder)]) for folder in folders]
+        seeds = [sorted(int(seed) for seed in table.configs["seed"].unique()) for table in tables]  # of the runs kept
+        parts = [f"`{f.name}` with seeds {', '.join(map(str, s))}" for f, s in zip(folders, seeds, strict=True)]
+        rows = [row for row in rerun_rows(claim, join_runs(tables)) if row[1].verdict_class not in UNDECIDED]
         if not rows:  # e.g. a rerun under way: the bases kept, the method not yet
             continue
         section += [f"### Claim {claim['id']}: {'; '.join(parts)}", ""]

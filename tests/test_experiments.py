@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -22,7 +23,7 @@ from fedsim.errors import ConfigError
 from fedsim.experiments.plan import plan_sweep
 from fedsim.experiments.report import ReportOptions, build_report, group_labels, late_trend, paired_difference
 from fedsim.experiments.report_files import markdown_table
-from fedsim.experiments.runs import load_runs
+from fedsim.experiments.runs import join_runs, load_runs
 from fedsim.experiments.sweep import Manifest, SweepRunner, job_command, threads_per_job
 
 TINY = ["dataset=digits", "model=mlp", "backend=inprocess", "num_rounds=1", "num_clients=3", "clients_per_round=2"]
@@ -279,6 +280,18 @@ def test_groups_show_what_differs(tmp_path):
     labels = sorted(set(group_labels(runs.configs, [])))
     assert labels == ["strategy=fedavg", "strategy=fedprox, strategy.mu=0.01", "strategy=fedprox, strategy.mu=0.1"]
     assert sorted(set(group_labels(runs.configs, ["strategy"]))) == ["strategy=fedavg", "strategy=fedprox"]
+
+
+def test_joined_tables_equal_the_runs_loaded_together(tmp_path):
+    """Two sets of runs loaded apart and joined give the table their paths give together, a key one set lacks
+    included (so a rerun and the committed runs need not be read twice)."""
+    fake_run(tmp_path / "old" / "a", 0, [0.5, 0.6])
+    fake_run(tmp_path / "new" / "b", 1, [0.4], strategy={"name": "fedprox", "mu": 0.01})
+    together = load_runs([str(tmp_path / "old"), str(tmp_path / "new")])
+    joined = join_runs([load_runs([str(tmp_path / "old")]), load_runs([str(tmp_path / "new")])])
+    pd.testing.assert_frame_equal(joined.configs.sort_index(axis=1), together.configs.sort_index(axis=1))
+    pd.testing.assert_frame_equal(joined.metrics, together.metrics)
+    assert len(joined.configs) == 2 and len(joined.metrics) == 3
 
 
 def test_trend_tells_a_rising_curve_from_a_levelled_one(tmp_path):

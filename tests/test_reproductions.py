@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from fedsim.experiments import claims
+from fedsim.experiments.runs import load_runs
 
 spec = importlib.util.spec_from_file_location(
     "reproductions", Path(__file__).resolve().parent.parent / "scripts" / "reproductions.py"
@@ -225,7 +226,7 @@ def test_a_claims_rerun_is_decided_on_all_its_experiments_together(tmp_path, mon
     claims = yaml.safe_load((COMMITTED / "claims.yaml").read_text())
     (claim_a,) = [claim for claim in claims if claim["id"] == "a"]
     for name in ("repro_fedfed_baselines", "repro_fedfed"):
-        alone = reproductions.rerun_rows(claim_a, [str(COMMITTED / name)])
+        alone = reproductions.rerun_rows(claim_a, load_runs([str(COMMITTED / name)]))
         assert all(theirs.verdict_class in reproductions.UNDECIDED for _, theirs, *_ in alone)
     shutil.copytree(COMMITTED / "repro_fedfed_baselines", tmp_path / "repro_fedfed_baselines")
     assert "Claim a" not in "\n".join(reproductions.render_reruns(claims))  # the bases' rerun alone, e.g. under way

@@ -122,3 +122,10 @@ def load_runs(paths: list[str]) -> RunTable:
         raise ConfigError(f"no run under {', '.join(paths)} has finished a round yet")
     table = pd.concat([c.astype(object) for c in configs])  # an int stays an int where other runs lack the key
     return RunTable(table, pd.concat(metrics, ignore_index=True))
+
+
+def join_runs(tables: list[RunTable]) -> RunTable:
+    """The runs of ``tables`` in one table, as :func:`load_runs` would give for all their paths together."""
+    return RunTable(
+        pd.concat([t.configs.astype(object) for t in tables]), pd.concat([t.metrics for t in tables], ignore_index=True)
+    )
