@@ -232,7 +232,7 @@ def test_a_claims_rerun_is_decided_on_all_its_experiments_together(tmp_path, mon
     assert "Claim a" not in "\n".join(reproductions.render_reruns(claims))  # the bases' rerun alone, e.g. under way
     shutil.copytree(COMMITTED / "repro_fedfed", tmp_path / "repro_fedfed")
     section = "\n".join(reproductions.render_reruns(claims))
-    seeds = "with seeds 0, 1, 2, 3, 4"
+    seeds = "with seeds 0, 1, 2, 3, 4, 5, 6, 7, 8, 9"
     assert f"### Claim a: `repro_fedfed` {seeds}; `repro_fedfed_baselines` {seeds}" in section
     assert "4 comparisons decided on both, 0 with another verdict." in section  # the four bases at Dirichlet 0.1
     assert section.count("| yes | - |") == 4  # the same seeds as the committed runs: nothing to pool
