@@ -30,7 +30,7 @@ import pandas as pd
 import yaml
 
 from fedsim.errors import ConfigError
-from fedsim.experiments.claims import MIN_ROUNDS, MIN_SEEDS, NOT_RUN, Outcome, evaluate_claim
+from fedsim.experiments.claims import MIN_ROUNDS, MIN_SEEDS, NOT_RUN, Outcome, evaluate_claim, subset
 from fedsim.experiments.report import group_labels, percent, run_figures
 from fedsim.experiments.report_files import write_report
 from fedsim.experiments.runs import RunTable, join_runs, load_runs
@@ -195,27 +195,39 @@ def render() -> None:
     print(f"wrote {ROOT / 'docs' / 'REPRODUCTIONS.md'}")
 
 
+def pooled_runs(committed: RunTable, rerun: RunTable) -> RunTable:
+    """The committed runs and the rerun's together, less each rerun run that repeats a committed one (the same
+    config and seed)."""
+    joined = join_runs([committed, rerun])
+    key = group_labels(joined.configs, []) + " seed=" + joined.configs["seed"].astype(str)
+    repeat = (key.duplicated() & key.index.isin(rerun.configs.index)).to_numpy()
+    return subset(joined, pd.Series(~repeat, index=joined.configs.index))
+
+
 def rerun_rows(claim: dict, rerun_runs: RunTable) -> list[tuple[Outcome, Outcome, Outcome, str]]:
     """Each of ``claim``'s comparisons decided on the committed runs, on ``rerun_runs`` (e.g. a rerun with other
-    seeds) and on both together where their seeds differ: (committed, rerun, together, same), where same is
-    "yes", "NO", or "-" unless decided on both."""
+    seeds) and on both together: (committed, rerun, together, same), where same is "yes", "NO", or "-" unless
+    decided on both, and together is decided only where the two share no seed of that comparison (its n is theirs
+    summed)."""
     rerun = sum(evaluate_claim(rerun_runs, claim), [])
     committed_table = committed_runs(claim["experiments"])
-    if committed_table is None:
-        committed = together = [Outcome(o.label) for o in rerun]
-    else:
+    committed = together = [Outcome(o.label) for o in rerun]
+    if committed_table is not None:
         committed = sum(evaluate_claim(committed_table, claim), [])
-        shared_seeds = set(committed_table.configs["seed"]) & set(rerun_runs.configs["seed"])
-        together = (
-            [Outcome(o.label) for o in rerun]  # the same seeds twice: nothing to pool
-            if shared_seeds
-            else sum(evaluate_claim(join_runs([committed_table, rerun_runs]), claim), [])
-        )
+        if not set(committed_table.configs.index) & set(rerun_runs.configs.index):  # not the committed runs again
+            pooled = sum(evaluate_claim(pooled_runs(committed_table, rerun_runs), claim), [])
+            together = [
+                both
+                if all(o.verdict_class not in UNDECIDED for o in (ours, theirs))
+                and both.pairs == ours.pairs + theirs.pairs
+                else Outcome(both.label)
+                for ours, theirs, both in zip(committed, rerun, pooled, strict=True)
+            ]
     rows = []
-    for ours, theirs, pooled in zip(committed, rerun, together, strict=True):
-        both = ours.verdict_class not in UNDECIDED and theirs.verdict_class not in UNDECIDED
-        same = "-" if not both else "yes" if ours.verdict_class == theirs.verdict_class else "NO"
-        rows.append((ours, theirs, pooled, same))
+    for ours, theirs, pooled_outcome in zip(committed, rerun, together, strict=True):
+        decided = ours.verdict_class not in UNDECIDED and theirs.verdict_class not in UNDECIDED
+        same = "-" if not decided else "yes" if ours.verdict_class == theirs.verdict_class else "NO"
+        rows.append((ours, theirs, pooled_outcome, same))
     return rows
 
 

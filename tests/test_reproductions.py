@@ -238,6 +238,33 @@ def test_a_claims_rerun_is_decided_on_all_its_experiments_together(tmp_path, mon
     assert section.count("| yes | - |") == 4  # the same seeds as the committed runs: nothing to pool
 
 
+def copy_seeds(experiment: str, seeds: str, target: Path) -> Path:
+    """The committed runs of ``experiment`` whose seed matches the glob class ``seeds`` (e.g. "[0-4]"), copied."""
+    for run in (COMMITTED / experiment).glob(f"*-seed_{seeds}-*"):
+        shutil.copytree(run, target / experiment / run.name)
+    return target / experiment
+
+
+def test_the_runs_together_are_decided_per_comparison_on_the_seeds_the_two_do_not_share(tmp_path, monkeypatch):
+    """Claim a committed on seeds 0-4, rerun at Dirichlet 0.1 with seeds 5-9 and with 100 clients on seeds 0-2 again:
+    the Dirichlet 0.1 rows are decided on all ten seeds together, the 100-client row (its seeds repeated) is not."""
+    monkeypatch.setattr(reproductions, "DOCS", tmp_path / "docs")
+    claims_a = [c for c in yaml.safe_load((COMMITTED / "claims.yaml").read_text()) if c["id"] == "a"]
+    for experiment in ("repro_fedfed", "repro_fedfed_baselines", "repro_fedfed_100clients"):
+        copy_seeds(experiment, "[0-4]", tmp_path / "docs")
+    rerun = [copy_seeds(e, "[5-9]", tmp_path / "rerun") for e in ("repro_fedfed", "repro_fedfed_baselines")]
+    rerun.append(copy_seeds("repro_fedfed_100clients", "[0-2]", tmp_path / "rerun"))
+    rows = reproductions.rerun_rows(claims_a[0], load_runs([str(r) for r in rerun]))
+    decided = {theirs.label: (ours, theirs, pooled) for ours, theirs, pooled, _ in rows if theirs.pairs}
+    assert len(decided) == 5  # the four bases at Dirichlet 0.1 and the 100 clients
+    for label, (ours, theirs, pooled) in decided.items():
+        if "100 clients" in label:
+            assert (ours.pairs, theirs.pairs, pooled.verdict_class) == (5, 3, reproductions.NOT_RUN)
+        else:
+            assert (ours.pairs, theirs.pairs, pooled.pairs) == (5, 5, 10)
+            assert "(n=10)" in pooled.figure
+
+
 def test_the_page_has_no_rerun_section_without_reruns(tmp_path, monkeypatch):
     monkeypatch.setattr(reproductions, "RERUNS", tmp_path / "none")
     assert reproductions.render_reruns([]) == []

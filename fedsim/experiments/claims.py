@@ -38,6 +38,7 @@ class Outcome:
     label: str
     figure: str = "-"  # the paired difference with its 95% interval and n, or "-" when not decided
     decision: str = NOT_RUN
+    pairs: int = 0  # the seeds the figure is taken over (0 when not decided)
     report: Report | None = None  # a comparison's full report (tables and curves), when its runs are there
     explanation: str = ""  # a level check's one-line reading, or why nothing was decided
     warnings: list[str] = field(default_factory=list)
@@ -107,7 +108,7 @@ def level_check(runs: RunTable, spec: dict) -> Outcome:
         f"`{spec['metric']}` - `{spec['reference']}` in the same runs ({', '.join(spec['runs'])}), "
         f"mean over seeds with its 95% interval: {figure}; the claim holds when the interval lies below {margin:g}."
     )
-    return Outcome(spec["label"], figure, decision, explanation=explanation)
+    return Outcome(spec["label"], figure, decision, seeds, explanation=explanation)
 
 
 def matching_group(better: list[str], groups: list[str], configs: Any) -> str | None:
@@ -206,6 +207,7 @@ def compare(runs: RunTable, claim: dict, comparison: dict) -> Outcome:
     outcome.decision = verdict(row, claimed_lower, seeds, rounds, float(comparison.get("margin", 0.0)))
     interval = f"[{fmt(row['ci_low'], metric)}, {fmt(row['ci_high'], metric)}]"
     outcome.figure = f"{fmt(row['diff'], metric)} {interval} (n={seeds})"
+    outcome.pairs = seeds
     return outcome
 
 
