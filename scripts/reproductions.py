@@ -102,12 +102,8 @@ def cell(value: float, metric: str) -> str:
     return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
 
 
-def committed_dirs(experiments: list[str]) -> list[str]:
-    return [str(DOCS / e) for e in experiments if (DOCS / e).is_dir()]
-
-
 def committed_runs(experiments: list[str]) -> RunTable | None:
-    dirs = committed_dirs(experiments)
+    dirs = [str(DOCS / e) for e in experiments if (DOCS / e).is_dir()]
     return load_runs(dirs) if dirs else None
 
 

@@ -101,7 +101,7 @@ def base_defaults() -> dict:
 
 def load_runs(paths: list[str]) -> RunTable:
     """Configs and per-round metrics of every run under ``paths`` (runs that logged no round are left out)."""
-    configs, metrics = [], []
+    tables = []
     defaults = base_defaults()
     for run in find_run_dirs(paths):
         rows = read_records(run / "metrics.jsonl")
@@ -114,18 +114,17 @@ def load_runs(paths: list[str]) -> RunTable:
         for key in defaults.keys() - set(flat.columns):  # a key the run's fedsim did not have yet
             flat[key] = [defaults[key]]
         flat.index = [str(run)]
-        configs.append(flat.map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v))  # lists compare as text
         frame = pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in rows])
         frame.insert(0, "run", str(run))
-        metrics.append(frame)
-    if not configs:
+        flat = flat.map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)  # lists compare as text
+        tables.append(RunTable(flat, frame))
+    if not tables:
         raise ConfigError(f"no run under {', '.join(paths)} has finished a round yet")
-    table = pd.concat([c.astype(object) for c in configs])  # an int stays an int where other runs lack the key
-    return RunTable(table, pd.concat(metrics, ignore_index=True))
+    return join_runs(tables)
 
 
 def join_runs(tables: list[RunTable]) -> RunTable:
-    """The runs of ``tables`` in one table, as :func:`load_runs` would give for all their paths together."""
-    return RunTable(
+    """The runs of ``tables`` in one table, as :func:`load_runs` gives for all their paths together."""
+    return RunTable(  # object columns: an int stays an int where other runs lack the key
         pd.concat([t.configs.astype(object) for t in tables]), pd.concat([t.metrics for t in tables], ignore_index=True)
     )
